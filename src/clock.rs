@@ -1,0 +1,177 @@
+//! Time as gemini-flux and its simulator see it.
+//!
+//! Quotas are defined on the wall clock (a 60-second window, a Pacific calendar
+//! day), while waiting is done on tokio's monotonic clock. [`Clock`] ties the two
+//! together: it maps tokio's `Instant` onto milliseconds since the Unix epoch
+//! from a fixed origin. Under `tokio::time::pause()` the whole service and the
+//! simulator therefore move through a simulated day in milliseconds, and a test
+//! may start the clock at any wall-clock moment (say, a minute before the
+//! Pacific midnight of a daylight-saving change).
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono_tz::America::Los_Angeles;
+use std::fmt;
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch. The only notion of "when" the quota
+/// logic uses, so it can be computed with plain integer arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn from_millis(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// The moment `d` later; saturates rather than overflowing.
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(d.as_millis() as i64))
+    }
+
+    pub fn plus_millis(self, ms: i64) -> Self {
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// How long from `earlier` until `self`; zero if `self` is not later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
+    }
+
+    pub fn to_utc(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.0).unwrap_or_default()
+    }
+
+    /// The Pacific calendar day (America/Los_Angeles, DST-aware) this moment
+    /// falls in: the day that per-day quotas are counted against.
+    pub fn pacific_day(self) -> NaiveDate {
+        self.to_utc().with_timezone(&Los_Angeles).date_naive()
+    }
+
+    /// The next Pacific midnight strictly after this moment, when per-day
+    /// quotas reset.
+    pub fn next_pacific_midnight(self) -> Timestamp {
+        let tomorrow = self.pacific_day().succ_opt().unwrap_or(NaiveDate::MAX);
+        pacific_midnight(tomorrow)
+    }
+}
+
+/// The first instant of a Pacific calendar day. Midnight always exists in
+/// Los Angeles (clocks change at 02:00), so this is never ambiguous.
+pub fn pacific_midnight(day: NaiveDate) -> Timestamp {
+    let local = Los_Angeles
+        .with_ymd_and_hms(day.year(), day.month(), day.day(), 0, 0, 0)
+        .earliest()
+        .expect("midnight exists in America/Los_Angeles");
+    Timestamp(local.timestamp_millis())
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            self.to_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+    }
+}
+
+/// Maps tokio's clock onto wall-clock [`Timestamp`]s from a fixed origin.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: tokio::time::Instant,
+    origin_wall: Timestamp,
+}
+
+impl Clock {
+    /// A clock that reads the system's wall time now and follows tokio from there.
+    pub fn system() -> Self {
+        let now = Utc::now().timestamp_millis();
+        Self::starting_at(Timestamp(now))
+    }
+
+    /// A clock whose `now()` is `wall` at this tokio instant. Tests use it with
+    /// paused time to start anywhere in the calendar.
+    pub fn starting_at(wall: Timestamp) -> Self {
+        Clock {
+            origin: tokio::time::Instant::now(),
+            origin_wall: wall,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.origin_wall.plus(self.origin.elapsed())
+    }
+
+    /// The tokio instant at which this clock will read `at` (for `sleep_until`).
+    pub fn instant_at(&self, at: Timestamp) -> tokio::time::Instant {
+        let offset = at.0.saturating_sub(self.origin_wall.0);
+        if offset <= 0 {
+            self.origin
+        } else {
+            self.origin + Duration::from_millis(offset as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> Timestamp {
+        Timestamp(DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis())
+    }
+
+    #[test]
+    fn pacific_day_follows_daylight_saving() {
+        // Summer: Pacific is UTC-7, so 06:59Z is still the previous day.
+        assert_eq!(
+            utc("2026-07-01T06:59:59Z").pacific_day().to_string(),
+            "2026-06-30"
+        );
+        assert_eq!(
+            utc("2026-07-01T07:00:00Z").pacific_day().to_string(),
+            "2026-07-01"
+        );
+        // Winter: UTC-8.
+        assert_eq!(
+            utc("2026-12-01T07:59:59Z").pacific_day().to_string(),
+            "2026-11-30"
+        );
+        assert_eq!(
+            utc("2026-12-01T08:00:00Z").pacific_day().to_string(),
+            "2026-12-01"
+        );
+    }
+
+    #[test]
+    fn next_midnight_across_dst_changes() {
+        // 2026-03-08 is the spring-forward day: it lasts 23 hours.
+        let start = utc("2026-03-08T08:00:00Z"); // Pacific midnight, still PST
+        assert_eq!(start.pacific_day().to_string(), "2026-03-08");
+        let next = start.next_pacific_midnight();
+        assert_eq!(next, utc("2026-03-09T07:00:00Z"));
+        assert_eq!(next.since(start), Duration::from_secs(23 * 3600));
+        // 2026-11-01 falls back: 25 hours.
+        let start = utc("2026-11-01T07:00:00Z");
+        assert_eq!(
+            start.next_pacific_midnight().since(start),
+            Duration::from_secs(25 * 3600)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_follows_paused_tokio_time() {
+        let clock = Clock::starting_at(Timestamp(1_000));
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        assert_eq!(clock.now(), Timestamp(3_500));
+        assert_eq!(
+            clock.instant_at(Timestamp(4_000)) - tokio::time::Instant::now(),
+            Duration::from_millis(500)
+        );
+    }
+}

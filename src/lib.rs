@@ -1,0 +1,23 @@
+//! gemini-flux: one HTTP endpoint in front of N Gemini API keys.
+//!
+//! Each key comes from its own Google Cloud project and so has its own quota:
+//! requests per minute, input tokens per minute and requests per Pacific day,
+//! per model. gemini-flux decides for every request which key, which model and
+//! at what instant to send it, so that the caller never meets a 429 that could
+//! have been avoided and never waits longer than the quotas force.
+//!
+//! The rooms, in the order a request meets them (see `ARCHITECTURE.md`):
+//!
+//! * [`policy`]: the limits per model and the model chain with its modes.
+//! * [`clock`]: wall-clock timestamps tied to tokio's (pausable) clock, and the
+//!   Pacific day that per-day quotas count against.
+//! * [`wire`]: Gemini's error envelope, quota names and token count, shared by
+//!   the gateway and the simulator so they cannot disagree.
+//! * [`keys`]: API keys that print only their fingerprint.
+//! * [`sim`]: a strict in-repo Gemini stand-in for tests, benchmarks and `demo`.
+
+pub mod clock;
+pub mod keys;
+pub mod policy;
+pub mod sim;
+pub mod wire;

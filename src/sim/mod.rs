@@ -1,0 +1,224 @@
+//! A strict, in-repo stand-in for the Gemini API.
+//!
+//! Every test, benchmark and the `demo` command run against it, because no
+//! machine here reaches Google. It serves the `/v1beta` and `/v1` surface of
+//! `GEMINI_API.md` (generate, stream, count tokens, list models), enforces the
+//! per-key, per-model RPM, input-token TPM and Pacific-day RPD exactly, and
+//! answers with the real error envelopes. Strict on purpose: a lenient
+//! simulator would hide the gateway's bugs.
+//!
+//! Its clock is a [`Clock`], so under `tokio::time::pause()` a test moves it
+//! through an hour or a day instantly. `GET /__sim/stats` reports, per lane,
+//! what the upstream saw (calls, tokens, 429s, peak window usage), which is how
+//! tests prove "never over quota" from the upstream's side.
+
+mod faults;
+pub mod quota;
+mod routes;
+
+pub use faults::Faults;
+pub use quota::LaneStats;
+
+use crate::clock::Clock;
+use crate::policy::{Family, Limits, SEED_CHAIN};
+use quota::LaneQuota;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the simulator serves: its keys, its models with their limits, faults.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Keys it accepts, in order (stats name them 1-based).
+    pub keys: Vec<String>,
+    /// Keys it knows but refuses with 403 PERMISSION_DENIED (a blocked project).
+    pub blocked_keys: Vec<String>,
+    /// The models it serves and the limits each key has on them.
+    pub limits: BTreeMap<String, Limits>,
+    pub faults: Faults,
+    /// Seed for the fault draws, so a failing run can be replayed.
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// The seed's six models on the built-in free-tier limits.
+    pub fn new(keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let limits = SEED_CHAIN
+            .iter()
+            .map(|m| (m.to_string(), Family::of(m).builtin_limits()))
+            .collect();
+        SimConfig {
+            keys: keys.into_iter().map(Into::into).collect(),
+            blocked_keys: Vec::new(),
+            limits,
+            faults: Faults::default(),
+            seed: 0,
+        }
+    }
+
+    pub fn with_limits(mut self, limits: BTreeMap<String, Limits>) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// One lane's figures in `GET /__sim/stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LaneReport {
+    pub key_index: usize,
+    pub key: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub stats: LaneStats,
+}
+
+/// The whole of `GET /__sim/stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SimStats {
+    pub lanes: Vec<LaneReport>,
+    pub calls: u64,
+    pub rejected_429: u64,
+}
+
+impl SimStats {
+    pub fn lane(&self, key_index: usize, model: &str) -> Option<&LaneStats> {
+        self.lanes
+            .iter()
+            .find(|l| l.key_index == key_index && l.model == model)
+            .map(|l| &l.stats)
+    }
+}
+
+enum KeyStatus {
+    Active(usize),
+    Blocked,
+}
+
+/// The simulator's state; the mutex is held only for the arithmetic of one call.
+pub(crate) struct SimState {
+    keys: HashMap<String, KeyStatus>,
+    key_order: Vec<String>,
+    limits: BTreeMap<String, Limits>,
+    clock: Clock,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    lanes: BTreeMap<(usize, String), LaneQuota>,
+    faults: Faults,
+    rng: StdRng,
+    responses: u64,
+}
+
+impl SimState {
+    fn new(config: SimConfig, clock: Clock) -> Self {
+        let mut keys: HashMap<String, KeyStatus> = config
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), KeyStatus::Active(i + 1)))
+            .collect();
+        for k in &config.blocked_keys {
+            keys.insert(k.clone(), KeyStatus::Blocked);
+        }
+        SimState {
+            keys,
+            key_order: config.keys,
+            limits: config.limits,
+            clock,
+            inner: Mutex::new(Inner {
+                lanes: BTreeMap::new(),
+                faults: config.faults,
+                rng: StdRng::seed_from_u64(config.seed),
+                responses: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere must not take the simulator down with it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> SimStats {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let lanes: Vec<LaneReport> = inner
+            .lanes
+            .iter_mut()
+            .map(|((index, model), lane)| LaneReport {
+                key_index: *index,
+                key: crate::keys::fingerprint(&self.key_order[index - 1]),
+                model: model.clone(),
+                stats: lane.stats(now),
+            })
+            .collect();
+        SimStats {
+            calls: lanes.iter().map(|l| l.stats.calls).sum(),
+            rejected_429: lanes.iter().map(|l| l.stats.rejected_429).sum(),
+            lanes,
+        }
+    }
+}
+
+/// A running simulator on a local port. Dropping it stops the server.
+pub struct SimServer {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    task: JoinHandle<()>,
+}
+
+impl SimServer {
+    /// Binds `bind` (port 0 for an ephemeral one) and serves in the background.
+    pub async fn start(
+        config: SimConfig,
+        clock: Clock,
+        bind: SocketAddr,
+    ) -> std::io::Result<SimServer> {
+        config.faults.validate().map_err(std::io::Error::other)?;
+        let state = Arc::new(SimState::new(config, clock));
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let app = routes::router(state.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("simulator stopped: {e}");
+            }
+        });
+        Ok(SimServer { addr, state, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, the value for `GEMINI_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What the upstream has seen so far (the same as `GET /__sim/stats`).
+    pub fn stats(&self) -> SimStats {
+        self.state.stats()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().faults = faults;
+    }
+
+    /// Serves until the task ends (for the `sim` command).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,233 @@
+//! The simulator's quota ledger for one lane (key, model): what the real
+//! upstream enforces, written as plain arithmetic over arrival times.
+//!
+//! A call arriving at `now` counts in the per-minute window until `now + 60 s`
+//! (exclusive), and in the request count of its Pacific day. A rejected call
+//! counts in neither. The ledger also keeps the peaks it has seen, so a test
+//! can assert from the upstream's side that no window ever went over.
+
+use crate::clock::Timestamp;
+use crate::policy::Limits;
+use crate::wire::Quota;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+pub const WINDOW_MS: i64 = 60_000;
+
+/// Why a call was refused: every quota it would break, and the true time
+/// until it would fit (`None` when it never can: more tokens than the TPM).
+#[derive(Debug, PartialEq)]
+pub struct Rejection {
+    pub violations: Vec<Quota>,
+    pub retry_after: Option<Duration>,
+}
+
+/// What the ledger has seen, as `/__sim/stats` reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LaneStats {
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub rejected_429: u64,
+    pub rejected_rpm: u64,
+    pub rejected_tpm: u64,
+    pub rejected_rpd: u64,
+    pub peak_tokens_60s: u64,
+    pub peak_requests_60s: u64,
+    pub requests_today: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct LaneQuota {
+    /// Accepted calls of the last minute: (arrival, input tokens).
+    window: VecDeque<(Timestamp, u64)>,
+    day: Option<NaiveDate>,
+    day_count: u32,
+    stats: LaneStats,
+}
+
+impl LaneQuota {
+    /// Admits a call of `tokens` input tokens arriving at `now`, or says why not.
+    pub fn admit(&mut self, limits: &Limits, tokens: u64, now: Timestamp) -> Result<(), Rejection> {
+        self.expire(now);
+        let mut violations = Vec::new();
+        let mut wait = Some(Duration::ZERO);
+        let mut need = |quota: Quota, after: Option<Duration>| {
+            violations.push(quota);
+            wait = wait.zip(after).map(|(a, b)| a.max(b));
+        };
+
+        let count = self.window.len() as u64;
+        if count + 1 > u64::from(limits.rpm) {
+            // The (count + 1 - rpm)-th oldest call must leave the window first.
+            let leaving = self.window[(count - u64::from(limits.rpm)) as usize].0;
+            need(Quota::RequestsPerMinute, Some(self.expiry(leaving, now)));
+        }
+        let used: u64 = self.window.iter().map(|(_, t)| t).sum();
+        if used + tokens > limits.tpm {
+            need(
+                Quota::InputTokensPerMinute,
+                self.tokens_free_after(limits.tpm, tokens, now),
+            );
+        }
+        if self.day_count + 1 > limits.rpd {
+            need(
+                Quota::RequestsPerDay,
+                Some(now.next_pacific_midnight().since(now)),
+            );
+        }
+
+        if !violations.is_empty() {
+            self.stats.rejected_429 += 1;
+            for v in &violations {
+                match v {
+                    Quota::RequestsPerMinute => self.stats.rejected_rpm += 1,
+                    Quota::InputTokensPerMinute => self.stats.rejected_tpm += 1,
+                    Quota::RequestsPerDay => self.stats.rejected_rpd += 1,
+                }
+            }
+            return Err(Rejection {
+                violations,
+                retry_after: wait,
+            });
+        }
+
+        self.window.push_back((now, tokens));
+        self.day_count += 1;
+        self.stats.calls += 1;
+        self.stats.input_tokens += tokens;
+        self.stats.requests_today = self.day_count;
+        self.stats.peak_requests_60s = self.stats.peak_requests_60s.max(self.window.len() as u64);
+        self.stats.peak_tokens_60s = self.stats.peak_tokens_60s.max(used + tokens);
+        Ok(())
+    }
+
+    /// Counts a rejection the quotas did not cause (an injected bare 429).
+    pub fn count_injected_429(&mut self) {
+        self.stats.rejected_429 += 1;
+    }
+
+    pub fn stats(&mut self, now: Timestamp) -> LaneStats {
+        self.expire(now);
+        self.stats.requests_today = self.day_count;
+        self.stats.clone()
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        while let Some(&(at, _)) = self.window.front() {
+            if now.millis() - at.millis() >= WINDOW_MS {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+        let today = now.pacific_day();
+        if self.day != Some(today) {
+            self.day = Some(today);
+            self.day_count = 0;
+        }
+    }
+
+    fn expiry(&self, arrival: Timestamp, now: Timestamp) -> Duration {
+        arrival.plus_millis(WINDOW_MS).since(now)
+    }
+
+    /// How long until `tokens` more fit under `tpm`, as older calls leave.
+    fn tokens_free_after(&self, tpm: u64, tokens: u64, now: Timestamp) -> Option<Duration> {
+        if tokens > tpm {
+            return None;
+        }
+        let mut used: u64 = self.window.iter().map(|(_, t)| t).sum();
+        for &(at, t) in &self.window {
+            used -= t;
+            if used + tokens <= tpm {
+                return Some(self.expiry(at, now));
+            }
+        }
+        Some(Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLASH: Limits = Limits {
+        rpm: 10,
+        tpm: 250_000,
+        rpd: 250,
+    };
+
+    #[test]
+    fn rpm_rejects_the_eleventh_call_until_the_first_leaves() {
+        let mut lane = LaneQuota::default();
+        let t0 = Timestamp(1_700_000_000_000);
+        for i in 0..10 {
+            lane.admit(&FLASH, 10, t0.plus_millis(i * 1_000)).unwrap();
+        }
+        let r = lane.admit(&FLASH, 10, t0.plus_millis(20_000)).unwrap_err();
+        assert_eq!(r.violations, vec![Quota::RequestsPerMinute]);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(40)));
+        // One millisecond early is still too early; on the dot it fits.
+        assert!(lane.admit(&FLASH, 10, t0.plus_millis(59_999)).is_err());
+        assert!(lane.admit(&FLASH, 10, t0.plus_millis(60_000)).is_ok());
+    }
+
+    #[test]
+    fn tpm_waits_for_enough_tokens_to_leave() {
+        let mut lane = LaneQuota::default();
+        let t0 = Timestamp(1_700_000_000_000);
+        lane.admit(&FLASH, 100_000, t0).unwrap();
+        lane.admit(&FLASH, 100_000, t0.plus_millis(10_000)).unwrap();
+        let r = lane
+            .admit(&FLASH, 100_000, t0.plus_millis(20_000))
+            .unwrap_err();
+        assert_eq!(r.violations, vec![Quota::InputTokensPerMinute]);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(40)));
+        // More than the whole TPM never fits.
+        let r = lane
+            .admit(&FLASH, 250_001, t0.plus_millis(20_000))
+            .unwrap_err();
+        assert_eq!(r.retry_after, None);
+        assert_eq!(lane.stats(t0.plus_millis(20_000)).peak_tokens_60s, 200_000);
+    }
+
+    #[test]
+    fn rpd_resets_at_pacific_midnight() {
+        let limits = Limits {
+            rpm: 100,
+            tpm: 1_000_000,
+            rpd: 2,
+        };
+        let mut lane = LaneQuota::default();
+        // 2026-07-01T06:59:00Z is 23:59 Pacific (PDT) on June 30.
+        let t0 = Timestamp(
+            chrono::DateTime::parse_from_rfc3339("2026-07-01T06:59:00Z")
+                .unwrap()
+                .timestamp_millis(),
+        );
+        lane.admit(&limits, 1, t0).unwrap();
+        lane.admit(&limits, 1, t0).unwrap();
+        let r = lane.admit(&limits, 1, t0).unwrap_err();
+        assert_eq!(r.violations, vec![Quota::RequestsPerDay]);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(60)));
+        assert!(lane.admit(&limits, 1, t0.plus_millis(60_000)).is_ok());
+    }
+
+    #[test]
+    fn several_violations_report_the_longest_wait() {
+        let limits = Limits {
+            rpm: 1,
+            tpm: 100,
+            rpd: 1,
+        };
+        let mut lane = LaneQuota::default();
+        let t0 = Timestamp(1_700_000_000_000);
+        lane.admit(&limits, 100, t0).unwrap();
+        let r = lane.admit(&limits, 50, t0.plus_millis(1_000)).unwrap_err();
+        assert_eq!(r.violations, Quota::ALL.to_vec());
+        assert!(r.retry_after.unwrap() > Duration::from_secs(59));
+        assert_eq!(lane.stats(t0).rejected_429, 1);
+    }
+}

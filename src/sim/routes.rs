@@ -1,0 +1,482 @@
+//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`,
+//! plus `/__sim/stats` and `/__sim/faults` for tests.
+
+use super::{Faults, SimState};
+use crate::wire::{self, Quota, envelope, error, format_duration, prompt_tokens};
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Shared = Arc<SimState>;
+type Params = Query<HashMap<String, String>>;
+
+/// Every model advertises Gemini's real context sizes.
+const INPUT_TOKEN_LIMIT: u64 = 1_048_576;
+const OUTPUT_TOKEN_LIMIT: u64 = 65_536;
+/// A model the real list also holds that cannot generate: discovery must skip it.
+const EMBEDDING_MODEL: &str = "gemini-embedding-001";
+
+pub(super) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/{version}/models", get(list_models))
+        .route(
+            "/{version}/models/{target}",
+            get(get_model).post(call_model),
+        )
+        .route("/__sim/stats", get(stats))
+        .route("/__sim/faults", get(get_faults).post(set_faults))
+        .fallback(|| async { not_found("no such route") })
+        .with_state(state)
+}
+
+fn fail(code: StatusCode, status: &str, message: &str, details: Vec<Value>) -> Response {
+    (
+        code,
+        Json(envelope(code.as_u16(), status, message, details)),
+    )
+        .into_response()
+}
+
+fn not_found(message: &str) -> Response {
+    fail(StatusCode::NOT_FOUND, "NOT_FOUND", message, vec![])
+}
+
+fn invalid_argument(message: &str) -> Response {
+    fail(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message, vec![])
+}
+
+/// Finds the caller's key (header first, then `?key=`) and answers as Google
+/// does when it is missing, unknown or blocked.
+fn authenticate(
+    state: &SimState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<usize, Response> {
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or(params.get("key").map(String::as_str));
+    let Some(key) = key else {
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+            vec![],
+        ));
+    };
+    match state.keys.get(key) {
+        Some(super::KeyStatus::Active(index)) => Ok(*index),
+        Some(super::KeyStatus::Blocked) => Err(fail(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "Generative Language API has not been used in this project before or it is disabled.",
+            vec![
+                json!({"@type": error::ERROR_INFO_TYPE, "reason": "SERVICE_DISABLED", "domain": "googleapis.com"}),
+            ],
+        )),
+        None => Err(fail(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+            vec![json!({
+                "@type": error::ERROR_INFO_TYPE,
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"}
+            })],
+        )),
+    }
+}
+
+fn check_version(version: &str) -> Result<(), Response> {
+    match version {
+        "v1" | "v1beta" => Ok(()),
+        _ => Err(not_found(&format!("API version {version} is not served"))),
+    }
+}
+
+fn model_json(name: &str) -> Value {
+    let methods = if name == EMBEDDING_MODEL {
+        json!(["embedContent", "countTextTokens"])
+    } else {
+        json!(["generateContent", "countTokens"])
+    };
+    json!({
+        "name": format!("models/{name}"),
+        "version": "001",
+        "displayName": name,
+        "inputTokenLimit": INPUT_TOKEN_LIMIT,
+        "outputTokenLimit": OUTPUT_TOKEN_LIMIT,
+        "supportedGenerationMethods": methods,
+    })
+}
+
+fn model_names(state: &SimState) -> Vec<&str> {
+    let mut names: Vec<&str> = state.limits.keys().map(String::as_str).collect();
+    names.push(EMBEDDING_MODEL);
+    names
+}
+
+async fn list_models(
+    State(state): State<Shared>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
+    if let Err(r) = check_version(&version).and_then(|_| authenticate(&state, &headers, &params)) {
+        return r;
+    }
+    let page_size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
+        None => 50,
+        Some(Ok(n)) => n.clamp(1, 1000),
+        Some(Err(_)) => return invalid_argument("pageSize must be a positive integer"),
+    };
+    let start = match params
+        .get("pageToken")
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<usize>())
+    {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return invalid_argument("Invalid page token."),
+    };
+    let names = model_names(&state);
+    let page: Vec<Value> = names
+        .iter()
+        .skip(start)
+        .take(page_size)
+        .map(|n| model_json(n))
+        .collect();
+    let mut body = json!({ "models": page });
+    if start + page_size < names.len() {
+        body["nextPageToken"] = json!((start + page_size).to_string());
+    }
+    Json(body).into_response()
+}
+
+async fn get_model(
+    State(state): State<Shared>,
+    Path((version, target)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
+    if let Err(r) = check_version(&version).and_then(|_| authenticate(&state, &headers, &params)) {
+        return r;
+    }
+    if model_names(&state).contains(&target.as_str()) {
+        Json(model_json(&target)).into_response()
+    } else {
+        not_found(&format!(
+            "models/{target} is not found for API version {version}"
+        ))
+    }
+}
+
+/// `POST /{version}/models/{model}:{action}`.
+async fn call_model(
+    State(state): State<Shared>,
+    Path((version, target)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = check_version(&version) {
+        return r;
+    }
+    let Some((model, action)) = target.split_once(':') else {
+        return not_found(&format!("no action in {target}"));
+    };
+    let key_index = match authenticate(&state, &headers, &params) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let generates = matches!(action, "generateContent" | "streamGenerateContent");
+    if !generates && action != "countTokens" {
+        return not_found(&format!("method {action} is not supported"));
+    }
+    let Some(limits) = state.limits.get(model).copied() else {
+        return not_found(&format!(
+            "models/{model} is not found for API version {version}, or is not supported for {action}. Call ListModels to see the list of available models and their supported methods."
+        ));
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return invalid_argument("Invalid JSON payload received. Expected an object."),
+        Err(e) => return invalid_argument(&format!("Invalid JSON payload received. {e}")),
+    };
+    if action == "countTokens" {
+        return count_tokens(&request);
+    }
+    if !matches!(request.get("contents"), Some(Value::Array(c)) if !c.is_empty()) {
+        return invalid_argument("* GenerateContentRequest.contents: contents is not specified");
+    }
+    let tokens = prompt_tokens(&request);
+    let stream = action == "streamGenerateContent";
+    let sse = params.get("alt").map(String::as_str) == Some("sse");
+    generate(&state, key_index, model, limits, tokens, stream, sse).await
+}
+
+fn count_tokens(request: &Value) -> Response {
+    let counted = match (
+        request.get("contents"),
+        request.get("generateContentRequest"),
+    ) {
+        (Some(Value::Array(_)), _) => prompt_tokens(request),
+        (_, Some(inner @ Value::Object(_))) if inner.get("contents").is_some() => {
+            prompt_tokens(inner)
+        }
+        _ => {
+            return invalid_argument(
+                "* CountTokensRequest: contents or generateContentRequest is required",
+            );
+        }
+    };
+    Json(json!({"totalTokens": counted})).into_response()
+}
+
+/// What one admitted call turns into.
+struct Answer {
+    model: String,
+    prompt_tokens: u64,
+    response_id: u64,
+    drop_mid_way: bool,
+    latency: Duration,
+    chunk_delay: Duration,
+}
+
+async fn generate(
+    state: &SimState,
+    key_index: usize,
+    model: &str,
+    limits: crate::policy::Limits,
+    tokens: u64,
+    stream: bool,
+    sse: bool,
+) -> Response {
+    let now = state.clock.now();
+    let answer = {
+        let mut inner = state.lock();
+        let faults = inner.faults.clone();
+        if inner.rng.random_bool(faults.unavailable_ratio) {
+            drop(inner);
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "The model is overloaded. Please try again later.",
+                vec![],
+            );
+        }
+        let bare_429 = inner.rng.random_bool(faults.bare_429_ratio);
+        let drop_mid_way = inner.rng.random_bool(faults.drop_mid_stream_ratio);
+        let lane = inner
+            .lanes
+            .entry((key_index, model.to_string()))
+            .or_default();
+        if bare_429 {
+            lane.count_injected_429();
+            drop(inner);
+            return fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                vec![],
+            );
+        }
+        if let Err(rejection) = lane.admit(&limits, tokens, now) {
+            drop(inner);
+            return quota_exceeded(model, &limits, rejection);
+        }
+        inner.responses += 1;
+        Answer {
+            model: model.to_string(),
+            prompt_tokens: tokens,
+            response_id: inner.responses,
+            drop_mid_way,
+            latency: Duration::from_millis(faults.latency_ms),
+            chunk_delay: Duration::from_millis(faults.stream_chunk_delay_ms),
+        }
+    };
+    tracing::debug!(key = key_index, model, tokens, "sim admitted a call");
+    if !answer.latency.is_zero() {
+        tokio::time::sleep(answer.latency).await;
+    }
+    answer.respond(stream, sse)
+}
+
+fn quota_exceeded(
+    model: &str,
+    limits: &crate::policy::Limits,
+    rejection: super::quota::Rejection,
+) -> Response {
+    let violations: Vec<Value> = rejection
+        .violations
+        .iter()
+        .map(|q| {
+            let value = match q {
+                Quota::RequestsPerMinute => u64::from(limits.rpm),
+                Quota::InputTokensPerMinute => limits.tpm,
+                Quota::RequestsPerDay => u64::from(limits.rpd),
+            };
+            json!({
+                "quotaMetric": q.quota_metric(),
+                "quotaId": q.quota_id(),
+                "quotaDimensions": {"location": "global", "model": model},
+                "quotaValue": value.to_string(),
+            })
+        })
+        .collect();
+    let mut details = vec![
+        json!({"@type": error::QUOTA_FAILURE_TYPE, "violations": violations}),
+        json!({"@type": error::HELP_TYPE, "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}),
+    ];
+    let mut message = format!(
+        "You exceeded your current quota, please check your plan and billing details. * Quota exceeded for metric: {}, limit: {}, model: {model}",
+        rejection.violations[0].quota_metric(),
+        violations[0]["quotaValue"].as_str().unwrap_or_default()
+    );
+    if let Some(delay) = rejection.retry_after {
+        details
+            .push(json!({"@type": error::RETRY_INFO_TYPE, "retryDelay": format_duration(delay)}));
+        message.push_str(&format!("\nPlease retry in {:.6}s.", delay.as_secs_f64()));
+    }
+    fail(
+        StatusCode::TOO_MANY_REQUESTS,
+        "RESOURCE_EXHAUSTED",
+        &message,
+        details,
+    )
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        format!("ok:{}", self.prompt_tokens)
+    }
+
+    fn usage(&self, candidates: u64) -> Value {
+        json!({
+            "promptTokenCount": self.prompt_tokens,
+            "candidatesTokenCount": candidates,
+            "totalTokenCount": self.prompt_tokens + candidates,
+        })
+    }
+
+    /// One `GenerateContentResponse`; `finish` marks the last chunk.
+    fn chunk(&self, text: &str, finish: bool, candidates_so_far: u64) -> Value {
+        let mut candidate =
+            json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+        if finish {
+            candidate["finishReason"] = json!("STOP");
+        }
+        json!({
+            "candidates": [candidate],
+            "usageMetadata": self.usage(candidates_so_far),
+            "modelVersion": self.model,
+            "responseId": format!("sim-{}", self.response_id),
+        })
+    }
+
+    fn respond(self, stream: bool, sse: bool) -> Response {
+        let text = self.text();
+        let candidates = wire::prompt_tokens(&json!({"contents": [{"parts": [{"text": text}]}]}));
+        let frames: Vec<Bytes> = if !stream {
+            vec![Bytes::from(self.chunk(&text, true, candidates).to_string())]
+        } else {
+            // "ok", ":", "<n>": several events, the last with the finish reason and full usage.
+            let pieces = [
+                "ok".to_string(),
+                ":".to_string(),
+                self.prompt_tokens.to_string(),
+            ];
+            let last = pieces.len() - 1;
+            let chunks = pieces.iter().enumerate().map(|(i, p)| {
+                let so_far = if i == last { candidates } else { 0 };
+                self.chunk(p, i == last, so_far).to_string()
+            });
+            if sse {
+                chunks
+                    .map(|c| Bytes::from(format!("data: {c}\r\n\r\n")))
+                    .collect()
+            } else {
+                let mut frames: Vec<Bytes> = chunks
+                    .enumerate()
+                    .map(|(i, c)| Bytes::from(format!("{}{c}", if i == 0 { "[" } else { ",\r\n" })))
+                    .collect();
+                frames.push(Bytes::from_static(b"]"));
+                frames
+            }
+        };
+        let content_type = if stream && sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let frames = self.cut_if_dropping(frames);
+        let delay = self.chunk_delay;
+        let body = futures::stream::iter(frames.into_iter().enumerate()).then(
+            move |(i, frame)| async move {
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if frame.is_err() {
+                    // Let what was written reach the client before the cut, as a
+                    // real connection drop mid-answer would.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                frame
+            },
+        );
+        (
+            [(header::CONTENT_TYPE, content_type)],
+            Body::from_stream(body),
+        )
+            .into_response()
+    }
+
+    /// With the drop fault, the answer stops half-way and the connection is
+    /// cut (the body stream ends in an error, so hyper aborts it).
+    fn cut_if_dropping(&self, mut frames: Vec<Bytes>) -> Vec<Result<Bytes, std::io::Error>> {
+        if !self.drop_mid_way {
+            return frames.into_iter().map(Ok).collect();
+        }
+        if frames.len() == 1 {
+            let whole = frames.remove(0);
+            frames.push(whole.slice(..whole.len() / 2));
+        } else {
+            frames.truncate(frames.len() / 2);
+        }
+        let mut out: Vec<Result<Bytes, std::io::Error>> = frames.into_iter().map(Ok).collect();
+        out.push(Err(std::io::Error::other("simulated connection drop")));
+        out
+    }
+}
+
+async fn stats(State(state): State<Shared>) -> Response {
+    Json(state.stats()).into_response()
+}
+
+async fn get_faults(State(state): State<Shared>) -> Response {
+    Json(state.lock().faults.clone()).into_response()
+}
+
+async fn set_faults(State(state): State<Shared>, body: Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return invalid_argument(&format!("faults: {e}")),
+    };
+    if let Err(e) = faults.validate() {
+        return invalid_argument(&e);
+    }
+    state.lock().faults = faults.clone();
+    tracing::info!(?faults, "sim faults changed");
+    Json(faults).into_response()
+}

@@ -1,0 +1,117 @@
+//! Gemini's error envelope `{"error": {"code", "message", "status", "details"}}`
+//! and the quota vocabulary of its 429 answers.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// `@type` of the detail that names a rejected key (`reason: API_KEY_INVALID`).
+pub const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+pub const QUOTA_FAILURE_TYPE: &str = "type.googleapis.com/google.rpc.QuotaFailure";
+pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+pub const HELP_TYPE: &str = "type.googleapis.com/google.rpc.Help";
+
+/// The three free-tier quotas, each per project and per model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quota {
+    RequestsPerMinute,
+    InputTokensPerMinute,
+    RequestsPerDay,
+}
+
+impl Quota {
+    pub const ALL: [Quota; 3] = [
+        Quota::RequestsPerMinute,
+        Quota::InputTokensPerMinute,
+        Quota::RequestsPerDay,
+    ];
+
+    pub fn quota_id(self) -> &'static str {
+        match self {
+            Quota::RequestsPerMinute => "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+            Quota::InputTokensPerMinute => "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+            Quota::RequestsPerDay => "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+        }
+    }
+
+    pub fn quota_metric(self) -> &'static str {
+        match self {
+            Quota::InputTokensPerMinute => {
+                "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
+            }
+            _ => "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+        }
+    }
+
+    /// Recognises a quota id, including paid-tier variants that differ only in
+    /// their suffix.
+    pub fn from_quota_id(id: &str) -> Option<Quota> {
+        let lower = id.to_ascii_lowercase();
+        if lower.contains("perday") {
+            Some(Quota::RequestsPerDay)
+        } else if lower.contains("token") {
+            Some(Quota::InputTokensPerMinute)
+        } else if lower.contains("perminute") {
+            Some(Quota::RequestsPerMinute)
+        } else {
+            None
+        }
+    }
+}
+
+/// The Gemini error envelope.
+pub fn envelope(code: u16, status: &str, message: &str, details: Vec<Value>) -> Value {
+    let mut error = json!({"code": code, "message": message, "status": status});
+    if !details.is_empty() {
+        error["details"] = Value::Array(details);
+    }
+    json!({ "error": error })
+}
+
+/// A protobuf `Duration` as Gemini writes it: `"39s"`, `"0.5s"`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        let s = format!("{}.{:03}", ms / 1000, ms % 1000);
+        format!("{}s", s.trim_end_matches('0'))
+    }
+}
+
+/// Parses a protobuf `Duration` string (`"39s"`, `"0.5s"`, `"1.000340s"`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip_in_gemini_form() {
+        assert_eq!(format_duration(Duration::from_secs(39)), "39s");
+        assert_eq!(format_duration(Duration::from_millis(500)), "0.5s");
+        assert_eq!(format_duration(Duration::from_millis(59_750)), "59.75s");
+        assert_eq!(parse_duration("39s"), Some(Duration::from_secs(39)));
+        assert_eq!(
+            parse_duration("1.000340s"),
+            Some(Duration::from_micros(1_000_340))
+        );
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("39"), None);
+    }
+
+    #[test]
+    fn quota_ids_are_recognised() {
+        for q in Quota::ALL {
+            assert_eq!(Quota::from_quota_id(q.quota_id()), Some(q));
+        }
+        assert_eq!(
+            Quota::from_quota_id("GenerateRequestsPerMinutePerProjectPerModel"),
+            Some(Quota::RequestsPerMinute)
+        );
+        assert_eq!(Quota::from_quota_id("Something"), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! The Gemini API's wire format, as far as both the gateway and the simulator
+//! need it: the error envelope, the three free-tier quotas, protobuf duration
+//! strings, and the deterministic token count the simulator promises.
+//!
+//! Keeping these in one place means the simulator cannot drift from what the
+//! gateway's upstream client expects to parse.
+
+pub mod error;
+pub mod tokens;
+
+pub use error::{Quota, envelope, format_duration, parse_duration};
+pub use tokens::prompt_tokens;
