@@ -35,23 +35,39 @@ pub(super) fn router(state: Shared) -> Router {
         )
         .route("/__sim/stats", get(stats))
         .route("/__sim/faults", get(get_faults).post(set_faults))
-        .fallback(|| async { not_found("no such route") })
+        .fallback(|| async { not_found("no such route").into_response() })
         .with_state(state)
 }
 
-fn fail(code: StatusCode, status: &str, message: &str, details: Vec<Value>) -> Response {
-    (
-        code,
-        Json(envelope(code.as_u16(), status, message, details)),
-    )
-        .into_response()
+/// An error answer in Gemini's envelope.
+struct Failure {
+    code: StatusCode,
+    status: &'static str,
+    message: String,
+    details: Vec<Value>,
 }
 
-fn not_found(message: &str) -> Response {
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = envelope(self.code.as_u16(), self.status, &self.message, self.details);
+        (self.code, Json(body)).into_response()
+    }
+}
+
+fn fail(code: StatusCode, status: &'static str, message: &str, details: Vec<Value>) -> Failure {
+    Failure {
+        code,
+        status,
+        message: message.to_string(),
+        details,
+    }
+}
+
+fn not_found(message: &str) -> Failure {
     fail(StatusCode::NOT_FOUND, "NOT_FOUND", message, vec![])
 }
 
-fn invalid_argument(message: &str) -> Response {
+fn invalid_argument(message: &str) -> Failure {
     fail(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message, vec![])
 }
 
@@ -61,7 +77,7 @@ fn authenticate(
     state: &SimState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-) -> Result<usize, Response> {
+) -> Result<usize, Failure> {
     let key = headers
         .get("x-goog-api-key")
         .and_then(|v| v.to_str().ok())
@@ -98,7 +114,7 @@ fn authenticate(
     }
 }
 
-fn check_version(version: &str) -> Result<(), Response> {
+fn check_version(version: &str) -> Result<(), Failure> {
     match version {
         "v1" | "v1beta" => Ok(()),
         _ => Err(not_found(&format!("API version {version} is not served"))),
@@ -132,14 +148,13 @@ async fn list_models(
     Path(version): Path<String>,
     headers: HeaderMap,
     Query(params): Params,
-) -> Response {
-    if let Err(r) = check_version(&version).and_then(|_| authenticate(&state, &headers, &params)) {
-        return r;
-    }
+) -> Result<Response, Failure> {
+    check_version(&version)?;
+    authenticate(&state, &headers, &params)?;
     let page_size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
         None => 50,
         Some(Ok(n)) => n.clamp(1, 1000),
-        Some(Err(_)) => return invalid_argument("pageSize must be a positive integer"),
+        Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
     };
     let start = match params
         .get("pageToken")
@@ -148,7 +163,7 @@ async fn list_models(
     {
         None => 0,
         Some(Ok(n)) => n,
-        Some(Err(_)) => return invalid_argument("Invalid page token."),
+        Some(Err(_)) => return Err(invalid_argument("Invalid page token.")),
     };
     let names = model_names(&state);
     let page: Vec<Value> = names
@@ -161,7 +176,7 @@ async fn list_models(
     if start + page_size < names.len() {
         body["nextPageToken"] = json!((start + page_size).to_string());
     }
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
 async fn get_model(
@@ -169,16 +184,15 @@ async fn get_model(
     Path((version, target)): Path<(String, String)>,
     headers: HeaderMap,
     Query(params): Params,
-) -> Response {
-    if let Err(r) = check_version(&version).and_then(|_| authenticate(&state, &headers, &params)) {
-        return r;
-    }
+) -> Result<Response, Failure> {
+    check_version(&version)?;
+    authenticate(&state, &headers, &params)?;
     if model_names(&state).contains(&target.as_str()) {
-        Json(model_json(&target)).into_response()
+        Ok(Json(model_json(&target)).into_response())
     } else {
-        not_found(&format!(
+        Err(not_found(&format!(
             "models/{target} is not found for API version {version}"
-        ))
+        )))
     }
 }
 
@@ -189,36 +203,41 @@ async fn call_model(
     headers: HeaderMap,
     Query(params): Params,
     body: Bytes,
-) -> Response {
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
+) -> Result<Response, Failure> {
+    check_version(&version)?;
     let Some((model, action)) = target.split_once(':') else {
-        return not_found(&format!("no action in {target}"));
+        return Err(not_found(&format!("no action in {target}")));
     };
-    let key_index = match authenticate(&state, &headers, &params) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let key_index = authenticate(&state, &headers, &params)?;
     let generates = matches!(action, "generateContent" | "streamGenerateContent");
     if !generates && action != "countTokens" {
-        return not_found(&format!("method {action} is not supported"));
+        return Err(not_found(&format!("method {action} is not supported")));
     }
     let Some(limits) = state.limits.get(model).copied() else {
-        return not_found(&format!(
+        return Err(not_found(&format!(
             "models/{model} is not found for API version {version}, or is not supported for {action}. Call ListModels to see the list of available models and their supported methods."
-        ));
+        )));
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return invalid_argument("Invalid JSON payload received. Expected an object."),
-        Err(e) => return invalid_argument(&format!("Invalid JSON payload received. {e}")),
+        Ok(_) => {
+            return Err(invalid_argument(
+                "Invalid JSON payload received. Expected an object.",
+            ));
+        }
+        Err(e) => {
+            return Err(invalid_argument(&format!(
+                "Invalid JSON payload received. {e}"
+            )));
+        }
     };
     if action == "countTokens" {
         return count_tokens(&request);
     }
     if !matches!(request.get("contents"), Some(Value::Array(c)) if !c.is_empty()) {
-        return invalid_argument("* GenerateContentRequest.contents: contents is not specified");
+        return Err(invalid_argument(
+            "* GenerateContentRequest.contents: contents is not specified",
+        ));
     }
     let tokens = prompt_tokens(&request);
     let stream = action == "streamGenerateContent";
@@ -226,7 +245,7 @@ async fn call_model(
     generate(&state, key_index, model, limits, tokens, stream, sse).await
 }
 
-fn count_tokens(request: &Value) -> Response {
+fn count_tokens(request: &Value) -> Result<Response, Failure> {
     let counted = match (
         request.get("contents"),
         request.get("generateContentRequest"),
@@ -236,12 +255,12 @@ fn count_tokens(request: &Value) -> Response {
             prompt_tokens(inner)
         }
         _ => {
-            return invalid_argument(
+            return Err(invalid_argument(
                 "* CountTokensRequest: contents or generateContentRequest is required",
-            );
+            ));
         }
     };
-    Json(json!({"totalTokens": counted})).into_response()
+    Ok(Json(json!({"totalTokens": counted})).into_response())
 }
 
 /// What one admitted call turns into.
@@ -262,19 +281,19 @@ async fn generate(
     tokens: u64,
     stream: bool,
     sse: bool,
-) -> Response {
+) -> Result<Response, Failure> {
     let now = state.clock.now();
     let answer = {
         let mut inner = state.lock();
         let faults = inner.faults.clone();
         if inner.rng.random_bool(faults.unavailable_ratio) {
             drop(inner);
-            return fail(
+            return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
                 "The model is overloaded. Please try again later.",
                 vec![],
-            );
+            ));
         }
         let bare_429 = inner.rng.random_bool(faults.bare_429_ratio);
         let drop_mid_way = inner.rng.random_bool(faults.drop_mid_stream_ratio);
@@ -285,16 +304,16 @@ async fn generate(
         if bare_429 {
             lane.count_injected_429();
             drop(inner);
-            return fail(
+            return Err(fail(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RESOURCE_EXHAUSTED",
                 "Resource has been exhausted (e.g. check quota).",
                 vec![],
-            );
+            ));
         }
         if let Err(rejection) = lane.admit(&limits, tokens, now) {
             drop(inner);
-            return quota_exceeded(model, &limits, rejection);
+            return Err(quota_exceeded(model, &limits, rejection));
         }
         inner.responses += 1;
         Answer {
@@ -310,14 +329,14 @@ async fn generate(
     if !answer.latency.is_zero() {
         tokio::time::sleep(answer.latency).await;
     }
-    answer.respond(stream, sse)
+    Ok(answer.respond(stream, sse))
 }
 
 fn quota_exceeded(
     model: &str,
     limits: &crate::policy::Limits,
     rejection: super::quota::Rejection,
-) -> Response {
+) -> Failure {
     let violations: Vec<Value> = rejection
         .violations
         .iter()
@@ -468,15 +487,11 @@ async fn get_faults(State(state): State<Shared>) -> Response {
     Json(state.lock().faults.clone()).into_response()
 }
 
-async fn set_faults(State(state): State<Shared>, body: Bytes) -> Response {
-    let faults: Faults = match serde_json::from_slice(&body) {
-        Ok(f) => f,
-        Err(e) => return invalid_argument(&format!("faults: {e}")),
-    };
-    if let Err(e) = faults.validate() {
-        return invalid_argument(&e);
-    }
+async fn set_faults(State(state): State<Shared>, body: Bytes) -> Result<Response, Failure> {
+    let faults: Faults =
+        serde_json::from_slice(&body).map_err(|e| invalid_argument(&format!("faults: {e}")))?;
+    faults.validate().map_err(|e| invalid_argument(&e))?;
     state.lock().faults = faults.clone();
     tracing::info!(?faults, "sim faults changed");
-    Json(faults).into_response()
+    Ok(Json(faults).into_response())
 }
