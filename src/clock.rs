@@ -69,6 +69,13 @@ pub fn pacific_midnight(day: NaiveDate) -> Timestamp {
     Timestamp(local.timestamp_millis())
 }
 
+/// Serialised as RFC 3339 with milliseconds, which every client can parse.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

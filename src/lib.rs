@@ -19,5 +19,6 @@
 pub mod clock;
 pub mod keys;
 pub mod policy;
+pub mod scheduler;
 pub mod sim;
 pub mod wire;

@@ -1,0 +1,390 @@
+//! One lane (key, model): its booked calls and the earliest instant a new call
+//! fits under RPM, TPM, RPD and any cooldown.
+//!
+//! A booking occupies its lane's per-minute capacity from its instant `at`
+//! until `at + span`, where `span` is the upstream's 60-second window plus a
+//! guard (the upstream counts a call when it arrives, a little after we send
+//! it, and jitter can reorder arrivals). A new call of `T` tokens fits at `t`
+//! when every window that would contain it stays within the limits:
+//!
+//! ```text
+//!   for every s in [t, t + span):  tokens(s) + T <= TPM  and  calls(s) + 1 <= RPM
+//! ```
+//!
+//! where `tokens(s)` sums the bookings with `s - span < at <= s`. The usage
+//! only rises at a booking's instant, so checking `s = t` and each booked
+//! instant in `(t, t + span)` is enough. Because the check covers windows
+//! *after* `t` too, a small call may be slotted into a gap before calls booked
+//! earlier without delaying any of them (backfilling), and nothing already
+//! granted ever has to move.
+
+use crate::clock::Timestamp;
+use crate::policy::{Limits, LimitsOverride};
+use chrono::NaiveDate;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Identifies a grant for its whole life (plan, wait, send, settle).
+pub type GrantId = u64;
+
+/// The upstream's per-minute window.
+pub const WINDOW_MS: i64 = 60_000;
+
+/// How many gap instants a plan examines before it goes to the end of the
+/// lane's queue. Bounds planning cost when thousands of grants wait; the end
+/// of the queue always fits, so this can only forgo a backfill, never overbook.
+const MAX_GAP_CANDIDATES: usize = 64;
+
+/// How many Pacific midnights a search may cross before giving up.
+const MAX_DAYS_AHEAD: usize = 8;
+
+#[derive(Clone, Copy, Debug)]
+struct Booking {
+    at: Timestamp,
+    tokens: u64,
+    grant: GrantId,
+}
+
+/// What `/status` shows of a lane at one instant.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LaneUsage {
+    pub tokens_last_60s: u64,
+    pub requests_last_60s: u32,
+    pub requests_today: u32,
+    pub waiting: u32,
+    pub cooldown_until: Option<Timestamp>,
+    pub exhausted_today: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Lane {
+    /// Sorted by (at, grant).
+    bookings: Vec<Booking>,
+    /// Requests booked per Pacific day (sent, in flight or waiting).
+    per_day: BTreeMap<NaiveDate, u32>,
+    cooldown_until: Timestamp,
+    /// A per-day 429 said this lane is spent for that Pacific day.
+    exhausted_day: Option<NaiveDate>,
+    /// Limits the upstream taught this lane (each only ever lowered).
+    learned: LimitsOverride,
+    /// Consecutive failures without a quota answer to go by; grows the backoff.
+    strikes: u32,
+}
+
+impl Lane {
+    /// The model's limits with whatever this lane has learned applied.
+    pub fn effective(&self, model_limits: Limits) -> Limits {
+        self.learned.apply(model_limits)
+    }
+
+    pub fn learned(&self) -> LimitsOverride {
+        self.learned
+    }
+
+    /// Whether the lane can still take a request on `day`.
+    pub fn has_day_left(&self, limits: Limits, day: NaiveDate) -> bool {
+        self.exhausted_day != Some(day) && self.booked_on(day) < limits.rpd
+    }
+
+    pub fn booked_on(&self, day: NaiveDate) -> u32 {
+        self.per_day.get(&day).copied().unwrap_or(0)
+    }
+
+    /// The earliest instant at or after `from` when `tokens` fit, or `None` if
+    /// they never can (more than the TPM, or no day left within the horizon).
+    pub fn earliest(
+        &self,
+        limits: Limits,
+        tokens: u64,
+        from: Timestamp,
+        span_ms: i64,
+    ) -> Option<Timestamp> {
+        if tokens > limits.tpm || limits.rpm == 0 {
+            return None;
+        }
+        let mut from = from.max(self.cooldown_until);
+        for _ in 0..MAX_DAYS_AHEAD {
+            let day = from.pacific_day();
+            if self.has_day_left(limits, day) {
+                let midnight = from.next_pacific_midnight();
+                let t = self.earliest_in_window(limits, tokens, from, span_ms);
+                if t < midnight {
+                    return Some(t);
+                }
+                from = midnight;
+            } else {
+                from = from.next_pacific_midnight();
+            }
+        }
+        None
+    }
+
+    /// The earliest instant at or after `from` that fits the per-minute limits.
+    fn earliest_in_window(
+        &self,
+        limits: Limits,
+        tokens: u64,
+        from: Timestamp,
+        span_ms: i64,
+    ) -> Timestamp {
+        let relevant = self
+            .bookings
+            .partition_point(|b| b.at.millis() + span_ms <= from.millis());
+        let tail = self.bookings.last().map_or(from, |b| b.at.max(from));
+        // Instants where fitting can begin: `from`, each booking's instant, and
+        // each booking's end; in order, gaps first, capped, then the tail.
+        let mut candidates: Vec<Timestamp> = std::iter::once(from)
+            .chain(
+                self.bookings[relevant..]
+                    .iter()
+                    .flat_map(|b| [b.at, b.at.plus_millis(span_ms)]),
+            )
+            .filter(|&t| t >= from)
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let (gaps, after): (Vec<Timestamp>, Vec<Timestamp>) =
+            candidates.into_iter().partition(|&t| t < tail);
+        let tail_candidates = std::iter::once(tail).chain(after);
+        gaps.into_iter()
+            .take(MAX_GAP_CANDIDATES)
+            .chain(tail_candidates)
+            .find(|&t| self.fits(limits, tokens, t, span_ms))
+            .expect("after the last booking's span the window is empty")
+    }
+
+    fn fits(&self, limits: Limits, tokens: u64, t: Timestamp, span_ms: i64) -> bool {
+        let fits_window_ending = |s: Timestamp| {
+            let (used, calls) = self.usage_ending_at(s, span_ms);
+            used + tokens <= limits.tpm && calls < limits.rpm
+        };
+        if !fits_window_ending(t) {
+            return false;
+        }
+        let after = self.bookings.partition_point(|b| b.at <= t);
+        self.bookings[after..]
+            .iter()
+            .take_while(|b| b.at.millis() < t.millis() + span_ms)
+            .all(|b| fits_window_ending(b.at))
+    }
+
+    /// Tokens and calls of the bookings whose span covers instant `s`.
+    fn usage_ending_at(&self, s: Timestamp, span_ms: i64) -> (u64, u32) {
+        let lo = self
+            .bookings
+            .partition_point(|b| b.at.millis() + span_ms <= s.millis());
+        let hi = self.bookings.partition_point(|b| b.at <= s);
+        let slice = &self.bookings[lo..hi.max(lo)];
+        (slice.iter().map(|b| b.tokens).sum(), slice.len() as u32)
+    }
+
+    pub fn book(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
+        let i = self
+            .bookings
+            .partition_point(|b| (b.at, b.grant) < (at, grant));
+        self.bookings.insert(i, Booking { at, tokens, grant });
+        *self.per_day.entry(at.pacific_day()).or_default() += 1;
+    }
+
+    /// Replaces a booking's estimated tokens with what the upstream counted.
+    pub fn settle(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
+        if let Some(b) = self.find(grant, at) {
+            self.bookings[b].tokens = tokens;
+        }
+        self.strikes = 0;
+    }
+
+    /// Frees a booking that never reached the upstream.
+    pub fn release(&mut self, grant: GrantId, at: Timestamp) {
+        if let Some(b) = self.find(grant, at) {
+            self.bookings.remove(b);
+            let day = at.pacific_day();
+            if let Some(n) = self.per_day.get_mut(&day) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn find(&self, grant: GrantId, at: Timestamp) -> Option<usize> {
+        let i = self
+            .bookings
+            .partition_point(|b| (b.at, b.grant) < (at, grant));
+        (self.bookings.get(i).map(|b| b.grant) == Some(grant)).then_some(i)
+    }
+
+    /// Holds the lane back until `until` (a 429's `retryDelay`).
+    pub fn cool_until(&mut self, until: Timestamp) {
+        self.cooldown_until = self.cooldown_until.max(until);
+    }
+
+    /// A failure with nothing to go by: back off 1, 2, 4 … × `base`, at most a minute.
+    pub fn strike(&mut self, now: Timestamp, base: Duration) {
+        let backoff = base
+            .saturating_mul(1 << self.strikes.min(10))
+            .min(Duration::from_secs(60));
+        self.cool_until(now.plus(backoff));
+        self.strikes += 1;
+    }
+
+    pub fn exhaust_day(&mut self, day: NaiveDate) {
+        self.exhausted_day = Some(day);
+    }
+
+    /// Lowers a learned limit to what the upstream enforced, never raises it.
+    pub fn learn(&mut self, model_limits: Limits, learned: LimitsOverride) {
+        let current = self.effective(model_limits);
+        let lower = |new: Option<u64>, cur: u64| new.filter(|&n| n < cur);
+        if let Some(rpm) = lower(learned.rpm.map(u64::from), u64::from(current.rpm)) {
+            self.learned.rpm = Some(rpm as u32);
+        }
+        if let Some(tpm) = lower(learned.tpm, current.tpm) {
+            self.learned.tpm = Some(tpm);
+        }
+        if let Some(rpd) = lower(learned.rpd.map(u64::from), u64::from(current.rpd)) {
+            self.learned.rpd = Some(rpd as u32);
+        }
+    }
+
+    /// Drops what can no longer affect any decision: bookings whose span ended
+    /// before `now`, day counts of past days.
+    pub fn forget_before(&mut self, now: Timestamp, span_ms: i64) {
+        let gone = self
+            .bookings
+            .partition_point(|b| b.at.millis() + span_ms <= now.millis());
+        self.bookings.drain(..gone);
+        let today = now.pacific_day();
+        self.per_day.retain(|day, _| *day >= today);
+    }
+
+    pub fn usage(&self, now: Timestamp) -> LaneUsage {
+        let (tokens, calls) = self.usage_ending_at(now, WINDOW_MS);
+        LaneUsage {
+            tokens_last_60s: tokens,
+            requests_last_60s: calls,
+            requests_today: self.booked_on(now.pacific_day()),
+            waiting: self.bookings.iter().filter(|b| b.at > now).count() as u32,
+            cooldown_until: (self.cooldown_until > now).then_some(self.cooldown_until),
+            exhausted_today: self.exhausted_day == Some(now.pacific_day()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPAN: i64 = WINDOW_MS + 250;
+    const FLASH: Limits = Limits {
+        rpm: 10,
+        tpm: 250_000,
+        rpd: 250,
+    };
+    const T0: Timestamp = Timestamp(1_781_118_000_000); // 2026-06-10 12:00 Pacific
+
+    fn lane_with(bookings: &[(i64, u64)]) -> Lane {
+        let mut lane = Lane::default();
+        for (i, &(offset, tokens)) in bookings.iter().enumerate() {
+            lane.book(i as GrantId, T0.plus_millis(offset), tokens);
+        }
+        lane
+    }
+
+    #[test]
+    fn a_large_call_waits_exactly_until_enough_tokens_leave() {
+        let lane = lane_with(&[(0, 200_000)]);
+        let t = lane
+            .earliest(FLASH, 100_000, T0.plus_millis(10_000), SPAN)
+            .unwrap();
+        assert_eq!(t, T0.plus_millis(SPAN));
+    }
+
+    #[test]
+    fn a_small_call_backfills_a_gap_without_delaying_a_booked_one() {
+        // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
+        let lane = lane_with(&[(30_000, 200_000)]);
+        assert_eq!(lane.earliest(FLASH, 40_000, T0, SPAN), Some(T0));
+        // 60k now would break the booked call's window: it must wait until after it.
+        assert_eq!(
+            lane.earliest(FLASH, 60_000, T0, SPAN),
+            Some(T0.plus_millis(30_000 + SPAN))
+        );
+    }
+
+    #[test]
+    fn rpm_binds_before_tpm_for_small_calls() {
+        let lane = lane_with(&(0..10).map(|i| (i * 1_000, 100)).collect::<Vec<_>>());
+        let t = lane
+            .earliest(FLASH, 100, T0.plus_millis(10_000), SPAN)
+            .unwrap();
+        assert_eq!(t, T0.plus_millis(SPAN), "the first call's span must end");
+    }
+
+    #[test]
+    fn cooldown_and_day_exhaustion_push_the_instant() {
+        let mut lane = Lane::default();
+        lane.cool_until(T0.plus_millis(39_000));
+        assert_eq!(
+            lane.earliest(FLASH, 1, T0, SPAN),
+            Some(T0.plus_millis(39_000))
+        );
+        lane.exhaust_day(T0.pacific_day());
+        assert_eq!(
+            lane.earliest(FLASH, 1, T0, SPAN),
+            Some(T0.next_pacific_midnight())
+        );
+    }
+
+    #[test]
+    fn a_call_larger_than_the_tpm_never_fits() {
+        assert_eq!(Lane::default().earliest(FLASH, 250_001, T0, SPAN), None);
+    }
+
+    #[test]
+    fn release_frees_capacity_and_the_day_count() {
+        let mut lane = lane_with(&[(0, 250_000)]);
+        assert_eq!(lane.booked_on(T0.pacific_day()), 1);
+        lane.release(0, T0);
+        assert_eq!(lane.booked_on(T0.pacific_day()), 0);
+        assert_eq!(lane.earliest(FLASH, 250_000, T0, SPAN), Some(T0));
+    }
+
+    #[test]
+    fn learning_only_lowers() {
+        let mut lane = Lane::default();
+        lane.learn(
+            FLASH,
+            LimitsOverride {
+                tpm: Some(50_000),
+                rpm: Some(20),
+                rpd: None,
+            },
+        );
+        assert_eq!(
+            lane.effective(FLASH),
+            Limits {
+                rpm: 10,
+                tpm: 50_000,
+                rpd: 250
+            }
+        );
+        lane.learn(
+            FLASH,
+            LimitsOverride {
+                tpm: Some(80_000),
+                ..Default::default()
+            },
+        );
+        assert_eq!(lane.effective(FLASH).tpm, 50_000);
+    }
+
+    #[test]
+    fn strikes_back_off_exponentially_up_to_a_minute() {
+        let mut lane = Lane::default();
+        for expected in [1, 2, 4, 8, 16, 32, 60, 60] {
+            lane.cooldown_until = Timestamp(0);
+            lane.strike(T0, Duration::from_secs(1));
+            assert_eq!(lane.cooldown_until, T0.plus_millis(expected * 1_000));
+        }
+    }
+}

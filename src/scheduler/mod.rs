@@ -1,0 +1,16 @@
+//! Deciding which key, which model and at what instant.
+//!
+//! [`core`] holds the rules as pure code ([`Scheduler`]); [`lane`] the
+//! arithmetic of one (key, model) lane; [`actor`] the one tokio task that owns
+//! the core in the running service, and the handle everyone else talks to.
+
+pub mod actor;
+pub mod core;
+pub mod lane;
+
+pub use actor::{GrantGuard, SchedulerHandle};
+pub use core::{Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot, Target};
+pub use lane::GrantId;
+
+#[cfg(test)]
+mod tests;
