@@ -16,9 +16,13 @@
 //! * [`keys`]: API keys that print only their fingerprint.
 //! * [`sim`]: a strict in-repo Gemini stand-in for tests, benchmarks and `demo`.
 
+pub mod api;
 pub mod clock;
+pub mod config;
 pub mod keys;
 pub mod policy;
 pub mod scheduler;
+pub mod service;
 pub mod sim;
+pub mod upstream;
 pub mod wire;

@@ -2,7 +2,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use gemini_flux::clock::Clock;
+use gemini_flux::config::Settings;
 use gemini_flux::policy::{Family, parse_overrides};
+use gemini_flux::service;
 use gemini_flux::sim::{Faults, SimConfig, SimServer};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -71,24 +73,128 @@ struct SimArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
-            Command::Sim(args) => run_sim(args).await,
-            Command::Serve | Command::Demo => {
-                eprintln!(
-                    "gemini-flux: the service lands with the scheduler; only `sim` runs today"
-                );
-                ExitCode::from(2)
-            }
+    let demo = matches!(command, Command::Demo);
+    let settings = match command {
+        Command::Sim(args) => {
+            init_logging(true);
+            return runtime.block_on(run_sim(args));
         }
-    })
+        Command::Demo => demo_settings(),
+        Command::Serve => Settings::from_env(),
+    };
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gemini-flux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.log_decisions);
+    if demo {
+        runtime.block_on(run_demo(settings))
+    } else {
+        runtime.block_on(run_service(settings))
+    }
+}
+
+/// `RUST_LOG` is honoured (default `info`); `GEMINI_LOG=false` silences the
+/// per-decision lines.
+fn init_logging(log_decisions: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !log_decisions {
+        filter = filter.add_directive(
+            "gemini_flux::decision=off"
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn run_service(settings: Settings) -> ExitCode {
+    match service::start(settings, Clock::system()).await {
+        Ok(running) => match running.serve_until(shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gemini-flux: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("gemini-flux: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The fake keys of `demo`: the in-process simulator accepts exactly these.
+const DEMO_KEYS: [&str; 4] = [
+    "demo-key-0001",
+    "demo-key-0002",
+    "demo-key-0003",
+    "demo-key-0004",
+];
+
+/// The environment's settings, with the keys and upstream replaced by the
+/// demo's own (no real key is read, so none can be spent by accident).
+fn demo_settings() -> Result<Settings, gemini_flux::config::ConfigError> {
+    let _ = dotenvy::dotenv();
+    let vars = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("GEMINI_KEY") && k != "GEMINI_BASE_URL")
+        .chain([("GEMINI_KEYS".to_string(), DEMO_KEYS.join(","))]);
+    Settings::from_vars(vars)
+}
+
+async fn run_demo(mut settings: Settings) -> ExitCode {
+    let mut config = SimConfig::new(DEMO_KEYS);
+    config.faults.latency_ms = 300;
+    let sim = match SimServer::start(config, Clock::system(), ([127, 0, 0, 1], 0).into()).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("gemini-flux demo: cannot start the simulator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    settings.base_url = sim.base_url();
+    tracing::info!(
+        "demo: simulated Gemini with {} fake keys at {}",
+        DEMO_KEYS.len(),
+        sim.base_url()
+    );
+    let bind = settings.bind;
+    eprintln!(
+        "\n  Try it:\n    curl -s http://{bind}/generate -H 'content-type: application/json' -d '{{\"prompt\": \"Hello, Gemini\"}}'\n    curl -s http://{bind}/status\n"
+    );
+    run_service(settings).await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing the requests in progress");
 }
 
 async fn run_sim(args: SimArgs) -> ExitCode {

@@ -85,6 +85,29 @@ pub fn order_chain(mut models: Vec<String>) -> Vec<String> {
     models
 }
 
+/// Whether a discovered model belongs in the chain: a Gemini text model, not
+/// an alias (`-latest`), a pinned revision (`-001`) or a special-purpose
+/// variant (speech, images, embeddings, live audio), which have quotas of
+/// their own and answer a different kind of request.
+pub fn is_chain_candidate(model: &str) -> bool {
+    const SPECIAL: [&str; 9] = [
+        "tts",
+        "image",
+        "embedding",
+        "live",
+        "audio",
+        "native",
+        "computer-use",
+        "robotics",
+        "latest",
+    ];
+    let pinned_revision = model
+        .rsplit('-')
+        .next()
+        .is_some_and(|tail| tail.len() == 3 && tail.bytes().all(|b| b.is_ascii_digit()));
+    model.starts_with("gemini-") && !pinned_revision && !SPECIAL.iter().any(|s| model.contains(s))
+}
+
 fn is_preview(model: &str) -> bool {
     model.contains("preview") || model.contains("exp")
 }
@@ -118,6 +141,22 @@ mod tests {
                 "gemini-3.1-flash-lite-preview"
             ]
         );
+    }
+
+    #[test]
+    fn only_text_models_join_the_chain() {
+        assert!(is_chain_candidate("gemini-2.5-flash"));
+        assert!(is_chain_candidate("gemini-3.1-pro-preview"));
+        for m in [
+            "gemini-embedding-001",
+            "gemini-2.5-flash-preview-tts",
+            "gemini-flash-latest",
+            "gemini-2.0-flash-001",
+            "gemma-3-27b-it",
+            "gemini-2.5-flash-image",
+        ] {
+            assert!(!is_chain_candidate(m), "{m}");
+        }
     }
 
     #[test]

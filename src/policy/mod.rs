@@ -8,5 +8,5 @@
 pub mod chain;
 pub mod limits;
 
-pub use chain::{Mode, SEED_CHAIN, order_chain};
+pub use chain::{Mode, SEED_CHAIN, is_chain_candidate, order_chain};
 pub use limits::{Family, Limits, LimitsOverride, Source, parse_overrides};

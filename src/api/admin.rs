@@ -1,0 +1,122 @@
+//! Operating the service: `/status`, `/mode`, `/keys/{n}/enable|disable`,
+//! `/healthz` and `/readyz`.
+
+use super::AppState;
+use super::error::{ApiError, JsonBody};
+use crate::policy::Mode;
+use crate::scheduler::KeyState;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/status", get(status))
+        .route("/mode", get(get_mode).post(set_mode))
+        .route("/keys/{n}/{action}", post(key_action))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+}
+
+fn stopped() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service is shutting down",
+    )
+}
+
+async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let waiting = snapshot.grants.iter().filter(|g| g.waiting).count();
+    let mut body = serde_json::to_value(&snapshot).expect("a snapshot serialises");
+    body["queue"] = json!({"waiting": waiting, "in_flight": snapshot.grants.len() - waiting});
+    body["ready"] = json!(state.scheduler.usable_keys().contains(&true));
+    Ok(Json(body).into_response())
+}
+
+async fn get_mode(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    Ok(mode_answer(snapshot.mode, &snapshot.chain))
+}
+
+fn mode_answer(mode: Mode, chain: &[String]) -> Response {
+    let allowed: Vec<&String> = chain.iter().filter(|m| mode.allows(m)).collect();
+    Json(json!({"mode": mode, "models": allowed})).into_response()
+}
+
+#[derive(Deserialize)]
+struct ModeBody {
+    mode: String,
+}
+
+async fn set_mode(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ModeBody>,
+) -> Result<Response, ApiError> {
+    let mode: Mode = body.mode.parse().map_err(ApiError::bad_request)?;
+    state.scheduler.set_mode(mode);
+    tracing::info!(%mode, "mode changed");
+    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    Ok(mode_answer(snapshot.mode, &snapshot.chain))
+}
+
+async fn key_action(
+    State(state): State<AppState>,
+    Path((n, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let new_state = match action.as_str() {
+        "enable" => KeyState::Healthy,
+        "disable" => KeyState::Disabled,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no action {action:?}: use enable or disable"
+            )));
+        }
+    };
+    let unknown = || {
+        ApiError::not_found(format!(
+            "no key {n:?}: keys are numbered 1 to {}",
+            state.keys.len()
+        ))
+    };
+    let index: usize = n.parse().map_err(|_| unknown())?;
+    if index == 0 || index > state.keys.len() {
+        return Err(unknown());
+    }
+    state
+        .scheduler
+        .set_key_state(index - 1, new_state.clone())
+        .await
+        .map_err(|_| stopped())?
+        .ok_or_else(unknown)?;
+    let fingerprint = state.keys[index - 1].fingerprint();
+    tracing::info!(key = index, %fingerprint, "key {action}d by an operator");
+    let mut body = json!({"index": index, "fingerprint": fingerprint});
+    body.as_object_mut().unwrap().extend(
+        serde_json::to_value(&new_state)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    Ok(Json(body).into_response())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let usable = state.scheduler.usable_keys().iter().filter(|&&u| u).count();
+    let status = if usable > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": usable > 0, "usable_keys": usable})),
+    )
+        .into_response()
+}

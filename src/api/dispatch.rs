@@ -1,0 +1,218 @@
+//! One generate request's journey, shared by every surface: count its tokens,
+//! get a grant, wait for its instant, call Gemini, settle, and re-plan on
+//! what the upstream teaches (a 429, a bad key, a transient failure).
+
+use super::AppState;
+use super::error::ApiError;
+use crate::clock::Timestamp;
+use crate::scheduler::{PlanError, PlanRequest, Target};
+use crate::upstream::{Generated, UpstreamError};
+use crate::wire::prompt_tokens;
+use axum::http::StatusCode;
+use rand::Rng;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// What a surface asks the dispatcher for.
+pub struct Job {
+    /// A complete `GenerateContentRequest`.
+    pub request: Value,
+    pub target: Target,
+    /// 0-based.
+    pub preferred_key: Option<usize>,
+    pub max_wait: Duration,
+    /// Re-plan after a 429 or a failure (the seed's `retry`).
+    pub retry: bool,
+}
+
+/// A served request.
+pub struct Outcome {
+    pub generated: Generated,
+    /// 0-based.
+    pub key: usize,
+    pub fingerprint: String,
+    pub model: String,
+    pub input_tokens: u64,
+    /// Time spent waiting for grants, all attempts together.
+    pub waited: Duration,
+    pub attempts: u32,
+    pub retried: bool,
+}
+
+/// Why a job was not served.
+pub enum Failure {
+    /// Gemini refused the request itself; its envelope goes back to the client.
+    Client {
+        status: u16,
+        body: Value,
+    },
+    Flux(ApiError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Flux(e)
+    }
+}
+
+/// At most this many upstream calls per request, whatever happens.
+const MAX_ATTEMPTS: u32 = 8;
+
+pub async fn dispatch(state: &AppState, job: Job) -> Result<Outcome, Failure> {
+    let clock = state.scheduler.clock();
+    let started = clock.now();
+    let deadline = started.plus(job.max_wait);
+    let estimate = count_tokens(state, &job.request).await;
+    let mut waited = Duration::ZERO;
+    let mut tried: Vec<String> = Vec::new();
+
+    for attempt in 1..=MAX_ATTEMPTS {
+        let plan = PlanRequest {
+            tokens: estimate,
+            target: job.target.clone(),
+            preferred_key: job.preferred_key,
+            deadline: deadline.max(clock.now()),
+        };
+        let planned = state.scheduler.plan(plan).await.map_err(|_| stopping())?;
+        let mut guard = planned.map_err(|e| plan_error(e, clock.now(), &tried))?;
+        let grant = guard.grant().clone();
+        let before = clock.now();
+        guard.wait().await;
+        waited += clock.now().since(before);
+
+        guard.mark_sent();
+        let key = &state.keys[grant.key];
+        match state
+            .upstream
+            .generate(key, &grant.model, &job.request)
+            .await
+        {
+            Ok(generated) => {
+                let input_tokens = generated.input_tokens.unwrap_or(estimate);
+                guard.settle(input_tokens);
+                return Ok(Outcome {
+                    generated,
+                    key: grant.key,
+                    fingerprint: key.fingerprint(),
+                    model: grant.model,
+                    input_tokens,
+                    waited,
+                    attempts: attempt,
+                    retried: attempt > 1,
+                });
+            }
+            Err(UpstreamError::Client { status, body, .. }) => {
+                guard.settle(estimate);
+                return Err(Failure::Client {
+                    status,
+                    body: state.scrub_value(body),
+                });
+            }
+            Err(error) => {
+                let penalty = error
+                    .penalty()
+                    .expect("every non-client error teaches something");
+                tracing::warn!(
+                    key = grant.key + 1,
+                    fingerprint = %key.fingerprint(),
+                    model = %grant.model,
+                    "upstream: {}",
+                    state.scrub(&error.to_string())
+                );
+                tried.push(format!(
+                    "key {} on {}: {}",
+                    grant.key + 1,
+                    grant.model,
+                    summary(&error)
+                ));
+                guard.penalise(penalty);
+                if !job.retry {
+                    break;
+                }
+                if matches!(error, UpstreamError::Transient { .. }) {
+                    // Jittered so that a burst of failures does not return in lockstep.
+                    let backoff = rand::rng().random_range(50..250) * u64::from(attempt);
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "Gemini did not serve the request after {} attempt(s): {}",
+            tried.len(),
+            tried.join("; ")
+        ),
+    )
+    .into())
+}
+
+fn stopping() -> Failure {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service is shutting down",
+    )
+    .retry_after(Duration::from_secs(1))
+    .into()
+}
+
+fn summary(error: &UpstreamError) -> String {
+    match error {
+        UpstreamError::Quota { quota: Some(q), .. } => format!("429 {}", q.quota_id()),
+        UpstreamError::Quota { quota: None, .. } => "429 without details".into(),
+        UpstreamError::KeyInvalid { .. } => "key not valid".into(),
+        UpstreamError::KeyBlocked { .. } => "key refused (403)".into(),
+        UpstreamError::Transient {
+            status: Some(s), ..
+        } => format!("{s}"),
+        UpstreamError::Transient {
+            status: None,
+            message,
+        } => message.clone(),
+        UpstreamError::Client { status, .. } => format!("{status}"),
+    }
+}
+
+/// Maps a refused plan to the answer the caller gets.
+fn plan_error(error: PlanError, now: Timestamp, tried: &[String]) -> ApiError {
+    let mut message = error.to_string();
+    if !tried.is_empty() {
+        message.push_str(&format!(" (after: {})", tried.join("; ")));
+    }
+    match error {
+        PlanError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message),
+        PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(at.since(now))
+        }
+        PlanError::NoUsableKey => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            .retry_after(Duration::from_secs(60)),
+        PlanError::UnknownModel(_) | PlanError::NoModelInMode(_) => ApiError::bad_request(message),
+    }
+}
+
+/// Counts the request's input tokens with `countTokens` (free of generate
+/// quota), spreading the calls over the usable keys; falls back on the local
+/// estimate when that fails.
+async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+    let usable = state.scheduler.usable_keys();
+    let healthy: Vec<usize> = (0..usable.len()).filter(|&k| usable[k]).collect();
+    if !healthy.is_empty() {
+        let turn = state.count_turn.fetch_add(1, Ordering::Relaxed);
+        let key = healthy[turn % healthy.len()];
+        match state
+            .upstream
+            .count_tokens(&state.keys[key], &state.count_model, request)
+            .await
+        {
+            Ok(n) => return n,
+            Err(e) => tracing::warn!(
+                key = key + 1,
+                "countTokens failed, using the local estimate: {}",
+                state.scrub(&e.to_string())
+            ),
+        }
+    }
+    prompt_tokens(request)
+}

@@ -1,0 +1,100 @@
+//! The HTTP surfaces, one file each: [`flux`] (`/generate`), [`admin`]
+//! (status, mode, keys, health). Handlers stay thin: they validate, build a
+//! [`dispatch::Job`] and turn its outcome into an answer.
+
+mod admin;
+pub mod dispatch;
+pub mod error;
+mod flux;
+
+use crate::keys::ApiKey;
+use crate::scheduler::SchedulerHandle;
+use crate::upstream::Upstream;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+use serde_json::Value;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+/// What every handler shares. Quota state is not here: it lives in the
+/// scheduler actor, reached through `scheduler`.
+pub struct Shared {
+    pub scheduler: SchedulerHandle,
+    pub upstream: Upstream,
+    pub keys: Vec<ApiKey>,
+    /// The model `countTokens` is asked about (the chain's first).
+    pub count_model: String,
+    pub count_turn: AtomicUsize,
+    /// `FLUX_MAX_WAIT_S`.
+    pub max_wait: Duration,
+}
+
+impl Shared {
+    /// Replaces any key's text in `text` by its fingerprint: the last line of
+    /// defence for text that came from elsewhere (an upstream message).
+    pub fn scrub(&self, text: &str) -> String {
+        self.keys.iter().fold(text.to_string(), |t, k| {
+            t.replace(k.expose(), &k.fingerprint())
+        })
+    }
+
+    pub fn scrub_value(&self, value: Value) -> Value {
+        let text = value.to_string();
+        let clean = self.scrub(&text);
+        if clean == text {
+            value
+        } else {
+            serde_json::from_str(&clean).unwrap_or(Value::Null)
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The whole service's routes. `max_body_bytes` is `FLUX_MAX_BODY_MB`.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(flux::routes())
+        .merge(admin::routes())
+        .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+/// A handler panic becomes a 500 in the usual envelope; its message is not
+/// echoed, so nothing it held can leak.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error",
+    )
+    .into_response()
+}

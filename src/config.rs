@@ -1,0 +1,218 @@
+//! The environment (and `.env`) turned into typed, validated settings, once.
+//!
+//! Names are the contract of `DESIGN.md`. Anything malformed is refused here,
+//! at start-up, with a message naming the variable, so the service never runs
+//! on a half-understood configuration.
+
+use crate::keys::ApiKey;
+use crate::policy::{LimitsOverride, Mode, parse_overrides};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+
+/// Everything the service needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub keys: Vec<ApiKey>,
+    pub mode: Mode,
+    /// Log one line per scheduling decision (`GEMINI_LOG`).
+    pub log_decisions: bool,
+    pub base_url: String,
+    pub bind: SocketAddr,
+    /// A pinned model chain (`FLUX_MODELS`); discovered when `None`.
+    pub models: Option<Vec<String>>,
+    pub limits: BTreeMap<String, LimitsOverride>,
+    pub max_wait: Duration,
+    pub guard: Duration,
+    pub max_body_bytes: usize,
+    pub upstream_timeout: Duration,
+}
+
+/// The raw variables, as envy reads them.
+#[derive(Deserialize, Default)]
+struct Raw {
+    gemini_keys: Option<String>,
+    gemini_mode: Option<String>,
+    gemini_log: Option<bool>,
+    gemini_base_url: Option<String>,
+    flux_bind: Option<String>,
+    flux_models: Option<String>,
+    flux_limits: Option<String>,
+    flux_max_wait_s: Option<f64>,
+    flux_guard_ms: Option<u64>,
+    flux_max_body_mb: Option<u64>,
+    flux_upstream_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Reads the process environment, after loading `.env` from the working
+    /// directory (variables already set win over the file).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) | Err(dotenvy::Error::Io(_)) => {}
+            Err(e) => return Err(ConfigError(format!(".env: {e}"))),
+        }
+        Settings::from_vars(std::env::vars())
+    }
+
+    /// Reads settings from the given variables (tests pass their own).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let raw: Raw =
+            envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(envy_message(e)))?;
+        let keys = collect_keys(&vars, raw.gemini_keys.as_deref())?;
+        let mode = match raw.gemini_mode.as_deref() {
+            None | Some("") => Mode::Both,
+            Some(m) => m
+                .parse()
+                .map_err(|e| ConfigError(format!("GEMINI_MODE: {e}")))?,
+        };
+        let bind_text = raw.flux_bind.unwrap_or_else(|| DEFAULT_BIND.to_string());
+        let bind = bind_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "FLUX_BIND: {bind_text:?} is not an address like 127.0.0.1:8000"
+            ))
+        })?;
+        let models = raw
+            .flux_models
+            .map(|m| split_list(&m))
+            .filter(|m| !m.is_empty());
+        let limits = match raw.flux_limits.as_deref().map(str::trim) {
+            None | Some("") => BTreeMap::new(),
+            Some(json) => {
+                parse_overrides(json).map_err(|e| ConfigError(format!("FLUX_LIMITS: {e}")))?
+            }
+        };
+        let max_wait_s = raw.flux_max_wait_s.unwrap_or(600.0);
+        if !(max_wait_s.is_finite() && max_wait_s >= 0.0) {
+            return Err(ConfigError(
+                "FLUX_MAX_WAIT_S must be a non-negative number of seconds".into(),
+            ));
+        }
+        let base_url = raw
+            .gemini_base_url
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "GEMINI_BASE_URL: {base_url:?} must start with http:// or https://"
+            )));
+        }
+        let body_mb = raw.flux_max_body_mb.unwrap_or(20);
+        if body_mb == 0 {
+            return Err(ConfigError("FLUX_MAX_BODY_MB must be at least 1".into()));
+        }
+        Ok(Settings {
+            keys,
+            mode,
+            log_decisions: raw.gemini_log.unwrap_or(true),
+            base_url,
+            bind,
+            models,
+            limits,
+            max_wait: Duration::from_secs_f64(max_wait_s),
+            guard: Duration::from_millis(raw.flux_guard_ms.unwrap_or(250)),
+            max_body_bytes: (body_mb as usize).saturating_mul(1024 * 1024),
+            upstream_timeout: Duration::from_secs(raw.flux_upstream_timeout_s.unwrap_or(600)),
+        })
+    }
+}
+
+fn envy_message(e: envy::Error) -> String {
+    match e {
+        envy::Error::Custom(m) => format!("bad setting: {m}"),
+        other => format!("bad setting: {other}"),
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `GEMINI_KEY_1 … GEMINI_KEY_N` in numeric order, then `GEMINI_KEYS`; each
+/// key once.
+fn collect_keys(vars: &[(String, String)], list: Option<&str>) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut numbered: Vec<(u32, &str)> = vars
+        .iter()
+        .filter_map(|(name, value)| {
+            let n = name.strip_prefix("GEMINI_KEY_")?.parse::<u32>().ok()?;
+            Some((n, value.trim()))
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    let mut keys: Vec<String> = numbered.into_iter().map(|(_, v)| v.to_string()).collect();
+    keys.extend(list.map(split_list).unwrap_or_default());
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    if keys.is_empty() {
+        return Err(ConfigError(
+            "no Gemini keys: set GEMINI_KEY_1, GEMINI_KEY_2, … or GEMINI_KEYS=key1,key2 (in the environment or .env)".into(),
+        ));
+    }
+    Ok(keys.into_iter().map(ApiKey::new).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn numbered_keys_come_in_numeric_order_then_the_list() {
+        let s = Settings::from_vars(vars(&[
+            ("GEMINI_KEY_10", "kkkk-10"),
+            ("GEMINI_KEY_2", "kkkk-2"),
+            ("GEMINI_KEYS", "kkkk-a, kkkk-2"),
+        ]))
+        .unwrap();
+        let keys: Vec<&str> = s.keys.iter().map(ApiKey::expose).collect();
+        assert_eq!(keys, ["kkkk-2", "kkkk-10", "kkkk-a"]);
+        assert_eq!(s.mode, Mode::Both);
+        assert_eq!(s.max_wait, Duration::from_secs(600));
+        assert_eq!(s.guard, Duration::from_millis(250));
+        assert_eq!(s.max_body_bytes, 20 * 1024 * 1024);
+        assert!(s.log_decisions);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_variable_named() {
+        let err =
+            |pairs: &[(&str, &str)]| Settings::from_vars(vars(pairs)).unwrap_err().to_string();
+        assert!(err(&[]).contains("GEMINI_KEY_1"));
+        assert!(err(&[("GEMINI_KEYS", "k"), ("GEMINI_MODE", "turbo")]).contains("GEMINI_MODE"));
+        assert!(err(&[("GEMINI_KEYS", "k"), ("FLUX_LIMITS", "{oops")]).contains("FLUX_LIMITS"));
+        let guard = err(&[("GEMINI_KEYS", "k"), ("FLUX_GUARD_MS", "soon")]);
+        assert!(guard.contains("FLUX_GUARD_MS"), "{guard}");
+        assert!(err(&[("GEMINI_KEYS", "k"), ("FLUX_BIND", "here")]).contains("FLUX_BIND"));
+        assert!(
+            err(&[("GEMINI_KEYS", "k"), ("FLUX_MAX_WAIT_S", "-1")]).contains("FLUX_MAX_WAIT_S")
+        );
+    }
+
+    #[test]
+    fn errors_never_contain_a_key() {
+        let e = Settings::from_vars(vars(&[("GEMINI_KEYS", "AIzaSECRET"), ("GEMINI_MODE", "x")]))
+            .unwrap_err();
+        assert!(!e.to_string().contains("AIzaSECRET"));
+    }
+}

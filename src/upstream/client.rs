@@ -1,0 +1,170 @@
+//! HTTP calls to Gemini: generate, count tokens, list models.
+
+use super::classify::{UpstreamError, classify};
+use crate::keys::ApiKey;
+use serde_json::Value;
+use std::time::Duration;
+
+/// API version used for the gateway's own calls.
+const VERSION: &str = "v1beta";
+
+/// A successful generate answer and what it tells about usage.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub body: Value,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: u64,
+}
+
+impl Generated {
+    fn from_body(body: Value) -> Self {
+        let usage = &body["usageMetadata"];
+        Generated {
+            input_tokens: usage["promptTokenCount"].as_u64(),
+            output_tokens: usage["candidatesTokenCount"].as_u64().unwrap_or(0)
+                + usage["thoughtsTokenCount"].as_u64().unwrap_or(0),
+            body,
+        }
+    }
+
+    /// The text of the first candidate, parts joined.
+    pub fn text(&self) -> String {
+        self.body["candidates"][0]["content"]["parts"]
+            .as_array()
+            .map(|parts| parts.iter().filter_map(|p| p["text"].as_str()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A pooled client for one upstream base URL.
+#[derive(Clone)]
+pub struct Upstream {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Upstream {
+    /// `timeout` bounds a whole call; large prompts take long, so keep it generous.
+    pub fn new(base_url: &str, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("gemini-flux/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client with rustls");
+        Upstream {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn url(&self, model: &str, action: &str) -> String {
+        format!("{}/{VERSION}/models/{model}:{action}", self.base)
+    }
+
+    async fn post(&self, key: &ApiKey, url: String, body: &Value) -> Result<Value, UpstreamError> {
+        let response = self
+            .http
+            .post(url)
+            .header("x-goog-api-key", key.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        read_json(response).await
+    }
+
+    /// `:generateContent` with a `GenerateContentRequest` body.
+    pub async fn generate(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Generated, UpstreamError> {
+        let body = self
+            .post(key, self.url(model, "generateContent"), request)
+            .await?;
+        Ok(Generated::from_body(body))
+    }
+
+    /// `:countTokens` for a whole `GenerateContentRequest` (free of generate quota).
+    pub async fn count_tokens(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<u64, UpstreamError> {
+        let mut inner = request.clone();
+        inner["model"] = Value::String(format!("models/{model}"));
+        let body = serde_json::json!({ "generateContentRequest": inner });
+        let answer = self
+            .post(key, self.url(model, "countTokens"), &body)
+            .await?;
+        answer["totalTokens"]
+            .as_u64()
+            .ok_or_else(|| UpstreamError::Transient {
+                status: None,
+                message: "countTokens answered without totalTokens".into(),
+            })
+    }
+
+    /// Every model the key can use for `generateContent`, following all pages.
+    pub async fn list_generation_models(&self, key: &ApiKey) -> Result<Vec<String>, UpstreamError> {
+        let mut models = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..100 {
+            let response = self
+                .http
+                .get(format!("{}/{VERSION}/models", self.base))
+                .query(&[("pageSize", "1000"), ("pageToken", page_token.as_str())])
+                .header("x-goog-api-key", key.expose())
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let page = read_json(response).await?;
+            for m in page["models"].as_array().map_or(&[][..], Vec::as_slice) {
+                let generates = m["supportedGenerationMethods"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|x| x == "generateContent"));
+                if let (true, Some(name)) = (generates, m["name"].as_str()) {
+                    models.push(name.trim_start_matches("models/").to_string());
+                }
+            }
+            match page["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => page_token = t.to_string(),
+                _ => break,
+            }
+        }
+        Ok(models)
+    }
+}
+
+async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(transport_error)?;
+    if !(200..300).contains(&status) {
+        return Err(classify(status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Transient {
+        status: Some(status),
+        message: format!("the answer was not JSON: {e}"),
+    })
+}
+
+/// Connection failures, timeouts and cut-off bodies: the call may or may not
+/// have reached Gemini, so they count as transient.
+fn transport_error(e: reqwest::Error) -> UpstreamError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    // reqwest's message names the URL, which never holds a key (header only).
+    UpstreamError::Transient {
+        status: None,
+        message: format!("{kind}: {e}"),
+    }
+}
