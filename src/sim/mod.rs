@@ -25,7 +25,7 @@ use quota::LaneQuota;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -110,6 +110,8 @@ pub(crate) struct SimState {
 
 struct Inner {
     lanes: BTreeMap<(usize, String), LaneQuota>,
+    /// Keys that have since been deleted: answered as unknown (API_KEY_INVALID).
+    revoked: HashSet<String>,
     faults: Faults,
     rng: StdRng,
     responses: u64,
@@ -133,6 +135,7 @@ impl SimState {
             clock,
             inner: Mutex::new(Inner {
                 lanes: BTreeMap::new(),
+                revoked: HashSet::new(),
                 faults: config.faults,
                 rng: StdRng::seed_from_u64(config.seed),
                 responses: 0,
@@ -205,6 +208,11 @@ impl SimServer {
     /// What the upstream has seen so far (the same as `GET /__sim/stats`).
     pub fn stats(&self) -> SimStats {
         self.state.stats()
+    }
+
+    /// From now on the key is refused as not valid, as when its owner deletes it.
+    pub fn revoke_key(&self, key: &str) {
+        self.state.lock().revoked.insert(key.to_string());
     }
 
     pub fn set_faults(&self, faults: Faults) {

@@ -90,7 +90,8 @@ fn authenticate(
             vec![],
         ));
     };
-    match state.keys.get(key) {
+    let revoked = state.lock().revoked.contains(key);
+    match state.keys.get(key).filter(|_| !revoked) {
         Some(super::KeyStatus::Active(index)) => Ok(*index),
         Some(super::KeyStatus::Blocked) => Err(fail(
             StatusCode::FORBIDDEN,

@@ -67,7 +67,7 @@ impl Upstream {
         let response = self
             .http
             .post(url)
-            .header("x-goog-api-key", key.expose())
+            .header("x-goog-api-key", key_header(key))
             .json(body)
             .send()
             .await
@@ -118,7 +118,7 @@ impl Upstream {
                 .http
                 .get(format!("{}/{VERSION}/models", self.base))
                 .query(&[("pageSize", "1000"), ("pageToken", page_token.as_str())])
-                .header("x-goog-api-key", key.expose())
+                .header("x-goog-api-key", key_header(key))
                 .send()
                 .await
                 .map_err(transport_error)?;
@@ -138,6 +138,15 @@ impl Upstream {
         }
         Ok(models)
     }
+}
+
+/// The key as a header value marked sensitive, so that HTTP-level debug
+/// output shows `Sensitive` in its place.
+fn key_header(key: &ApiKey) -> reqwest::header::HeaderValue {
+    let mut value = reqwest::header::HeaderValue::from_str(key.expose())
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid-key-characters"));
+    value.set_sensitive(true);
+    value
 }
 
 async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {

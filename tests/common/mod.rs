@@ -44,3 +44,107 @@ pub fn client() -> reqwest::Client {
 pub fn request_of(tokens: u64) -> Value {
     json!({"contents": [{"role": "user", "parts": [{"text": "x".repeat(tokens as usize * 4)}]}]})
 }
+
+use gemini_flux::config::Settings;
+use gemini_flux::service::{self, RunningService};
+use gemini_flux::sim::SimStats;
+
+/// A simulator and the service in front of it, both on ephemeral ports,
+/// both on one clock.
+pub struct Stack {
+    pub sim: SimServer,
+    pub svc: RunningService,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts the simulator with `sim_config`, then the service with the
+    /// simulator's keys and the extra `env` settings.
+    pub async fn start(sim_config: SimConfig, wall: Timestamp, env: &[(&str, &str)]) -> Stack {
+        let keys = sim_config.keys.join(",");
+        Self::start_with_keys(sim_config, wall, &keys, env).await
+    }
+
+    pub async fn start_with_keys(
+        sim_config: SimConfig,
+        wall: Timestamp,
+        keys: &str,
+        env: &[(&str, &str)],
+    ) -> Stack {
+        let clock = Clock::starting_at(wall);
+        let sim = SimServer::start(sim_config, clock, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut vars = vec![
+            ("GEMINI_KEYS".to_string(), keys.to_string()),
+            ("GEMINI_BASE_URL".to_string(), sim.base_url()),
+            ("FLUX_BIND".to_string(), "127.0.0.1:0".to_string()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let settings = Settings::from_vars(vars).expect("valid settings");
+        let svc = service::start(settings, clock)
+            .await
+            .expect("service starts");
+        Stack {
+            sim,
+            svc,
+            http: client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.svc.base_url())
+    }
+
+    /// `POST /generate` with `body`; the status, `Retry-After` and JSON answer.
+    pub async fn generate(&self, body: Value) -> (u16, Option<u64>, Value) {
+        let resp = self
+            .http
+            .post(self.url("/generate"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        (
+            status,
+            retry_after,
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.url(path)).send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub fn sim_stats(&self) -> SimStats {
+        self.sim.stats()
+    }
+}
+
+/// A prompt that counts exactly `tokens` tokens.
+pub fn prompt_of(tokens: u64) -> String {
+    "x".repeat(tokens as usize * 4)
+}
