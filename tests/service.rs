@@ -29,6 +29,24 @@ fn limits_env(limits: &[(&str, u32, u64, u32)]) -> String {
     Value::Object(map).to_string()
 }
 
+/// One key, flash only, on flash's free-tier limits, configured on both sides.
+async fn one_flash_key() -> Stack {
+    let limits = [(FLASH, 10, 250_000, 250)];
+    let env = [
+        ("FLUX_MODELS", FLASH),
+        ("FLUX_LIMITS", &limits_env(&limits) as &str),
+    ];
+    Stack::start(sim_with(&["sim-key-aaaa"], &limits), quiet_noon(), &env).await
+}
+
+/// [`one_flash_key`] with 200k of its 250k tokens spent just now.
+async fn busy_flash_key() -> Stack {
+    let stack = one_flash_key().await;
+    let (status, _, _) = stack.generate(json!({"prompt": prompt_of(200_000)})).await;
+    assert_eq!(status, 200);
+    stack
+}
+
 #[tokio::test(start_paused = true)]
 async fn generate_answers_with_the_seed_fields() {
     let stack = Stack::start(
@@ -58,12 +76,7 @@ async fn generate_answers_with_the_seed_fields() {
 
 #[tokio::test(start_paused = true)]
 async fn waits_are_exactly_what_the_token_window_forces() {
-    let limits = [(FLASH, 10, 250_000, 250)];
-    let env = [
-        ("FLUX_MODELS", FLASH),
-        ("FLUX_LIMITS", &limits_env(&limits) as &str),
-    ];
-    let stack = Stack::start(sim_with(&["sim-key-aaaa"], &limits), quiet_noon(), &env).await;
+    let stack = one_flash_key().await;
     let requests = (0..6).map(|_| stack.generate(json!({"prompt": prompt_of(100_000)})));
     let answers = futures::future::join_all(requests).await;
     let mut waits: Vec<f64> = answers
@@ -276,19 +289,7 @@ async fn transient_failures_are_retried_elsewhere() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_beyond_the_wait_ceiling_is_a_429_with_retry_after() {
-    let limits = [(FLASH, 10, 250_000, 250)];
-    let env = [
-        ("FLUX_MODELS", FLASH),
-        ("FLUX_LIMITS", &limits_env(&limits) as &str),
-    ];
-    let stack = Stack::start(sim_with(&["sim-key-0001"], &limits), quiet_noon(), &env).await;
-    assert_eq!(
-        stack
-            .generate(json!({"prompt": prompt_of(200_000)}))
-            .await
-            .0,
-        200
-    );
+    let stack = busy_flash_key().await;
     let (s, retry_after, v) = stack
         .generate(json!({"prompt": prompt_of(100_000), "max_wait_s": 10}))
         .await;
@@ -304,19 +305,7 @@ async fn a_slot_beyond_the_wait_ceiling_is_a_429_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_while_waiting_releases_its_slot() {
-    let limits = [(FLASH, 10, 250_000, 250)];
-    let env = [
-        ("FLUX_MODELS", FLASH),
-        ("FLUX_LIMITS", &limits_env(&limits) as &str),
-    ];
-    let stack = Stack::start(sim_with(&["sim-key-0001"], &limits), quiet_noon(), &env).await;
-    assert_eq!(
-        stack
-            .generate(json!({"prompt": prompt_of(200_000)}))
-            .await
-            .0,
-        200
-    );
+    let stack = busy_flash_key().await;
     // This one must wait a minute; its client gives up after 5 s.
     let impatient = stack
         .http

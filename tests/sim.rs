@@ -44,6 +44,20 @@ impl Probe {
         .await
     }
 
+    async fn stream(&self, key: &str, tokens: u64, sse: bool) -> reqwest::Response {
+        let alt = if sse { "?alt=sse" } else { "" };
+        self.http
+            .post(format!(
+                "{}/v1beta/models/{FLASH}:streamGenerateContent{alt}",
+                self.base
+            ))
+            .header("x-goog-api-key", key)
+            .json(&request_of(tokens))
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, path: &str, key: &str) -> (u16, Value) {
         let resp = self
             .http
@@ -330,17 +344,7 @@ async fn count_tokens_is_free_and_accepts_both_shapes() {
 async fn streaming_uses_sse_framing_and_ends_with_usage() {
     let sim = start_sim(SimConfig::new(["key-aaaa"]), quiet_noon()).await;
     let p = Probe::new(&sim);
-    let resp = p
-        .http
-        .post(format!(
-            "{}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse",
-            p.base
-        ))
-        .header("x-goog-api-key", "key-aaaa")
-        .json(&request_of(1234))
-        .send()
-        .await
-        .unwrap();
+    let resp = p.stream("key-aaaa", 1234, true).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let text = resp.text().await.unwrap();
@@ -371,17 +375,7 @@ async fn streaming_uses_sse_framing_and_ends_with_usage() {
     );
 
     // Without alt=sse: one JSON array of the same chunks.
-    let resp = p
-        .http
-        .post(format!(
-            "{}/v1beta/models/{FLASH}:streamGenerateContent",
-            p.base
-        ))
-        .header("x-goog-api-key", "key-aaaa")
-        .json(&request_of(5))
-        .send()
-        .await
-        .unwrap();
+    let resp = p.stream("key-aaaa", 5, false).await;
     let array: Vec<Value> = resp.json().await.unwrap();
     assert_eq!(array.len(), 3);
     assert_eq!(array[2]["usageMetadata"]["promptTokenCount"], 5);
@@ -474,17 +468,7 @@ async fn injected_faults_look_like_the_real_ones() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    let resp = p
-        .http
-        .post(format!(
-            "{}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse",
-            p.base
-        ))
-        .header("x-goog-api-key", "key-aaaa")
-        .json(&request_of(10))
-        .send()
-        .await
-        .unwrap();
+    let resp = p.stream("key-aaaa", 10, true).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.is_err(), "the body is cut off");
 
@@ -514,17 +498,7 @@ async fn added_latency_and_chunk_delays_take_simulated_time() {
     });
     let p = Probe::new(&sim);
     let started = tokio::time::Instant::now();
-    let resp = p
-        .http
-        .post(format!(
-            "{}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse",
-            p.base
-        ))
-        .header("x-goog-api-key", "key-aaaa")
-        .json(&request_of(10))
-        .send()
-        .await
-        .unwrap();
+    let resp = p.stream("key-aaaa", 10, true).await;
     resp.text().await.unwrap();
     // 1.5 s of latency, then two pauses between three chunks.
     assert_eq!(started.elapsed(), Duration::from_millis(1_500 + 2 * 700));
