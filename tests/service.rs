@@ -476,3 +476,27 @@ async fn readyz_fails_when_no_key_is_usable() {
     let (s, retry, _) = stack.generate(json!({"prompt": "hi"})).await;
     assert_eq!((s, retry), (503, Some(60)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn when_every_day_is_spent_the_answer_is_429_until_pacific_midnight() {
+    // 23:00 Pacific (PDT): midnight is an hour away.
+    let limits = [(FLASH, 10, 250_000, 2)];
+    let env = [
+        ("FLUX_MODELS", FLASH),
+        ("FLUX_LIMITS", &limits_env(&limits) as &str),
+    ];
+    let stack = Stack::start(
+        sim_with(&["sim-key-0001"], &limits),
+        at("2026-06-11T06:00:00Z"),
+        &env,
+    )
+    .await;
+    assert_eq!(stack.generate(json!({"prompt": "a"})).await.0, 200);
+    assert_eq!(stack.generate(json!({"prompt": "b"})).await.0, 200);
+    let (s, retry_after, v) = stack.generate(json!({"prompt": "c"})).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(retry_after, Some(3600));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(stack.generate(json!({"prompt": "d"})).await.0, 200);
+    assert_eq!(stack.sim_stats().rejected_429, 0);
+}

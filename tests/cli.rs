@@ -1,0 +1,58 @@
+//! The binary's start-up contract: bad settings stop it with exit code 2 and a
+//! message naming what is wrong, before anything listens.
+
+use std::process::Command;
+
+fn gemini_flux(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = std::env::temp_dir().join(format!("gemini-flux-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemini-flux"));
+    cmd.args(args)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn no_keys_is_exit_code_2() {
+    let (code, stderr) = gemini_flux(&["serve"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("GEMINI_KEY_1"), "{stderr}");
+}
+
+#[test]
+fn malformed_settings_are_exit_code_2_and_named() {
+    let (code, stderr) = gemini_flux(
+        &[],
+        &[
+            ("GEMINI_KEYS", "k1"),
+            ("FLUX_LIMITS", "{\"gemini-2.5-flash\": {\"rpm\": 0}}"),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("FLUX_LIMITS") && stderr.contains("rpm"),
+        "{stderr}"
+    );
+    let (code, stderr) = gemini_flux(
+        &["serve"],
+        &[("GEMINI_KEYS", "k1"), ("GEMINI_MODE", "fast")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("GEMINI_MODE"), "{stderr}");
+}
+
+#[test]
+fn the_sim_refuses_bad_limits() {
+    let (code, stderr) = gemini_flux(&["sim", "--port", "0", "--limits", "{bad"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("limits"), "{stderr}");
+}
