@@ -59,6 +59,29 @@ impl Timestamp {
     }
 }
 
+/// A Pacific calendar day and the instant it ends: computed once per decision,
+/// since time-zone arithmetic is the costliest step of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacificDay {
+    pub date: NaiveDate,
+    /// The next Pacific midnight.
+    pub ends: Timestamp,
+}
+
+impl PacificDay {
+    pub fn of(t: Timestamp) -> PacificDay {
+        PacificDay {
+            date: t.pacific_day(),
+            ends: t.next_pacific_midnight(),
+        }
+    }
+
+    /// The day after this one.
+    pub fn next(self) -> PacificDay {
+        PacificDay::of(self.ends)
+    }
+}
+
 /// The first instant of a Pacific calendar day. Midnight always exists in
 /// Los Angeles (clocks change at 02:00), so this is never ambiguous.
 pub fn pacific_midnight(day: NaiveDate) -> Timestamp {

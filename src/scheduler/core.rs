@@ -7,7 +7,7 @@
 //! only owner in the running service.
 
 use super::lane::{GrantId, Lane, LaneUsage, WINDOW_MS};
-use crate::clock::Timestamp;
+use crate::clock::{PacificDay, Timestamp};
 use crate::policy::{Family, Limits, LimitsOverride, Mode, Source};
 use crate::wire::Quota;
 use serde::Serialize;
@@ -209,7 +209,8 @@ impl Scheduler {
         if usable.is_empty() {
             return Err(PlanError::NoUsableKey);
         }
-        let today = now.pacific_day();
+        let day = PacificDay::of(now);
+        let today = day.date;
         let mut any_lane_holds_it = false;
         for model in &models {
             let mut best: Option<(Timestamp, u32, usize)> = None;
@@ -221,11 +222,11 @@ impl Scheduler {
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
-                lane.forget_before(now, self.span_ms);
+                lane.forget_before(now, today, self.span_ms);
                 if !lane.has_day_left(limits, today) {
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, request.tokens, now, self.span_ms) else {
+                let Some(at) = lane.earliest(limits, request.tokens, now, day, self.span_ms) else {
                     continue;
                 };
                 if request.preferred_key == Some(key) {
@@ -253,7 +254,7 @@ impl Scheduler {
             return Ok(self.book(key, model, at, request.tokens));
         }
         if any_lane_holds_it {
-            return Err(PlanError::ExhaustedUntil(now.next_pacific_midnight()));
+            return Err(PlanError::ExhaustedUntil(day.ends));
         }
         let largest = models
             .iter()

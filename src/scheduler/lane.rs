@@ -18,7 +18,7 @@
 //! earlier without delaying any of them (backfilling), and nothing already
 //! granted ever has to move.
 
-use crate::clock::Timestamp;
+use crate::clock::{PacificDay, Timestamp};
 use crate::policy::{Limits, LimitsOverride};
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -34,7 +34,7 @@ pub const WINDOW_MS: i64 = 60_000;
 /// How many gap instants a plan examines before it goes to the end of the
 /// lane's queue. Bounds planning cost when thousands of grants wait; the end
 /// of the queue always fits, so this can only forgo a backfill, never overbook.
-const MAX_GAP_CANDIDATES: usize = 64;
+const MAX_GAP_CANDIDATES: usize = 512;
 
 /// How many Pacific midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
@@ -93,34 +93,43 @@ impl Lane {
 
     /// The earliest instant at or after `from` when `tokens` fit, or `None` if
     /// they never can (more than the TPM, or no day left within the horizon).
+    /// `today` is the Pacific day of `from`.
     pub fn earliest(
         &self,
         limits: Limits,
         tokens: u64,
         from: Timestamp,
+        today: PacificDay,
         span_ms: i64,
     ) -> Option<Timestamp> {
         if tokens > limits.tpm || limits.rpm == 0 {
             return None;
         }
-        let mut from = from.max(self.cooldown_until);
+        let (mut from, mut day) = (from, today);
+        if self.cooldown_until > from {
+            from = self.cooldown_until;
+            day = PacificDay::of(from);
+        }
         for _ in 0..MAX_DAYS_AHEAD {
-            let day = from.pacific_day();
-            if self.has_day_left(limits, day) {
-                let midnight = from.next_pacific_midnight();
+            if self.has_day_left(limits, day.date) {
                 let t = self.earliest_in_window(limits, tokens, from, span_ms);
-                if t < midnight {
+                if t < day.ends {
                     return Some(t);
                 }
-                from = midnight;
-            } else {
-                from = from.next_pacific_midnight();
             }
+            from = day.ends;
+            day = day.next();
         }
         None
     }
 
     /// The earliest instant at or after `from` that fits the per-minute limits.
+    ///
+    /// Fitting can only begin at `from`, at a booking's instant or at the end
+    /// of a booking's span; those candidates are walked in order without
+    /// building a list (both sequences are already sorted). When a candidate
+    /// is refused by the window ending at `s`, every candidate up to `s` would
+    /// be refused by that same window, so the walk resumes after `s`.
     fn earliest_in_window(
         &self,
         limits: Limits,
@@ -128,45 +137,57 @@ impl Lane {
         from: Timestamp,
         span_ms: i64,
     ) -> Timestamp {
-        let relevant = self
+        let first = self
             .bookings
             .partition_point(|b| b.at.millis() + span_ms <= from.millis());
-        let tail = self.bookings.last().map_or(from, |b| b.at.max(from));
-        // Instants where fitting can begin: `from`, each booking's instant, and
-        // each booking's end; in order, gaps first, capped, then the tail.
-        let mut candidates: Vec<Timestamp> = std::iter::once(from)
-            .chain(
-                self.bookings[relevant..]
-                    .iter()
-                    .flat_map(|b| [b.at, b.at.plus_millis(span_ms)]),
-            )
-            .filter(|&t| t >= from)
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        let (gaps, after): (Vec<Timestamp>, Vec<Timestamp>) =
-            candidates.into_iter().partition(|&t| t < tail);
-        let tail_candidates = std::iter::once(tail).chain(after);
-        gaps.into_iter()
-            .take(MAX_GAP_CANDIDATES)
-            .chain(tail_candidates)
-            .find(|&t| self.fits(limits, tokens, t, span_ms))
-            .expect("after the last booking's span the window is empty")
+        let live = &self.bookings[first..];
+        let tail = live.last().map_or(from, |b| b.at.max(from));
+        let next_candidate = |after: Timestamp| {
+            let start = live.partition_point(|b| b.at <= after);
+            let end = live.partition_point(|b| b.at.millis() + span_ms <= after.millis());
+            let starting = live.get(start).map(|b| b.at);
+            let ending = live.get(end).map(|b| b.at.plus_millis(span_ms));
+            starting.into_iter().chain(ending).min()
+        };
+        let mut t = from;
+        let mut examined = 0;
+        loop {
+            // Past the gap budget, go straight to the end of the queue.
+            if examined == MAX_GAP_CANDIDATES && t < tail {
+                t = tail;
+            }
+            match self.refusing_window(limits, tokens, t, span_ms) {
+                None => return t,
+                Some(s) => {
+                    examined += 1;
+                    t = next_candidate(s)
+                        .expect("after the last booking's span the window is empty");
+                }
+            }
+        }
     }
 
-    fn fits(&self, limits: Limits, tokens: u64, t: Timestamp, span_ms: i64) -> bool {
-        let fits_window_ending = |s: Timestamp| {
+    /// `None` if `tokens` fit at `t`; else the end of the latest window that
+    /// would go over (at least `t`).
+    fn refusing_window(
+        &self,
+        limits: Limits,
+        tokens: u64,
+        t: Timestamp,
+        span_ms: i64,
+    ) -> Option<Timestamp> {
+        let over = |s: Timestamp| {
             let (used, calls) = self.usage_ending_at(s, span_ms);
-            used + tokens <= limits.tpm && calls < limits.rpm
+            used + tokens > limits.tpm || calls >= limits.rpm
         };
-        if !fits_window_ending(t) {
-            return false;
-        }
         let after = self.bookings.partition_point(|b| b.at <= t);
-        self.bookings[after..]
+        let later = self.bookings[after..]
             .iter()
             .take_while(|b| b.at.millis() < t.millis() + span_ms)
-            .all(|b| fits_window_ending(b.at))
+            .map(|b| b.at)
+            .filter(|&s| over(s))
+            .last();
+        later.or_else(|| over(t).then_some(t))
     }
 
     /// Tokens and calls of the bookings whose span covers instant `s`.
@@ -248,13 +269,18 @@ impl Lane {
 
     /// Drops what can no longer affect any decision: bookings whose span ended
     /// before `now`, day counts of past days.
-    pub fn forget_before(&mut self, now: Timestamp, span_ms: i64) {
+    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, span_ms: i64) {
         let gone = self
             .bookings
             .partition_point(|b| b.at.millis() + span_ms <= now.millis());
         self.bookings.drain(..gone);
-        let today = now.pacific_day();
-        self.per_day.retain(|day, _| *day >= today);
+        if self
+            .per_day
+            .first_key_value()
+            .is_some_and(|(day, _)| *day < today)
+        {
+            self.per_day.retain(|day, _| *day >= today);
+        }
     }
 
     pub fn usage(&self, now: Timestamp) -> LaneUsage {
@@ -294,7 +320,13 @@ mod tests {
     fn a_large_call_waits_exactly_until_enough_tokens_leave() {
         let lane = lane_with(&[(0, 200_000)]);
         let t = lane
-            .earliest(FLASH, 100_000, T0.plus_millis(10_000), SPAN)
+            .earliest(
+                FLASH,
+                100_000,
+                T0.plus_millis(10_000),
+                PacificDay::of(T0),
+                SPAN,
+            )
             .unwrap();
         assert_eq!(t, T0.plus_millis(SPAN));
     }
@@ -303,10 +335,13 @@ mod tests {
     fn a_small_call_backfills_a_gap_without_delaying_a_booked_one() {
         // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
         let lane = lane_with(&[(30_000, 200_000)]);
-        assert_eq!(lane.earliest(FLASH, 40_000, T0, SPAN), Some(T0));
+        assert_eq!(
+            lane.earliest(FLASH, 40_000, T0, PacificDay::of(T0), SPAN),
+            Some(T0)
+        );
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
-            lane.earliest(FLASH, 60_000, T0, SPAN),
+            lane.earliest(FLASH, 60_000, T0, PacificDay::of(T0), SPAN),
             Some(T0.plus_millis(30_000 + SPAN))
         );
     }
@@ -315,7 +350,7 @@ mod tests {
     fn rpm_binds_before_tpm_for_small_calls() {
         let lane = lane_with(&(0..10).map(|i| (i * 1_000, 100)).collect::<Vec<_>>());
         let t = lane
-            .earliest(FLASH, 100, T0.plus_millis(10_000), SPAN)
+            .earliest(FLASH, 100, T0.plus_millis(10_000), PacificDay::of(T0), SPAN)
             .unwrap();
         assert_eq!(t, T0.plus_millis(SPAN), "the first call's span must end");
     }
@@ -325,19 +360,22 @@ mod tests {
         let mut lane = Lane::default();
         lane.cool_until(T0.plus_millis(39_000));
         assert_eq!(
-            lane.earliest(FLASH, 1, T0, SPAN),
+            lane.earliest(FLASH, 1, T0, PacificDay::of(T0), SPAN),
             Some(T0.plus_millis(39_000))
         );
         lane.exhaust_day(T0.pacific_day());
         assert_eq!(
-            lane.earliest(FLASH, 1, T0, SPAN),
+            lane.earliest(FLASH, 1, T0, PacificDay::of(T0), SPAN),
             Some(T0.next_pacific_midnight())
         );
     }
 
     #[test]
     fn a_call_larger_than_the_tpm_never_fits() {
-        assert_eq!(Lane::default().earliest(FLASH, 250_001, T0, SPAN), None);
+        assert_eq!(
+            Lane::default().earliest(FLASH, 250_001, T0, PacificDay::of(T0), SPAN),
+            None
+        );
     }
 
     #[test]
@@ -346,7 +384,10 @@ mod tests {
         assert_eq!(lane.booked_on(T0.pacific_day()), 1);
         lane.release(0, T0);
         assert_eq!(lane.booked_on(T0.pacific_day()), 0);
-        assert_eq!(lane.earliest(FLASH, 250_000, T0, SPAN), Some(T0));
+        assert_eq!(
+            lane.earliest(FLASH, 250_000, T0, PacificDay::of(T0), SPAN),
+            Some(T0)
+        );
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! `flux-bench`: measures gemini-flux. `efficiency` replays request traces
+//! through the real scheduler core and three other strategies against the
+//! simulator's quota model in simulated time; the tables go to BENCHMARKS.md.
+
+mod bound;
+mod efficiency;
+mod strategies;
+mod traces;
+mod world;
+
+use clap::{Parser, Subcommand};
+use strategies::Strategy;
+use traces::Trace;
+
+#[derive(Parser)]
+#[command(
+    name = "flux-bench",
+    about = "Benchmarks for gemini-flux; prints markdown tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Strategies side by side on request traces, in simulated time.
+    Efficiency {
+        /// A subset that runs in seconds: 1 and 8 keys.
+        #[arg(long)]
+        quick: bool,
+        /// Key counts (default 1,4,8,32).
+        #[arg(long, value_delimiter = ',')]
+        keys: Vec<usize>,
+        /// Traces: dubbing, chat, mixed, burst (default all).
+        #[arg(long, value_delimiter = ',')]
+        traces: Vec<String>,
+    },
+}
+
+fn main() {
+    match Cli::parse().command {
+        Command::Efficiency {
+            quick,
+            keys,
+            traces,
+        } => {
+            let keys = match (keys.is_empty(), quick) {
+                (false, _) => keys,
+                (true, true) => vec![1, 8],
+                (true, false) => vec![1, 4, 8, 32],
+            };
+            let traces: Vec<Trace> = if traces.is_empty() {
+                Trace::ALL.to_vec()
+            } else {
+                traces
+                    .iter()
+                    .map(|t| {
+                        Trace::parse(t).unwrap_or_else(|| {
+                            panic!("unknown trace {t:?}: dubbing, chat, mixed, burst")
+                        })
+                    })
+                    .collect()
+            };
+            efficiency::main(efficiency::Options {
+                traces,
+                keys,
+                strategies: Strategy::ALL.to_vec(),
+            });
+        }
+    }
+}
