@@ -30,6 +30,19 @@ pub struct Settings {
     pub guard: Duration,
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
+    pub token_count: TokenCount,
+}
+
+/// How a request's input tokens are counted before it is planned
+/// (`FLUX_TOKEN_COUNT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenCount {
+    /// One free `countTokens` call per request: exact, one more round trip.
+    Upstream,
+    /// The local estimate (4 characters a token, 258 per inline part): no
+    /// round trip; the booking is corrected by `promptTokenCount` when the
+    /// answer comes. For traffic whose TPM never binds.
+    Local,
 }
 
 /// The raw variables, as envy reads them.
@@ -46,6 +59,7 @@ struct Raw {
     flux_guard_ms: Option<u64>,
     flux_max_body_mb: Option<u64>,
     flux_upstream_timeout_s: Option<u64>,
+    flux_token_count: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -111,6 +125,15 @@ impl Settings {
         if body_mb == 0 {
             return Err(ConfigError("FLUX_MAX_BODY_MB must be at least 1".into()));
         }
+        let token_count = match raw.flux_token_count.as_deref().map(str::trim) {
+            None | Some("") | Some("upstream") => TokenCount::Upstream,
+            Some("local") => TokenCount::Local,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "FLUX_TOKEN_COUNT: {other:?} is neither upstream nor local"
+                )));
+            }
+        };
         Ok(Settings {
             keys,
             mode,
@@ -123,6 +146,7 @@ impl Settings {
             guard: Duration::from_millis(raw.flux_guard_ms.unwrap_or(250)),
             max_body_bytes: (body_mb as usize).saturating_mul(1024 * 1024),
             upstream_timeout: Duration::from_secs(raw.flux_upstream_timeout_s.unwrap_or(600)),
+            token_count,
         })
     }
 }

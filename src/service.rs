@@ -98,6 +98,7 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
         scheduler,
         upstream,
         keys: settings.keys.clone(),
+        token_count: settings.token_count,
         count_model: chain[0].clone(),
         count_turn: AtomicUsize::new(0),
         max_wait: settings.max_wait,

@@ -5,6 +5,7 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::clock::Timestamp;
+use crate::config::TokenCount;
 use crate::scheduler::{PlanError, PlanRequest, Target};
 use crate::upstream::{Generated, UpstreamError};
 use crate::wire::prompt_tokens;
@@ -196,6 +197,9 @@ fn plan_error(error: PlanError, now: Timestamp, tried: &[String]) -> ApiError {
 /// quota), spreading the calls over the usable keys; falls back on the local
 /// estimate when that fails.
 async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+    if state.token_count == TokenCount::Local {
+        return prompt_tokens(request);
+    }
     let usable = state.scheduler.usable_keys();
     let healthy: Vec<usize> = (0..usable.len()).filter(|&k| usable[k]).collect();
     if !healthy.is_empty() {

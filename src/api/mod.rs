@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod error;
 mod flux;
 
+use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::scheduler::SchedulerHandle;
 use crate::upstream::Upstream;
@@ -26,6 +27,7 @@ pub struct Shared {
     pub scheduler: SchedulerHandle,
     pub upstream: Upstream,
     pub keys: Vec<ApiKey>,
+    pub token_count: TokenCount,
     /// The model `countTokens` is asked about (the chain's first).
     pub count_model: String,
     pub count_turn: AtomicUsize,

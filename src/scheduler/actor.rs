@@ -189,8 +189,12 @@ impl GrantGuard {
     }
 
     /// Sleeps until the grant's instant (tokio time, so pausable in tests).
+    /// A grant that is due already goes at once: the timer wheel would round
+    /// even a past deadline up to its next millisecond tick.
     pub async fn wait(&self) {
-        tokio::time::sleep_until(self.handle.clock.instant_at(self.grant.at)).await;
+        if self.grant.at > self.handle.clock.now() {
+            tokio::time::sleep_until(self.handle.clock.instant_at(self.grant.at)).await;
+        }
     }
 
     /// The call is about to leave: from now on the booking is kept.

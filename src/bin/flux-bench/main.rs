@@ -4,6 +4,7 @@
 
 mod bound;
 mod efficiency;
+mod overhead;
 mod strategies;
 mod traces;
 mod world;
@@ -36,6 +37,21 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         traces: Vec<String>,
     },
+    /// The gateway's own cost: latency added, throughput, CPU and memory.
+    Overhead {
+        /// Open-loop request rates, per second.
+        #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+        rates: Vec<u32>,
+        /// Seconds at each rate.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Requests left waiting for their slots, for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        waiting: usize,
+        /// FLUX_TOKEN_COUNT for the gateway: upstream or local.
+        #[arg(long, default_value = "upstream")]
+        token_count: String,
+    },
 }
 
 fn main() {
@@ -67,6 +83,20 @@ fn main() {
                 keys,
                 strategies: Strategy::ALL.to_vec(),
             });
+        }
+        Command::Overhead {
+            rates,
+            seconds,
+            waiting,
+            token_count,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(overhead::main(overhead::Options {
+                rates,
+                seconds,
+                waiting,
+                token_count,
+            }));
         }
     }
 }

@@ -1,0 +1,376 @@
+//! `flux-bench overhead`: what the gateway itself costs. The real service runs
+//! as a child process in front of the simulator (zero added latency, quota so
+//! large that nothing waits); an open-loop load generator sends at fixed
+//! rates, straight to the simulator and through gemini-flux, and compares.
+//! Then saturation throughput, CPU per request, RSS, and RSS with 10,000
+//! requests waiting for their slots.
+
+use gemini_flux::clock::Clock;
+use gemini_flux::policy::Limits;
+use gemini_flux::sim::{SimConfig, SimServer};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MODEL: &str = "gemini-2.5-flash";
+const KEYS: [&str; 8] = [
+    "bench-key-01",
+    "bench-key-02",
+    "bench-key-03",
+    "bench-key-04",
+    "bench-key-05",
+    "bench-key-06",
+    "bench-key-07",
+    "bench-key-08",
+];
+
+pub struct Options {
+    pub rates: Vec<u32>,
+    pub seconds: u64,
+    pub waiting: usize,
+    /// `FLUX_TOKEN_COUNT` for the gateway under test.
+    pub token_count: String,
+}
+
+/// The service as a child process, stopped when dropped.
+struct Gateway {
+    child: Child,
+    url: String,
+}
+
+impl Gateway {
+    fn spawn(upstream: &str, keys: &[&str], env: &[(&str, String)]) -> Gateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let binary = std::env::current_exe()
+            .unwrap()
+            .with_file_name("gemini-flux");
+        let mut cmd = Command::new(&binary);
+        cmd.arg("serve")
+            .env("GEMINI_KEYS", keys.join(","))
+            .env("GEMINI_BASE_URL", upstream)
+            .env("FLUX_BIND", format!("127.0.0.1:{port}"))
+            .env("FLUX_MODELS", MODEL)
+            .env("GEMINI_LOG", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (build it with --release first)",
+                binary.display()
+            )
+        });
+        Gateway {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn ready(&self, http: &reqwest::Client) {
+        for _ in 0..200 {
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not become ready");
+    }
+
+    fn proc_field(&self, file: &str, field: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory now and at its peak, in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        (
+            self.proc_field("status", "VmRSS:") as f64 / 1024.0,
+            self.proc_field("status", "VmHWM:") as f64 / 1024.0,
+        )
+    }
+
+    /// User + system CPU time used so far.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // After the command name (which may hold spaces) come the state (3rd
+        // field overall), …, utime (14th) and stime (15th).
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let field = |n: usize| {
+            after
+                .split_whitespace()
+                .nth(n - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let ticks = field(14) + field(15);
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request to send, again and again.
+#[derive(Clone)]
+struct Target {
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Value,
+}
+
+impl Target {
+    async fn send(&self, http: &reqwest::Client) -> bool {
+        let mut req = http.post(&self.url).json(&self.body);
+        for (k, v) in &self.headers {
+            req = req.header(*k, v);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+            _ => false,
+        }
+    }
+}
+
+struct Latencies {
+    sorted_us: Vec<u64>,
+    failed: usize,
+}
+
+impl Latencies {
+    fn pct(&self, p: f64) -> f64 {
+        let i = ((self.sorted_us.len() as f64 * p / 100.0) as usize)
+            .min(self.sorted_us.len().saturating_sub(1));
+        self.sorted_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    }
+}
+
+/// At `rate` planned instants a second for `seconds`, sends one request to
+/// each target at once, whatever the others are doing; latency counts from
+/// the planned instant. Pairing the two paths means both meet the same load
+/// and the same scheduling noise.
+async fn open_loop(
+    http: &reqwest::Client,
+    targets: [&Target; 2],
+    rate: u32,
+    seconds: u64,
+) -> [Latencies; 2] {
+    let total = rate as u64 * seconds;
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let targets = Arc::new([targets[0].clone(), targets[1].clone()]);
+    let tasks: Vec<_> = (0..total)
+        .flat_map(|i| [(i, 0usize), (i, 1usize)])
+        .map(|(i, which)| {
+            let (http, targets) = (http.clone(), targets.clone());
+            let planned = start + Duration::from_micros(i * 1_000_000 / rate as u64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(planned).await;
+                let ok = targets[which].send(&http).await;
+                (which, ok, planned.elapsed().as_micros() as u64)
+            })
+        })
+        .collect();
+    let mut out = [
+        Latencies {
+            sorted_us: Vec::new(),
+            failed: 0,
+        },
+        Latencies {
+            sorted_us: Vec::new(),
+            failed: 0,
+        },
+    ];
+    for t in tasks {
+        match t.await {
+            Ok((which, true, us)) => out[which].sorted_us.push(us),
+            Ok((which, false, _)) => out[which].failed += 1,
+            Err(_) => out[0].failed += 1,
+        }
+    }
+    for l in &mut out {
+        l.sorted_us.sort_unstable();
+    }
+    out
+}
+
+/// Requests a second that `workers` back-to-back clients sustain.
+async fn saturation(http: &reqwest::Client, target: &Target, workers: usize, seconds: u64) -> f64 {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let target = Arc::new(target.clone());
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (http, target) = (http.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n += u64::from(target.send(&http).await);
+                }
+                n
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap_or(0);
+    }
+    done as f64 / seconds as f64
+}
+
+fn limits_json(l: Limits) -> String {
+    json!({MODEL: {"rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}}).to_string()
+}
+
+pub async fn main(options: Options) {
+    let unlimited = Limits {
+        rpm: 1_000_000,
+        tpm: 100_000_000_000,
+        rpd: 1_000_000_000,
+    };
+    let config = SimConfig::new(KEYS).with_limits(BTreeMap::from([(MODEL.to_string(), unlimited)]));
+    let sim = SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(20_000)
+        .build()
+        .unwrap();
+    let env = [
+        ("FLUX_LIMITS", limits_json(unlimited)),
+        ("FLUX_TOKEN_COUNT", options.token_count.clone()),
+    ];
+    let gateway = Gateway::spawn(&sim.base_url(), &KEYS, &env);
+    gateway.ready(&http).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = gateway.rss_mib().0;
+
+    let prompt = "Translate into French: the quick brown fox jumps over the lazy dog.";
+    let direct = Target {
+        url: format!("{}/v1beta/models/{MODEL}:generateContent", sim.base_url()),
+        headers: vec![("x-goog-api-key", KEYS[0].to_string())],
+        body: json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}),
+    };
+    let via = Target {
+        url: format!("{}/generate", gateway.url),
+        headers: vec![],
+        body: json!({"prompt": prompt}),
+    };
+
+    println!("## Gateway overhead\n");
+    println!(
+        "The service as a child process (`FLUX_TOKEN_COUNT={}`) in front of the simulator with no added latency \
+         and quota that never binds ({} keys); an open-loop load generator in the same process as the simulator; \
+         all on this machine's {} cores. At each planned instant one request goes `direct` (one `generateContent` \
+         to the simulator) and one `via` gemini-flux (`POST /generate`), so both meet the same load; latency \
+         counts from the planned instant.\n",
+        options.token_count,
+        KEYS.len(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| rate (req/s) | direct p50 | direct p99 | direct p99.9 | via p50 | via p99 | via p99.9 | added p50 | added p99 | failed | gateway CPU per request |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &rate in &options.rates {
+        let cpu_before = gateway.cpu();
+        let [d, v] = open_loop(&http, [&direct, &via], rate, options.seconds).await;
+        let cpu = gateway.cpu().saturating_sub(cpu_before);
+        let per_request_us = cpu.as_micros() as f64 / v.sorted_us.len().max(1) as f64;
+        println!(
+            "| {rate} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.0} µs |",
+            d.pct(50.0),
+            d.pct(99.0),
+            d.pct(99.9),
+            v.pct(50.0),
+            v.pct(99.0),
+            v.pct(99.9),
+            v.pct(50.0) - d.pct(50.0),
+            v.pct(99.0) - d.pct(99.0),
+            d.failed + v.failed,
+            per_request_us
+        );
+    }
+    let direct_rps = saturation(&http, &direct, 64, options.seconds).await;
+    let via_rps = saturation(&http, &via, 64, options.seconds).await;
+    let (_, peak) = gateway.rss_mib();
+    drop(gateway);
+    println!("\n| measure | value |\n|---|---:|");
+    println!("| saturation, direct to the simulator (64 clients) | {direct_rps:.0} req/s |");
+    println!("| saturation, through gemini-flux (64 clients) | {via_rps:.0} req/s |");
+    println!("| gateway RSS idle | {idle_rss:.1} MiB |");
+    println!("| gateway peak RSS under the load above | {peak:.1} MiB |");
+
+    // Every request must wait: one key, one request a minute.
+    let tight = Limits {
+        rpm: 1,
+        tpm: 1_000_000,
+        rpd: 1_000_000,
+    };
+    let sim_tight = SimServer::start(
+        SimConfig::new([KEYS[0]]).with_limits(BTreeMap::from([(MODEL.to_string(), tight)])),
+        Clock::system(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let env = [
+        ("FLUX_LIMITS", limits_json(tight)),
+        ("FLUX_MAX_WAIT_S", (30 * 86_400).to_string()),
+        ("FLUX_TOKEN_COUNT", options.token_count.clone()),
+    ];
+    let gateway = Gateway::spawn(&sim_tight.base_url(), &KEYS[..1], &env);
+    gateway.ready(&http).await;
+    let waiting_client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let pending: Vec<_> = (0..options.waiting)
+        .map(|_| {
+            let (http, url) = (waiting_client.clone(), format!("{}/generate", gateway.url));
+            tokio::spawn(async move {
+                http.post(url)
+                    .json(&json!({"prompt": "wait for me"}))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    let mut waiting = 0;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status: Value = match http.get(format!("{}/status", gateway.url)).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => continue,
+        };
+        waiting = status["queue"]["waiting"].as_u64().unwrap_or(0) as usize;
+        if waiting + 1 >= options.waiting {
+            break;
+        }
+    }
+    let (rss, _) = gateway.rss_mib();
+    println!("| gateway RSS with {waiting} requests waiting for their slots | {rss:.1} MiB |");
+    drop(gateway);
+    for p in pending {
+        p.abort();
+    }
+}
