@@ -31,6 +31,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub token_count: TokenCount,
+    /// The SQLite file for what survives restarts (`FLUX_STATE_PATH`).
+    pub state_path: std::path::PathBuf,
+    /// How long a stopping service still serves waiting requests (`FLUX_DRAIN_S`).
+    pub drain: Duration,
 }
 
 /// How a request's input tokens are counted before it is planned
@@ -60,6 +64,8 @@ struct Raw {
     flux_max_body_mb: Option<u64>,
     flux_upstream_timeout_s: Option<u64>,
     flux_token_count: Option<String>,
+    flux_state_path: Option<String>,
+    flux_drain_s: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -77,11 +83,16 @@ impl Settings {
         Settings::from_vars(std::env::vars())
     }
 
-    /// Reads settings from the given variables (tests pass their own).
+    /// Reads settings from the given variables (tests pass their own); a name
+    /// given twice keeps its last value, as in an environment.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .collect::<BTreeMap<String, String>>()
+            .into_iter()
+            .collect();
         let raw: Raw =
             envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(envy_message(e)))?;
         let keys = collect_keys(&vars, raw.gemini_keys.as_deref())?;
@@ -147,6 +158,14 @@ impl Settings {
             max_body_bytes: (body_mb as usize).saturating_mul(1024 * 1024),
             upstream_timeout: Duration::from_secs(raw.flux_upstream_timeout_s.unwrap_or(600)),
             token_count,
+            state_path: raw
+                .flux_state_path
+                .filter(|p| !p.trim().is_empty())
+                .map_or_else(
+                    crate::store::SqliteStore::default_path,
+                    std::path::PathBuf::from,
+                ),
+            drain: Duration::from_secs(raw.flux_drain_s.unwrap_or(20)),
         })
     }
 }

@@ -24,6 +24,16 @@ impl ApiKey {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.0)
     }
+
+    /// A stable identity for the state store (FNV-1a, 64 bits, in hex): it
+    /// follows a key across restarts and reorderings of the configuration
+    /// without the key's text ever being written to disk.
+    pub fn stable_id(&self) -> String {
+        let hash = self.0.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
 }
 
 /// The last four characters of a key, prefixed with an ellipsis.
@@ -55,5 +65,20 @@ mod tests {
         assert_eq!(format!("{key}"), "…WXYZ");
         assert_eq!(format!("{key:?}"), "ApiKey(…WXYZ)");
         assert_eq!(fingerprint("ab"), "…ab");
+    }
+
+    #[test]
+    fn stable_ids_are_stable_and_distinct() {
+        let a = ApiKey::new("AIzaSySecretSecretWXYZ");
+        assert_eq!(
+            a.stable_id(),
+            ApiKey::new("AIzaSySecretSecretWXYZ").stable_id()
+        );
+        assert_ne!(
+            a.stable_id(),
+            ApiKey::new("AIzaSySecretSecretWXYA").stable_id()
+        );
+        assert!(!a.stable_id().contains("WXYZ"));
+        assert_eq!(a.stable_id().len(), 16);
     }
 }

@@ -24,5 +24,6 @@ pub mod policy;
 pub mod scheduler;
 pub mod service;
 pub mod sim;
+pub mod store;
 pub mod upstream;
 pub mod wire;

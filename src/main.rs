@@ -145,10 +145,14 @@ const DEMO_KEYS: [&str; 4] = [
 /// demo's own (no real key is read, so none can be spent by accident).
 fn demo_settings() -> Result<Settings, gemini_flux::config::ConfigError> {
     let _ = dotenvy::dotenv();
-    let vars = std::env::vars()
+    let vars: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("GEMINI_KEY") && k != "GEMINI_BASE_URL")
-        .chain([("GEMINI_KEYS".to_string(), DEMO_KEYS.join(","))]);
-    Settings::from_vars(vars)
+        .chain([("GEMINI_KEYS".to_string(), DEMO_KEYS.join(","))])
+        .collect();
+    // The demo's fake keys keep their own state file unless told otherwise.
+    let state = ("FLUX_STATE_PATH".to_string(), "./data/demo.db".to_string());
+    let has_state = vars.iter().any(|(k, _)| k == "FLUX_STATE_PATH");
+    Settings::from_vars(vars.into_iter().chain((!has_state).then_some(state)))
 }
 
 async fn run_demo(mut settings: Settings) -> ExitCode {

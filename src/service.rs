@@ -1,26 +1,35 @@
 //! Starting and stopping the service: from [`Settings`] to a listening router.
 //!
-//! Start-up discovers the model chain (unless `FLUX_MODELS` pins it),
-//! validates every key with one free `countTokens` call in parallel, prints
-//! the key table, spawns the scheduler actor and serves until told to stop.
+//! Start-up opens the state store (refusing a file it cannot trust), discovers
+//! the model chain (unless `FLUX_MODELS` pins it), validates every key with
+//! one free `countTokens` call in parallel, restores what a previous run had
+//! spent, prints the key table, spawns the scheduler actor and serves.
+//!
+//! Stopping drains: no new connections; calls already upstream finish; a
+//! request waiting for its slot is served if the slot comes within
+//! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; then the
+//! store is flushed.
 
-use crate::api::{self, AppState, Shared};
+use crate::api::{self, AppState, Drain, Shared};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::keys::ApiKey;
 use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
+use crate::scheduler::actor::Journal;
 use crate::scheduler::{KeyState, Scheduler, SchedulerHandle};
+use crate::store::{Ledger, Recovered, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// A running service. Dropping it without [`RunningService::stop`] aborts it.
 pub struct RunningService {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    draining: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     state: AppState,
 }
@@ -32,6 +41,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("state store {0}")]
+    State(#[from] StoreError),
 }
 
 impl RunningService {
@@ -47,12 +58,15 @@ impl RunningService {
         &self.state.scheduler
     }
 
-    /// Stops accepting, lets requests in progress finish, and returns.
+    /// Drains (see the module doc), flushes the store, and returns.
     pub async fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.draining.send(true);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.unwrap_or(Ok(()))
+        let served = (&mut self.task).await.unwrap_or(Ok(()));
+        self.state.ledger.flush().await;
+        served
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
@@ -72,14 +86,26 @@ impl Drop for RunningService {
     }
 }
 
-/// Starts the service on `settings.bind`, its time read from `clock`.
+/// Starts the service on `settings.bind`, its time read from `clock`, its
+/// state kept in SQLite at `settings.state_path`.
 pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, StartError> {
+    let store = SqliteStore::open(&settings.state_path)?;
+    start_with_store(settings, clock, store).await
+}
+
+/// [`start`] with any [`Store`] (tests use one that fails on purpose).
+pub async fn start_with_store(
+    settings: Settings,
+    clock: Clock,
+    mut store: impl Store,
+) -> Result<RunningService, StartError> {
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
     let chain = match &settings.models {
         Some(pinned) => pinned.clone(),
         None => discover_chain(&upstream, &settings.keys).await,
     };
-    let states = validate_keys(&upstream, &settings.keys, &chain[0]).await;
+    let validated = validate_keys(&upstream, &settings.keys, &chain[0]).await;
+    let key_ids: Vec<String> = settings.keys.iter().map(ApiKey::stable_id).collect();
     let fingerprints = settings.keys.iter().map(ApiKey::fingerprint).collect();
     let mut core = Scheduler::new(
         fingerprints,
@@ -88,20 +114,32 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
         settings.mode,
         settings.guard,
     );
-    for (key, state) in states.iter().enumerate() {
-        core.set_key_state(key, state.clone());
-    }
-    log_startup_table(&settings, &chain, &states, &core);
-    let scheduler = SchedulerHandle::spawn(core, clock, settings.log_decisions);
+    let recovered = store.recover(clock.now(), core.span_ms())?;
+    restore(&mut core, &recovered, &key_ids, validated, settings.mode);
+    log_startup_table(&settings, &chain, &core);
 
+    let ledger = Ledger::start(store);
+    let journal = Journal {
+        ledger: ledger.clone(),
+        key_ids: key_ids.clone(),
+        configured_mode: settings.mode,
+    };
+    let scheduler = SchedulerHandle::spawn(core, clock, settings.log_decisions, journal);
+    let (draining, drain_signal) = watch::channel(false);
     let state = AppState::new(Shared {
         scheduler,
         upstream,
         keys: settings.keys.clone(),
+        key_ids,
+        ledger,
         token_count: settings.token_count,
         count_model: chain[0].clone(),
         count_turn: AtomicUsize::new(0),
         max_wait: settings.max_wait,
+        drain: Drain {
+            signal: drain_signal,
+            window: settings.drain,
+        },
     });
     let app = api::router(state.clone(), settings.max_body_bytes);
     let listener = TcpListener::bind(settings.bind)
@@ -126,9 +164,64 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
     Ok(RunningService {
         addr,
         stop: Some(stop),
+        draining,
         task,
         state,
     })
+}
+
+/// Puts back what a previous run spent and decided. A key an operator
+/// disabled stays disabled; otherwise today's validation decides its state.
+/// A mode changed at run time stays unless the configured mode has changed.
+fn restore(
+    core: &mut Scheduler,
+    recovered: &Recovered,
+    key_ids: &[String],
+    validated: Vec<KeyState>,
+    configured: crate::policy::Mode,
+) {
+    let index = |id: &str| key_ids.iter().position(|k| k == id);
+    for call in &recovered.recent_calls {
+        if let Some(k) = index(&call.key_id) {
+            core.restore_call(k, &call.model, call.at, call.input_tokens);
+        }
+    }
+    for (id, model, day, count) in &recovered.day_counts {
+        if let Some(k) = index(id) {
+            core.restore_day(k, model, *day, *count);
+        }
+    }
+    for (id, model, learned) in &recovered.learned {
+        if let Some(k) = index(id) {
+            core.restore_learned(k, model, *learned);
+        }
+    }
+    let disabled: Vec<usize> = recovered
+        .key_states
+        .iter()
+        .filter(|(_, s)| *s == KeyState::Disabled)
+        .filter_map(|(id, _)| index(id))
+        .collect();
+    for (key, state) in validated.into_iter().enumerate() {
+        let state = if disabled.contains(&key) {
+            KeyState::Disabled
+        } else {
+            state
+        };
+        core.set_key_state(key, state);
+    }
+    if let Some((mode, when_configured)) = recovered.mode {
+        if when_configured == configured {
+            core.set_mode(mode);
+        }
+    }
+    let restored: usize = recovered.day_counts.iter().map(|d| d.3 as usize).sum();
+    if restored > 0 {
+        tracing::info!(
+            "restored {} call(s) in the last minute and {restored} today",
+            recovered.recent_calls.len()
+        );
+    }
 }
 
 /// The chain from `GET /models` on the first key that answers, ordered as the
@@ -172,7 +265,7 @@ async fn validate_keys(upstream: &Upstream, keys: &[ApiKey], model: &str) -> Vec
     futures::future::join_all(checks).await
 }
 
-fn log_startup_table(settings: &Settings, chain: &[String], states: &[KeyState], core: &Scheduler) {
+fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
     tracing::info!("mode {}, chain: {}", settings.mode, chain.join(" > "));
     for model in chain {
         let l = core.model_limits(model);
@@ -184,8 +277,8 @@ fn log_startup_table(settings: &Settings, chain: &[String], states: &[KeyState],
             l.source
         );
     }
-    for (i, (key, state)) in settings.keys.iter().zip(states).enumerate() {
-        let shown = match state {
+    for (i, key) in settings.keys.iter().enumerate() {
+        let shown = match core.key_state(i).unwrap_or(&KeyState::Healthy) {
             KeyState::Healthy => "healthy".to_string(),
             KeyState::Disabled => "disabled".to_string(),
             KeyState::Invalid(why) => format!("INVALID: {why}"),

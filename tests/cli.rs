@@ -56,3 +56,31 @@ fn the_sim_refuses_bad_limits() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("limits"), "{stderr}");
 }
+
+#[test]
+fn a_corrupt_state_file_is_refused_and_left_intact() {
+    let dir = std::env::temp_dir().join(format!("gemini-flux-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.db");
+    let notes = b"not a database: somebody's notes\n".repeat(200);
+    std::fs::write(&path, &notes).unwrap();
+    let path_text = path.display().to_string();
+    let (code, stderr) = gemini_flux(
+        &["serve"],
+        &[
+            ("GEMINI_KEYS", "k1"),
+            ("FLUX_STATE_PATH", &path_text),
+            ("GEMINI_BASE_URL", "http://127.0.0.1:9"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&path_text) && stderr.contains("FLUX_STATE_PATH"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        notes,
+        "the file is untouched"
+    );
+}

@@ -36,6 +36,7 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut body = serde_json::to_value(&snapshot).expect("a snapshot serialises");
     body["queue"] = json!({"waiting": waiting, "in_flight": snapshot.grants.len() - waiting});
     body["ready"] = json!(state.scheduler.usable_keys().contains(&true));
+    body["state_store"] = store_health(&state);
     Ok(Json(body).into_response())
 }
 
@@ -107,6 +108,9 @@ async fn key_action(
     Ok(Json(body).into_response())
 }
 
+/// Ready while a key is usable. A failing state store does not stop the
+/// service (it schedules from memory) but is reported here, so an operator
+/// sees it before a restart would forget what was spent.
 async fn readyz(State(state): State<AppState>) -> Response {
     let usable = state.scheduler.usable_keys().iter().filter(|&&u| u).count();
     let status = if usable > 0 {
@@ -114,9 +118,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"ready": usable > 0, "usable_keys": usable})),
-    )
-        .into_response()
+    let body =
+        json!({"ready": usable > 0, "usable_keys": usable, "state_store": store_health(&state)});
+    (status, Json(body)).into_response()
+}
+
+fn store_health(state: &AppState) -> serde_json::Value {
+    match state.ledger.problem() {
+        None => json!({"ok": true}),
+        Some(error) => json!({"ok": false, "error": error}),
+    }
 }

@@ -6,7 +6,8 @@ use super::AppState;
 use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
-use crate::scheduler::{PlanError, PlanRequest, Target};
+use crate::scheduler::{GrantGuard, PlanError, PlanRequest, Target};
+use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, UpstreamError};
 use crate::wire::prompt_tokens;
 use axum::http::StatusCode;
@@ -28,7 +29,7 @@ pub struct Job {
 }
 
 /// A served request.
-pub struct Outcome {
+pub struct Served {
     pub generated: Generated,
     /// 0-based.
     pub key: usize,
@@ -60,7 +61,7 @@ impl From<ApiError> for Failure {
 /// At most this many upstream calls per request, whatever happens.
 const MAX_ATTEMPTS: u32 = 8;
 
-pub async fn dispatch(state: &AppState, job: Job) -> Result<Outcome, Failure> {
+pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
     let clock = state.scheduler.clock();
     let started = clock.now();
     let deadline = started.plus(job.max_wait);
@@ -79,20 +80,46 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Outcome, Failure> {
         let mut guard = planned.map_err(|e| plan_error(e, clock.now(), &tried))?;
         let grant = guard.grant().clone();
         let before = clock.now();
-        guard.wait().await;
+        wait_for_slot(state, &guard).await?;
         waited += clock.now().since(before);
 
         guard.mark_sent();
         let key = &state.keys[grant.key];
-        match state
+        let call_id: CallId = rand::random();
+        let sent_at = clock.now();
+        // On disk before the call leaves: a crash now still counts it.
+        state
+            .ledger
+            .record_durably(Record::CallSent {
+                id: call_id,
+                at: sent_at,
+                key_id: state.key_ids[grant.key].clone(),
+                key_index: grant.key + 1,
+                fingerprint: key.fingerprint(),
+                model: grant.model.clone(),
+                input_tokens: estimate,
+            })
+            .await;
+        let result = state
             .upstream
             .generate(key, &grant.model, &job.request)
-            .await
-        {
+            .await;
+        let settled =
+            |outcome: Outcome, input_tokens: u64, output_tokens: u64| Record::CallSettled {
+                id: call_id,
+                outcome,
+                input_tokens,
+                output_tokens,
+                latency_ms: clock.now().since(sent_at).as_millis() as u64,
+            };
+        match result {
             Ok(generated) => {
                 let input_tokens = generated.input_tokens.unwrap_or(estimate);
+                state
+                    .ledger
+                    .record(settled(Outcome::Ok, input_tokens, generated.output_tokens));
                 guard.settle(input_tokens);
-                return Ok(Outcome {
+                return Ok(Served {
                     generated,
                     key: grant.key,
                     fingerprint: key.fingerprint(),
@@ -104,6 +131,9 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Outcome, Failure> {
                 });
             }
             Err(UpstreamError::Client { status, body, .. }) => {
+                state
+                    .ledger
+                    .record(settled(Outcome::ClientError, estimate, 0));
                 guard.settle(estimate);
                 return Err(Failure::Client {
                     status,
@@ -127,6 +157,9 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Outcome, Failure> {
                     grant.model,
                     summary(&error)
                 ));
+                state
+                    .ledger
+                    .record(settled(outcome_of(&error), estimate, 0));
                 guard.penalise(penalty);
                 if !job.retry {
                     break;
@@ -148,6 +181,46 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Outcome, Failure> {
         ),
     )
     .into())
+}
+
+/// Waits for the grant's instant, unless the service starts stopping and the
+/// instant lies beyond the drain window: then 503 at once (dropping the guard
+/// releases the grant).
+async fn wait_for_slot(state: &AppState, guard: &GrantGuard) -> Result<(), Failure> {
+    let clock = state.scheduler.clock();
+    let at = guard.grant().at;
+    let refuse = || {
+        let now = clock.now();
+        (state.drain.active() && at > now.plus(state.drain.window)).then(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is stopping and this request's slot is beyond its drain window",
+            )
+            .retry_after(at.since(now))
+        })
+    };
+    if let Some(e) = refuse() {
+        return Err(e.into());
+    }
+    tokio::select! {
+        _ = guard.wait() => return Ok(()),
+        _ = state.drain.started() => {}
+    }
+    if let Some(e) = refuse() {
+        return Err(e.into());
+    }
+    guard.wait().await;
+    Ok(())
+}
+
+fn outcome_of(error: &UpstreamError) -> Outcome {
+    match error {
+        UpstreamError::Quota { .. } => Outcome::Quota,
+        UpstreamError::Transient { .. } => Outcome::Transient,
+        UpstreamError::KeyInvalid { .. } => Outcome::KeyInvalid,
+        UpstreamError::KeyBlocked { .. } => Outcome::KeyBlocked,
+        UpstreamError::Client { .. } => Outcome::ClientError,
+    }
 }
 
 fn stopping() -> Failure {

@@ -2,7 +2,7 @@
 //! the decision (key, model, wait) reported alongside.
 
 use super::AppState;
-use super::dispatch::{Failure, Job, Outcome, dispatch};
+use super::dispatch::{Failure, Job, Served, dispatch};
 use super::error::{ApiError, JsonBody};
 use crate::policy::Mode;
 use crate::scheduler::Target;
@@ -213,7 +213,7 @@ async fn generate(
     }
 }
 
-fn answer(o: Outcome, request_id: String) -> Response {
+fn answer(o: Served, request_id: String) -> Response {
     let candidate = &o.generated.body["candidates"][0];
     let body = json!({
         "response": o.generated.text(),
@@ -236,7 +236,7 @@ fn answer(o: Outcome, request_id: String) -> Response {
 }
 
 /// `x-flux-key`, `x-flux-model`, `x-flux-wait-ms` on every proxied answer.
-pub fn flux_headers(headers: &mut HeaderMap, o: &Outcome) {
+pub fn flux_headers(headers: &mut HeaderMap, o: &Served) {
     headers.insert("x-flux-key", HeaderValue::from(o.key + 1));
     if let Ok(model) = HeaderValue::from_str(&o.model) {
         headers.insert("x-flux-model", model);

@@ -10,6 +10,7 @@ mod flux;
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::scheduler::SchedulerHandle;
+use crate::store::Ledger;
 use crate::upstream::Upstream;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -20,6 +21,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// What every handler shares. Quota state is not here: it lives in the
 /// scheduler actor, reached through `scheduler`.
@@ -27,12 +29,35 @@ pub struct Shared {
     pub scheduler: SchedulerHandle,
     pub upstream: Upstream,
     pub keys: Vec<ApiKey>,
+    /// Each key's stable id for the state store, by index.
+    pub key_ids: Vec<String>,
+    pub ledger: Ledger,
     pub token_count: TokenCount,
     /// The model `countTokens` is asked about (the chain's first).
     pub count_model: String,
     pub count_turn: AtomicUsize,
     /// `FLUX_MAX_WAIT_S`.
     pub max_wait: Duration,
+    pub drain: Drain,
+}
+
+/// Whether the service is stopping, and how far ahead it still serves.
+pub struct Drain {
+    pub signal: watch::Receiver<bool>,
+    /// `FLUX_DRAIN_S`.
+    pub window: Duration,
+}
+
+impl Drain {
+    pub fn active(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Resolves when the service starts stopping.
+    pub async fn started(&self) {
+        let mut signal = self.signal.clone();
+        let _ = signal.wait_for(|d| *d).await;
+    }
 }
 
 impl Shared {

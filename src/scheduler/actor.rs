@@ -7,10 +7,11 @@
 //! client went away while waiting), it releases the grant; dropped after, the
 //! booking stays, since the upstream may have counted the call.
 
-use super::core::{Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot};
+use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot};
 use super::lane::GrantId;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::policy::Mode;
+use crate::store::{Ledger, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 
 enum Command {
@@ -36,12 +37,44 @@ pub struct SchedulerHandle {
 #[error("the scheduler has stopped")]
 pub struct Stopped;
 
+/// Where the actor sends the changes that must survive a restart.
+pub struct Journal {
+    pub ledger: Ledger,
+    /// Each key's [`crate::keys::ApiKey::stable_id`], by index.
+    pub key_ids: Vec<String>,
+    /// The mode the configuration asked for (a run-time change is kept
+    /// against it, so a changed configuration wins over an old override).
+    pub configured_mode: Mode,
+}
+
+impl Journal {
+    fn keep(&self, change: Change, now: Timestamp) {
+        let record = match change {
+            Change::KeyState(key, state) => Record::KeyState {
+                key_id: self.key_ids[key].clone(),
+                state,
+            },
+            Change::Learned(key, model, learned) => Record::Learned {
+                key_id: self.key_ids[key].clone(),
+                model,
+                learned,
+                at: now,
+            },
+            Change::Mode(mode) => Record::Mode {
+                mode,
+                configured: self.configured_mode,
+            },
+        };
+        self.ledger.record(record);
+    }
+}
+
 impl SchedulerHandle {
     /// Starts the task that owns `core`. It runs until every handle is dropped.
-    pub fn spawn(core: Scheduler, clock: Clock, log_decisions: bool) -> Self {
+    pub fn spawn(core: Scheduler, clock: Clock, log_decisions: bool, journal: Journal) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (usable_tx, usable) = watch::channel(usable_keys(&core));
-        tokio::spawn(run(core, clock, rx, usable_tx, log_decisions));
+        tokio::spawn(run(core, clock, rx, usable_tx, log_decisions, journal));
         SchedulerHandle { tx, clock, usable }
     }
 
@@ -109,6 +142,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Command>,
     usable: watch::Sender<Vec<bool>>,
     log_decisions: bool,
+    journal: Journal,
 ) {
     while let Some(command) = rx.recv().await {
         let now = clock.now();
@@ -133,6 +167,9 @@ async fn run(
             Command::Snapshot(reply) => {
                 let _ = reply.send(core.snapshot(now));
             }
+        }
+        for change in core.take_changes() {
+            journal.keep(change, now);
         }
         usable.send_if_modified(|current| {
             let fresh = usable_keys(&core);

@@ -104,6 +104,15 @@ pub enum Penalty {
     KeyBlocked(String),
 }
 
+/// A change the core made that must outlive the process; the actor drains
+/// them ([`Scheduler::take_changes`]) and hands them to the state store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    KeyState(usize, KeyState),
+    Learned(usize, String, LimitsOverride),
+    Mode(Mode),
+}
+
 /// One model's configured limits and where they came from.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct ModelLimits {
@@ -123,6 +132,7 @@ pub struct Scheduler {
     next_grant: GrantId,
     /// The window plus the guard: how long a booking holds capacity.
     span_ms: i64,
+    changes: Vec<Change>,
 }
 
 impl Scheduler {
@@ -145,7 +155,42 @@ impl Scheduler {
             grants: HashMap::new(),
             next_grant: 1,
             span_ms: WINDOW_MS + guard.as_millis() as i64,
+            changes: Vec::new(),
         }
+    }
+
+    /// How long a booking holds its lane's capacity: the window plus the guard.
+    pub fn span_ms(&self) -> i64 {
+        self.span_ms
+    }
+
+    /// The durable changes made since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Puts back a call a previous run made within the window.
+    pub fn restore_call(&mut self, key: usize, model: &str, at: Timestamp, tokens: u64) {
+        self.lanes
+            .entry((key, model.to_string()))
+            .or_default()
+            .restore_call(at, tokens);
+    }
+
+    /// Puts back a previous run's count of calls on a Pacific day.
+    pub fn restore_day(&mut self, key: usize, model: &str, day: chrono::NaiveDate, count: u32) {
+        self.lanes
+            .entry((key, model.to_string()))
+            .or_default()
+            .restore_day(day, count);
+    }
+
+    /// Puts back limits a previous run learned.
+    pub fn restore_learned(&mut self, key: usize, model: &str, learned: LimitsOverride) {
+        self.lanes
+            .entry((key, model.to_string()))
+            .or_default()
+            .restore_learned(learned);
     }
 
     /// A model's limits before anything is learned: `FLUX_LIMITS` over the built-in table.
@@ -341,7 +386,9 @@ impl Scheduler {
                     },
                     _ => LimitsOverride::default(),
                 };
+                let before = lane.learned();
                 lane.learn(model_limits, learned);
+                let after = lane.learned();
                 if *quota == Some(Quota::RequestsPerDay) {
                     lane.exhaust_day(now.pacific_day());
                 }
@@ -350,6 +397,10 @@ impl Scheduler {
                     (None, None) => lane.strike(now, BARE_429_BACKOFF),
                     // A per-minute quota with no delay: its window is a minute at most.
                     (Some(_), None) => lane.cool_until(now.plus_millis(self.span_ms)),
+                }
+                if after != before {
+                    self.changes
+                        .push(Change::Learned(grant.key, grant.model.clone(), after));
                 }
             }
             Penalty::Transient => {
@@ -362,11 +413,11 @@ impl Scheduler {
             }
             Penalty::KeyInvalid(reason) => {
                 self.release(id);
-                self.states[grant.key] = KeyState::Invalid(reason.clone());
+                self.set_key_state(grant.key, KeyState::Invalid(reason.clone()));
             }
             Penalty::KeyBlocked(reason) => {
                 self.release(id);
-                self.states[grant.key] = KeyState::Blocked(reason.clone());
+                self.set_key_state(grant.key, KeyState::Blocked(reason.clone()));
             }
         }
     }
@@ -377,6 +428,7 @@ impl Scheduler {
 
     pub fn set_mode(&mut self, mode: Mode) {
         self.mode = mode;
+        self.changes.push(Change::Mode(mode));
     }
 
     pub fn chain(&self) -> &[String] {
@@ -399,7 +451,10 @@ impl Scheduler {
     /// Sets a key's state (operator enable/disable, start-up validation).
     pub fn set_key_state(&mut self, key: usize, state: KeyState) -> Option<KeyState> {
         let slot = self.states.get_mut(key)?;
-        *slot = state.clone();
+        if *slot != state {
+            *slot = state.clone();
+            self.changes.push(Change::KeyState(key, state.clone()));
+        }
         Some(state)
     }
 

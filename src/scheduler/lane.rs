@@ -208,6 +208,31 @@ impl Lane {
         *self.per_day.entry(at.pacific_day()).or_default() += 1;
     }
 
+    /// Puts back a call a previous run made (from the state store): it fills
+    /// the window like a booking; its day is counted by [`Lane::restore_day`].
+    pub fn restore_call(&mut self, at: Timestamp, tokens: u64) {
+        let i = self.bookings.partition_point(|b| b.at <= at);
+        self.bookings.insert(
+            i,
+            Booking {
+                at,
+                tokens,
+                grant: 0,
+            },
+        );
+    }
+
+    /// Sets a day's count from the state store (never lowers it).
+    pub fn restore_day(&mut self, day: NaiveDate, count: u32) {
+        let n = self.per_day.entry(day).or_default();
+        *n = (*n).max(count);
+    }
+
+    /// Puts back limits learned by a previous run.
+    pub fn restore_learned(&mut self, learned: LimitsOverride) {
+        self.learned = learned;
+    }
+
     /// Replaces a booking's estimated tokens with what the upstream counted.
     pub fn settle(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
         if let Some(b) = self.find(grant, at) {

@@ -9,7 +9,9 @@ pub mod core;
 pub mod lane;
 
 pub use actor::{GrantGuard, SchedulerHandle};
-pub use core::{Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot, Target};
+pub use core::{
+    Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot, Target,
+};
 pub use lane::GrantId;
 
 #[cfg(test)]

@@ -79,6 +79,10 @@ impl Stack {
             ("GEMINI_KEYS".to_string(), keys.to_string()),
             ("GEMINI_BASE_URL".to_string(), sim.base_url()),
             ("FLUX_BIND".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "FLUX_STATE_PATH".to_string(),
+                fresh_state_path().display().to_string(),
+            ),
         ];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::from_vars(vars).expect("valid settings");
@@ -142,6 +146,15 @@ impl Stack {
     pub fn sim_stats(&self) -> SimStats {
         self.sim.stats()
     }
+}
+
+/// A state file of its own for each service a test starts.
+pub fn fresh_state_path() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gemini-flux-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("state.db")
 }
 
 /// A prompt that counts exactly `tokens` tokens.

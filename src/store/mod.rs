@@ -1,0 +1,139 @@
+//! What must survive a restart, and the one writer that keeps it.
+//!
+//! A restart must not forget what was spent: the calls of the last minute
+//! (their tokens still fill the windows upstream), the calls of today (they
+//! count against per-day quotas), key states, the mode and learned limits.
+//! [`Store`] is the small trait a backend implements ([`SqliteStore`] by
+//! default); [`Ledger`] is the handle the service writes through, backed by a
+//! writer thread that batches records off the hot path. A call's `CallSent`
+//! record is committed before the call goes upstream, so a `kill -9` can never
+//! lose a call the upstream may have counted.
+
+mod sqlite;
+mod writer;
+
+pub use sqlite::SqliteStore;
+pub use writer::Ledger;
+
+use crate::clock::Timestamp;
+use crate::policy::{LimitsOverride, Mode};
+use crate::scheduler::KeyState;
+use chrono::NaiveDate;
+
+/// Identifies a call record across restarts (random, so two runs never collide).
+pub type CallId = i64;
+
+/// How a call ended, as the ledger keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent, answer not yet known (a crash leaves calls in this state).
+    Sent,
+    Ok,
+    /// 429: the upstream did not count it.
+    Quota,
+    Transient,
+    KeyInvalid,
+    KeyBlocked,
+    /// The client's request was at fault; the upstream may have counted it.
+    ClientError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Ok => "ok",
+            Outcome::Quota => "quota",
+            Outcome::Transient => "transient",
+            Outcome::KeyInvalid => "key_invalid",
+            Outcome::KeyBlocked => "key_blocked",
+            Outcome::ClientError => "client_error",
+        }
+    }
+
+    /// Outcomes whose calls the upstream counted (or may have): the ones the
+    /// scheduler keeps booked, and so the ones recovery restores.
+    pub const COUNTED: [Outcome; 4] = [
+        Outcome::Sent,
+        Outcome::Ok,
+        Outcome::Transient,
+        Outcome::ClientError,
+    ];
+}
+
+/// One write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    CallSent {
+        id: CallId,
+        at: Timestamp,
+        key_id: String,
+        key_index: usize,
+        fingerprint: String,
+        model: String,
+        input_tokens: u64,
+    },
+    CallSettled {
+        id: CallId,
+        outcome: Outcome,
+        input_tokens: u64,
+        output_tokens: u64,
+        latency_ms: u64,
+    },
+    KeyState {
+        key_id: String,
+        state: KeyState,
+    },
+    /// The mode set at run time, with the configured mode it overrode.
+    Mode {
+        mode: Mode,
+        configured: Mode,
+    },
+    Learned {
+        key_id: String,
+        model: String,
+        learned: LimitsOverride,
+        at: Timestamp,
+    },
+}
+
+/// A counted call still inside the per-minute window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentCall {
+    pub key_id: String,
+    pub model: String,
+    pub at: Timestamp,
+    pub input_tokens: u64,
+}
+
+/// Everything needed to rebuild the scheduler.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recovered {
+    pub recent_calls: Vec<RecentCall>,
+    /// (key id, model, Pacific day, counted calls) for today and later.
+    pub day_counts: Vec<(String, String, NaiveDate, u32)>,
+    pub key_states: Vec<(String, KeyState)>,
+    pub mode: Option<(Mode, Mode)>,
+    pub learned: Vec<(String, String, LimitsOverride)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state file cannot be used; start-up stops and the file is left as it is.
+    #[error("{path}: {problem}. {remedy}")]
+    Unusable {
+        path: String,
+        problem: String,
+        remedy: String,
+    },
+    #[error("state store write failed: {0}")]
+    Write(String),
+}
+
+/// A persistence backend. Calls come from the writer thread only.
+pub trait Store: Send + 'static {
+    /// What to restore as of `now`: calls after `now - window`, today's counts.
+    fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError>;
+    /// Applies a batch in one transaction.
+    fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,444 @@
+//! The default backend: one SQLite file (WAL mode), versioned migrations.
+
+use super::{Outcome, RecentCall, Record, Recovered, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::policy::{LimitsOverride, Mode};
+use crate::scheduler::KeyState;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+
+/// Each entry moves the schema one version up; `PRAGMA user_version` says
+/// how many have been applied. Append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: the call ledger, key states, settings, learned limits.
+    "CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        pacific_day TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        key_index INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER,
+        outcome TEXT NOT NULL,
+        latency_ms INTEGER
+    );
+    CREATE INDEX calls_by_time ON calls (at_ms);
+    CREATE INDEX calls_by_day ON calls (pacific_day, key_id, model);
+    CREATE TABLE key_states (key_id TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT);
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE learned_limits (
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        rpm INTEGER, tpm INTEGER, rpd INTEGER,
+        learned_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (key_id, model)
+    );",
+];
+
+/// Calls are kept this long (for the dashboard's history), then pruned.
+const KEEP_CALLS_MS: i64 = 8 * 86_400_000;
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating the directory and file if needed) and migrates. A file
+    /// that is not a database, or is from a newer gemini-flux, is refused and
+    /// left untouched.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let unusable = |problem: String, remedy: &str| StoreError::Unusable {
+            path: path.display().to_string(),
+            problem,
+            remedy: remedy.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                unusable(
+                    format!("cannot create its directory: {e}"),
+                    "Set FLUX_STATE_PATH to a writable place.",
+                )
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| {
+            unusable(
+                format!("cannot open it: {e}"),
+                "Set FLUX_STATE_PATH to a writable place.",
+            )
+        })?;
+        let not_a_db =
+            "Move the file away (it is left as it is) or set FLUX_STATE_PATH to another file.";
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| unusable(format!("not a gemini-flux state database ({e})"), not_a_db))?;
+        let version = version.max(0) as usize;
+        if version > MIGRATIONS.len() {
+            return Err(unusable(
+                format!(
+                    "written by a newer gemini-flux (schema {version}, this one knows {})",
+                    MIGRATIONS.len()
+                ),
+                "Run that newer version, or set FLUX_STATE_PATH to another file.",
+            ));
+        }
+        if version > 0 {
+            let ours: bool = conn
+                .query_row("SELECT count(*) = 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls'", [], |r| r.get(0))
+                .map_err(|e| unusable(format!("unreadable ({e})"), not_a_db))?;
+            if !ours {
+                return Err(unusable(
+                    "a SQLite database, but not gemini-flux's".into(),
+                    not_a_db,
+                ));
+            }
+        } else {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|e| {
+                    unusable(format!("not a gemini-flux state database ({e})"), not_a_db)
+                })?;
+            if tables > 0 {
+                return Err(unusable(
+                    "a SQLite database, but not gemini-flux's".into(),
+                    not_a_db,
+                ));
+            }
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
+            .map_err(|e| unusable(format!("cannot configure it ({e})"), not_a_db))?;
+        let mut store = SqliteStore { conn };
+        store
+            .migrate(version)
+            .map_err(|e| unusable(format!("migration failed ({e})"), not_a_db))?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: usize) -> rusqlite::Result<()> {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            tracing::info!("state store migrated to schema {}", i + 1);
+        }
+        Ok(())
+    }
+
+    /// The default location, relative to the working directory.
+    pub fn default_path() -> PathBuf {
+        PathBuf::from("./data/gemini-flux.db")
+    }
+}
+
+fn counted_list() -> String {
+    Outcome::COUNTED
+        .iter()
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn state_parts(state: &KeyState) -> (&'static str, Option<&str>) {
+    match state {
+        KeyState::Healthy => ("healthy", None),
+        KeyState::Disabled => ("disabled", None),
+        KeyState::Invalid(r) => ("invalid", Some(r)),
+        KeyState::Blocked(r) => ("blocked", Some(r)),
+    }
+}
+
+fn state_from(name: &str, reason: Option<String>) -> Option<KeyState> {
+    let reason = reason.unwrap_or_default();
+    match name {
+        "healthy" => Some(KeyState::Healthy),
+        "disabled" => Some(KeyState::Disabled),
+        "invalid" => Some(KeyState::Invalid(reason)),
+        "blocked" => Some(KeyState::Blocked(reason)),
+        _ => None,
+    }
+}
+
+fn write_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
+impl Store for SqliteStore {
+    fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError> {
+        let counted = counted_list();
+        let c = &self.conn;
+        c.execute(
+            "DELETE FROM calls WHERE at_ms < ?1",
+            params![now.millis() - KEEP_CALLS_MS],
+        )
+        .map_err(write_error)?;
+
+        let mut recent = c
+            .prepare(&format!(
+                "SELECT key_id, model, at_ms, input_tokens FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
+            ))
+            .map_err(write_error)?;
+        let recent_calls = recent
+            .query_map(params![now.millis() - window_ms], |r| {
+                Ok(RecentCall {
+                    key_id: r.get(0)?,
+                    model: r.get(1)?,
+                    at: Timestamp(r.get(2)?),
+                    input_tokens: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?;
+
+        let today = now.pacific_day().to_string();
+        let mut days = c
+            .prepare(&format!(
+                "SELECT key_id, model, pacific_day, count(*) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
+            ))
+            .map_err(write_error)?;
+        let day_counts = days
+            .query_map(params![today], |r| {
+                let day: String = r.get(2)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    day,
+                    r.get::<_, u32>(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?
+            .into_iter()
+            .filter_map(|(k, m, d, n)| Some((k, m, d.parse().ok()?, n)))
+            .collect();
+
+        let mut states = c
+            .prepare("SELECT key_id, state, reason FROM key_states")
+            .map_err(write_error)?;
+        let key_states = states
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?
+            .into_iter()
+            .filter_map(|(k, s, reason)| Some((k, state_from(&s, reason)?)))
+            .collect();
+
+        let setting = |name: &str| -> Result<Option<String>, StoreError> {
+            c.query_row(
+                "SELECT value FROM settings WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(write_error)
+        };
+        let mode = match (setting("mode")?, setting("mode_configured")?) {
+            (Some(m), Some(c)) => m.parse::<Mode>().ok().zip(c.parse::<Mode>().ok()),
+            _ => None,
+        };
+
+        let mut learned_q = c
+            .prepare("SELECT key_id, model, rpm, tpm, rpd FROM learned_limits")
+            .map_err(write_error)?;
+        let learned = learned_q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    LimitsOverride {
+                        rpm: r.get(2)?,
+                        tpm: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                        rpd: r.get(4)?,
+                    },
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?;
+
+        Ok(Recovered {
+            recent_calls,
+            day_counts,
+            key_states,
+            mode,
+            learned,
+        })
+    }
+
+    fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(write_error)?;
+        for record in batch {
+            match record {
+                Record::CallSent { id, at, key_id, key_index, fingerprint, model, input_tokens } => tx.execute(
+                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sent')",
+                    params![id, at.millis(), at.pacific_day().to_string(), key_id, *key_index as i64, fingerprint, model, *input_tokens as i64],
+                ),
+                Record::CallSettled { id, outcome, input_tokens, output_tokens, latency_ms } => tx.execute(
+                    "UPDATE calls SET outcome = ?2, input_tokens = ?3, output_tokens = ?4, latency_ms = ?5 WHERE id = ?1",
+                    params![id, outcome.as_str(), *input_tokens as i64, *output_tokens as i64, *latency_ms as i64],
+                ),
+                Record::KeyState { key_id, state } => {
+                    let (name, reason) = state_parts(state);
+                    tx.execute(
+                        "INSERT OR REPLACE INTO key_states (key_id, state, reason) VALUES (?1, ?2, ?3)",
+                        params![key_id, name, reason],
+                    )
+                }
+                Record::Mode { mode, configured } => tx
+                    .execute("INSERT OR REPLACE INTO settings (name, value) VALUES ('mode', ?1)", params![mode.to_string()])
+                    .and_then(|_| {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO settings (name, value) VALUES ('mode_configured', ?1)",
+                            params![configured.to_string()],
+                        )
+                    }),
+                Record::Learned { key_id, model, learned, at } => tx.execute(
+                    "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis()],
+                ),
+            }
+            .map_err(write_error)?;
+        }
+        tx.commit().map_err(write_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOON: Timestamp = Timestamp(1_781_118_000_000);
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("gemini-flux-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("state.db")
+    }
+
+    fn sent(id: i64, at: Timestamp, tokens: u64) -> Record {
+        Record::CallSent {
+            id,
+            at,
+            key_id: "k1".into(),
+            key_index: 1,
+            fingerprint: "…0001".into(),
+            model: "gemini-2.5-flash".into(),
+            input_tokens: tokens,
+        }
+    }
+
+    #[test]
+    fn counted_calls_and_settings_come_back() {
+        let path = temp_path("roundtrip");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store
+            .apply(&[
+                sent(1, NOON.plus_millis(-120_000), 10),
+                sent(2, NOON.plus_millis(-30_000), 20),
+                sent(3, NOON.plus_millis(-10_000), 30),
+                Record::CallSettled {
+                    id: 3,
+                    outcome: Outcome::Quota,
+                    input_tokens: 30,
+                    output_tokens: 0,
+                    latency_ms: 5,
+                },
+                Record::CallSettled {
+                    id: 2,
+                    outcome: Outcome::Ok,
+                    input_tokens: 25,
+                    output_tokens: 3,
+                    latency_ms: 900,
+                },
+                Record::KeyState {
+                    key_id: "k2".into(),
+                    state: KeyState::Invalid("not valid".into()),
+                },
+                Record::Mode {
+                    mode: Mode::FlashOnly,
+                    configured: Mode::Both,
+                },
+                Record::Learned {
+                    key_id: "k1".into(),
+                    model: "gemini-2.5-flash".into(),
+                    learned: LimitsOverride {
+                        tpm: Some(50_000),
+                        ..Default::default()
+                    },
+                    at: NOON,
+                },
+            ])
+            .unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(&path).unwrap();
+        let r = store.recover(NOON, 60_250).unwrap();
+        assert_eq!(
+            r.recent_calls.len(),
+            1,
+            "the 429'd call and the old one are not in the window"
+        );
+        assert_eq!(r.recent_calls[0].input_tokens, 25);
+        assert_eq!(
+            r.day_counts,
+            vec![(
+                "k1".into(),
+                "gemini-2.5-flash".into(),
+                NOON.pacific_day(),
+                2
+            )]
+        );
+        assert_eq!(
+            r.key_states,
+            vec![("k2".into(), KeyState::Invalid("not valid".into()))]
+        );
+        assert_eq!(r.mode, Some((Mode::FlashOnly, Mode::Both)));
+        assert_eq!(r.learned[0].2.tpm, Some(50_000));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_and_left_intact() {
+        let path = temp_path("garbage");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let garbage = b"this is not a database, it is somebody's notes\n".repeat(100);
+        std::fs::write(&path, &garbage).unwrap();
+        let err = SqliteStore::open(&path).err().expect("refused").to_string();
+        assert!(
+            err.contains("not a gemini-flux state database") && err.contains("state.db"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let path = temp_path("newer");
+        SqliteStore::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("newer gemini-flux (schema 99"), "{err}");
+    }
+
+    #[test]
+    fn another_programs_database_is_refused() {
+        let path = temp_path("foreign");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes (x TEXT)")
+            .unwrap();
+        let err = SqliteStore::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("not gemini-flux's"), "{err}");
+    }
+}

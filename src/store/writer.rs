@@ -1,0 +1,172 @@
+//! The ledger: batches records into transactions off the hot path.
+//!
+//! Ordinary records wait at most [`BATCH_WINDOW`] for company. A durable
+//! record (a call about to go upstream) is committed at once, with whatever
+//! else is pending, and its sender resumes when it is on disk. Writes run on
+//! tokio's blocking pool, one at a time, in the order recorded (the batch is
+//! taken under the store's lock). A failed write is logged and reported
+//! through [`Ledger::problem`]; scheduling goes on from memory.
+
+use super::{Record, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The longest an ordinary record waits before it is written.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// A handle to the state store; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Mutex<Box<dyn Store>>,
+    pending: Mutex<Vec<Record>>,
+    flush_scheduled: AtomicBool,
+    problem: Mutex<Option<String>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ledger {
+    pub fn start(store: impl Store) -> Ledger {
+        Ledger {
+            inner: Arc::new(Inner {
+                store: Mutex::new(Box::new(store)),
+                pending: Mutex::new(Vec::new()),
+                flush_scheduled: AtomicBool::new(false),
+                problem: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Writes `record` within [`BATCH_WINDOW`].
+    pub fn record(&self, record: Record) {
+        lock(&self.inner.pending).push(record);
+        if !self.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
+            let ledger = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(BATCH_WINDOW).await;
+                ledger.inner.flush_scheduled.store(false, Ordering::Release);
+                ledger.flush().await;
+            });
+        }
+    }
+
+    /// Writes `record`, with whatever is pending, and returns once it is
+    /// committed (or the write failed).
+    pub async fn record_durably(&self, record: Record) {
+        lock(&self.inner.pending).push(record);
+        self.flush().await;
+    }
+
+    /// Returns once everything recorded so far is written.
+    pub async fn flush(&self) {
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.write_pending()).await;
+    }
+
+    /// The last write error, until a write succeeds again.
+    pub fn problem(&self) -> Option<String> {
+        lock(&self.inner.problem).clone()
+    }
+}
+
+impl Inner {
+    fn write_pending(&self) {
+        let mut store = lock(&self.store);
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        if batch.is_empty() {
+            return;
+        }
+        let outcome = store.apply(&batch);
+        let mut problem = lock(&self.problem);
+        match outcome {
+            Ok(()) => *problem = None,
+            Err(e) => {
+                tracing::error!("{e}; {} record(s) kept in memory only", batch.len());
+                *problem = Some(e.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::store::{Recovered, StoreError};
+
+    /// A store that records batches, or fails every write.
+    struct Probe {
+        batches: Arc<Mutex<Vec<usize>>>,
+        fail: bool,
+    }
+
+    impl Store for Probe {
+        fn recover(&mut self, _: Timestamp, _: i64) -> Result<Recovered, StoreError> {
+            Ok(Recovered::default())
+        }
+        fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError> {
+            self.batches.lock().unwrap().push(batch.len());
+            if self.fail {
+                Err(StoreError::Write("disk full".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn mode_record() -> Record {
+        Record::Mode {
+            mode: crate::policy::Mode::Both,
+            configured: crate::policy::Mode::Both,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordinary_records_are_batched_and_durable_ones_commit_at_once() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let ledger = Ledger::start(Probe {
+            batches: batches.clone(),
+            fail: false,
+        });
+        for _ in 0..5 {
+            ledger.record(mode_record());
+        }
+        ledger.record_durably(mode_record()).await;
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![6],
+            "the durable record carried the pending ones with it"
+        );
+        ledger.record(mode_record());
+        ledger.record(mode_record());
+        tokio::time::sleep(BATCH_WINDOW).await;
+        tokio::task::yield_now().await;
+        ledger.flush().await;
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![6, 2],
+            "ordinary records go together within the window"
+        );
+        assert_eq!(ledger.problem(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_reported_and_the_caller_goes_on() {
+        let ledger = Ledger::start(Probe {
+            batches: Arc::default(),
+            fail: true,
+        });
+        ledger.record_durably(mode_record()).await;
+        assert_eq!(
+            ledger.problem().as_deref(),
+            Some("state store write failed: disk full")
+        );
+    }
+}

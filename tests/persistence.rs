@@ -1,0 +1,240 @@
+//! Nothing lost: what a run spent survives a restart, a failing disk does not
+//! stop the service, and a stopping service drains as promised.
+
+mod common;
+
+use common::*;
+use gemini_flux::clock::{Clock, Timestamp};
+use gemini_flux::config::Settings;
+use gemini_flux::service;
+use gemini_flux::sim::SimConfig;
+use gemini_flux::store::{Record, Recovered, Store, StoreError};
+use serde_json::json;
+use std::time::Duration;
+
+const FLASH: &str = "gemini-2.5-flash";
+
+fn settings(
+    sim: &gemini_flux::sim::SimServer,
+    state: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Settings {
+    let mut vars = vec![
+        ("GEMINI_KEYS".to_string(), "sim-key-0001".to_string()),
+        ("GEMINI_BASE_URL".to_string(), sim.base_url()),
+        ("FLUX_BIND".to_string(), "127.0.0.1:0".to_string()),
+        ("FLUX_MODELS".to_string(), FLASH.to_string()),
+        (
+            "FLUX_LIMITS".to_string(),
+            json!({FLASH: {"rpm": 10, "tpm": 100_000, "rpd": 5}}).to_string(),
+        ),
+        ("FLUX_STATE_PATH".to_string(), state.display().to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::from_vars(vars).unwrap()
+}
+
+async fn generate(
+    http: &reqwest::Client,
+    base: &str,
+    body: serde_json::Value,
+) -> (u16, Option<u64>, serde_json::Value) {
+    let resp = http
+        .post(format!("{base}/generate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (status, retry, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
+    let clock = Clock::starting_at(quiet_noon());
+    let sim = SimServer::start(
+        SimConfig::new(["sim-key-0001"]).with_limits(limits(FLASH, 10, 100_000, 5)),
+        clock,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let state = fresh_state_path();
+    let http = client();
+
+    let first = service::start(settings(&sim, &state, &[]), clock)
+        .await
+        .unwrap();
+    let base = first.base_url();
+    for _ in 0..3 {
+        assert_eq!(
+            generate(&http, &base, json!({"prompt": prompt_of(30_000)}))
+                .await
+                .0,
+            200
+        );
+    }
+    http.post(format!("{base}/mode"))
+        .json(&json!({"mode": "flash_only"}))
+        .send()
+        .await
+        .unwrap();
+    first.stop().await.unwrap();
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let second = service::start(settings(&sim, &state, &[]), clock)
+        .await
+        .unwrap();
+    let base = second.base_url();
+    let status: serde_json::Value = http
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lane = &status["keys"][0]["models"][FLASH];
+    assert_eq!(lane["requests_today"], 3, "{status}");
+    assert_eq!(lane["tokens_last_60s"], 90_000);
+    assert_eq!(status["mode"], "flash_only");
+    // 90k of 100k were spent 10 s ago: 20k more must wait for the window.
+    let (s, retry, _) = generate(
+        &http,
+        &base,
+        json!({"prompt": prompt_of(20_000), "max_wait_s": 5}),
+    )
+    .await;
+    assert_eq!(
+        (s, retry),
+        (429, Some(51)),
+        "60.25 s after the first call, rounded up"
+    );
+    // Two more today, then the day (5) is spent.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for _ in 0..2 {
+        assert_eq!(generate(&http, &base, json!({"prompt": "hi"})).await.0, 200);
+    }
+    assert_eq!(generate(&http, &base, json!({"prompt": "hi"})).await.0, 429);
+    assert_eq!(
+        sim.stats().rejected_429,
+        0,
+        "the upstream never saw a request over quota"
+    );
+    second.stop().await.unwrap();
+}
+
+/// A store whose every write fails, as on a full disk.
+struct FullDisk;
+
+impl Store for FullDisk {
+    fn recover(&mut self, _: Timestamp, _: i64) -> Result<Recovered, StoreError> {
+        Ok(Recovered::default())
+    }
+    fn apply(&mut self, _: &[Record]) -> Result<(), StoreError> {
+        Err(StoreError::Write("database or disk is full".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_is_reported_and_scheduling_goes_on() {
+    let clock = Clock::starting_at(quiet_noon());
+    let sim = SimServer::start(
+        SimConfig::new(["sim-key-0001"]),
+        clock,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let svc = service::start_with_store(settings(&sim, &fresh_state_path(), &[]), clock, FullDisk)
+        .await
+        .unwrap();
+    let http = client();
+    assert_eq!(
+        generate(&http, &svc.base_url(), json!({"prompt": "hi"}))
+            .await
+            .0,
+        200
+    );
+    let resp = http
+        .get(format!("{}/readyz", svc.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "still serving");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["state_store"]["ok"], false);
+    assert!(
+        body["state_store"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("disk is full")
+    );
+    assert_eq!(
+        generate(&http, &svc.base_url(), json!({"prompt": "again"}))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_serves_slots_within_the_drain_window_and_refuses_the_rest() {
+    let clock = Clock::starting_at(quiet_noon());
+    let sim = SimServer::start(
+        SimConfig::new(["sim-key-0001"]).with_limits(limits(FLASH, 1, 1_000_000, 100)),
+        clock,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    // One request a minute: the second waits 60 s, the third 120 s.
+    let svc = service::start(
+        settings(
+            &sim,
+            &fresh_state_path(),
+            &[
+                ("FLUX_LIMITS", &json!({FLASH: {"rpm": 1}}).to_string()),
+                ("FLUX_DRAIN_S", "90"),
+            ],
+        ),
+        clock,
+    )
+    .await
+    .unwrap();
+    let http = client();
+    let base = svc.base_url();
+    assert_eq!(
+        generate(&http, &base, json!({"prompt": "first"})).await.0,
+        200
+    );
+    let second = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move { generate(&http, &base, json!({"prompt": "second"})).await }
+    });
+    let third = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move { generate(&http, &base, json!({"prompt": "third"})).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = tokio::spawn(svc.stop());
+    let (third_status, third_retry, _) = third.await.unwrap();
+    assert_eq!(
+        third_status, 503,
+        "its slot is 120 s away, beyond the 90 s drain"
+    );
+    assert_eq!(third_retry, Some(120));
+    let (second_status, _, second_body) = second.await.unwrap();
+    assert_eq!(
+        second_status, 200,
+        "its slot came within the drain window: {second_body}"
+    );
+    stopped.await.unwrap().unwrap();
+    assert_eq!(sim.stats().calls, 2);
+}
+
+use gemini_flux::sim::SimServer;
