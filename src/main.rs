@@ -28,6 +28,9 @@ enum Command {
     Demo,
     /// Run the Gemini simulator alone.
     Sim(SimArgs),
+    /// Exit 0 if the service on FLUX_BIND answers /healthz (the container's
+    /// HEALTHCHECK: the image has no shell or curl).
+    Healthcheck,
 }
 
 #[derive(Args)]
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             init_logging(true);
             return runtime.block_on(run_sim(args));
         }
+        Command::Healthcheck => return runtime.block_on(healthcheck()),
         Command::Demo => demo_settings(),
         Command::Serve => Settings::from_env(),
     };
@@ -158,6 +162,12 @@ fn demo_settings() -> Result<Settings, gemini_flux::config::ConfigError> {
 async fn run_demo(mut settings: Settings) -> ExitCode {
     let mut config = SimConfig::new(DEMO_KEYS);
     config.faults.latency_ms = 300;
+    // FLUX_LIMITS describes the simulated projects too, so both sides agree.
+    for (model, limits) in config.limits.iter_mut() {
+        if let Some(o) = settings.limits.get(model) {
+            *limits = o.apply(*limits);
+        }
+    }
     let sim = match SimServer::start(config, Clock::system(), ([127, 0, 0, 1], 0).into()).await {
         Ok(sim) => sim,
         Err(e) => {
@@ -176,6 +186,35 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
         "\n  Try it:\n    curl -s http://{bind}/generate -H 'content-type: application/json' -d '{{\"prompt\": \"Hello, Gemini\"}}'\n    curl -s http://{bind}/status\n"
     );
     run_service(settings).await
+}
+
+async fn healthcheck() -> ExitCode {
+    let bind = std::env::var("FLUX_BIND")
+        .unwrap_or_else(|_| gemini_flux::config::DEFAULT_BIND.to_string());
+    let Ok(mut addr) = bind.parse::<SocketAddr>() else {
+        eprintln!("healthcheck: FLUX_BIND {bind:?} is not an address");
+        return ExitCode::FAILURE;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build();
+    let answered = match client {
+        Ok(c) => c
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success()),
+        Err(_) => false,
+    };
+    if answered {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -57,7 +57,7 @@ async fn generate_answers_with_the_seed_fields() {
     .await;
     let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
     let (status, _, v) = stack
-        .generate(json!({"prompt": prompt_of(100), "system": "abcd", "images": [png], "max_tokens": 50, "temperature": 0.2}))
+        .generate(json!({"prompt": prompt_of(100), "system": "abcd", "images": [png], "max_tokens": 50.0, "temperature": 0.2}))
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
@@ -391,7 +391,17 @@ async fn bad_input_gets_a_clear_error_and_touches_no_key() {
         (
             json!({"prompt": "hi", "max_tokens": -5}),
             400,
-            "invalid value",
+            "non-negative whole number",
+        ),
+        (
+            json!({"prompt": "hi", "max_tokens": 2.5}),
+            400,
+            "non-negative whole number",
+        ),
+        (
+            json!({"prompt": "hi", "max_tokens": 1e12}),
+            400,
+            "out of range",
         ),
         (json!({"prompt": "hi", "max_tokens": 0}), 400, "max_tokens"),
         (

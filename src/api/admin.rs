@@ -18,7 +18,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/status", get(status))
         .route("/mode", get(get_mode).post(set_mode))
-        .route("/keys/{n}/{action}", post(key_action))
+        .route("/keys/{n}/enable", post(enable_key))
+        .route("/keys/{n}/disable", post(disable_key))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
 }
@@ -66,19 +67,20 @@ async fn set_mode(
     Ok(mode_answer(snapshot.mode, &snapshot.chain))
 }
 
-async fn key_action(
+async fn enable_key(state: State<AppState>, n: Path<String>) -> Result<Response, ApiError> {
+    set_key(state, n, KeyState::Healthy, "enabled").await
+}
+
+async fn disable_key(state: State<AppState>, n: Path<String>) -> Result<Response, ApiError> {
+    set_key(state, n, KeyState::Disabled, "disabled").await
+}
+
+async fn set_key(
     State(state): State<AppState>,
-    Path((n, action)): Path<(String, String)>,
+    Path(n): Path<String>,
+    new_state: KeyState,
+    done: &str,
 ) -> Result<Response, ApiError> {
-    let new_state = match action.as_str() {
-        "enable" => KeyState::Healthy,
-        "disable" => KeyState::Disabled,
-        _ => {
-            return Err(ApiError::not_found(format!(
-                "no action {action:?}: use enable or disable"
-            )));
-        }
-    };
     let unknown = || {
         ApiError::not_found(format!(
             "no key {n:?}: keys are numbered 1 to {}",
@@ -96,7 +98,7 @@ async fn key_action(
         .map_err(|_| stopped())?
         .ok_or_else(unknown)?;
     let fingerprint = state.keys[index - 1].fingerprint();
-    tracing::info!(key = index, %fingerprint, "key {action}d by an operator");
+    tracing::info!(key = index, %fingerprint, "key {done} by an operator");
     let mut body = json!({"index": index, "fingerprint": fingerprint});
     body.as_object_mut().unwrap().extend(
         serde_json::to_value(&new_state)

@@ -13,8 +13,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
+use base64::alphabet::STANDARD as BASE64_ALPHABET;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -31,12 +33,42 @@ struct GenerateBody {
     model: Option<String>,
     mode: Option<String>,
     /// 1-based, as `/status` shows keys.
+    #[serde(default, deserialize_with = "whole_number")]
     preferred_key: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
     max_tokens: Option<u32>,
     temperature: Option<f64>,
     max_wait_s: Option<f64>,
     retry: Option<bool>,
 }
+
+/// Accepts `5` and `5.0`: both are integers to JSON Schema, and Python's
+/// `json` writes a float-typed count the second way.
+fn whole_number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    let v = whole.ok_or_else(|| {
+        D::Error::custom(format!("expected a non-negative whole number, got {n}"))
+    })?;
+    T::try_from(v)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{v} is out of range")))
+}
+
+/// Standard base64, read as leniently as Google reads it: padding optional,
+/// stray trailing bits ignored.
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &BASE64_ALPHABET,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// An image or file: bare base64 (or a `data:` URL), or with its MIME type.
 #[derive(Deserialize)]
@@ -65,7 +97,7 @@ impl Attachment {
             None => (None, data),
         };
         let data: String = data.chars().filter(|c| !c.is_whitespace()).collect();
-        let bytes = STANDARD
+        let bytes = LENIENT_BASE64
             .decode(&data)
             .map_err(|e| ApiError::bad_request(format!("{what}[{n}] is not valid base64: {e}")))?;
         if bytes.is_empty() {
