@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use gemini_flux::clock::Clock;
 use gemini_flux::sim::{Faults, SimConfig, SimServer};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -105,14 +105,7 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
     let base = format!("http://127.0.0.1:{port}");
     let mut second = spawn_service(&sim.base_url(), &state, port);
     wait_ready(&http, &base).await;
-    let status: Value = http
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&http, &format!("{base}/status")).await;
     let lane = &status["keys"][0]["models"][FLASH];
     assert_eq!(lane["requests_today"], 3, "{status}");
     assert_eq!(lane["tokens_last_60s"], 90_000);
@@ -128,21 +121,19 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
     assert!(resp.headers().contains_key("retry-after"));
     // Two more fit today's five; the sixth would break the day quota.
     for _ in 0..2 {
-        let r = http
-            .post(format!("{base}/generate"))
-            .json(&json!({"prompt": "hi"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(
+            post_json(&http, &format!("{base}/generate"), &json!({"prompt": "hi"}))
+                .await
+                .0,
+            200
+        );
     }
-    let r = http
-        .post(format!("{base}/generate"))
-        .json(&json!({"prompt": "hi"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
+    assert_eq!(
+        post_json(&http, &format!("{base}/generate"), &json!({"prompt": "hi"}))
+            .await
+            .0,
+        429
+    );
     assert_eq!(
         sim.stats().rejected_429,
         0,

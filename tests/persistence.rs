@@ -90,14 +90,7 @@ async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
         .await
         .unwrap();
     let base = second.base_url();
-    let status: serde_json::Value = http
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&http, &format!("{base}/status")).await;
     let lane = &status["keys"][0]["models"][FLASH];
     assert_eq!(lane["requests_today"], 3, "{status}");
     assert_eq!(lane["tokens_last_60s"], 90_000);

@@ -49,7 +49,7 @@ impl Family {
     }
 
     /// The free-tier figures published for the family's stable model.
-    pub fn builtin_limits(self) -> Limits {
+    pub const fn builtin_limits(self) -> Limits {
         match self {
             Family::Pro => Limits {
                 rpm: 5,

@@ -153,11 +153,7 @@ impl LaneQuota {
 mod tests {
     use super::*;
 
-    const FLASH: Limits = Limits {
-        rpm: 10,
-        tpm: 250_000,
-        rpd: 250,
-    };
+    const FLASH: Limits = crate::policy::Family::Flash.builtin_limits();
 
     #[test]
     fn rpm_rejects_the_eleventh_call_until_the_first_leaves() {

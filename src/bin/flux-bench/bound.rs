@@ -98,11 +98,7 @@ pub fn makespan_lower_bound(
 mod tests {
     use super::*;
 
-    const FLASH: Limits = Limits {
-        rpm: 10,
-        tpm: 250_000,
-        rpd: 250,
-    };
+    const FLASH: Limits = gemini_flux::policy::Family::Flash.builtin_limits();
 
     #[test]
     fn rpm_bound_for_a_burst() {
