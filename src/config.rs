@@ -35,6 +35,12 @@ pub struct Settings {
     pub state_path: std::path::PathBuf,
     /// How long a stopping service still serves waiting requests (`FLUX_DRAIN_S`).
     pub drain: Duration,
+    /// Tokens clients must present (`FLUX_API_TOKENS`); empty: open.
+    pub api_tokens: Vec<String>,
+    /// Token for the admin routes (`FLUX_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Let Gemini-native calls fall down the chain without asking (`FLUX_NATIVE_FALLBACK`).
+    pub native_fallback: bool,
 }
 
 /// How a request's input tokens are counted before it is planned
@@ -66,6 +72,9 @@ struct Raw {
     flux_token_count: Option<String>,
     flux_state_path: Option<String>,
     flux_drain_s: Option<u64>,
+    flux_api_tokens: Option<String>,
+    flux_admin_token: Option<String>,
+    flux_native_fallback: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -166,6 +175,16 @@ impl Settings {
                     std::path::PathBuf::from,
                 ),
             drain: Duration::from_secs(raw.flux_drain_s.unwrap_or(20)),
+            api_tokens: raw
+                .flux_api_tokens
+                .as_deref()
+                .map(split_list)
+                .unwrap_or_default(),
+            admin_token: raw
+                .flux_admin_token
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().to_string()),
+            native_fallback: raw.flux_native_fallback.unwrap_or(false),
         })
     }
 }

@@ -10,6 +10,7 @@
 //! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; then the
 //! store is flushed.
 
+use crate::api::auth::Tokens;
 use crate::api::{self, AppState, Drain, Shared};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -140,7 +141,17 @@ pub async fn start_with_store(
             signal: drain_signal,
             window: settings.drain,
         },
+        tokens: Tokens {
+            api: settings.api_tokens.clone(),
+            admin: settings.admin_token.clone(),
+        },
+        native_fallback: settings.native_fallback,
     });
+    if settings.api_tokens.is_empty() {
+        tracing::warn!(
+            "FLUX_API_TOKENS is not set: anyone who can reach this address can spend the keys' quota"
+        );
+    }
     let app = api::router(state.clone(), settings.max_body_bytes);
     let listener = TcpListener::bind(settings.bind)
         .await

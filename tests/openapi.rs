@@ -78,7 +78,12 @@ async fn every_spec_operation_is_served() {
     )
     .await;
     for (method, path) in spec_operations() {
-        let url = stack.url(&path.replace("{n}", "2"));
+        let target = if method == "get" {
+            "gemini-2.5-flash"
+        } else {
+            "gemini-2.5-flash:countTokens"
+        };
+        let url = stack.url(&path.replace("{n}", "2").replace("{target}", target));
         let request = match method.as_str() {
             "get" => stack.http.get(url),
             _ => stack

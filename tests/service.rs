@@ -425,7 +425,7 @@ async fn bad_input_gets_a_clear_error_and_touches_no_key() {
             400,
             "invalid type",
         ),
-        (json!([1, 2]), 400, "invalid type"),
+        (json!([1, 2]), 400, "must be a JSON object"),
     ];
     for (body, status, needle) in cases {
         let (s, _, v) = stack.generate(body.clone()).await;

@@ -1,8 +1,9 @@
 //! Operating the service: `/status`, `/mode`, `/keys/{n}/enable|disable`,
-//! `/healthz` and `/readyz`.
+//! `/healthz` and `/readyz`, and the seed's `/health` and `/config`, kept so
+//! its Python client works unchanged.
 
 use super::AppState;
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
 use crate::scheduler::KeyState;
 use axum::Json;
@@ -22,6 +23,8 @@ pub fn routes() -> Router<AppState> {
         .route("/keys/{n}/disable", post(disable_key))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/config", post(config))
 }
 
 fn stopped() -> ApiError {
@@ -130,4 +133,69 @@ fn store_health(state: &AppState) -> serde_json::Value {
         None => json!({"ok": true}),
         Some(error) => json!({"ok": false, "error": error}),
     }
+}
+
+/// The seed's health answer.
+async fn health(State(state): State<AppState>) -> Response {
+    let usable = state.scheduler.usable_keys().iter().filter(|&&u| u).count();
+    Json(json!({"status": if usable > 0 { "ok" } else { "degraded" }, "keys": state.keys.len(), "usable_keys": usable}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ConfigBody {
+    mode: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
+    disable_key: Option<u64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    enable_key: Option<u64>,
+}
+
+/// The seed's `POST /config`: everything is checked before anything changes.
+async fn config(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ConfigBody>,
+) -> Result<Response, ApiError> {
+    let mode = body
+        .mode
+        .as_deref()
+        .map(str::parse::<Mode>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let index = |n: u64| {
+        (1..=state.keys.len() as u64)
+            .contains(&n)
+            .then(|| n as usize - 1)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no key {n}: keys are numbered 1 to {}",
+                    state.keys.len()
+                ))
+            })
+    };
+    let disable = body.disable_key.map(index).transpose()?;
+    let enable = body.enable_key.map(index).transpose()?;
+    let mut changes = Vec::new();
+    if let Some(mode) = mode {
+        state.scheduler.set_mode(mode);
+        changes.push(format!("mode set to {mode}"));
+    }
+    for (key, new_state, done) in [
+        (disable, KeyState::Disabled, "disabled"),
+        (enable, KeyState::Healthy, "enabled"),
+    ] {
+        if let Some(key) = key {
+            state
+                .scheduler
+                .set_key_state(key, new_state)
+                .await
+                .map_err(|_| stopped())?;
+            changes.push(format!(
+                "key {} ({}) {done}",
+                key + 1,
+                state.keys[key].fingerprint()
+            ));
+        }
+    }
+    Ok(Json(json!({"changes": changes})).into_response())
 }

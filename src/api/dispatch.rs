@@ -1,19 +1,22 @@
 //! One generate request's journey, shared by every surface: count its tokens,
 //! get a grant, wait for its instant, call Gemini, settle, and re-plan on
 //! what the upstream teaches (a 429, a bad key, a transient failure).
+//!
+//! A streamed call is settled only when its last chunk (with the final
+//! `usageMetadata`) has passed: the dispatcher hands its [`Settlement`] to the
+//! stream relay, which finishes it.
 
 use super::AppState;
 use super::error::ApiError;
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
 use crate::config::TokenCount;
 use crate::scheduler::{GrantGuard, PlanError, PlanRequest, Target};
-use crate::store::{CallId, Outcome, Record};
+use crate::store::{CallId, Ledger, Outcome, Record};
 use crate::upstream::{Generated, UpstreamError};
 use crate::wire::prompt_tokens;
 use axum::http::StatusCode;
 use rand::Rng;
 use serde_json::Value;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// What a surface asks the dispatcher for.
@@ -26,20 +29,93 @@ pub struct Job {
     pub max_wait: Duration,
     /// Re-plan after a 429 or a failure (the seed's `retry`).
     pub retry: bool,
+    pub call: Call,
+    /// The answer's status when the job names a model outside the chain:
+    /// 400 on `/generate`, 404 where Gemini itself would say "not found".
+    pub unknown_model: StatusCode,
+}
+
+/// Which upstream call a job makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Generate,
+    Stream,
+}
+
+/// The upstream's answer.
+pub enum Reply {
+    Generated(Generated),
+    /// An accepted stream: its body is yet to be relayed, and the call to be
+    /// settled when it ends.
+    Stream(Box<(reqwest::Response, Settlement)>),
 }
 
 /// A served request.
 pub struct Served {
-    pub generated: Generated,
+    pub reply: Reply,
+    pub meta: Meta,
+}
+
+/// How a request was served: what the `x-flux-*` headers and `/generate` report.
+pub struct Meta {
     /// 0-based.
     pub key: usize,
     pub fingerprint: String,
     pub model: String,
+    /// The upstream's count when known, else the estimate.
     pub input_tokens: u64,
     /// Time spent waiting for grants, all attempts together.
     pub waited: Duration,
     pub attempts: u32,
     pub retried: bool,
+}
+
+/// The end of a call that reached the upstream: corrects the booking with
+/// the tokens counted and completes the ledger row. Dropped unfinished (the
+/// client left mid-stream), the booking keeps the estimate and the row stays
+/// "sent", which recovery counts: the upstream did count it.
+pub struct Settlement {
+    guard: GrantGuard,
+    ledger: Ledger,
+    clock: Clock,
+    call_id: CallId,
+    sent_at: Timestamp,
+    estimate: u64,
+}
+
+impl Settlement {
+    /// `usage` is (input, output) tokens from the final `usageMetadata`.
+    pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
+        let (input, output) = usage.unwrap_or((self.estimate, 0));
+        self.ledger.record(Record::CallSettled {
+            id: self.call_id,
+            outcome,
+            input_tokens: input,
+            output_tokens: output,
+            latency_ms: self.clock.now().since(self.sent_at).as_millis() as u64,
+        });
+        self.guard.settle(input);
+    }
+
+    /// The call failed in a way the scheduler learns from.
+    fn fail(self, error: &UpstreamError) {
+        self.ledger.record(Record::CallSettled {
+            id: self.call_id,
+            outcome: outcome_of(error),
+            input_tokens: self.estimate,
+            output_tokens: 0,
+            latency_ms: self.clock.now().since(self.sent_at).as_millis() as u64,
+        });
+        if let Some(penalty) = error.penalty() {
+            self.guard.penalise(penalty);
+        }
+    }
+}
+
+/// What one upstream call returned, before it is settled.
+enum Answer {
+    Generated(Generated),
+    Stream(reqwest::Response),
 }
 
 /// Why a job was not served.
@@ -50,6 +126,20 @@ pub enum Failure {
         body: Value,
     },
     Flux(ApiError),
+}
+
+/// A client's mistake goes back with Gemini's own envelope and status.
+impl axum::response::IntoResponse for Failure {
+    fn into_response(self) -> axum::response::Response {
+        match self {
+            Failure::Flux(e) => e.into_response(),
+            Failure::Client { status, body } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                axum::Json(body),
+            )
+                .into_response(),
+        }
+    }
 }
 
 impl From<ApiError> for Failure {
@@ -63,8 +153,7 @@ const MAX_ATTEMPTS: u32 = 8;
 
 pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
     let clock = state.scheduler.clock();
-    let started = clock.now();
-    let deadline = started.plus(job.max_wait);
+    let deadline = clock.now().plus(job.max_wait);
     let estimate = count_tokens(state, &job.request).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
@@ -77,7 +166,8 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
             deadline: deadline.max(clock.now()),
         };
         let planned = state.scheduler.plan(plan).await.map_err(|_| stopping())?;
-        let mut guard = planned.map_err(|e| plan_error(e, clock.now(), &tried))?;
+        let mut guard =
+            planned.map_err(|e| plan_error(e, clock.now(), &tried, job.unknown_model))?;
         let grant = guard.grant().clone();
         let before = clock.now();
         wait_for_slot(state, &guard).await?;
@@ -100,50 +190,58 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
                 input_tokens: estimate,
             })
             .await;
-        let result = state
-            .upstream
-            .generate(key, &grant.model, &job.request)
-            .await;
-        let settled =
-            |outcome: Outcome, input_tokens: u64, output_tokens: u64| Record::CallSettled {
-                id: call_id,
-                outcome,
+        let settlement = Settlement {
+            guard,
+            ledger: state.ledger.clone(),
+            clock,
+            call_id,
+            sent_at,
+            estimate,
+        };
+        let result = match job.call {
+            Call::Generate => state
+                .upstream
+                .generate(key, &grant.model, &job.request)
+                .await
+                .map(Answer::Generated),
+            Call::Stream => state
+                .upstream
+                .stream_generate(key, &grant.model, &job.request)
+                .await
+                .map(Answer::Stream),
+        };
+        let served = |reply: Reply, input_tokens: u64| Served {
+            reply,
+            meta: Meta {
+                key: grant.key,
+                fingerprint: key.fingerprint(),
+                model: grant.model.clone(),
                 input_tokens,
-                output_tokens,
-                latency_ms: clock.now().since(sent_at).as_millis() as u64,
-            };
+                waited,
+                attempts: attempt,
+                retried: attempt > 1,
+            },
+        };
         match result {
-            Ok(generated) => {
+            Ok(Answer::Generated(generated)) => {
                 let input_tokens = generated.input_tokens.unwrap_or(estimate);
-                state
-                    .ledger
-                    .record(settled(Outcome::Ok, input_tokens, generated.output_tokens));
-                guard.settle(input_tokens);
-                return Ok(Served {
-                    generated,
-                    key: grant.key,
-                    fingerprint: key.fingerprint(),
-                    model: grant.model,
-                    input_tokens,
-                    waited,
-                    attempts: attempt,
-                    retried: attempt > 1,
-                });
+                settlement.finish(Outcome::Ok, Some((input_tokens, generated.output_tokens)));
+                return Ok(served(Reply::Generated(generated), input_tokens));
+            }
+            Ok(Answer::Stream(response)) => {
+                return Ok(served(
+                    Reply::Stream(Box::new((response, settlement))),
+                    estimate,
+                ));
             }
             Err(UpstreamError::Client { status, body, .. }) => {
-                state
-                    .ledger
-                    .record(settled(Outcome::ClientError, estimate, 0));
-                guard.settle(estimate);
+                settlement.finish(Outcome::ClientError, None);
                 return Err(Failure::Client {
                     status,
                     body: state.scrub_value(body),
                 });
             }
             Err(error) => {
-                let penalty = error
-                    .penalty()
-                    .expect("every non-client error teaches something");
                 tracing::warn!(
                     key = grant.key + 1,
                     fingerprint = %key.fingerprint(),
@@ -157,10 +255,7 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
                     grant.model,
                     summary(&error)
                 ));
-                state
-                    .ledger
-                    .record(settled(outcome_of(&error), estimate, 0));
-                guard.penalise(penalty);
+                settlement.fail(&error);
                 if !job.retry {
                     break;
                 }
@@ -250,7 +345,12 @@ fn summary(error: &UpstreamError) -> String {
 }
 
 /// Maps a refused plan to the answer the caller gets.
-fn plan_error(error: PlanError, now: Timestamp, tried: &[String]) -> ApiError {
+fn plan_error(
+    error: PlanError,
+    now: Timestamp,
+    tried: &[String],
+    unknown_model: StatusCode,
+) -> ApiError {
     let mut message = error.to_string();
     if !tried.is_empty() {
         message.push_str(&format!(" (after: {})", tried.join("; ")));
@@ -262,7 +362,8 @@ fn plan_error(error: PlanError, now: Timestamp, tried: &[String]) -> ApiError {
         }
         PlanError::NoUsableKey => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
             .retry_after(Duration::from_secs(60)),
-        PlanError::UnknownModel(_) | PlanError::NoModelInMode(_) => ApiError::bad_request(message),
+        PlanError::UnknownModel(_) => ApiError::new(unknown_model, message),
+        PlanError::NoModelInMode(_) => ApiError::bad_request(message),
     }
 }
 
@@ -273,11 +374,7 @@ async fn count_tokens(state: &AppState, request: &Value) -> u64 {
     if state.token_count == TokenCount::Local {
         return prompt_tokens(request);
     }
-    let usable = state.scheduler.usable_keys();
-    let healthy: Vec<usize> = (0..usable.len()).filter(|&k| usable[k]).collect();
-    if !healthy.is_empty() {
-        let turn = state.count_turn.fetch_add(1, Ordering::Relaxed);
-        let key = healthy[turn % healthy.len()];
+    if let Some(key) = state.next_usable_key() {
         match state
             .upstream
             .count_tokens(&state.keys[key], &state.count_model, request)

@@ -1,12 +1,13 @@
 //! Errors from gemini-flux itself, in Gemini's envelope with the right status,
-//! and the JSON body extractor that produces them (never axum's plain-text 422).
+//! and the body parsing that produces them (never axum's plain-text 422).
 
 use crate::wire::envelope;
 use axum::Json;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -75,8 +76,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body whose every failure is an [`ApiError`]: 413 over the
-/// size limit, 400 for anything malformed or of the wrong shape.
+/// A JSON object request body whose every failure is an [`ApiError`]: 413
+/// over the size limit, 400 for anything malformed or of the wrong shape
+/// (a top-level array is refused, though serde would read it as a struct).
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -101,8 +103,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "the request body is empty; a JSON object is expected",
             ));
         }
-        serde_json::from_slice(&bytes)
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
+}
+
+/// Accepts `5` and `5.0`: both are integers to JSON Schema, and Python's
+/// `json` writes a float-typed count the second way.
+pub fn whole_number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    let v = whole.ok_or_else(|| {
+        D::Error::custom(format!("expected a non-negative whole number, got {n}"))
+    })?;
+    T::try_from(v)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{v} is out of range")))
 }

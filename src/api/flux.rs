@@ -2,10 +2,11 @@
 //! the decision (key, model, wait) reported alongside.
 
 use super::AppState;
-use super::dispatch::{Failure, Job, Served, dispatch};
-use super::error::{ApiError, JsonBody};
+use super::dispatch::{Call, Job, Meta, Reply, dispatch};
+use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
 use crate::scheduler::Target;
+use crate::upstream::Generated;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -15,8 +16,7 @@ use axum::routing::post;
 use base64::Engine;
 use base64::alphabet::STANDARD as BASE64_ALPHABET;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -40,25 +40,6 @@ struct GenerateBody {
     temperature: Option<f64>,
     max_wait_s: Option<f64>,
     retry: Option<bool>,
-}
-
-/// Accepts `5` and `5.0`: both are integers to JSON Schema, and Python's
-/// `json` writes a float-typed count the second way.
-fn whole_number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    let whole = n.as_u64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
-            .map(|f| f as u64)
-    });
-    let v = whole.ok_or_else(|| {
-        D::Error::custom(format!("expected a non-negative whole number, got {n}"))
-    })?;
-    T::try_from(v)
-        .map(Some)
-        .map_err(|_| D::Error::custom(format!("{v} is out of range")))
 }
 
 /// Standard base64, read as leniently as Google reads it: padding optional,
@@ -221,6 +202,8 @@ impl GenerateBody {
             preferred_key,
             max_wait,
             retry: self.retry.unwrap_or(true),
+            call: Call::Generate,
+            unknown_model: StatusCode::BAD_REQUEST,
         })
     }
 }
@@ -235,40 +218,42 @@ async fn generate(
     };
     let request_id = format!("{:016x}", rand::random::<u64>());
     match dispatch(&state, job).await {
-        Ok(outcome) => answer(outcome, request_id),
-        Err(Failure::Flux(e)) => e.into_response(),
-        Err(Failure::Client { status, body }) => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            Json(body),
-        )
+        Ok(served) => match &served.reply {
+            Reply::Generated(generated) => answer(generated, &served.meta, request_id),
+            Reply::Stream(..) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a stream came back for a complete answer",
+            )
             .into_response(),
+        },
+        Err(failure) => failure.into_response(),
     }
 }
 
-fn answer(o: Served, request_id: String) -> Response {
-    let candidate = &o.generated.body["candidates"][0];
+fn answer(generated: &Generated, o: &Meta, request_id: String) -> Response {
+    let candidate = &generated.body["candidates"][0];
     let body = json!({
-        "response": o.generated.text(),
+        "response": generated.text(),
         "key_used": o.key + 1,
         "key_fingerprint": o.fingerprint,
         "model_used": o.model,
-        "tokens_used": o.input_tokens + o.generated.output_tokens,
+        "tokens_used": o.input_tokens + generated.output_tokens,
         "input_tokens": o.input_tokens,
-        "output_tokens": o.generated.output_tokens,
+        "output_tokens": generated.output_tokens,
         "wait_applied": o.waited.as_secs_f64(),
         "retried": o.retried,
         "attempts": o.attempts,
         "request_id": request_id,
         "finish_reason": candidate["finishReason"],
-        "block_reason": o.generated.body["promptFeedback"]["blockReason"],
+        "block_reason": generated.body["promptFeedback"]["blockReason"],
     });
     let mut response = Json(body).into_response();
-    flux_headers(response.headers_mut(), &o);
+    flux_headers(response.headers_mut(), o);
     response
 }
 
 /// `x-flux-key`, `x-flux-model`, `x-flux-wait-ms` on every proxied answer.
-pub fn flux_headers(headers: &mut HeaderMap, o: &Served) {
+pub fn flux_headers(headers: &mut HeaderMap, o: &Meta) {
     headers.insert("x-flux-key", HeaderValue::from(o.key + 1));
     if let Ok(model) = HeaderValue::from_str(&o.model) {
         headers.insert("x-flux-model", model);

@@ -1,17 +1,24 @@
-//! The HTTP surfaces, one file each: [`flux`] (`/generate`), [`admin`]
-//! (status, mode, keys, health). Handlers stay thin: they validate, build a
-//! [`dispatch::Job`] and turn its outcome into an answer.
+//! The HTTP surfaces, one file each: [`flux`] (`/generate`), [`gemini`]
+//! (Gemini-native), [`openai`] (OpenAI-compatible), [`admin`] (status, mode,
+//! keys, health, the seed's routes). Handlers stay thin: they validate,
+//! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
+//! through [`relay`]. [`auth`] guards them all.
 
 mod admin;
+pub mod auth;
 pub mod dispatch;
 pub mod error;
 mod flux;
+pub mod gemini;
+mod openai;
+mod relay;
 
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Ledger;
 use crate::upstream::Upstream;
+use auth::Tokens;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
@@ -35,10 +42,14 @@ pub struct Shared {
     pub token_count: TokenCount,
     /// The model `countTokens` is asked about (the chain's first).
     pub count_model: String,
+    /// Spreads pass-through calls (countTokens, model lists) over the keys.
     pub count_turn: AtomicUsize,
     /// `FLUX_MAX_WAIT_S`.
     pub max_wait: Duration,
     pub drain: Drain,
+    pub tokens: Tokens,
+    /// `FLUX_NATIVE_FALLBACK`.
+    pub native_fallback: bool,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.
@@ -61,6 +72,16 @@ impl Drain {
 }
 
 impl Shared {
+    /// A usable key (0-based) for a call that spends no generate quota, in turn.
+    pub fn next_usable_key(&self) -> Option<usize> {
+        let usable = self.scheduler.usable_keys();
+        let healthy: Vec<usize> = (0..usable.len()).filter(|&k| usable[k]).collect();
+        let turn = self
+            .count_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (!healthy.is_empty()).then(|| healthy[turn % healthy.len()])
+    }
+
     /// Replaces any key's text in `text` by its fingerprint: the last line of
     /// defence for text that came from elsewhere (an upstream message).
     pub fn scrub(&self, text: &str) -> String {
@@ -101,6 +122,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(flux::routes())
         .merge(admin::routes())
+        .merge(gemini::routes())
+        .merge(openai::routes())
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -108,6 +131,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

@@ -39,6 +39,9 @@ pub enum Target {
     Chain(Option<Mode>),
     /// Exactly this model.
     Model(String),
+    /// This model first, then the models after it in the chain that the
+    /// service's mode allows (a client that opted into fallback).
+    ChainFrom(String),
 }
 
 #[derive(Clone, Debug)]
@@ -224,6 +227,17 @@ impl Scheduler {
         match target {
             Target::Model(m) if self.chain.contains(m) => Ok(vec![m.clone()]),
             Target::Model(m) => Err(PlanError::UnknownModel(m.clone())),
+            Target::ChainFrom(m) => {
+                let start = self
+                    .chain
+                    .iter()
+                    .position(|c| c == m)
+                    .ok_or_else(|| PlanError::UnknownModel(m.clone()))?;
+                let rest = self.chain[start + 1..]
+                    .iter()
+                    .filter(|c| self.mode.allows(c));
+                Ok(std::iter::once(m).chain(rest).cloned().collect())
+            }
             Target::Chain(mode) => {
                 let mode = mode.unwrap_or(self.mode);
                 let models: Vec<String> = self

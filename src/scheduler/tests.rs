@@ -145,6 +145,22 @@ fn modes_filter_the_chain_and_a_request_may_override() {
 }
 
 #[test]
+fn chain_from_falls_down_only_from_the_named_model() {
+    let mut s = scheduler(1, &[(FLASH, 10, 250_000, 1)]);
+    let from_flash = || ask(10, Target::ChainFrom(FLASH.into()));
+    assert_eq!(s.plan(&from_flash(), NOON).unwrap().model, FLASH);
+    assert_eq!(
+        s.plan(&from_flash(), NOON).unwrap().model,
+        LITE,
+        "flash's day is spent: down, never up to pro"
+    );
+    assert_eq!(
+        s.plan(&ask(10, model(FLASH)), NOON),
+        Err(PlanError::ExhaustedUntil(NOON.next_pacific_midnight()))
+    );
+}
+
+#[test]
 fn a_slot_beyond_the_deadline_is_refused_without_booking() {
     let mut s = scheduler(1, &[]);
     s.plan(&ask(250_000, model(FLASH)), NOON).unwrap();

@@ -88,6 +88,55 @@ impl Upstream {
         Ok(Generated::from_body(body))
     }
 
+    /// `:streamGenerateContent?alt=sse`: once the upstream has accepted the
+    /// call (2xx), the response whose body is the event stream.
+    pub async fn stream_generate(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let response = self
+            .http
+            .post(format!(
+                "{}?alt=sse",
+                self.url(model, "streamGenerateContent")
+            ))
+            .header("x-goog-api-key", key_header(key))
+            .json(request)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            return Err(classify(status, &bytes));
+        }
+        Ok(response)
+    }
+
+    /// `:countTokens` with the caller's own body, answer passed back as is.
+    pub async fn count_tokens_raw(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        body: &Value,
+    ) -> Result<Value, UpstreamError> {
+        self.post(key, self.url(model, "countTokens"), body).await
+    }
+
+    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
+    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+        let response = self
+            .http
+            .get(format!("{}/{VERSION}/models{path}", self.base))
+            .header("x-goog-api-key", key_header(key))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        read_json(response).await
+    }
+
     /// `:countTokens` for a whole `GenerateContentRequest` (free of generate quota).
     pub async fn count_tokens(
         &self,
@@ -163,7 +212,7 @@ async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> 
 
 /// Connection failures, timeouts and cut-off bodies: the call may or may not
 /// have reached Gemini, so they count as transient.
-fn transport_error(e: reqwest::Error) -> UpstreamError {
+pub(crate) fn transport_error(e: reqwest::Error) -> UpstreamError {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Drives `gemini-flux demo` with the real google-genai and openai SDKs
+# (tests/sdk, pytest, in a venv under target/), tokens required.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/demo.sh
+
+ci_venv google-genai openai pytest
+port=18198
+start_demo "$port" FLUX_API_TOKENS=ci-sdk-token
+FLUX_URL="http://127.0.0.1:$port" FLUX_TOKEN=ci-sdk-token target/ci-venv/bin/python -m pytest -q tests/sdk

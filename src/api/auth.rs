@@ -1,0 +1,142 @@
+//! Client authentication. With `FLUX_API_TOKENS` set, every route but
+//! `/healthz` and `/readyz` needs one of those tokens: `Authorization: Bearer`
+//! anywhere, or `x-goog-api-key` / `?key=` on the Gemini-native routes (so an
+//! SDK's "API key" can be the token). The admin routes need `FLUX_ADMIN_TOKEN`
+//! when that is set. Tokens are compared in constant time.
+
+use super::AppState;
+use super::error::ApiError;
+use super::openai;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// The tokens clients present.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    pub api: Vec<String>,
+    pub admin: Option<String>,
+}
+
+impl Tokens {
+    pub fn open(&self) -> bool {
+        self.api.is_empty() && self.admin.is_none()
+    }
+}
+
+#[derive(PartialEq)]
+enum Guarded {
+    Open,
+    Admin,
+    GeminiNative,
+    Other,
+}
+
+fn classify(method: &Method, path: &str) -> Guarded {
+    match path {
+        "/healthz" | "/readyz" => Guarded::Open,
+        "/config" | "/refresh-policy" | "/policy/refresh" => Guarded::Admin,
+        "/mode" if method == Method::POST => Guarded::Admin,
+        p if p.starts_with("/keys/") => Guarded::Admin,
+        p if p.starts_with("/v1beta/openai/") => Guarded::Other,
+        p if p.starts_with("/v1beta/models") || p.starts_with("/v1/models") => {
+            Guarded::GeminiNative
+        }
+        _ => Guarded::Other,
+    }
+}
+
+/// Equal in time that does not depend on where the first difference is.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The Gemini-native ways to present a key: the header, then `?key=`.
+pub fn goog_key(req: &Request) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(v.to_string());
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.uri().query()?).ok()?;
+    pairs.into_iter().find(|(k, _)| k == "key").map(|(_, v)| v)
+}
+
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let tokens = &state.tokens;
+    if tokens.open() {
+        return next.run(req).await;
+    }
+    let class = classify(req.method(), req.uri().path());
+    if class == Guarded::Open {
+        return next.run(req).await;
+    }
+    let mut presented: Vec<String> = bearer(&req).map(str::to_string).into_iter().collect();
+    if class == Guarded::GeminiNative {
+        presented.extend(goog_key(&req));
+    }
+    let accepted: Vec<&str> = match (&class, &tokens.admin) {
+        (Guarded::Admin, Some(admin)) => vec![admin.as_str()],
+        _ => tokens.api.iter().map(String::as_str).collect(),
+    };
+    let allowed = accepted.is_empty() && class != Guarded::Admin
+        || presented
+            .iter()
+            .any(|p| accepted.iter().any(|t| same(p, t)));
+    if allowed {
+        return next.run(req).await;
+    }
+    let message = match (presented.is_empty(), class == Guarded::Admin) {
+        (true, _) => {
+            "a token is required: Authorization: Bearer <token> (or x-goog-api-key on the Gemini routes)"
+        }
+        (false, true) => "this route needs the admin token",
+        (false, false) => "the token is not valid",
+    };
+    if openai::is_openai_path(req.uri().path()) {
+        return openai::error_response(StatusCode::UNAUTHORIZED, message);
+    }
+    ApiError::new(StatusCode::UNAUTHORIZED, message).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_classified() {
+        assert!(classify(&Method::GET, "/healthz") == Guarded::Open);
+        assert!(classify(&Method::POST, "/mode") == Guarded::Admin);
+        assert!(classify(&Method::GET, "/mode") == Guarded::Other);
+        assert!(classify(&Method::POST, "/keys/1/disable") == Guarded::Admin);
+        assert!(
+            classify(&Method::POST, "/v1/models/gemini-2.5-flash:generateContent")
+                == Guarded::GeminiNative
+        );
+        assert!(classify(&Method::POST, "/v1beta/openai/chat/completions") == Guarded::Other);
+        assert!(classify(&Method::POST, "/v1/chat/completions") == Guarded::Other);
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+}
