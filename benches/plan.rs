@@ -4,9 +4,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gemini_flux::clock::Timestamp;
-use gemini_flux::policy::{Mode, SEED_CHAIN};
+use gemini_flux::policy::{Layers, Mode, SEED_CHAIN};
 use gemini_flux::scheduler::{PlanRequest, Scheduler, Target};
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ fn scheduler(keys: usize) -> Scheduler {
     Scheduler::new(
         (0..keys).map(|k| format!("…{k:04}")).collect(),
         SEED_CHAIN.iter().map(|m| m.to_string()).collect(),
-        BTreeMap::new(),
+        Layers::default(),
         Mode::Both,
         Duration::from_millis(250),
     )

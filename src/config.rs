@@ -5,6 +5,7 @@
 //! on a half-understood configuration.
 
 use crate::keys::ApiKey;
+use crate::policy::file::read_policy_file;
 use crate::policy::{LimitsOverride, Mode, parse_overrides};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -41,6 +42,10 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Let Gemini-native calls fall down the chain without asking (`FLUX_NATIVE_FALLBACK`).
     pub native_fallback: bool,
+    /// The limits of `FLUX_POLICY_FILE`, read and checked at start.
+    pub policy_file: BTreeMap<String, LimitsOverride>,
+    /// Ask Gemini for its limits when no fresh cache exists (`FLUX_POLICY_FETCH`).
+    pub policy_fetch: bool,
 }
 
 /// How a request's input tokens are counted before it is planned
@@ -75,6 +80,8 @@ struct Raw {
     flux_api_tokens: Option<String>,
     flux_admin_token: Option<String>,
     flux_native_fallback: Option<bool>,
+    flux_policy_file: Option<String>,
+    flux_policy_fetch: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -185,6 +192,12 @@ impl Settings {
                 .filter(|t| !t.trim().is_empty())
                 .map(|t| t.trim().to_string()),
             native_fallback: raw.flux_native_fallback.unwrap_or(false),
+            policy_file: match raw.flux_policy_file.as_deref().map(str::trim) {
+                None | Some("") => BTreeMap::new(),
+                Some(path) => read_policy_file(std::path::Path::new(path))
+                    .map_err(|e| ConfigError(format!("FLUX_POLICY_FILE {e}")))?,
+            },
+            policy_fetch: raw.flux_policy_fetch.unwrap_or(true),
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod keys;
 pub mod policy;
+pub mod refresh;
 pub mod scheduler;
 pub mod service;
 pub mod sim;

@@ -15,8 +15,10 @@ use crate::api::{self, AppState, Drain, Shared};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::keys::ApiKey;
-use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
+use crate::policy::Layers;
+use crate::refresh::{self, FetchStatus};
 use crate::scheduler::actor::Journal;
+use crate::scheduler::lane::WINDOW_MS;
 use crate::scheduler::{KeyState, Scheduler, SchedulerHandle};
 use crate::store::{Ledger, Recovered, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -101,23 +103,53 @@ pub async fn start_with_store(
     mut store: impl Store,
 ) -> Result<RunningService, StartError> {
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
-    let chain = match &settings.models {
-        Some(pinned) => pinned.clone(),
-        None => discover_chain(&upstream, &settings.keys).await,
+    let span_ms = WINDOW_MS + settings.guard.as_millis() as i64;
+    let recovered = store.recover(clock.now(), span_ms)?;
+    // A fetch accepted less than seven days ago, and the models found with
+    // it, are trusted; otherwise discover now and fetch once serving.
+    let cache = if settings.policy_fetch {
+        refresh::fresh(recovered.policy_cache.clone(), clock.now())
+    } else {
+        None
+    };
+    let chain = match (&settings.models, &cache) {
+        (Some(pinned), _) => pinned.clone(),
+        (None, Some(cache)) => cache.models.clone(),
+        (None, None) => refresh::discover_chain(&upstream, &settings.keys)
+            .await
+            .unwrap_or_else(|| {
+                tracing::warn!("model discovery found nothing; using the seed's six models");
+                refresh::seed_chain()
+            }),
     };
     let validated = validate_keys(&upstream, &settings.keys, &chain[0]).await;
     let key_ids: Vec<String> = settings.keys.iter().map(ApiKey::stable_id).collect();
     let fingerprints = settings.keys.iter().map(ApiKey::fingerprint).collect();
+    let layers = Layers {
+        fetched: cache
+            .as_ref()
+            .map(|c| c.fetched.clone())
+            .unwrap_or_default(),
+        file: settings.policy_file.clone(),
+        env: settings.limits.clone(),
+    };
     let mut core = Scheduler::new(
         fingerprints,
         chain.clone(),
-        settings.limits.clone(),
+        layers,
         settings.mode,
         settings.guard,
     );
-    let recovered = store.recover(clock.now(), core.span_ms())?;
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
+    core.take_changes();
     log_startup_table(&settings, &chain, &core);
+    let policy_status = match &cache {
+        Some(c) => FetchStatus::accepted(c.at, true),
+        None => FetchStatus {
+            enabled: settings.policy_fetch,
+            ..FetchStatus::default()
+        },
+    };
 
     let ledger = Ledger::start(store);
     let journal = Journal {
@@ -146,6 +178,8 @@ pub async fn start_with_store(
             admin: settings.admin_token.clone(),
         },
         native_fallback: settings.native_fallback,
+        pinned_models: settings.models.clone(),
+        policy_status: std::sync::Mutex::new(policy_status),
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(
@@ -172,6 +206,12 @@ pub async fn start_with_store(
             .await
     });
     tracing::info!("gemini-flux listening on http://{addr}");
+    if settings.policy_fetch && cache.is_none() {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = refresh::refresh(&state).await;
+        });
+    }
     Ok(RunningService {
         addr,
         stop: Some(stop),
@@ -202,9 +242,9 @@ fn restore(
             core.restore_day(k, model, *day, *count);
         }
     }
-    for (id, model, learned) in &recovered.learned {
+    for (id, model, learned, at) in &recovered.learned {
         if let Some(k) = index(id) {
-            core.restore_learned(k, model, *learned);
+            core.restore_learned(k, model, *learned, *at);
         }
     }
     let disabled: Vec<usize> = recovered
@@ -235,27 +275,6 @@ fn restore(
     }
 }
 
-/// The chain from `GET /models` on the first key that answers, ordered as the
-/// seed orders it; the seed's six when no key can list.
-async fn discover_chain(upstream: &Upstream, keys: &[ApiKey]) -> Vec<String> {
-    for key in keys.iter().take(3) {
-        match upstream.list_generation_models(key).await {
-            Ok(models) => {
-                let models: Vec<String> = models
-                    .into_iter()
-                    .filter(|m| is_chain_candidate(m))
-                    .collect();
-                if !models.is_empty() {
-                    return order_chain(models);
-                }
-            }
-            Err(e) => tracing::warn!(key = %key.fingerprint(), "model discovery failed: {e}"),
-        }
-    }
-    tracing::warn!("model discovery found nothing; using the seed's six models");
-    SEED_CHAIN.iter().map(|s| s.to_string()).collect()
-}
-
 /// One `countTokens` per key, all at once: healthy, invalid or blocked.
 async fn validate_keys(upstream: &Upstream, keys: &[ApiKey], model: &str) -> Vec<KeyState> {
     let probe = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]});
@@ -280,12 +299,15 @@ fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
     tracing::info!("mode {}, chain: {}", settings.mode, chain.join(" > "));
     for model in chain {
         let l = core.model_limits(model);
+        let s = l.sources;
         tracing::info!(
-            "  {model}: {} rpm, {} tpm, {} rpd ({:?})",
-            l.limits.rpm,
-            l.limits.tpm,
-            l.limits.rpd,
-            l.source
+            "  {model}: {} rpm ({:?}), {} tpm ({:?}), {} rpd ({:?})",
+            l.rpm,
+            s.rpm,
+            l.tpm,
+            s.tpm,
+            l.rpd,
+            s.rpd
         );
     }
     for (i, key) in settings.keys.iter().enumerate() {

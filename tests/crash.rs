@@ -31,6 +31,7 @@ fn spawn_service(upstream: &str, state: &Path, port: u16) -> Child {
         )
         .env("FLUX_STATE_PATH", state)
         .env("GEMINI_LOG", "false")
+        .env("FLUX_POLICY_FETCH", "false")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

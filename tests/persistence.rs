@@ -29,6 +29,7 @@ fn settings(
             json!({FLASH: {"rpm": 10, "tpm": 100_000, "rpd": 5}}).to_string(),
         ),
         ("FLUX_STATE_PATH".to_string(), state.display().to_string()),
+        ("FLUX_POLICY_FETCH".to_string(), "false".to_string()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Settings::from_vars(vars).unwrap()

@@ -15,6 +15,7 @@ mod relay;
 
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
+use crate::refresh::FetchStatus;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Ledger;
 use crate::upstream::Upstream;
@@ -50,6 +51,9 @@ pub struct Shared {
     pub tokens: Tokens,
     /// `FLUX_NATIVE_FALLBACK`.
     pub native_fallback: bool,
+    /// `FLUX_MODELS`, when it pins the chain.
+    pub pinned_models: Option<Vec<String>>,
+    pub policy_status: std::sync::Mutex<FetchStatus>,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.

@@ -21,6 +21,8 @@ pub struct Limits {
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     BuiltIn,
+    Fetched,
+    File,
     Env,
     Learned,
 }
@@ -95,6 +97,14 @@ impl LimitsOverride {
 pub fn parse_overrides(json: &str) -> Result<BTreeMap<String, LimitsOverride>, String> {
     let parsed: BTreeMap<String, LimitsOverride> =
         serde_json::from_str(json).map_err(|e| format!("not a valid limits object: {e}"))?;
+    validate_overrides(parsed)
+}
+
+/// Refuses zeros and empty model names (the types already refuse negatives,
+/// fractions and strings).
+pub fn validate_overrides(
+    parsed: BTreeMap<String, LimitsOverride>,
+) -> Result<BTreeMap<String, LimitsOverride>, String> {
     for (model, o) in &parsed {
         let zero = [
             ("rpm", o.rpm.map(u64::from)),

@@ -10,8 +10,9 @@
 use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot};
 use super::lane::GrantId;
 use crate::clock::{Clock, Timestamp};
-use crate::policy::Mode;
+use crate::policy::{LimitsOverride, Mode};
 use crate::store::{Ledger, Record};
+use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 enum Command {
@@ -20,6 +21,8 @@ enum Command {
     Release(GrantId),
     Penalise(GrantId, Penalty),
     SetMode(Mode),
+    SetChain(Vec<String>),
+    SetFetched(BTreeMap<String, LimitsOverride>),
     SetKeyState(usize, KeyState, oneshot::Sender<Option<KeyState>>),
     Snapshot(oneshot::Sender<Snapshot>),
 }
@@ -115,6 +118,15 @@ impl SchedulerHandle {
         self.tell(Command::SetMode(mode));
     }
 
+    pub fn set_chain(&self, chain: Vec<String>) {
+        self.tell(Command::SetChain(chain));
+    }
+
+    /// Puts a validated policy fetch in force.
+    pub fn set_fetched(&self, fetched: BTreeMap<String, LimitsOverride>) {
+        self.tell(Command::SetFetched(fetched));
+    }
+
     /// Changes key `key`'s (0-based) state; `None` if there is no such key.
     pub async fn set_key_state(
         &self,
@@ -161,6 +173,8 @@ async fn run(
             Command::Release(id) => core.release(id),
             Command::Penalise(id, penalty) => core.penalise(id, &penalty, now),
             Command::SetMode(mode) => core.set_mode(mode),
+            Command::SetChain(chain) => core.set_chain(chain),
+            Command::SetFetched(fetched) => core.set_fetched(fetched),
             Command::SetKeyState(key, state, reply) => {
                 let _ = reply.send(core.set_key_state(key, state));
             }

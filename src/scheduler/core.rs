@@ -8,7 +8,7 @@
 
 use super::lane::{GrantId, Lane, LaneUsage, WINDOW_MS};
 use crate::clock::{PacificDay, Timestamp};
-use crate::policy::{Family, Limits, LimitsOverride, Mode, Source};
+use crate::policy::{Layers, Limits, LimitsOverride, Mode, Resolved, Source};
 use crate::wire::Quota;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -116,19 +116,11 @@ pub enum Change {
     Mode(Mode),
 }
 
-/// One model's configured limits and where they came from.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct ModelLimits {
-    #[serde(flatten)]
-    pub limits: Limits,
-    pub source: Source,
-}
-
 pub struct Scheduler {
     fingerprints: Vec<String>,
     states: Vec<KeyState>,
     chain: Vec<String>,
-    overrides: BTreeMap<String, LimitsOverride>,
+    layers: Layers,
     mode: Mode,
     lanes: HashMap<(usize, String), Lane>,
     grants: HashMap<GrantId, Grant>,
@@ -140,11 +132,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// `fingerprints` names the keys (their text never reaches the core);
-    /// `overrides` are the `FLUX_LIMITS` entries; `guard` is `FLUX_GUARD_MS`.
+    /// `layers` are the configured limits; `guard` is `FLUX_GUARD_MS`.
     pub fn new(
         fingerprints: Vec<String>,
         chain: Vec<String>,
-        overrides: BTreeMap<String, LimitsOverride>,
+        layers: Layers,
         mode: Mode,
         guard: Duration,
     ) -> Self {
@@ -152,7 +144,7 @@ impl Scheduler {
             states: vec![KeyState::Healthy; fingerprints.len()],
             fingerprints,
             chain,
-            overrides,
+            layers,
             mode,
             lanes: HashMap::new(),
             grants: HashMap::new(),
@@ -188,34 +180,50 @@ impl Scheduler {
             .restore_day(day, count);
     }
 
-    /// Puts back limits a previous run learned.
-    pub fn restore_learned(&mut self, key: usize, model: &str, learned: LimitsOverride) {
+    /// Puts back limits a previous run learned at `at`.
+    pub fn restore_learned(
+        &mut self,
+        key: usize,
+        model: &str,
+        learned: LimitsOverride,
+        at: Timestamp,
+    ) {
         self.lanes
             .entry((key, model.to_string()))
             .or_default()
-            .restore_learned(learned);
+            .restore_learned(learned, at);
     }
 
-    /// A model's limits before anything is learned: `FLUX_LIMITS` over the built-in table.
-    pub fn model_limits(&self, model: &str) -> ModelLimits {
-        let builtin = Family::of(model).builtin_limits();
-        match self.overrides.get(model) {
-            Some(o) => ModelLimits {
-                limits: o.apply(builtin),
-                source: Source::Env,
-            },
-            None => ModelLimits {
-                limits: builtin,
-                source: Source::BuiltIn,
-            },
+    /// A model's limits before anything is learned, with their sources.
+    pub fn model_limits(&self, model: &str) -> Resolved {
+        self.layers.resolve(model)
+    }
+
+    /// A lane's limits in force at `now`: the model's, with what the lane learned.
+    fn lane_resolved(&self, key: usize, model: &str, now: Timestamp) -> Resolved {
+        let base = self.model_limits(model);
+        match self
+            .lanes
+            .get(&(key, model.to_string()))
+            .and_then(|l| l.learned(now))
+        {
+            Some(learned) => base.with(&learned, Source::Learned),
+            None => base,
         }
     }
 
-    fn lane_limits(&self, key: usize, model: &str) -> Limits {
-        let base = self.model_limits(model).limits;
-        self.lanes
-            .get(&(key, model.to_string()))
-            .map_or(base, |l| l.effective(base))
+    fn lane_limits(&self, key: usize, model: &str, now: Timestamp) -> Limits {
+        self.lane_resolved(key, model, now).limits()
+    }
+
+    /// Replaces the fetched layer (a validated policy fetch, or its cache).
+    pub fn set_fetched(&mut self, fetched: BTreeMap<String, LimitsOverride>) {
+        self.layers.fetched = fetched;
+    }
+
+    /// Replaces the model chain (a refreshed discovery).
+    pub fn set_chain(&mut self, chain: Vec<String>) {
+        self.chain = chain;
     }
 
     fn usable(&self, key: usize) -> bool {
@@ -275,7 +283,7 @@ impl Scheduler {
             let mut best: Option<(Timestamp, u32, usize)> = None;
             let mut preferred_at = None;
             for &key in &usable {
-                let limits = self.lane_limits(key, model);
+                let limits = self.lane_limits(key, model, now);
                 if request.tokens > limits.tpm {
                     continue;
                 }
@@ -317,7 +325,7 @@ impl Scheduler {
         }
         let largest = models
             .iter()
-            .map(|m| (m.clone(), self.model_limits(m).limits.tpm))
+            .map(|m| (m.clone(), self.model_limits(m).tpm))
             .collect();
         Err(PlanError::TooLarge {
             tokens: request.tokens,
@@ -372,7 +380,7 @@ impl Scheduler {
         let Some(grant) = self.grants.get(&id).cloned() else {
             return;
         };
-        let model_limits = self.model_limits(&grant.model).limits;
+        let current = self.lane_limits(grant.key, &grant.model, now);
         match penalty {
             Penalty::Quota {
                 quota,
@@ -400,9 +408,9 @@ impl Scheduler {
                     },
                     _ => LimitsOverride::default(),
                 };
-                let before = lane.learned();
-                lane.learn(model_limits, learned);
-                let after = lane.learned();
+                let before = lane.learned(now);
+                lane.learn(current, learned, now);
+                let after = lane.learned(now);
                 if *quota == Some(Quota::RequestsPerDay) {
                     lane.exhaust_day(now.pacific_day());
                 }
@@ -412,7 +420,10 @@ impl Scheduler {
                     // A per-minute quota with no delay: its window is a minute at most.
                     (Some(_), None) => lane.cool_until(now.plus_millis(self.span_ms)),
                 }
-                if after != before {
+                // New, or seen again (which restarts its week): keep it.
+                if let Some(after) =
+                    after.filter(|a| Some(*a) != before || learned != LimitsOverride::default())
+                {
                     self.changes
                         .push(Change::Learned(grant.key, grant.model.clone(), after));
                 }
@@ -491,10 +502,9 @@ impl Scheduler {
                         let lane = self.lanes.get(&(key, model.clone()));
                         let empty = Lane::default();
                         let lane = lane.unwrap_or(&empty);
-                        let learned = lane.learned();
                         let snapshot = LaneSnapshot {
-                            limits: self.lane_limits(key, model),
-                            learned: (learned != LimitsOverride::default()).then_some(learned),
+                            limits: self.lane_resolved(key, model, now),
+                            learned: lane.learned(now),
                             usage: lane.usage(now),
                         };
                         (model.clone(), snapshot)
@@ -533,7 +543,7 @@ impl Scheduler {
 pub struct Snapshot {
     pub mode: Mode,
     pub chain: Vec<String>,
-    pub limits: BTreeMap<String, ModelLimits>,
+    pub limits: BTreeMap<String, Resolved>,
     pub keys: Vec<KeySnapshot>,
     /// Grants not yet settled: waiting for their instant, or in flight.
     pub grants: Vec<GrantSnapshot>,
@@ -550,8 +560,8 @@ pub struct KeySnapshot {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LaneSnapshot {
-    /// The limits in force on this lane (learned ones included).
-    pub limits: Limits,
+    /// The limits in force on this lane (learned ones included), with sources.
+    pub limits: Resolved,
     pub learned: Option<LimitsOverride>,
     #[serde(flatten)]
     pub usage: LaneUsage,

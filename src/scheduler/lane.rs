@@ -36,6 +36,9 @@ pub const WINDOW_MS: i64 = 60_000;
 /// of the queue always fits, so this can only forgo a backfill, never overbook.
 const MAX_GAP_CANDIDATES: usize = 512;
 
+/// Learned limits lapse this long after the upstream last enforced them.
+pub const LEARNED_TTL_MS: i64 = 7 * 86_400_000;
+
 /// How many Pacific midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
 
@@ -66,20 +69,19 @@ pub struct Lane {
     cooldown_until: Timestamp,
     /// A per-day 429 said this lane is spent for that Pacific day.
     exhausted_day: Option<NaiveDate>,
-    /// Limits the upstream taught this lane (each only ever lowered).
+    /// Limits the upstream taught this lane (each only ever lowered), and when
+    /// it last said so: they lapse [`LEARNED_TTL_MS`] later.
     learned: LimitsOverride,
+    learned_at: Timestamp,
     /// Consecutive failures without a quota answer to go by; grows the backoff.
     strikes: u32,
 }
 
 impl Lane {
-    /// The model's limits with whatever this lane has learned applied.
-    pub fn effective(&self, model_limits: Limits) -> Limits {
-        self.learned.apply(model_limits)
-    }
-
-    pub fn learned(&self) -> LimitsOverride {
-        self.learned
+    /// What this lane has learned, unless it has lapsed by `now`.
+    pub fn learned(&self, now: Timestamp) -> Option<LimitsOverride> {
+        let fresh = now.millis() - self.learned_at.millis() < LEARNED_TTL_MS;
+        (fresh && self.learned != LimitsOverride::default()).then_some(self.learned)
     }
 
     /// Whether the lane can still take a request on `day`.
@@ -228,9 +230,9 @@ impl Lane {
         *n = (*n).max(count);
     }
 
-    /// Puts back limits learned by a previous run.
-    pub fn restore_learned(&mut self, learned: LimitsOverride) {
-        self.learned = learned;
+    /// Puts back limits learned by a previous run, at `at`.
+    pub fn restore_learned(&mut self, learned: LimitsOverride, at: Timestamp) {
+        (self.learned, self.learned_at) = (learned, at);
     }
 
     /// Replaces a booking's estimated tokens with what the upstream counted.
@@ -277,18 +279,24 @@ impl Lane {
         self.exhausted_day = Some(day);
     }
 
-    /// Lowers a learned limit to what the upstream enforced, never raises it.
-    pub fn learn(&mut self, model_limits: Limits, learned: LimitsOverride) {
-        let current = self.effective(model_limits);
+    /// Lowers a learned limit to what the upstream enforced (never raises
+    /// it) and restarts its lifetime; `current` is what was in force.
+    pub fn learn(&mut self, current: Limits, taught: LimitsOverride, now: Timestamp) {
+        if self.learned(now).is_none() {
+            self.learned = LimitsOverride::default();
+        }
         let lower = |new: Option<u64>, cur: u64| new.filter(|&n| n < cur);
-        if let Some(rpm) = lower(learned.rpm.map(u64::from), u64::from(current.rpm)) {
+        if let Some(rpm) = lower(taught.rpm.map(u64::from), u64::from(current.rpm)) {
             self.learned.rpm = Some(rpm as u32);
         }
-        if let Some(tpm) = lower(learned.tpm, current.tpm) {
+        if let Some(tpm) = lower(taught.tpm, current.tpm) {
             self.learned.tpm = Some(tpm);
         }
-        if let Some(rpd) = lower(learned.rpd.map(u64::from), u64::from(current.rpd)) {
+        if let Some(rpd) = lower(taught.rpd.map(u64::from), u64::from(current.rpd)) {
             self.learned.rpd = Some(rpd as u32);
+        }
+        if taught != LimitsOverride::default() && self.learned != LimitsOverride::default() {
+            self.learned_at = now;
         }
     }
 
@@ -416,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn learning_only_lowers() {
+    fn learning_only_lowers_and_lapses_after_a_week_unless_seen_again() {
         let mut lane = Lane::default();
         lane.learn(
             FLASH,
@@ -425,23 +433,40 @@ mod tests {
                 rpm: Some(20),
                 rpd: None,
             },
+            T0,
         );
         assert_eq!(
-            lane.effective(FLASH),
-            Limits {
-                rpm: 10,
-                tpm: 50_000,
-                rpd: 250
-            }
+            lane.learned(T0),
+            Some(LimitsOverride {
+                tpm: Some(50_000),
+                ..Default::default()
+            })
         );
+        let current = Limits {
+            tpm: 50_000,
+            ..FLASH
+        };
         lane.learn(
-            FLASH,
+            current,
             LimitsOverride {
                 tpm: Some(80_000),
                 ..Default::default()
             },
+            T0,
         );
-        assert_eq!(lane.effective(FLASH).tpm, 50_000);
+        assert_eq!(lane.learned(T0).unwrap().tpm, Some(50_000));
+        // Seen again on day 6: the week starts over.
+        let day = 86_400_000;
+        lane.learn(
+            current,
+            LimitsOverride {
+                tpm: Some(50_000),
+                ..Default::default()
+            },
+            T0.plus_millis(6 * day),
+        );
+        assert!(lane.learned(T0.plus_millis(12 * day)).is_some());
+        assert_eq!(lane.learned(T0.plus_millis(13 * day)), None);
     }
 
     #[test]

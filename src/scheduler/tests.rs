@@ -2,7 +2,7 @@
 
 use super::core::*;
 use crate::clock::Timestamp;
-use crate::policy::{Limits, LimitsOverride, Mode};
+use crate::policy::{Layers, Limits, LimitsOverride, Mode};
 use crate::sim::quota::LaneQuota;
 use crate::wire::Quota;
 use rand::{Rng, SeedableRng};
@@ -34,7 +34,10 @@ fn scheduler(keys: usize, overrides: &[(&str, u32, u64, u32)]) -> Scheduler {
     Scheduler::new(
         (0..keys).map(|k| format!("…k{k:03}")).collect(),
         vec![PRO.into(), FLASH.into(), LITE.into()],
-        overrides,
+        Layers {
+            env: overrides,
+            ..Layers::default()
+        },
         Mode::Both,
         Duration::from_millis(GUARD_MS as u64),
     )
@@ -337,7 +340,7 @@ fn a_thousand_concurrent_plans_never_overbook_any_window() {
         };
         grants.push(s.plan(&ask(tokens, Target::Chain(None)), NOON).unwrap());
     }
-    let limits = |m: &str| s.model_limits(m).limits;
+    let limits = |m: &str| s.model_limits(m).limits();
     for seed in 0..5 {
         assert_eq!(upstream_rejections(&grants, limits, seed), 0);
     }

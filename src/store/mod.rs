@@ -19,6 +19,7 @@ use crate::clock::Timestamp;
 use crate::policy::{LimitsOverride, Mode};
 use crate::scheduler::KeyState;
 use chrono::NaiveDate;
+use std::collections::BTreeMap;
 
 /// Identifies a call record across restarts (random, so two runs never collide).
 pub type CallId = i64;
@@ -95,6 +96,15 @@ pub enum Record {
         learned: LimitsOverride,
         at: Timestamp,
     },
+    PolicyCache(PolicyCache),
+}
+
+/// An accepted policy fetch and the model list discovered with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyCache {
+    pub fetched: BTreeMap<String, LimitsOverride>,
+    pub models: Vec<String>,
+    pub at: Timestamp,
 }
 
 /// A counted call still inside the per-minute window.
@@ -114,7 +124,9 @@ pub struct Recovered {
     pub day_counts: Vec<(String, String, NaiveDate, u32)>,
     pub key_states: Vec<(String, KeyState)>,
     pub mode: Option<(Mode, Mode)>,
-    pub learned: Vec<(String, String, LimitsOverride)>,
+    /// (key id, model, learned limits, when last enforced).
+    pub learned: Vec<(String, String, LimitsOverride, Timestamp)>,
+    pub policy_cache: Option<PolicyCache>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! The default backend: one SQLite file (WAL mode), versioned migrations.
 
-use super::{Outcome, RecentCall, Record, Recovered, Store, StoreError};
+use super::{Outcome, PolicyCache, RecentCall, Record, Recovered, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::policy::{LimitsOverride, Mode};
 use crate::scheduler::KeyState;
@@ -34,6 +34,13 @@ const MIGRATIONS: &[&str] = &[
         rpm INTEGER, tpm INTEGER, rpd INTEGER,
         learned_at_ms INTEGER NOT NULL,
         PRIMARY KEY (key_id, model)
+    );",
+    // 2: the cache of the policy fetch and of the discovered models.
+    "CREATE TABLE policy_cache (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        fetched TEXT NOT NULL,
+        models TEXT NOT NULL,
+        fetched_at_ms INTEGER NOT NULL
     );",
 ];
 
@@ -247,7 +254,7 @@ impl Store for SqliteStore {
         };
 
         let mut learned_q = c
-            .prepare("SELECT key_id, model, rpm, tpm, rpd FROM learned_limits")
+            .prepare("SELECT key_id, model, rpm, tpm, rpd, learned_at_ms FROM learned_limits")
             .map_err(write_error)?;
         let learned = learned_q
             .query_map([], |r| {
@@ -259,10 +266,33 @@ impl Store for SqliteStore {
                         tpm: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                         rpd: r.get(4)?,
                     },
+                    Timestamp(r.get(5)?),
                 ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(write_error)?;
+
+        let policy_cache = c
+            .query_row(
+                "SELECT fetched, models, fetched_at_ms FROM policy_cache WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(write_error)?
+            .and_then(|(fetched, models, at)| {
+                Some(PolicyCache {
+                    fetched: serde_json::from_str(&fetched).ok()?,
+                    models: serde_json::from_str(&models).ok()?,
+                    at: Timestamp(at),
+                })
+            });
 
         Ok(Recovered {
             recent_calls,
@@ -270,6 +300,7 @@ impl Store for SqliteStore {
             key_states,
             mode,
             learned,
+            policy_cache,
         })
     }
 
@@ -301,6 +332,14 @@ impl Store for SqliteStore {
                             params![configured.to_string()],
                         )
                     }),
+                Record::PolicyCache(cache) => tx.execute(
+                    "INSERT OR REPLACE INTO policy_cache (id, fetched, models, fetched_at_ms) VALUES (1, ?1, ?2, ?3)",
+                    params![
+                        serde_json::to_string(&cache.fetched).unwrap_or_default(),
+                        serde_json::to_string(&cache.models).unwrap_or_default(),
+                        cache.at.millis()
+                    ],
+                ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
                     "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis()],
@@ -377,6 +416,17 @@ mod tests {
                     },
                     at: NOON,
                 },
+                Record::PolicyCache(PolicyCache {
+                    fetched: std::collections::BTreeMap::from([(
+                        "gemini-2.5-flash".to_string(),
+                        LimitsOverride {
+                            rpm: Some(9),
+                            ..Default::default()
+                        },
+                    )]),
+                    models: vec!["gemini-2.5-flash".into()],
+                    at: NOON,
+                }),
             ])
             .unwrap();
         drop(store);
@@ -402,7 +452,16 @@ mod tests {
             vec![("k2".into(), KeyState::Invalid("not valid".into()))]
         );
         assert_eq!(r.mode, Some((Mode::FlashOnly, Mode::Both)));
-        assert_eq!(r.learned[0].2.tpm, Some(50_000));
+        assert_eq!((r.learned[0].2.tpm, r.learned[0].3), (Some(50_000), NOON));
+        let cache = r.policy_cache.unwrap();
+        assert_eq!(
+            (
+                cache.models.len(),
+                cache.at,
+                cache.fetched["gemini-2.5-flash"].rpm
+            ),
+            (1, NOON, Some(9))
+        );
     }
 
     #[test]

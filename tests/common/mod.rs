@@ -83,6 +83,8 @@ impl Stack {
                 "FLUX_STATE_PATH".to_string(),
                 fresh_state_path().display().to_string(),
             ),
+            // Tests count calls; the policy fetch (one call) is tested on its own.
+            ("FLUX_POLICY_FETCH".to_string(), "false".to_string()),
         ];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::from_vars(vars).expect("valid settings");

@@ -4,7 +4,7 @@
 use crate::traces::Request;
 use crate::world::{Agenda, Served, World, latency_ms};
 use gemini_flux::clock::Timestamp;
-use gemini_flux::policy::{LimitsOverride, Mode};
+use gemini_flux::policy::{Layers, LimitsOverride, Mode};
 use gemini_flux::scheduler::{Grant, Penalty, PlanError, PlanRequest, Scheduler, Target};
 use gemini_flux::sim::quota::Rejection;
 use gemini_flux::wire::Quota;
@@ -100,7 +100,10 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
     let mut core = Scheduler::new(
         fingerprints,
         vec![MODEL.into()],
-        overrides,
+        Layers {
+            env: overrides,
+            ..Layers::default()
+        },
         Mode::Both,
         Duration::from_millis(250),
     );

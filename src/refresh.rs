@@ -1,0 +1,150 @@
+//! Refreshing the policy at run time: rediscover the models (unless
+//! `FLUX_MODELS` pins them) and ask Gemini for its limits, validated; put both
+//! in force and in the state store's cache, or keep what is in force and say
+//! why. The fetch is one ordinary call: scheduled, and counted in its lane,
+//! like any other.
+
+use crate::api::AppState;
+use crate::api::dispatch::{Call, Job, Reply, dispatch};
+use crate::clock::Timestamp;
+use crate::keys::ApiKey;
+use crate::policy::fetch::{self, CACHE_TTL_MS};
+use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
+use crate::scheduler::Target;
+use crate::store::{PolicyCache, Record};
+use crate::upstream::Upstream;
+use axum::http::StatusCode;
+use serde::Serialize;
+
+/// What `/status` says of the policy fetch.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FetchStatus {
+    /// `FLUX_POLICY_FETCH`.
+    pub enabled: bool,
+    /// When the limits in force were fetched (or cached) and until when they are trusted.
+    pub fetched_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub from_cache: bool,
+    pub last_attempt_at: Option<Timestamp>,
+    /// Why the last answer was refused, if it was.
+    pub last_rejection: Option<String>,
+}
+
+impl FetchStatus {
+    pub fn accepted(at: Timestamp, from_cache: bool) -> FetchStatus {
+        FetchStatus {
+            enabled: true,
+            fetched_at: Some(at),
+            expires_at: Some(at.plus_millis(CACHE_TTL_MS)),
+            from_cache,
+            last_attempt_at: (!from_cache).then_some(at),
+            last_rejection: None,
+        }
+    }
+}
+
+/// The cache, if it is younger than its seven days at `now`.
+pub fn fresh(cache: Option<PolicyCache>, now: Timestamp) -> Option<PolicyCache> {
+    cache.filter(|c| now.millis() - c.at.millis() < CACHE_TTL_MS)
+}
+
+/// The chain from `GET /models` on the first key that answers, ordered as the
+/// seed orders it; `None` when no key can list.
+pub async fn discover_chain(upstream: &Upstream, keys: &[ApiKey]) -> Option<Vec<String>> {
+    for key in keys.iter().take(3) {
+        match upstream.list_generation_models(key).await {
+            Ok(models) => {
+                let models: Vec<String> = models
+                    .into_iter()
+                    .filter(|m| is_chain_candidate(m))
+                    .collect();
+                if !models.is_empty() {
+                    return Some(order_chain(models));
+                }
+            }
+            Err(e) => tracing::warn!(key = %key.fingerprint(), "model discovery failed: {e}"),
+        }
+    }
+    None
+}
+
+/// The seed's six, when nothing better is known.
+pub fn seed_chain() -> Vec<String> {
+    SEED_CHAIN.iter().map(|s| s.to_string()).collect()
+}
+
+/// Rediscovers and refetches now, ignoring the cache. On success the new
+/// chain and limits are in force and cached; on failure nothing changes and
+/// the reason is returned (and kept for `/status`).
+pub async fn refresh(state: &AppState) -> Result<(), String> {
+    let clock = state.scheduler.clock();
+    let started = clock.now();
+    let chain = match &state.pinned_models {
+        Some(pinned) => pinned.clone(),
+        None => match discover_chain(&state.upstream, &state.keys).await {
+            Some(chain) => chain,
+            None => state
+                .scheduler
+                .snapshot()
+                .await
+                .map(|s| s.chain)
+                .unwrap_or_else(|_| seed_chain()),
+        },
+    };
+    let job = Job {
+        request: fetch::request(&chain),
+        target: Target::Chain(None),
+        preferred_key: None,
+        max_wait: state.max_wait,
+        retry: true,
+        call: Call::Generate,
+        unknown_model: StatusCode::BAD_REQUEST,
+    };
+    let answered = match dispatch(state, job).await {
+        Ok(served) => match served.reply {
+            Reply::Generated(generated) => Ok(generated.text()),
+            Reply::Stream(_) => Err("the fetch came back as a stream".to_string()),
+        },
+        Err(failure) => Err(format!("the fetch call failed: {}", describe(failure))),
+    };
+    let verdict = answered.and_then(|text| fetch::validate(&text, &chain));
+    let mut status = state
+        .policy_status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    status.last_attempt_at = Some(started);
+    match verdict {
+        Ok(fetched) => {
+            state.scheduler.set_chain(chain.clone());
+            state.scheduler.set_fetched(fetched.clone());
+            state.ledger.record(Record::PolicyCache(PolicyCache {
+                fetched,
+                models: chain,
+                at: started,
+            }));
+            *status = FetchStatus::accepted(started, false);
+            tracing::info!(
+                "policy fetched and accepted; trusted until {}",
+                started.plus_millis(CACHE_TTL_MS)
+            );
+            Ok(())
+        }
+        Err(reason) => {
+            tracing::warn!("policy fetch rejected, the policy in force stays: {reason}");
+            status.last_rejection = Some(reason.clone());
+            Err(reason)
+        }
+    }
+}
+
+fn describe(failure: crate::api::dispatch::Failure) -> String {
+    match failure {
+        crate::api::dispatch::Failure::Flux(e) => format!("{} ({})", e.message, e.status),
+        crate::api::dispatch::Failure::Client { status, body } => {
+            format!(
+                "{} ({status})",
+                body["error"]["message"].as_str().unwrap_or("refused")
+            )
+        }
+    }
+}
