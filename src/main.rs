@@ -168,6 +168,13 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
             *limits = o.apply(*limits);
         }
     }
+    // Asked for its limits (the policy fetch), the simulated model tells the truth.
+    let models: Vec<serde_json::Value> = config
+        .limits
+        .iter()
+        .map(|(m, l)| serde_json::json!({"model": m, "rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}))
+        .collect();
+    config.faults.json_answer = Some(serde_json::json!({ "models": models }).to_string());
     let sim = match SimServer::start(config, Clock::system(), ([127, 0, 0, 1], 0).into()).await {
         Ok(sim) => sim,
         Err(e) => {
@@ -250,6 +257,7 @@ async fn run_sim(args: SimArgs) -> ExitCode {
         unavailable_ratio: args.unavailable_ratio,
         bare_429_ratio: args.bare_429_ratio,
         drop_mid_stream_ratio: args.drop_mid_stream_ratio,
+        ..Faults::default()
     };
     if let Some(json) = args.limits {
         match parse_overrides(&json) {

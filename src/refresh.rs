@@ -16,6 +16,10 @@ use crate::upstream::Upstream;
 use axum::http::StatusCode;
 use serde::Serialize;
 
+/// How long the fetch may wait for a slot: its own ceiling, since it is the
+/// service's call, not a client's.
+const FETCH_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What `/status` says of the policy fetch.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct FetchStatus {
@@ -95,7 +99,7 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
         request: fetch::request(&chain),
         target: Target::Chain(None),
         preferred_key: None,
-        max_wait: state.max_wait,
+        max_wait: FETCH_MAX_WAIT,
         retry: true,
         call: Call::Generate,
         unknown_model: StatusCode::BAD_REQUEST,

@@ -5,6 +5,7 @@
 use super::AppState;
 use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
+use crate::refresh;
 use crate::scheduler::KeyState;
 use axum::Json;
 use axum::Router;
@@ -24,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
+        .route("/policy/refresh", post(refresh_policy))
+        .route("/refresh-policy", post(refresh_policy))
         .route("/config", post(config))
 }
 
@@ -41,6 +44,7 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     body["queue"] = json!({"waiting": waiting, "in_flight": snapshot.grants.len() - waiting});
     body["ready"] = json!(state.scheduler.usable_keys().contains(&true));
     body["state_store"] = store_health(&state);
+    body["policy"] = json!({"fetch": fetch_status(&state)});
     Ok(Json(body).into_response())
 }
 
@@ -198,4 +202,31 @@ async fn config(
         }
     }
     Ok(Json(json!({"changes": changes})).into_response())
+}
+
+fn fetch_status(state: &AppState) -> serde_json::Value {
+    let status = state
+        .policy_status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    serde_json::to_value(status).unwrap_or_default()
+}
+
+/// `POST /policy/refresh` (and the seed's `POST /refresh-policy`): rediscover
+/// the models and refetch the limits now, ignoring the cache. The answer is
+/// the policy in force with the source of every number, or a 502 with the
+/// reason, in which case the previous policy stays.
+async fn refresh_policy(State(state): State<AppState>) -> Result<Response, ApiError> {
+    refresh::refresh(&state).await.map_err(|reason| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the policy was not refreshed: {reason}"),
+        )
+    })?;
+    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    Ok(Json(
+        json!({"chain": snapshot.chain, "limits": snapshot.limits, "fetch": fetch_status(&state)}),
+    )
+    .into_response())
 }

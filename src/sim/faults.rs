@@ -17,6 +17,10 @@ pub struct Faults {
     pub bare_429_ratio: f64,
     /// Fraction of admitted generate calls whose connection drops mid-answer.
     pub drop_mid_stream_ratio: f64,
+    /// What the model says when asked for JSON (`responseMimeType:
+    /// application/json`), instead of `ok:<tokens>`: lets a test script the
+    /// answer to gemini-flux's policy fetch.
+    pub json_answer: Option<String>,
 }
 
 impl Faults {

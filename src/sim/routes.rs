@@ -241,9 +241,28 @@ async fn call_model(
         ));
     }
     let tokens = prompt_tokens(&request);
+    let wants_json = request["generationConfig"]["responseMimeType"] == "application/json"
+        || request["generation_config"]["response_mime_type"] == "application/json";
     let stream = action == "streamGenerateContent";
     let sse = params.get("alt").map(String::as_str) == Some("sse");
-    generate(&state, key_index, model, limits, tokens, stream, sse).await
+    let call = GenerateCall {
+        key_index,
+        model,
+        limits,
+        tokens,
+        wants_json,
+    };
+    generate(&state, call, stream, sse).await
+}
+
+/// One generate call, as the quota ledger and the answer need it.
+struct GenerateCall<'a> {
+    key_index: usize,
+    model: &'a str,
+    limits: crate::policy::Limits,
+    tokens: u64,
+    /// The request asked for JSON (`responseMimeType: application/json`).
+    wants_json: bool,
 }
 
 fn count_tokens(request: &Value) -> Result<Response, Failure> {
@@ -266,6 +285,7 @@ fn count_tokens(request: &Value) -> Result<Response, Failure> {
 
 /// What one admitted call turns into.
 struct Answer {
+    text: String,
     model: String,
     prompt_tokens: u64,
     response_id: u64,
@@ -276,13 +296,17 @@ struct Answer {
 
 async fn generate(
     state: &SimState,
-    key_index: usize,
-    model: &str,
-    limits: crate::policy::Limits,
-    tokens: u64,
+    call: GenerateCall<'_>,
     stream: bool,
     sse: bool,
 ) -> Result<Response, Failure> {
+    let GenerateCall {
+        key_index,
+        model,
+        limits,
+        tokens,
+        wants_json,
+    } = call;
     let now = state.clock.now();
     let answer = {
         let mut inner = state.lock();
@@ -317,7 +341,12 @@ async fn generate(
             return Err(quota_exceeded(model, &limits, rejection));
         }
         inner.responses += 1;
+        let text = match (&faults.json_answer, wants_json) {
+            (Some(scripted), true) => scripted.clone(),
+            _ => format!("ok:{tokens}"),
+        };
         Answer {
+            text,
             model: model.to_string(),
             prompt_tokens: tokens,
             response_id: inner.responses,
@@ -378,10 +407,6 @@ fn quota_exceeded(
 }
 
 impl Answer {
-    fn text(&self) -> String {
-        format!("ok:{}", self.prompt_tokens)
-    }
-
     fn usage(&self, candidates: u64) -> Value {
         json!({
             "promptTokenCount": self.prompt_tokens,
@@ -406,7 +431,7 @@ impl Answer {
     }
 
     fn respond(self, stream: bool, sse: bool) -> Response {
-        let text = self.text();
+        let text = self.text.clone();
         let candidates = wire::prompt_tokens(&json!({"contents": [{"parts": [{"text": text}]}]}));
         let frames: Vec<Bytes> = if !stream {
             vec![Bytes::from(self.chunk(&text, true, candidates).to_string())]
