@@ -20,6 +20,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod refresh;
 pub mod scheduler;

@@ -180,6 +180,7 @@ pub async fn start_with_store(
         native_fallback: settings.native_fallback,
         pinned_models: settings.models.clone(),
         policy_status: std::sync::Mutex::new(policy_status),
+        metrics: crate::metrics::Metrics::default(),
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(

@@ -499,3 +499,85 @@ async fn the_seed_routes_work_as_its_client_expects() {
         .await;
     assert_eq!((s, v["key_used"].as_u64()), (200, Some(1)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_parse_as_prometheus_text_and_name_keys_by_fingerprint() {
+    let sim = SimConfig::new([
+        "AIzaSyTESTmetricsKEY000000000001",
+        "AIzaSyTESTmetricsKEY000000000002",
+    ])
+    .with_limits(limits(FLASH, 10, 50_000, 250));
+    let stack = Stack::start(sim, quiet_noon(), &[("FLUX_MODELS", FLASH)]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            stack.generate(json!({"prompt": prompt_of(30_000)})).await.0,
+            200
+        );
+    }
+    let resp = stack.http.get(stack.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("AIzaSyTESTmetricsKEY"),
+        "a key leaked into /metrics"
+    );
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    // Three calls of 30k on two lanes of 50k: the third is refused once on
+    // each lane (one lesson per lane), then waits and is served.
+    assert_eq!(
+        value("flux_upstream_calls_total", &[("outcome", "ok")]),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "flux_upstream_calls_total",
+            &[(
+                "outcome",
+                "429 GenerateContentInputTokensPerModelPerMinute-FreeTier"
+            )]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value("flux_input_tokens_total", &[("model", FLASH)]),
+        90_000.0
+    );
+    // The third call waited a minute: only it is still in a window.
+    assert_eq!(
+        value("flux_lane_tokens_last_60s", &[("fingerprint", "…0001")])
+            + value("flux_lane_tokens_last_60s", &[("fingerprint", "…0002")]),
+        30_000.0
+    );
+    assert_eq!(
+        value("flux_lane_limit", &[("quota", "rpm"), ("key", "1")]),
+        10.0
+    );
+    assert_eq!(value("flux_keys", &[("state", "healthy")]), 2.0);
+    assert_eq!(
+        value(
+            "flux_requests_total",
+            &[("route", "/generate"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("flux_wait_seconds"))
+    );
+}

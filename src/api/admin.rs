@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/policy/refresh", post(refresh_policy))
         .route("/refresh-policy", post(refresh_policy))
         .route("/config", post(config))
@@ -229,4 +230,18 @@ async fn refresh_policy(State(state): State<AppState>) -> Result<Response, ApiEr
         json!({"chain": snapshot.chain, "limits": snapshot.limits, "fetch": fetch_status(&state)}),
     )
     .into_response())
+}
+
+/// `GET /metrics` in the Prometheus (OpenMetrics) text format.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let text = state.metrics.render(&snapshot);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -8,10 +8,10 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::clock::{Clock, Timestamp};
+use crate::clock::Timestamp;
 use crate::config::TokenCount;
 use crate::scheduler::{GrantGuard, PlanError, PlanRequest, Target};
-use crate::store::{CallId, Ledger, Outcome, Record};
+use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, UpstreamError};
 use crate::wire::prompt_tokens;
 use axum::http::StatusCode;
@@ -76,8 +76,7 @@ pub struct Meta {
 /// "sent", which recovery counts: the upstream did count it.
 pub struct Settlement {
     guard: GrantGuard,
-    ledger: Ledger,
-    clock: Clock,
+    state: AppState,
     call_id: CallId,
     sent_at: Timestamp,
     estimate: u64,
@@ -87,28 +86,52 @@ impl Settlement {
     /// `usage` is (input, output) tokens from the final `usageMetadata`.
     pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
         let (input, output) = usage.unwrap_or((self.estimate, 0));
-        self.ledger.record(Record::CallSettled {
-            id: self.call_id,
-            outcome,
-            input_tokens: input,
-            output_tokens: output,
-            latency_ms: self.clock.now().since(self.sent_at).as_millis() as u64,
-        });
+        self.close(outcome, None, (input, output));
         self.guard.settle(input);
     }
 
     /// The call failed in a way the scheduler learns from.
     fn fail(self, error: &UpstreamError) {
-        self.ledger.record(Record::CallSettled {
-            id: self.call_id,
-            outcome: outcome_of(error),
-            input_tokens: self.estimate,
-            output_tokens: 0,
-            latency_ms: self.clock.now().since(self.sent_at).as_millis() as u64,
-        });
+        let quota = match error {
+            UpstreamError::Quota { quota, .. } => *quota,
+            _ => None,
+        };
+        self.close(outcome_of(error), quota, (self.estimate, 0));
         if let Some(penalty) = error.penalty() {
             self.guard.penalise(penalty);
         }
+    }
+
+    /// The ledger row and the metrics of the call's end.
+    fn close(
+        &self,
+        outcome: Outcome,
+        quota: Option<crate::wire::Quota>,
+        (input, output): (u64, u64),
+    ) {
+        let state = &self.state;
+        state.ledger.record(Record::CallSettled {
+            id: self.call_id,
+            outcome,
+            input_tokens: input,
+            output_tokens: output,
+            latency_ms: state
+                .scheduler
+                .clock()
+                .now()
+                .since(self.sent_at)
+                .as_millis() as u64,
+        });
+        let grant = self.guard.grant();
+        let served = (outcome == Outcome::Ok).then_some((input, output));
+        let label = crate::metrics::outcome_label(outcome, quota);
+        state.metrics.upstream_call(
+            grant.key,
+            &state.keys[grant.key].fingerprint(),
+            &grant.model,
+            label,
+            served,
+        );
     }
 }
 
@@ -171,7 +194,9 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
         let grant = guard.grant().clone();
         let before = clock.now();
         wait_for_slot(state, &guard).await?;
-        waited += clock.now().since(before);
+        let wait = clock.now().since(before);
+        state.metrics.waited(wait);
+        waited += wait;
 
         guard.mark_sent();
         let key = &state.keys[grant.key];
@@ -192,8 +217,7 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
             .await;
         let settlement = Settlement {
             guard,
-            ledger: state.ledger.clone(),
-            clock,
+            state: state.clone(),
             call_id,
             sent_at,
             estimate,

@@ -54,6 +54,7 @@ pub struct Shared {
     /// `FLUX_MODELS`, when it pins the chain.
     pub pinned_models: Option<Vec<String>>,
     pub policy_status: std::sync::Mutex<FetchStatus>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.
@@ -139,11 +140,31 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
         .with_state(state)
+}
+
+/// Counts every answer by route template (never the raw path, which may
+/// carry a token in `?key=`) and status.
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(req).await;
+    state.metrics.request(&route, response.status().as_u16());
+    response
 }
 
 /// A handler panic becomes a 500 in the usual envelope; its message is not

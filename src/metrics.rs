@@ -1,0 +1,254 @@
+//! Prometheus metrics, through the official client (`prometheus-client`),
+//! one registry per service. Counters and the wait histogram are updated as
+//! things happen; the per-lane gauges are read from a scheduler snapshot when
+//! `/metrics` is scraped. Keys appear as index and fingerprint, never as text.
+
+use crate::scheduler::{KeyState, Snapshot};
+use crate::store::Outcome;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    key: String,
+    fingerprint: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    key: String,
+    fingerprint: String,
+    model: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    key: String,
+    fingerprint: String,
+    model: String,
+    quota: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteLabels, Counter>,
+    upstream_calls: Family<CallLabels, Counter>,
+    input_tokens: Family<LaneLabels, Counter>,
+    output_tokens: Family<LaneLabels, Counter>,
+    wait_seconds: Histogram,
+    grants_waiting: Gauge,
+    grants_in_flight: Gauge,
+    lane_tokens: Family<LaneLabels, Gauge>,
+    lane_requests: Family<LaneLabels, Gauge>,
+    lane_requests_today: Family<LaneLabels, Gauge>,
+    lane_limit: Family<LimitLabels, Gauge>,
+    keys: Family<StateLabels, Gauge>,
+}
+
+/// How one upstream call ended, as a label.
+pub fn outcome_label(outcome: Outcome, quota: Option<crate::wire::Quota>) -> String {
+    match (outcome, quota) {
+        (Outcome::Quota, Some(q)) => format!("429 {}", q.quota_id()),
+        (Outcome::Quota, None) => "429".into(),
+        (o, _) => o.as_str().into(),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("flux");
+        let m = Metrics {
+            requests: Family::default(),
+            upstream_calls: Family::default(),
+            input_tokens: Family::default(),
+            output_tokens: Family::default(),
+            wait_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
+            grants_waiting: Gauge::default(),
+            grants_in_flight: Gauge::default(),
+            lane_tokens: Family::default(),
+            lane_requests: Family::default(),
+            lane_requests_today: Family::default(),
+            lane_limit: Family::default(),
+            keys: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests answered, by route and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "upstream_calls",
+            "Calls to Gemini, by key, model and outcome (429s by quota id)",
+            m.upstream_calls.clone(),
+        );
+        registry.register(
+            "input_tokens",
+            "Input tokens Gemini counted, by key and model",
+            m.input_tokens.clone(),
+        );
+        registry.register(
+            "output_tokens",
+            "Output tokens Gemini produced, by key and model",
+            m.output_tokens.clone(),
+        );
+        registry.register(
+            "wait_seconds",
+            "Time requests waited for their slot",
+            m.wait_seconds.clone(),
+        );
+        registry.register(
+            "grants_waiting",
+            "Grants booked and waiting for their instant",
+            m.grants_waiting.clone(),
+        );
+        registry.register(
+            "grants_in_flight",
+            "Grants whose call is under way",
+            m.grants_in_flight.clone(),
+        );
+        registry.register(
+            "lane_tokens_last_60s",
+            "Input tokens booked in the last 60 s, by lane",
+            m.lane_tokens.clone(),
+        );
+        registry.register(
+            "lane_requests_last_60s",
+            "Requests booked in the last 60 s, by lane",
+            m.lane_requests.clone(),
+        );
+        registry.register(
+            "lane_requests_today",
+            "Requests booked this Pacific day, by lane",
+            m.lane_requests_today.clone(),
+        );
+        registry.register(
+            "lane_limit",
+            "The limit in force on a lane, by quota (rpm, tpm, rpd)",
+            m.lane_limit.clone(),
+        );
+        registry.register("keys", "Keys by state", m.keys.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&RouteLabels {
+                route: route.into(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// One upstream call ended; `tokens` is (input, output) when it was served.
+    pub fn upstream_call(
+        &self,
+        key: usize,
+        fingerprint: &str,
+        model: &str,
+        outcome: String,
+        tokens: Option<(u64, u64)>,
+    ) {
+        let lane = LaneLabels {
+            key: (key + 1).to_string(),
+            fingerprint: fingerprint.into(),
+            model: model.into(),
+        };
+        let call = CallLabels {
+            key: lane.key.clone(),
+            fingerprint: lane.fingerprint.clone(),
+            model: lane.model.clone(),
+            outcome,
+        };
+        self.upstream_calls.get_or_create(&call).inc();
+        if let Some((input, output)) = tokens {
+            self.input_tokens.get_or_create(&lane).inc_by(input);
+            self.output_tokens.get_or_create(&lane).inc_by(output);
+        }
+    }
+
+    pub fn waited(&self, wait: Duration) {
+        self.wait_seconds.observe(wait.as_secs_f64());
+    }
+
+    /// The text exposition, with the gauges set from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let waiting = snapshot.grants.iter().filter(|g| g.waiting).count() as i64;
+        self.grants_waiting.set(waiting);
+        self.grants_in_flight
+            .set(snapshot.grants.len() as i64 - waiting);
+        for state in ["healthy", "disabled", "invalid", "blocked"] {
+            self.keys
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .set(0);
+        }
+        for key in &snapshot.keys {
+            let state = match key.state {
+                KeyState::Healthy => "healthy",
+                KeyState::Disabled => "disabled",
+                KeyState::Invalid(_) => "invalid",
+                KeyState::Blocked(_) => "blocked",
+            };
+            self.keys
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .inc();
+            for (model, lane) in &key.models {
+                let labels = LaneLabels {
+                    key: key.index.to_string(),
+                    fingerprint: key.fingerprint.clone(),
+                    model: model.clone(),
+                };
+                self.lane_tokens
+                    .get_or_create(&labels)
+                    .set(lane.usage.tokens_last_60s as i64);
+                self.lane_requests
+                    .get_or_create(&labels)
+                    .set(i64::from(lane.usage.requests_last_60s));
+                self.lane_requests_today
+                    .get_or_create(&labels)
+                    .set(i64::from(lane.usage.requests_today));
+                for (quota, value) in [
+                    ("rpm", u64::from(lane.limits.rpm)),
+                    ("tpm", lane.limits.tpm),
+                    ("rpd", u64::from(lane.limits.rpd)),
+                ] {
+                    let l = LimitLabels {
+                        key: labels.key.clone(),
+                        fingerprint: labels.fingerprint.clone(),
+                        model: model.clone(),
+                        quota: quota.into(),
+                    };
+                    self.lane_limit.get_or_create(&l).set(value as i64);
+                }
+            }
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
