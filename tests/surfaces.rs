@@ -340,7 +340,14 @@ async fn tokens_guard_every_route_they_should() {
         200
     );
     // Everything else wants a token.
-    for path in ["/status", "/mode", "/health", "/v1beta/openai/models"] {
+    for path in [
+        "/status",
+        "/mode",
+        "/health",
+        "/v1beta/openai/models",
+        "/metrics",
+        "/usage",
+    ] {
         let resp = http.get(stack.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
         assert_eq!(

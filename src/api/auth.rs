@@ -1,5 +1,5 @@
 //! Client authentication. With `FLUX_API_TOKENS` set, every route but
-//! `/healthz` and `/readyz` needs one of those tokens: `Authorization: Bearer`
+//! `/healthz`, `/readyz` and the dashboard's static page needs one of those tokens: `Authorization: Bearer`
 //! anywhere, or `x-goog-api-key` / `?key=` on the Gemini-native routes (so an
 //! SDK's "API key" can be the token). The admin routes need `FLUX_ADMIN_TOKEN`
 //! when that is set. Tokens are compared in constant time.
@@ -35,7 +35,9 @@ enum Guarded {
 
 fn classify(method: &Method, path: &str) -> Guarded {
     match path {
-        "/healthz" | "/readyz" => Guarded::Open,
+        // The dashboard's page holds no data: it asks for a token when the
+        // routes it reads (guarded like any other) want one.
+        "/healthz" | "/readyz" | "/dashboard" => Guarded::Open,
         "/config" | "/refresh-policy" | "/policy/refresh" => Guarded::Admin,
         "/mode" if method == Method::POST => Guarded::Admin,
         p if p.starts_with("/keys/") => Guarded::Admin,

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod auth;
+mod dashboard;
 pub mod dispatch;
 pub mod error;
 mod flux;
@@ -127,6 +128,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(flux::routes())
         .merge(admin::routes())
+        .merge(dashboard::routes())
         .merge(gemini::routes())
         .merge(openai::routes())
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })

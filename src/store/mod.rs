@@ -142,8 +142,24 @@ pub enum StoreError {
     Write(String),
 }
 
+/// Input tokens of counted calls in one minute on one key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MinuteUsage {
+    pub key: usize,
+    pub fingerprint: String,
+    /// The minute's first instant.
+    pub minute: Timestamp,
+    pub input_tokens: u64,
+}
+
 /// A persistence backend. Calls come from the writer thread only.
 pub trait Store: Send + 'static {
+    /// Input tokens per key and minute since `since`, for the dashboard. A
+    /// backend that keeps no history answers none.
+    fn usage_by_minute(&mut self, since: Timestamp) -> Result<Vec<MinuteUsage>, StoreError> {
+        let _ = since;
+        Ok(Vec::new())
+    }
     /// What to restore as of `now`: calls after `now - window`, today's counts.
     fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError>;
     /// Applies a batch in one transaction.

@@ -1,6 +1,6 @@
 //! The default backend: one SQLite file (WAL mode), versioned migrations.
 
-use super::{Outcome, PolicyCache, RecentCall, Record, Recovered, Store, StoreError};
+use super::{MinuteUsage, Outcome, PolicyCache, RecentCall, Record, Recovered, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::policy::{LimitsOverride, Mode};
 use crate::scheduler::KeyState;
@@ -174,6 +174,29 @@ fn write_error(e: rusqlite::Error) -> StoreError {
 }
 
 impl Store for SqliteStore {
+    fn usage_by_minute(&mut self, since: Timestamp) -> Result<Vec<MinuteUsage>, StoreError> {
+        let mut query = self
+            .conn
+            .prepare(&format!(
+                "SELECT key_index, fingerprint, (at_ms / 60000) * 60000 AS minute, sum(input_tokens)
+                 FROM calls WHERE at_ms >= ?1 AND outcome IN ({})
+                 GROUP BY key_index, fingerprint, minute ORDER BY minute, key_index",
+                counted_list()
+            ))
+            .map_err(write_error)?;
+        query
+            .query_map(params![since.millis()], |r| {
+                Ok(MinuteUsage {
+                    key: r.get::<_, i64>(0)? as usize,
+                    fingerprint: r.get(1)?,
+                    minute: Timestamp(r.get(2)?),
+                    input_tokens: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(write_error)
+    }
+
     fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError> {
         let counted = counted_list();
         let c = &self.conn;
@@ -453,6 +476,12 @@ mod tests {
         );
         assert_eq!(r.mode, Some((Mode::FlashOnly, Mode::Both)));
         assert_eq!((r.learned[0].2.tpm, r.learned[0].3), (Some(50_000), NOON));
+        let usage = store.usage_by_minute(NOON.plus_millis(-3_600_000)).unwrap();
+        assert_eq!(
+            usage.iter().map(|u| u.input_tokens).sum::<u64>(),
+            25 + 10,
+            "the 429'd call is not usage"
+        );
         let cache = r.policy_cache.unwrap();
         assert_eq!(
             (

@@ -70,6 +70,23 @@ impl Ledger {
         let _ = tokio::task::spawn_blocking(move || inner.write_pending()).await;
     }
 
+    /// Input tokens per key and minute since `since` (what is pending is
+    /// written first, so the answer is up to date).
+    pub async fn usage_by_minute(
+        &self,
+        since: crate::clock::Timestamp,
+    ) -> Result<Vec<super::MinuteUsage>, String> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.write_pending();
+            lock(&inner.store)
+                .usage_by_minute(since)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// The last write error, until a write succeeds again.
     pub fn problem(&self) -> Option<String> {
         lock(&self.inner.problem).clone()

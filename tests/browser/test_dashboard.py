@@ -1,0 +1,65 @@
+"""The dashboard in a real browser (Debian's headless Chromium, driven by
+Playwright) against `gemini-flux demo`: every key's row with its fingerprint
+and usage figures renders from live data, a key disabled from the page is
+disabled in /status, and screenshots land in target/."""
+
+import json
+import os
+import time
+import urllib.request
+
+from playwright.sync_api import sync_playwright
+
+BASE = os.environ["FLUX_URL"]
+SHOTS = os.environ.get("SHOT_DIR", "target")
+
+
+def call(path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(BASE + path, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def browser(p):
+    return p.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )
+
+
+def test_dashboard_shows_live_keys_and_disables_one():
+    for _ in range(3):
+        call("/generate", {"prompt": "x" * 4000})
+    status = call("/status")
+    with sync_playwright() as p:
+        b = browser(p)
+        page = b.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(BASE + "/dashboard")
+        page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+        rows = page.locator("#keys tbody tr")
+        assert rows.count() == len(status["keys"])
+        for key in status["keys"]:
+            row = page.locator(f'#keys tbody tr[data-key="{key["index"]}"]')
+            assert key["fingerprint"] in row.inner_text()
+            assert row.locator(".usage").count() == 3 * len(status["chain"])
+        figures = page.locator("#keys .usage").all_inner_texts()
+        assert any(not f.startswith("0 /") for f in figures), "some lane shows the tokens just spent"
+        assert "250k" in " ".join(figures) or "250000" in " ".join(figures)
+        page.wait_for_selector("#chart rect", timeout=15_000)
+        page.screenshot(path=f"{SHOTS}/dashboard.png", full_page=True)
+
+        page.locator('#keys tbody tr[data-key="2"] button.toggle').click()
+        deadline = time.time() + 10
+        while call("/status")["keys"][1]["state"] != "disabled":
+            assert time.time() < deadline, "the click did not disable key 2"
+            time.sleep(0.1)
+        page.wait_for_selector('#keys tbody tr[data-key="2"] .state.disabled', timeout=5_000)
+        page.locator('#keys tbody tr[data-key="2"] button.toggle').click()
+
+        phone = b.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(BASE + "/dashboard")
+        phone.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+        phone.screenshot(path=f"{SHOTS}/dashboard-phone.png", full_page=True)
+        b.close()
