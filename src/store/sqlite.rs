@@ -47,8 +47,13 @@ const MIGRATIONS: &[&str] = &[
 /// Calls are kept this long (for the dashboard's history), then pruned.
 const KEEP_CALLS_MS: i64 = 8 * 86_400_000;
 
+/// How often the WAL is folded back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct SqliteStore {
     conn: Connection,
+    /// Dropping it stops the checkpoint thread.
+    _checkpoints: std::sync::mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -113,11 +118,18 @@ impl SqliteStore {
                 ));
             }
         }
+        // Commits append to the WAL; folding it back into the file (with an
+        // fsync) is left to a thread of its own, so that no commit a request
+        // waits on ever carries a checkpoint.
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
             .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
             .map_err(|e| unusable(format!("cannot configure it ({e})"), not_a_db))?;
-        let mut store = SqliteStore { conn };
+        let mut store = SqliteStore {
+            conn,
+            _checkpoints: checkpoint_thread(path),
+        };
         store
             .migrate(version)
             .map_err(|e| unusable(format!("migration failed ({e})"), not_a_db))?;
@@ -139,6 +151,36 @@ impl SqliteStore {
     pub fn default_path() -> PathBuf {
         PathBuf::from("./data/gemini-flux.db")
     }
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own
+/// (a passive checkpoint never blocks the writer), and once more on the way
+/// out, until the returned sender is dropped.
+fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let path = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("flux-store-checkpoint".into())
+        .spawn(move || {
+            let Ok(conn) = Connection::open(&path) else {
+                return;
+            };
+            let checkpoint = || {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("state store checkpoint failed: {e}");
+                }
+            };
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                checkpoint();
+            }
+            checkpoint();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no checkpoint thread ({e}); the WAL will grow until restart");
+    }
+    stop
 }
 
 fn counted_list() -> String {

@@ -1,16 +1,19 @@
 //! The ledger: batches records into transactions off the hot path.
 //!
 //! Ordinary records wait at most [`BATCH_WINDOW`] for company. A durable
-//! record (a call about to go upstream) is committed at once, with whatever
-//! else is pending, and its sender resumes when it is on disk. Writes run on
-//! tokio's blocking pool, one at a time, in the order recorded (the batch is
-//! taken under the store's lock). A failed write is logged and reported
-//! through [`Ledger::problem`]; scheduling goes on from memory.
+//! record (a call about to go upstream) starts a flush at once and its
+//! sender resumes when a commit has covered it. Flushes are group commits:
+//! one flusher at a time, on tokio's blocking pool, writes whatever is
+//! pending, again and again until nothing is, so concurrent durable records
+//! share transactions instead of queueing for the store one by one. A failed
+//! write is logged and reported through [`Ledger::problem`]; scheduling goes
+//! on from memory.
 
 use super::{Record, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The longest an ordinary record waits before it is written.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
@@ -23,7 +26,13 @@ pub struct Ledger {
 
 struct Inner {
     store: Mutex<Box<dyn Store>>,
-    pending: Mutex<Vec<Record>>,
+    /// Records not yet written, and the number of the last one queued.
+    pending: Mutex<(Vec<Record>, u64)>,
+    /// The number of the last record a write has covered.
+    committed: watch::Sender<u64>,
+    /// A flusher is running.
+    flushing: AtomicBool,
+    /// A batch-window flush is scheduled.
     flush_scheduled: AtomicBool,
     problem: Mutex<Option<String>>,
 }
@@ -37,16 +46,25 @@ impl Ledger {
         Ledger {
             inner: Arc::new(Inner {
                 store: Mutex::new(Box::new(store)),
-                pending: Mutex::new(Vec::new()),
+                pending: Mutex::new((Vec::new(), 0)),
+                committed: watch::Sender::new(0),
+                flushing: AtomicBool::new(false),
                 flush_scheduled: AtomicBool::new(false),
                 problem: Mutex::new(None),
             }),
         }
     }
 
+    fn enqueue(&self, record: Record) -> u64 {
+        let mut pending = lock(&self.inner.pending);
+        pending.0.push(record);
+        pending.1 += 1;
+        pending.1
+    }
+
     /// Writes `record` within [`BATCH_WINDOW`].
     pub fn record(&self, record: Record) {
-        lock(&self.inner.pending).push(record);
+        self.enqueue(record);
         if !self.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
             let ledger = self.clone();
             tokio::spawn(async move {
@@ -57,17 +75,31 @@ impl Ledger {
         }
     }
 
-    /// Writes `record`, with whatever is pending, and returns once it is
-    /// committed (or the write failed).
+    /// Writes `record`, with whatever is pending, and returns once a commit
+    /// has covered it (or the write failed).
     pub async fn record_durably(&self, record: Record) {
-        lock(&self.inner.pending).push(record);
-        self.flush().await;
+        let number = self.enqueue(record);
+        self.written(number).await;
     }
 
     /// Returns once everything recorded so far is written.
     pub async fn flush(&self) {
-        let inner = self.inner.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.write_pending()).await;
+        let number = lock(&self.inner.pending).1;
+        self.written(number).await;
+    }
+
+    async fn written(&self, number: u64) {
+        let mut committed = self.inner.committed.subscribe();
+        self.kick();
+        let _ = committed.wait_for(|c| *c >= number).await;
+    }
+
+    /// Starts the flusher unless one is running.
+    fn kick(&self) {
+        if !self.inner.flushing.swap(true, Ordering::AcqRel) {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.drain());
+        }
     }
 
     /// Input tokens per key and minute since `since` (what is pending is
@@ -76,9 +108,9 @@ impl Ledger {
         &self,
         since: crate::clock::Timestamp,
     ) -> Result<Vec<super::MinuteUsage>, String> {
+        self.flush().await;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            inner.write_pending();
             lock(&inner.store)
                 .usage_by_minute(since)
                 .map_err(|e| e.to_string())
@@ -94,21 +126,41 @@ impl Ledger {
 }
 
 impl Inner {
-    fn write_pending(&self) {
-        let mut store = lock(&self.store);
-        let batch = std::mem::take(&mut *lock(&self.pending));
-        if batch.is_empty() {
-            return;
-        }
-        let outcome = store.apply(&batch);
-        let mut problem = lock(&self.problem);
-        match outcome {
-            Ok(()) => *problem = None,
-            Err(e) => {
-                tracing::error!("{e}; {} record(s) kept in memory only", batch.len());
-                *problem = Some(e.to_string());
+    /// Writes batches until nothing is pending. One flusher at a time: a
+    /// record queued between its last batch and its stepping down is picked
+    /// up by taking the flag back.
+    fn drain(&self) {
+        loop {
+            self.write_pending();
+            self.flushing.store(false, Ordering::Release);
+            if lock(&self.pending).0.is_empty() || self.flushing.swap(true, Ordering::AcqRel) {
+                return;
             }
         }
+    }
+
+    fn write_pending(&self) {
+        let mut store = lock(&self.store);
+        let (batch, last) = {
+            let mut pending = lock(&self.pending);
+            (std::mem::take(&mut pending.0), pending.1)
+        };
+        if !batch.is_empty() {
+            let outcome = store.apply(&batch);
+            let mut problem = lock(&self.problem);
+            match outcome {
+                Ok(()) => *problem = None,
+                Err(e) => {
+                    tracing::error!("{e}; {} record(s) kept in memory only", batch.len());
+                    *problem = Some(e.to_string());
+                }
+            }
+        }
+        self.committed.send_if_modified(|c| {
+            let moved = *c < last;
+            *c = (*c).max(last);
+            moved
+        });
     }
 }
 
