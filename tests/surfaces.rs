@@ -14,6 +14,14 @@ fn body(text: &str) -> Value {
     json!({"contents": [{"role": "user", "parts": [{"text": text}]}]})
 }
 
+/// `:streamGenerateContent?alt=sse` on flash with a one-part prompt.
+async fn stream_sse(stack: &Stack, text: &str) -> reqwest::Response {
+    let url = stack.url(&format!(
+        "/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
+    ));
+    stack.http.post(url).json(&body(text)).send().await.unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn native_generate_passes_through_on_both_versions() {
     let stack = Stack::start(SimConfig::new(["sim-key-0001"]), quiet_noon(), &[]).await;
@@ -49,15 +57,7 @@ async fn the_first_streamed_chunk_arrives_before_the_upstream_sends_its_last() {
         stream_chunk_delay_ms: 3_600_000,
         ..Faults::default()
     });
-    let mut resp = stack
-        .http
-        .post(stack.url(&format!(
-            "/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
-        )))
-        .json(&body("hello world!"))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = stream_sse(&stack, "hello world!").await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let first = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
         .await
@@ -89,15 +89,7 @@ async fn the_first_streamed_chunk_arrives_before_the_upstream_sends_its_last() {
 #[tokio::test(start_paused = true)]
 async fn a_completed_stream_settles_with_the_final_usage() {
     let stack = Stack::start(SimConfig::new(["sim-key-0001"]), quiet_noon(), &[]).await;
-    let resp = stack
-        .http
-        .post(stack.url(&format!(
-            "/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
-        )))
-        .json(&body("hello world!"))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_sse(&stack, "hello world!").await;
     let text = resp.text().await.unwrap();
     let texts: String = text
         .split("\r\n\r\n")
@@ -132,15 +124,7 @@ async fn an_upstream_that_drops_mid_stream_ends_the_stream_with_an_error_event()
         drop_mid_stream_ratio: 1.0,
         ..Faults::default()
     });
-    let resp = stack
-        .http
-        .post(stack.url(&format!(
-            "/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
-        )))
-        .json(&body("hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_sse(&stack, "hello").await;
     let text = resp.text().await.expect("the client's stream ends cleanly");
     let last = text
         .split("\r\n\r\n")
@@ -329,16 +313,12 @@ async fn tokens_guard_every_route_they_should() {
     ];
     let stack = Stack::start(SimConfig::new(["sim-key-0001"]), quiet_noon(), &env).await;
     let http = &stack.http;
-    let status = |r: reqwest::Response| r.status().as_u16();
+    let code = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().status().as_u16()
+    };
     // Open routes.
-    assert_eq!(
-        status(http.get(stack.url("/healthz")).send().await.unwrap()),
-        200
-    );
-    assert_eq!(
-        status(http.get(stack.url("/readyz")).send().await.unwrap()),
-        200
-    );
+    assert_eq!(code(http.get(stack.url("/healthz"))).await, 200);
+    assert_eq!(code(http.get(stack.url("/readyz"))).await, 200);
     // Everything else wants a token.
     for path in [
         "/status",
@@ -351,13 +331,7 @@ async fn tokens_guard_every_route_they_should() {
         let resp = http.get(stack.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
         assert_eq!(
-            status(
-                http.get(stack.url(path))
-                    .bearer_auth("tok-app-2")
-                    .send()
-                    .await
-                    .unwrap()
-            ),
+            code(http.get(stack.url(path)).bearer_auth("tok-app-2")).await,
             200,
             "{path}"
         );
@@ -378,35 +352,29 @@ async fn tokens_guard_every_route_they_should() {
     // Gemini-native: the token as the SDK's API key, in the header or the query.
     let native = stack.url(&format!("/v1beta/models/{FLASH}:generateContent"));
     assert_eq!(
-        status(
+        code(
             http.post(&native)
                 .header("x-goog-api-key", "tok-app-1")
                 .json(&body("x"))
-                .send()
-                .await
-                .unwrap()
-        ),
+        )
+        .await,
         200
     );
     assert_eq!(
-        status(
+        code(
             http.post(format!("{native}?key=tok-app-2"))
                 .json(&body("x"))
-                .send()
-                .await
-                .unwrap()
-        ),
+        )
+        .await,
         200
     );
     assert_eq!(
-        status(
+        code(
             http.post(&native)
                 .header("x-goog-api-key", "wrong")
                 .json(&body("x"))
-                .send()
-                .await
-                .unwrap()
-        ),
+        )
+        .await,
         401
     );
     // On the OpenAI routes the refusal is in OpenAI's shape.
@@ -425,29 +393,24 @@ async fn tokens_guard_every_route_they_should() {
         http.post(stack.url("/mode"))
             .bearer_auth(token)
             .json(&json!({"mode": "flash_only"}))
-            .send()
     };
-    assert_eq!(status(set_mode("tok-app-1").await.unwrap()), 401);
-    assert_eq!(status(set_mode("tok-admin").await.unwrap()), 200);
+    assert_eq!(code(set_mode("tok-app-1")).await, 401);
+    assert_eq!(code(set_mode("tok-admin")).await, 200);
     assert_eq!(
-        status(
+        code(
             http.post(stack.url("/keys/1/disable"))
                 .bearer_auth("tok-app-1")
-                .send()
-                .await
-                .unwrap()
-        ),
+        )
+        .await,
         401
     );
     assert_eq!(
-        status(
+        code(
             http.post(stack.url("/config"))
                 .bearer_auth("tok-admin")
                 .json(&json!({}))
-                .send()
-                .await
-                .unwrap()
-        ),
+        )
+        .await,
         200
     );
     // A token is never a Gemini key: the upstream saw only its own key.
