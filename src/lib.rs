@@ -8,7 +8,18 @@
 //!
 //! The rooms, in the order a request meets them (see `ARCHITECTURE.md`):
 //!
-//! * [`policy`]: the limits per model and the model chain with its modes.
+//! * [`config`]: the environment and `.env` turned into validated settings.
+//! * [`service`]: start-up (store, discovery, key validation, recovery) and
+//!   the graceful stop.
+//! * [`api`]: the HTTP surfaces (`/generate`, Gemini-native, OpenAI, admin,
+//!   dashboard), client auth, and [`api::dispatch`], one request's journey.
+//! * [`scheduler`]: the pure core that decides key, model and instant, and the
+//!   actor that owns it.
+//! * [`upstream`]: the Gemini client and the classification of its errors.
+//! * [`store`]: what survives a restart (SQLite), written by the ledger.
+//! * [`policy`] and [`refresh`]: the limits in layers with their sources, the
+//!   model chain and modes, and the validated policy fetch.
+//! * [`metrics`]: the Prometheus registry.
 //! * [`clock`]: wall-clock timestamps tied to tokio's (pausable) clock, and the
 //!   Pacific day that per-day quotas count against.
 //! * [`wire`]: Gemini's error envelope, quota names and token count, shared by
