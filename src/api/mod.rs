@@ -1,8 +1,8 @@
-//! The HTTP surfaces, one file each: [`flux`] (`/generate`), [`gemini`]
-//! (Gemini-native), [`openai`] (OpenAI-compatible), [`admin`] (status, mode,
+//! The HTTP surfaces, one file each: `flux` (`/generate`), `gemini`
+//! (Gemini-native), `openai` (OpenAI-compatible), `admin` (status, mode,
 //! keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
-//! through [`relay`]. [`auth`] guards them all.
+//! through `relay`. `auth` guards them all.
 
 mod admin;
 pub mod auth;

@@ -1,6 +1,6 @@
 //! The ledger: batches records into transactions off the hot path.
 //!
-//! Ordinary records wait at most [`BATCH_WINDOW`] for company. A durable
+//! Ordinary records wait at most `BATCH_WINDOW` for company. A durable
 //! record (a call about to go upstream) starts a flush at once and its
 //! sender resumes when a commit has covered it. Flushes are group commits:
 //! one flusher at a time, on tokio's blocking pool, writes whatever is
@@ -62,7 +62,7 @@ impl Ledger {
         pending.1
     }
 
-    /// Writes `record` within [`BATCH_WINDOW`].
+    /// Writes `record` within `BATCH_WINDOW`.
     pub fn record(&self, record: Record) {
         self.enqueue(record);
         if !self.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
