@@ -3,7 +3,7 @@
 //! A model's free-tier limits (requests and input tokens per minute, requests
 //! per Pacific day) come in [`layers`]: built-in (the table of
 //! `GEMINI_API.md`), fetched (see [`fetch`]), file (`FLUX_POLICY_FILE`, see
-//! [`file`]), env (`FLUX_LIMITS`), and learned per lane from the upstream's
+//! [`file`](mod@file)), env (`FLUX_LIMITS`), and learned per lane from the upstream's
 //! 429s. The chain is the ordered list of models a request may fall through;
 //! the mode filters it by model family.
 
