@@ -40,9 +40,7 @@ fn stopped() -> ApiError {
 
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
-    let waiting = snapshot.grants.iter().filter(|g| g.waiting).count();
     let mut body = serde_json::to_value(&snapshot).expect("a snapshot serialises");
-    body["queue"] = json!({"waiting": waiting, "in_flight": snapshot.grants.len() - waiting});
     body["ready"] = json!(state.scheduler.usable_keys().contains(&true));
     body["state_store"] = store_health(&state);
     body["policy"] = json!({"fetch": fetch_status(&state)});

@@ -512,7 +512,8 @@ impl Scheduler {
                     .collect(),
             })
             .collect();
-        let mut waiting: Vec<GrantSnapshot> = self
+        let waiting_total = self.grants.values().filter(|g| g.at > now).count();
+        let mut grants: Vec<GrantSnapshot> = self
             .grants
             .values()
             .map(|g| GrantSnapshot {
@@ -524,7 +525,8 @@ impl Scheduler {
                 waiting: g.at > now,
             })
             .collect();
-        waiting.sort_by_key(|g| (g.at, g.id));
+        grants.sort_by_key(|g| (g.at, g.id));
+        grants.truncate(SNAPSHOT_GRANTS);
         Snapshot {
             mode: self.mode,
             chain: self.chain.clone(),
@@ -534,7 +536,11 @@ impl Scheduler {
                 .map(|m| (m.clone(), self.model_limits(m)))
                 .collect(),
             keys,
-            grants: waiting,
+            queue: QueueCounts {
+                waiting: waiting_total,
+                in_flight: self.grants.len() - waiting_total,
+            },
+            grants,
         }
     }
 }
@@ -545,8 +551,19 @@ pub struct Snapshot {
     pub chain: Vec<String>,
     pub limits: BTreeMap<String, Resolved>,
     pub keys: Vec<KeySnapshot>,
-    /// Grants not yet settled: waiting for their instant, or in flight.
+    pub queue: QueueCounts,
+    /// The soonest grants not yet settled (waiting for their instant, or in
+    /// flight), at most [`SNAPSHOT_GRANTS`] of them.
     pub grants: Vec<GrantSnapshot>,
+}
+
+/// How many grants a snapshot lists; the counts cover them all.
+pub const SNAPSHOT_GRANTS: usize = 200;
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct QueueCounts {
+    pub waiting: usize,
+    pub in_flight: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

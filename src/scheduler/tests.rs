@@ -351,3 +351,19 @@ fn a_thousand_concurrent_plans_never_overbook_any_window() {
         .count();
     assert_eq!(first_minute_pro, 4 * 5);
 }
+
+#[test]
+fn a_snapshot_counts_every_grant_but_lists_the_soonest() {
+    let mut s = scheduler(1, &[(FLASH, 10, 250_000, 100_000)]);
+    for _ in 0..500 {
+        s.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    }
+    let snap = s.snapshot(NOON);
+    assert_eq!(
+        (snap.queue.waiting, snap.queue.in_flight),
+        (490, 10),
+        "ten go now, the rest wait"
+    );
+    assert_eq!(snap.grants.len(), SNAPSHOT_GRANTS);
+    assert!(snap.grants.windows(2).all(|w| w[0].at <= w[1].at));
+}
