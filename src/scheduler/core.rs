@@ -154,11 +154,6 @@ impl Scheduler {
         }
     }
 
-    /// How long a booking holds its lane's capacity: the window plus the guard.
-    pub fn span_ms(&self) -> i64 {
-        self.span_ms
-    }
-
     /// The durable changes made since the last call.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
