@@ -7,51 +7,27 @@ use common::*;
 use gemini_flux::clock::{Clock, Timestamp};
 use gemini_flux::config::Settings;
 use gemini_flux::service;
-use gemini_flux::sim::SimConfig;
+use gemini_flux::sim::{SimConfig, SimServer};
 use gemini_flux::store::{Record, Recovered, Store, StoreError};
 use serde_json::json;
 use std::time::Duration;
 
 const FLASH: &str = "gemini-2.5-flash";
 
-fn settings(
-    sim: &gemini_flux::sim::SimServer,
-    state: &std::path::Path,
-    extra: &[(&str, &str)],
-) -> Settings {
-    let mut vars = vec![
-        ("GEMINI_KEYS".to_string(), "sim-key-0001".to_string()),
-        ("GEMINI_BASE_URL".to_string(), sim.base_url()),
-        ("FLUX_BIND".to_string(), "127.0.0.1:0".to_string()),
-        ("FLUX_MODELS".to_string(), FLASH.to_string()),
-        (
-            "FLUX_LIMITS".to_string(),
-            json!({FLASH: {"rpm": 10, "tpm": 100_000, "rpd": 5}}).to_string(),
-        ),
-        ("FLUX_STATE_PATH".to_string(), state.display().to_string()),
-        ("FLUX_POLICY_FETCH".to_string(), "false".to_string()),
+/// One key, flash only: 10 RPM, 100k TPM, 5 a day.
+fn flash_settings(sim: &SimServer, state: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
+    let limits = json!({FLASH: {"rpm": 10, "tpm": 100_000, "rpd": 5}}).to_string();
+    let base = [
+        ("FLUX_MODELS", FLASH),
+        ("FLUX_LIMITS", limits.as_str()),
+        ("FLUX_POLICY_FETCH", "false"),
     ];
-    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Settings::from_vars(vars).unwrap()
-}
-
-async fn generate(
-    http: &reqwest::Client,
-    base: &str,
-    body: serde_json::Value,
-) -> (u16, Option<u64>, serde_json::Value) {
-    let resp = http
-        .post(format!("{base}/generate"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    (status, retry, resp.json().await.unwrap_or_default())
+    settings(
+        &sim.base_url(),
+        "sim-key-0001",
+        state,
+        &[&base[..], extra].concat(),
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -67,13 +43,13 @@ async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
     let state = fresh_state_path();
     let http = client();
 
-    let first = service::start(settings(&sim, &state, &[]), clock)
+    let first = service::start(flash_settings(&sim, &state, &[]), clock)
         .await
         .unwrap();
     let base = first.base_url();
     for _ in 0..3 {
         assert_eq!(
-            generate(&http, &base, json!({"prompt": prompt_of(30_000)}))
+            generate_at(&http, &base, json!({"prompt": prompt_of(30_000)}))
                 .await
                 .0,
             200
@@ -87,7 +63,7 @@ async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
     first.stop().await.unwrap();
 
     tokio::time::advance(Duration::from_secs(10)).await;
-    let second = service::start(settings(&sim, &state, &[]), clock)
+    let second = service::start(flash_settings(&sim, &state, &[]), clock)
         .await
         .unwrap();
     let base = second.base_url();
@@ -97,7 +73,7 @@ async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
     assert_eq!(lane["tokens_last_60s"], 90_000);
     assert_eq!(status["mode"], "flash_only");
     // 90k of 100k were spent 10 s ago: 20k more must wait for the window.
-    let (s, retry, _) = generate(
+    let (s, retry, _) = generate_at(
         &http,
         &base,
         json!({"prompt": prompt_of(20_000), "max_wait_s": 5}),
@@ -111,9 +87,15 @@ async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
     // Two more today, then the day (5) is spent.
     tokio::time::advance(Duration::from_secs(61)).await;
     for _ in 0..2 {
-        assert_eq!(generate(&http, &base, json!({"prompt": "hi"})).await.0, 200);
+        assert_eq!(
+            generate_at(&http, &base, json!({"prompt": "hi"})).await.0,
+            200
+        );
     }
-    assert_eq!(generate(&http, &base, json!({"prompt": "hi"})).await.0, 429);
+    assert_eq!(
+        generate_at(&http, &base, json!({"prompt": "hi"})).await.0,
+        429
+    );
     assert_eq!(
         sim.stats().rejected_429,
         0,
@@ -144,12 +126,16 @@ async fn a_failing_store_is_reported_and_scheduling_goes_on() {
     )
     .await
     .unwrap();
-    let svc = service::start_with_store(settings(&sim, &fresh_state_path(), &[]), clock, FullDisk)
-        .await
-        .unwrap();
+    let svc = service::start_with_store(
+        flash_settings(&sim, &fresh_state_path(), &[]),
+        clock,
+        FullDisk,
+    )
+    .await
+    .unwrap();
     let http = client();
     assert_eq!(
-        generate(&http, &svc.base_url(), json!({"prompt": "hi"}))
+        generate_at(&http, &svc.base_url(), json!({"prompt": "hi"}))
             .await
             .0,
         200
@@ -169,7 +155,7 @@ async fn a_failing_store_is_reported_and_scheduling_goes_on() {
             .contains("disk is full")
     );
     assert_eq!(
-        generate(&http, &svc.base_url(), json!({"prompt": "again"}))
+        generate_at(&http, &svc.base_url(), json!({"prompt": "again"}))
             .await
             .0,
         200
@@ -188,7 +174,7 @@ async fn stopping_serves_slots_within_the_drain_window_and_refuses_the_rest() {
     .unwrap();
     // One request a minute: the second waits 60 s, the third 120 s.
     let svc = service::start(
-        settings(
+        flash_settings(
             &sim,
             &fresh_state_path(),
             &[
@@ -203,16 +189,18 @@ async fn stopping_serves_slots_within_the_drain_window_and_refuses_the_rest() {
     let http = client();
     let base = svc.base_url();
     assert_eq!(
-        generate(&http, &base, json!({"prompt": "first"})).await.0,
+        generate_at(&http, &base, json!({"prompt": "first"}))
+            .await
+            .0,
         200
     );
     let second = tokio::spawn({
         let (http, base) = (http.clone(), base.clone());
-        async move { generate(&http, &base, json!({"prompt": "second"})).await }
+        async move { generate_at(&http, &base, json!({"prompt": "second"})).await }
     });
     let third = tokio::spawn({
         let (http, base) = (http.clone(), base.clone());
-        async move { generate(&http, &base, json!({"prompt": "third"})).await }
+        async move { generate_at(&http, &base, json!({"prompt": "third"})).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stopped = tokio::spawn(svc.stop());
@@ -230,5 +218,3 @@ async fn stopping_serves_slots_within_the_drain_window_and_refuses_the_rest() {
     stopped.await.unwrap().unwrap();
     assert_eq!(sim.stats().calls, 2);
 }
-
-use gemini_flux::sim::SimServer;

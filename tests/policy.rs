@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use gemini_flux::clock::Clock;
-use gemini_flux::config::Settings;
 use gemini_flux::service::{self, RunningService};
 use gemini_flux::sim::{Faults, SimConfig, SimServer};
 use serde_json::{Value, json};
@@ -42,20 +41,10 @@ async fn serve(
     state: &Path,
     extra: &[(&str, &str)],
 ) -> RunningService {
-    let mut vars = vec![
-        (
-            "GEMINI_KEYS".to_string(),
-            "sim-key-0001,sim-key-0002".to_string(),
-        ),
-        ("GEMINI_BASE_URL".to_string(), sim.base_url()),
-        ("FLUX_BIND".to_string(), "127.0.0.1:0".to_string()),
-        ("FLUX_MODELS".to_string(), format!("{PRO},{FLASH}")),
-        ("FLUX_STATE_PATH".to_string(), state.display().to_string()),
-    ];
-    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    service::start(Settings::from_vars(vars).unwrap(), clock)
-        .await
-        .unwrap()
+    let models = format!("{PRO},{FLASH}");
+    let env = [&[("FLUX_MODELS", models.as_str())][..], extra].concat();
+    let settings = settings(&sim.base_url(), "sim-key-0001,sim-key-0002", state, &env);
+    service::start(settings, clock).await.unwrap()
 }
 
 /// `/status`'s policy once the start-up fetch has had its answer.

@@ -75,19 +75,9 @@ impl Stack {
         let sim = SimServer::start(sim_config, clock, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let mut vars = vec![
-            ("GEMINI_KEYS".to_string(), keys.to_string()),
-            ("GEMINI_BASE_URL".to_string(), sim.base_url()),
-            ("FLUX_BIND".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "FLUX_STATE_PATH".to_string(),
-                fresh_state_path().display().to_string(),
-            ),
-            // Tests count calls; the policy fetch (one call) is tested on its own.
-            ("FLUX_POLICY_FETCH".to_string(), "false".to_string()),
-        ];
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let settings = Settings::from_vars(vars).expect("valid settings");
+        // Tests count calls; the policy fetch (one call) is tested on its own.
+        let env = [&[("FLUX_POLICY_FETCH", "false")][..], env].concat();
+        let settings = settings(&sim.base_url(), keys, &fresh_state_path(), &env);
         let svc = service::start(settings, clock)
             .await
             .expect("service starts");
@@ -104,23 +94,7 @@ impl Stack {
 
     /// `POST /generate` with `body`; the status, `Retry-After` and JSON answer.
     pub async fn generate(&self, body: Value) -> (u16, Option<u64>, Value) {
-        let resp = self
-            .http
-            .post(self.url("/generate"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        (
-            status,
-            retry_after,
-            resp.json().await.unwrap_or(Value::Null),
-        )
+        generate_at(&self.http, &self.svc.base_url(), body).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -160,6 +134,52 @@ pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> (u16,
     let resp = http.post(url).json(body).send().await.unwrap();
     (
         resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Settings for a service in front of `upstream` with `keys`, on an
+/// ephemeral port, keeping its state at `state`; `env` adds variables or
+/// overrides these (the last value of a name wins).
+pub fn settings(
+    upstream: &str,
+    keys: &str,
+    state: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Settings {
+    let base = [
+        ("GEMINI_KEYS", keys.to_string()),
+        ("GEMINI_BASE_URL", upstream.to_string()),
+        ("FLUX_BIND", "127.0.0.1:0".to_string()),
+        ("FLUX_STATE_PATH", state.display().to_string()),
+    ];
+    let vars = base
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::from_vars(vars).expect("valid settings")
+}
+
+/// `POST {base}/generate` with `body`; the status, `Retry-After` and JSON answer.
+pub async fn generate_at(
+    http: &reqwest::Client,
+    base: &str,
+    body: Value,
+) -> (u16, Option<u64>, Value) {
+    let resp = http
+        .post(format!("{base}/generate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (
+        status,
+        retry_after,
         resp.json().await.unwrap_or(Value::Null),
     )
 }
