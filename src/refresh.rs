@@ -109,7 +109,10 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
             Reply::Generated(generated) => Ok(generated.text()),
             Reply::Stream(_) => Err("the fetch came back as a stream".to_string()),
         },
-        Err(failure) => Err(format!("the fetch call failed: {}", describe(failure))),
+        Err(failure) => {
+            let (status, message) = failure.status_and_message();
+            Err(format!("the fetch call failed: {message} ({status})"))
+        }
     };
     let verdict = answered.and_then(|text| fetch::validate(&text, &chain));
     let mut status = state
@@ -137,18 +140,6 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
             tracing::warn!("policy fetch rejected, the policy in force stays: {reason}");
             status.last_rejection = Some(reason.clone());
             Err(reason)
-        }
-    }
-}
-
-fn describe(failure: crate::api::dispatch::Failure) -> String {
-    match failure {
-        crate::api::dispatch::Failure::Flux(e) => format!("{} ({})", e.message, e.status),
-        crate::api::dispatch::Failure::Client { status, body } => {
-            format!(
-                "{} ({status})",
-                body["error"]["message"].as_str().unwrap_or("refused")
-            )
         }
     }
 }

@@ -151,6 +151,22 @@ pub enum Failure {
     Flux(ApiError),
 }
 
+impl Failure {
+    /// The HTTP status and the message, whichever side refused.
+    pub fn status_and_message(&self) -> (StatusCode, String) {
+        match self {
+            Failure::Flux(e) => (e.status, e.message.clone()),
+            Failure::Client { status, body } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the request was refused")
+                    .to_string(),
+            ),
+        }
+    }
+}
+
 /// A client's mistake goes back with Gemini's own envelope and status.
 impl axum::response::IntoResponse for Failure {
     fn into_response(self) -> axum::response::Response {

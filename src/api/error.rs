@@ -67,13 +67,16 @@ impl IntoResponse for ApiError {
         );
         let mut response = (self.status, Json(body)).into_response();
         if let Some(wait) = self.retry_after {
-            let secs = wait.as_millis().div_ceil(1000).max(1);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+            set_retry_after(response.headers_mut(), wait);
         }
         response
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up (at least 1).
+pub fn set_retry_after(headers: &mut axum::http::HeaderMap, wait: Duration) {
+    let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
 }
 
 /// A JSON object request body whose every failure is an [`ApiError`]: 413

@@ -7,7 +7,7 @@
 //! usable key and spend no generate quota.
 
 use super::AppState;
-use super::dispatch::{Call, Job, Reply, dispatch};
+use super::dispatch::{Call, Failure, Job, Reply, dispatch};
 use super::error::{ApiError, JsonBody};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
@@ -68,11 +68,11 @@ fn query_value(query: &Option<String>, name: &str) -> Option<String> {
 /// anything else as a 502 that says what happened.
 fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     match error {
-        UpstreamError::Client { status, body, .. } => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            Json(state.scrub_value(body)),
-        )
-            .into_response(),
+        UpstreamError::Client { status, body, .. } => Failure::Client {
+            status,
+            body: state.scrub_value(body),
+        }
+        .into_response(),
         other => {
             ApiError::new(StatusCode::BAD_GATEWAY, state.scrub(&other.to_string())).into_response()
         }

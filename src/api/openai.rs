@@ -5,7 +5,7 @@
 
 use super::AppState;
 use super::dispatch::{Call, Failure, Job, Reply, dispatch};
-use super::error::whole_number;
+use super::error::{ApiError, set_retry_after, whole_number};
 use super::flux::flux_headers;
 use super::relay::{Framing, Usage, relay};
 use crate::scheduler::Target;
@@ -14,7 +14,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -45,28 +45,16 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 fn failure_response(failure: Failure) -> Response {
-    match failure {
-        Failure::Flux(e) => {
-            let mut response = error_response(e.status, &e.message);
-            if let Some(wait) = e.retry_after {
-                let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            response
-        }
-        Failure::Client { status, body } => {
-            let message = body["error"]["message"]
-                .as_str()
-                .unwrap_or("the request was refused")
-                .to_string();
-            error_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                &message,
-            )
-        }
+    let (status, message) = failure.status_and_message();
+    let mut response = error_response(status, &message);
+    if let Failure::Flux(ApiError {
+        retry_after: Some(wait),
+        ..
+    }) = failure
+    {
+        set_retry_after(response.headers_mut(), wait);
     }
+    response
 }
 
 /// The chain, as OpenAI lists models.
