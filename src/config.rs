@@ -46,6 +46,19 @@ pub struct Settings {
     pub policy_file: BTreeMap<String, LimitsOverride>,
     /// Ask Gemini for its limits when no fresh cache exists (`FLUX_POLICY_FETCH`).
     pub policy_fetch: bool,
+    /// Share quota state with other replicas through Redis (`FLUX_REDIS_URL`)
+    /// instead of keeping it in SQLite.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Where replicas share their quota state.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db` (`FLUX_REDIS_URL`).
+    pub url: String,
+    /// Put before every Redis key (`FLUX_REDIS_PREFIX`, default `gemini-flux:`):
+    /// replicas with the same prefix share one truth.
+    pub prefix: String,
 }
 
 /// How a request's input tokens are counted before it is planned
@@ -82,11 +95,35 @@ struct Raw {
     flux_native_fallback: Option<bool>,
     flux_policy_file: Option<String>,
     flux_policy_fetch: Option<bool>,
+    flux_redis_url: Option<String>,
+    flux_redis_prefix: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{0}")]
 pub struct ConfigError(String);
+
+fn redis_settings(
+    url: Option<String>,
+    prefix: Option<String>,
+) -> Result<Option<RedisSettings>, ConfigError> {
+    let Some(url) = url.map(|u| u.trim().to_string()).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(ConfigError(format!(
+            "FLUX_REDIS_URL: {} is not a Redis URL like redis://host:6379/0 ({e})",
+            crate::store::redis::masked(&url)
+        )));
+    }
+    let prefix = prefix.unwrap_or_else(|| "gemini-flux:".to_string());
+    if prefix.trim().is_empty() || prefix.chars().any(char::is_whitespace) {
+        return Err(ConfigError(
+            "FLUX_REDIS_PREFIX must be a non-empty name without spaces".into(),
+        ));
+    }
+    Ok(Some(RedisSettings { url, prefix }))
+}
 
 impl Settings {
     /// Reads the process environment, after loading `.env` from the working
@@ -198,6 +235,7 @@ impl Settings {
                     .map_err(|e| ConfigError(format!("FLUX_POLICY_FILE {e}")))?,
             },
             policy_fetch: raw.flux_policy_fetch.unwrap_or(true),
+            redis: redis_settings(raw.flux_redis_url, raw.flux_redis_prefix)?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Starting and stopping the service: from [`Settings`] to a listening router.
 //!
-//! Start-up opens the state store (refusing a file it cannot trust), discovers
+//! Start-up opens the state store (refusing a file it cannot trust, or a
+//! Redis that does not answer), discovers
 //! the model chain (unless `FLUX_MODELS` pins it), validates every key with
 //! one free `countTokens` call in parallel, restores what a previous run had
 //! spent, prints the key table, spawns the scheduler actor and serves.
@@ -19,8 +20,10 @@ use crate::policy::Layers;
 use crate::refresh::{self, FetchStatus};
 use crate::scheduler::actor::Journal;
 use crate::scheduler::lane::WINDOW_MS;
+use crate::scheduler::replicated::Replicated;
 use crate::scheduler::{KeyState, Scheduler, SchedulerHandle};
-use crate::store::{Ledger, Recovered, SqliteStore, Store, StoreError};
+use crate::store::redis::masked;
+use crate::store::{Ledger, Recovered, RedisStore, SharedLanes, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -90,17 +93,41 @@ impl Drop for RunningService {
 }
 
 /// Starts the service on `settings.bind`, its time read from `clock`, its
-/// state kept in SQLite at `settings.state_path`.
+/// state kept in SQLite at `settings.state_path`, or shared with other
+/// replicas through Redis when `FLUX_REDIS_URL` is set.
 pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, StartError> {
-    let store = SqliteStore::open(&settings.state_path)?;
-    start_with_store(settings, clock, store).await
+    match settings.redis.clone() {
+        None => {
+            let store = SqliteStore::open(&settings.state_path)?;
+            launch(settings, clock, store, None).await
+        }
+        Some(redis) => {
+            let store = RedisStore::open(&redis.url, &redis.prefix)?;
+            let shared = SharedLanes::connect(&redis.url, &redis.prefix).await?;
+            tracing::info!(
+                "sharing quota state with other replicas through Redis at {} (prefix {:?})",
+                masked(&redis.url),
+                redis.prefix
+            );
+            launch(settings, clock, store, Some(shared)).await
+        }
+    }
 }
 
 /// [`start`] with any [`Store`] (tests use one that fails on purpose).
 pub async fn start_with_store(
     settings: Settings,
     clock: Clock,
+    store: impl Store,
+) -> Result<RunningService, StartError> {
+    launch(settings, clock, store, None).await
+}
+
+async fn launch(
+    settings: Settings,
+    clock: Clock,
     mut store: impl Store,
+    shared: Option<SharedLanes>,
 ) -> Result<RunningService, StartError> {
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
     let span_ms = WINDOW_MS + settings.guard.as_millis() as i64;
@@ -152,12 +179,27 @@ pub async fn start_with_store(
     };
 
     let ledger = Ledger::start(store);
-    let journal = Journal {
-        ledger: ledger.clone(),
-        key_ids: key_ids.clone(),
-        configured_mode: settings.mode,
+    let scheduler = match (shared, &settings.redis) {
+        (Some(shared), Some(redis)) => {
+            let replicated =
+                Replicated::join(core, shared, key_ids.clone(), settings.mode, settings.guard)
+                    .await?;
+            SchedulerHandle::spawn_replica(
+                replicated,
+                clock,
+                settings.log_decisions,
+                masked(&redis.url),
+            )
+        }
+        _ => {
+            let journal = Journal {
+                ledger: ledger.clone(),
+                key_ids: key_ids.clone(),
+                configured_mode: settings.mode,
+            };
+            SchedulerHandle::spawn(core, clock, settings.log_decisions, journal)
+        }
     };
-    let scheduler = SchedulerHandle::spawn(core, clock, settings.log_decisions, journal);
     let (draining, drain_signal) = watch::channel(false);
     let state = AppState::new(Shared {
         scheduler,
@@ -262,10 +304,10 @@ fn restore(
         };
         core.set_key_state(key, state);
     }
-    if let Some((mode, when_configured)) = recovered.mode {
-        if when_configured == configured {
-            core.set_mode(mode);
-        }
+    if let Some((mode, when_configured)) = recovered.mode
+        && when_configured == configured
+    {
+        core.set_mode(mode);
     }
     let restored: usize = recovered.day_counts.iter().map(|d| d.3 as usize).sum();
     if restored > 0 {

@@ -9,56 +9,23 @@ use gemini_flux::clock::Clock;
 use gemini_flux::sim::{Faults, SimConfig, SimServer};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const FLASH: &str = "gemini-2.5-flash";
 
-fn spawn_service(upstream: &str, state: &Path, port: u16) -> Child {
-    let dir = state.parent().unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_gemini-flux"))
-        .arg("serve")
-        .current_dir(dir)
-        .env_clear()
-        .env("GEMINI_KEYS", "sim-key-0001")
-        .env("GEMINI_BASE_URL", upstream)
-        .env("FLUX_BIND", format!("127.0.0.1:{port}"))
-        .env("FLUX_MODELS", FLASH)
-        .env(
-            "FLUX_LIMITS",
-            json!({FLASH: {"rpm": 100, "tpm": 100_000, "rpd": 5}}).to_string(),
-        )
-        .env("FLUX_STATE_PATH", state)
-        .env("GEMINI_LOG", "false")
-        .env("FLUX_POLICY_FETCH", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts")
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the service did not become ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn spawn_service(upstream: &str, state: &Path) -> ServeProcess {
+    let limits = json!({FLASH: {"rpm": 100, "tpm": 100_000, "rpd": 5}});
+    ServeProcess::spawn(
+        state.parent().unwrap(),
+        &[
+            ("GEMINI_KEYS", "sim-key-0001".into()),
+            ("GEMINI_BASE_URL", upstream.into()),
+            ("FLUX_MODELS", FLASH.into()),
+            ("FLUX_LIMITS", limits.to_string()),
+            ("FLUX_STATE_PATH", state.display().to_string()),
+        ],
+    )
 }
 
 #[tokio::test]
@@ -75,10 +42,9 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
     let state = fresh_state_path();
     let http = client();
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut first = spawn_service(&sim.base_url(), &state, port);
-    wait_ready(&http, &base).await;
+    let first = spawn_service(&sim.base_url(), &state);
+    first.ready(&http).await;
+    let base = first.base.clone();
     let in_flight: Vec<_> = (0..3)
         .map(|_| {
             let (http, base) = (http.clone(), base.clone());
@@ -93,8 +59,7 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
     while sim.stats().calls < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    first.kill().unwrap(); // SIGKILL: no chance to flush anything
-    first.wait().unwrap();
+    drop(first); // SIGKILL: no chance to flush anything
     for call in in_flight {
         assert!(
             call.await.unwrap().is_err(),
@@ -102,10 +67,9 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
         );
     }
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut second = spawn_service(&sim.base_url(), &state, port);
-    wait_ready(&http, &base).await;
+    let mut second = spawn_service(&sim.base_url(), &state);
+    second.ready(&http).await;
+    let base = second.base.clone();
     let status = get_json(&http, &format!("{base}/status")).await;
     let lane = &status["keys"][0]["models"][FLASH];
     assert_eq!(lane["requests_today"], 3, "{status}");
@@ -142,10 +106,10 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
     );
 
     let term = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
+        .args(["-TERM", &second.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let exit = second.wait().unwrap();
+    let exit = second.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "SIGTERM drains and exits 0");
 }

@@ -25,10 +25,10 @@ fn spec_operations() -> BTreeSet<(String, String)> {
         }
         if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
             path = format!("/{p}");
-        } else if let Some(m) = line.strip_prefix("    ").and_then(|m| m.strip_suffix(':')) {
-            if ["get", "post", "put", "delete", "patch"].contains(&m) {
-                ops.insert((m.to_string(), path.clone()));
-            }
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|m| m.strip_suffix(':'))
+            && ["get", "post", "put", "delete", "patch"].contains(&m)
+        {
+            ops.insert((m.to_string(), path.clone()));
         }
     }
     ops

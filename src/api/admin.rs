@@ -6,7 +6,7 @@ use super::AppState;
 use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
 use crate::refresh;
-use crate::scheduler::KeyState;
+use crate::scheduler::{KeyState, Unavailable};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+use std::time::Duration;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -31,24 +32,28 @@ pub fn routes() -> Router<AppState> {
         .route("/config", post(config))
 }
 
-fn stopped() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the service is shutting down",
-    )
+fn unavailable(e: Unavailable) -> ApiError {
+    let message = match e {
+        Unavailable::Stopped => "the service is shutting down".to_string(),
+        other => other.to_string(),
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(Duration::from_secs(1))
 }
 
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
     let mut body = serde_json::to_value(&snapshot).expect("a snapshot serialises");
     body["ready"] = json!(state.scheduler.usable_keys().contains(&true));
     body["state_store"] = store_health(&state);
+    if let Some(shared) = state.scheduler.shared_state() {
+        body["shared_state"] = json!(shared);
+    }
     body["policy"] = json!({"fetch": fetch_status(&state)});
     Ok(Json(body).into_response())
 }
 
 async fn get_mode(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
     Ok(mode_answer(snapshot.mode, &snapshot.chain))
 }
 
@@ -67,9 +72,9 @@ async fn set_mode(
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     let mode: Mode = body.mode.parse().map_err(ApiError::bad_request)?;
-    state.scheduler.set_mode(mode);
+    state.scheduler.set_mode(mode).await.map_err(unavailable)?;
     tracing::info!(%mode, "mode changed");
-    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
     Ok(mode_answer(snapshot.mode, &snapshot.chain))
 }
 
@@ -101,7 +106,7 @@ async fn set_key(
         .scheduler
         .set_key_state(index - 1, new_state.clone())
         .await
-        .map_err(|_| stopped())?
+        .map_err(unavailable)?
         .ok_or_else(unknown)?;
     let fingerprint = state.keys[index - 1].fingerprint();
     tracing::info!(key = index, %fingerprint, "key {done} by an operator");
@@ -116,18 +121,25 @@ async fn set_key(
     Ok(Json(body).into_response())
 }
 
-/// Ready while a key is usable. A failing state store does not stop the
-/// service (it schedules from memory) but is reported here, so an operator
-/// sees it before a restart would forget what was spent.
+/// Ready while a key is usable and, for a replica, Redis answers. A failing
+/// state store does not stop a single instance (it schedules from memory)
+/// but is reported here, so an operator sees it before a restart would
+/// forget what was spent. A replica without Redis refuses every plan, so it
+/// is not ready: a load balancer sends its traffic to one that is.
 async fn readyz(State(state): State<AppState>) -> Response {
     let usable = state.scheduler.usable_keys().iter().filter(|&&u| u).count();
-    let status = if usable > 0 {
+    let shared = state.scheduler.shared_state();
+    let ready = usable > 0 && shared.as_ref().is_none_or(|s| s.ok);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        json!({"ready": usable > 0, "usable_keys": usable, "state_store": store_health(&state)});
+    let mut body =
+        json!({"ready": ready, "usable_keys": usable, "state_store": store_health(&state)});
+    if let Some(shared) = shared {
+        body["shared_state"] = json!(shared);
+    }
     (status, Json(body)).into_response()
 }
 
@@ -180,7 +192,7 @@ async fn config(
     let enable = body.enable_key.map(index).transpose()?;
     let mut changes = Vec::new();
     if let Some(mode) = mode {
-        state.scheduler.set_mode(mode);
+        state.scheduler.set_mode(mode).await.map_err(unavailable)?;
         changes.push(format!("mode set to {mode}"));
     }
     for (key, new_state, done) in [
@@ -192,7 +204,7 @@ async fn config(
                 .scheduler
                 .set_key_state(key, new_state)
                 .await
-                .map_err(|_| stopped())?;
+                .map_err(unavailable)?;
             changes.push(format!(
                 "key {} ({}) {done}",
                 key + 1,
@@ -223,7 +235,7 @@ async fn refresh_policy(State(state): State<AppState>) -> Result<Response, ApiEr
             format!("the policy was not refreshed: {reason}"),
         )
     })?;
-    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
     Ok(Json(
         json!({"chain": snapshot.chain, "limits": snapshot.limits, "fetch": fetch_status(&state)}),
     )
@@ -232,7 +244,7 @@ async fn refresh_policy(State(state): State<AppState>) -> Result<Response, ApiEr
 
 /// `GET /metrics` in the Prometheus (OpenMetrics) text format.
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snapshot = state.scheduler.snapshot().await.map_err(|_| stopped())?;
+    let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
     let text = state.metrics.render(&snapshot);
     Ok((
         [(

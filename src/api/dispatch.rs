@@ -404,6 +404,10 @@ fn plan_error(
             .retry_after(Duration::from_secs(60)),
         PlanError::UnknownModel(_) => ApiError::new(unknown_model, message),
         PlanError::NoModelInMode(_) => ApiError::bad_request(message),
+        PlanError::SharedStateUnavailable { retry_at, .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .retry_after(retry_at.since(now).max(Duration::from_secs(1)))
+        }
     }
 }
 

@@ -87,11 +87,11 @@ fn no_usable_key() -> Response {
 
 /// Forwards `GET /v1beta/models…` on a usable key (only paging passes through).
 async fn forward_models(state: &AppState, path: &str, query: &Option<String>) -> Response {
-    if let Some(size) = query_value(query, "pageSize") {
-        if !size.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n)) {
-            return ApiError::bad_request("pageSize must be a whole number from 1 to 1000")
-                .into_response();
-        }
+    if let Some(size) = query_value(query, "pageSize")
+        && !size.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n))
+    {
+        return ApiError::bad_request("pageSize must be a whole number from 1 to 1000")
+            .into_response();
     }
     let Some(key) = state.next_usable_key() else {
         return no_usable_key();

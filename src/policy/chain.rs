@@ -2,7 +2,7 @@
 //! filter it.
 
 use super::Family;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
@@ -19,7 +19,7 @@ pub const SEED_CHAIN: [&str; 6] = [
 
 /// Which families of the chain may serve (`GEMINI_MODE`, `POST /mode`, or a
 /// request's own `mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]

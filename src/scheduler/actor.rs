@@ -6,24 +6,40 @@
 //! for a booked grant in a handler: dropped before the call was sent (the
 //! client went away while waiting), it releases the grant; dropped after, the
 //! booking stays, since the upstream may have counted the call.
+//!
+//! The task owns either the core alone (one instance; changes journalled to
+//! the state store) or a [`Replicated`] core (replicas sharing the keys
+//! through Redis; each command reads and commits the shared lanes, and a tick
+//! keeps an idle replica's copy fresh).
 
 use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot};
 use super::lane::GrantId;
+use super::replicated::Replicated;
 use crate::clock::{Clock, Timestamp};
 use crate::policy::{LimitsOverride, Mode};
 use crate::store::{Ledger, Record};
+use serde::Serialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// How often a replica re-reads the shared state when it has nothing to do:
+/// another replica's operator change takes effect here within this.
+const REPLICA_TICK: Duration = Duration::from_millis(250);
 
 enum Command {
     Plan(PlanRequest, oneshot::Sender<Result<Grant, PlanError>>),
     Settle(GrantId, u64),
     Release(GrantId),
     Penalise(GrantId, Penalty),
-    SetMode(Mode),
+    SetMode(Mode, oneshot::Sender<Result<(), String>>),
     SetChain(Vec<String>),
     SetFetched(BTreeMap<String, LimitsOverride>),
-    SetKeyState(usize, KeyState, oneshot::Sender<Option<KeyState>>),
+    SetKeyState(
+        usize,
+        KeyState,
+        oneshot::Sender<Result<Option<KeyState>, String>>,
+    ),
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
@@ -33,12 +49,129 @@ pub struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Command>,
     clock: Clock,
     usable: watch::Receiver<Vec<bool>>,
+    shared: Option<watch::Receiver<SharedState>>,
 }
 
-/// The actor has stopped (the service is shutting down).
+/// Why the scheduler could not do what was asked.
 #[derive(Debug, thiserror::Error)]
-#[error("the scheduler has stopped")]
-pub struct Stopped;
+pub enum Unavailable {
+    /// The actor has stopped (the service is shutting down).
+    #[error("the scheduler has stopped")]
+    Stopped,
+    /// A replica could not share the change with the others (Redis is
+    /// unreachable); it holds here only, until Redis says otherwise.
+    #[error("the change could not be shared with the other replicas: {0}")]
+    Unshared(String),
+}
+
+/// How a replica's shared state is doing, for `/status` and `/readyz`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SharedState {
+    pub backend: &'static str,
+    /// The Redis URL, password masked.
+    pub url: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// Who holds the quota state. One lives per service, so the variants'
+/// sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Owner {
+    /// This process alone; durable changes go to the journal.
+    Alone(Scheduler, Journal),
+    /// Replicas, through Redis.
+    Replica(Replicated),
+}
+
+impl Owner {
+    fn core(&self) -> &Scheduler {
+        match self {
+            Owner::Alone(core, _) => core,
+            Owner::Replica(r) => r.core(),
+        }
+    }
+
+    fn core_mut(&mut self) -> &mut Scheduler {
+        match self {
+            Owner::Alone(core, _) => core,
+            Owner::Replica(r) => r.core_mut(),
+        }
+    }
+
+    async fn plan(&mut self, request: &PlanRequest, now: Timestamp) -> Result<Grant, PlanError> {
+        match self {
+            Owner::Alone(core, _) => core.plan(request, now),
+            Owner::Replica(r) => r.plan(request, now).await,
+        }
+    }
+
+    async fn settle(&mut self, id: GrantId, tokens: u64, now: Timestamp) {
+        match self {
+            Owner::Alone(core, _) => core.settle(id, tokens),
+            Owner::Replica(r) => r.settle(id, tokens, now).await,
+        }
+    }
+
+    async fn release(&mut self, id: GrantId, now: Timestamp) {
+        match self {
+            Owner::Alone(core, _) => core.release(id),
+            Owner::Replica(r) => r.release(id, now).await,
+        }
+    }
+
+    async fn penalise(&mut self, id: GrantId, penalty: &Penalty, now: Timestamp) {
+        match self {
+            Owner::Alone(core, _) => core.penalise(id, penalty, now),
+            Owner::Replica(r) => r.penalise(id, penalty, now).await,
+        }
+    }
+
+    async fn set_mode(&mut self, mode: Mode) -> Result<(), String> {
+        match self {
+            Owner::Alone(core, _) => {
+                core.set_mode(mode);
+                Ok(())
+            }
+            Owner::Replica(r) => r.set_mode(mode).await,
+        }
+    }
+
+    async fn set_key_state(
+        &mut self,
+        key: usize,
+        state: KeyState,
+    ) -> Result<Option<KeyState>, String> {
+        match self {
+            Owner::Alone(core, _) => Ok(core.set_key_state(key, state)),
+            Owner::Replica(r) => r.set_key_state(key, state).await,
+        }
+    }
+
+    /// A replica refreshes its copy; one alone has nothing to refresh.
+    async fn pull(&mut self, now: Timestamp) {
+        if let Owner::Replica(r) = self {
+            r.pull(now).await;
+        }
+    }
+
+    /// Hands what must survive a restart to the journal (a replica has
+    /// already written it to Redis).
+    fn journal(&mut self, now: Timestamp) {
+        if let Owner::Alone(core, journal) = self {
+            for change in core.take_changes() {
+                journal.keep(change, now);
+            }
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        match self {
+            Owner::Alone(..) => None,
+            Owner::Replica(r) => r.problem().map(str::to_string),
+        }
+    }
+}
 
 /// Where the actor sends the changes that must survive a restart.
 pub struct Journal {
@@ -75,10 +208,52 @@ impl Journal {
 impl SchedulerHandle {
     /// Starts the task that owns `core`. It runs until every handle is dropped.
     pub fn spawn(core: Scheduler, clock: Clock, log_decisions: bool, journal: Journal) -> Self {
+        Self::start(Owner::Alone(core, journal), clock, log_decisions, None)
+    }
+
+    /// Starts the task that owns a replica's core; `url` (masked) is shown
+    /// in `/status`.
+    pub fn spawn_replica(
+        replicated: Replicated,
+        clock: Clock,
+        log_decisions: bool,
+        url: String,
+    ) -> Self {
+        let owner = Owner::Replica(replicated);
+        Self::start(owner, clock, log_decisions, Some(url))
+    }
+
+    fn start(owner: Owner, clock: Clock, log_decisions: bool, url: Option<String>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (usable_tx, usable) = watch::channel(usable_keys(&core));
-        tokio::spawn(run(core, clock, rx, usable_tx, log_decisions, journal));
-        SchedulerHandle { tx, clock, usable }
+        let (usable_tx, usable) = watch::channel(usable_keys(owner.core()));
+        let (shared_tx, shared) = match url {
+            Some(url) => {
+                let (tx, rx) = watch::channel(SharedState {
+                    backend: "redis",
+                    url,
+                    ok: true,
+                    error: None,
+                });
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let watchers = Watchers {
+            usable: usable_tx,
+            shared: shared_tx,
+        };
+        tokio::spawn(run(owner, clock, rx, watchers, log_decisions));
+        SchedulerHandle {
+            tx,
+            clock,
+            usable,
+            shared,
+        }
+    }
+
+    /// A replica's shared state (`None` for a single instance).
+    pub fn shared_state(&self) -> Option<SharedState> {
+        self.shared.as_ref().map(|s| s.borrow().clone())
     }
 
     pub fn clock(&self) -> Clock {
@@ -90,10 +265,15 @@ impl SchedulerHandle {
         self.usable.borrow().clone()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Unavailable> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| Stopped)?;
-        answer.await.map_err(|_| Stopped)
+        self.tx
+            .send(make(reply))
+            .map_err(|_| Unavailable::Stopped)?;
+        answer.await.map_err(|_| Unavailable::Stopped)
     }
 
     fn tell(&self, command: Command) {
@@ -105,7 +285,7 @@ impl SchedulerHandle {
     pub async fn plan(
         &self,
         request: PlanRequest,
-    ) -> Result<Result<GrantGuard, PlanError>, Stopped> {
+    ) -> Result<Result<GrantGuard, PlanError>, Unavailable> {
         let planned = self.ask(|reply| Command::Plan(request, reply)).await?;
         Ok(planned.map(|grant| GrantGuard {
             grant,
@@ -114,8 +294,10 @@ impl SchedulerHandle {
         }))
     }
 
-    pub fn set_mode(&self, mode: Mode) {
-        self.tell(Command::SetMode(mode));
+    pub async fn set_mode(&self, mode: Mode) -> Result<(), Unavailable> {
+        self.ask(|reply| Command::SetMode(mode, reply))
+            .await?
+            .map_err(Unavailable::Unshared)
     }
 
     pub fn set_chain(&self, chain: Vec<String>) {
@@ -132,12 +314,13 @@ impl SchedulerHandle {
         &self,
         key: usize,
         state: KeyState,
-    ) -> Result<Option<KeyState>, Stopped> {
+    ) -> Result<Option<KeyState>, Unavailable> {
         self.ask(|reply| Command::SetKeyState(key, state, reply))
-            .await
+            .await?
+            .map_err(Unavailable::Unshared)
     }
 
-    pub async fn snapshot(&self) -> Result<Snapshot, Stopped> {
+    pub async fn snapshot(&self) -> Result<Snapshot, Unavailable> {
         self.ask(Command::Snapshot).await
     }
 }
@@ -148,49 +331,84 @@ fn usable_keys(core: &Scheduler) -> Vec<bool> {
         .collect()
 }
 
+/// Where the actor publishes what handlers read without asking.
+struct Watchers {
+    usable: watch::Sender<Vec<bool>>,
+    shared: Option<watch::Sender<SharedState>>,
+}
+
 async fn run(
-    mut core: Scheduler,
+    mut owner: Owner,
     clock: Clock,
     mut rx: mpsc::UnboundedReceiver<Command>,
-    usable: watch::Sender<Vec<bool>>,
+    watchers: Watchers,
     log_decisions: bool,
-    journal: Journal,
 ) {
-    while let Some(command) = rx.recv().await {
+    let mut tick = matches!(owner, Owner::Replica(_)).then(|| tokio::time::interval(REPLICA_TICK));
+    loop {
+        let command = tokio::select! {
+            command = rx.recv() => match command {
+                Some(command) => Some(command),
+                None => break,
+            },
+            _ = next_tick(&mut tick) => None,
+        };
         let now = clock.now();
         match command {
-            Command::Plan(request, reply) => {
-                let planned = core.plan(&request, now);
+            None => owner.pull(now).await,
+            Some(Command::Plan(request, reply)) => {
+                let planned = owner.plan(&request, now).await;
                 if log_decisions {
-                    log_decision(&core, &request, &planned, now);
+                    log_decision(owner.core(), &request, &planned, now);
                 }
                 if let Err(Ok(grant)) = reply.send(planned) {
                     // The handler went away between asking and hearing back.
-                    core.release(grant.id);
+                    owner.release(grant.id, now).await;
                 }
             }
-            Command::Settle(id, tokens) => core.settle(id, tokens),
-            Command::Release(id) => core.release(id),
-            Command::Penalise(id, penalty) => core.penalise(id, &penalty, now),
-            Command::SetMode(mode) => core.set_mode(mode),
-            Command::SetChain(chain) => core.set_chain(chain),
-            Command::SetFetched(fetched) => core.set_fetched(fetched),
-            Command::SetKeyState(key, state, reply) => {
-                let _ = reply.send(core.set_key_state(key, state));
+            Some(Command::Settle(id, tokens)) => owner.settle(id, tokens, now).await,
+            Some(Command::Release(id)) => owner.release(id, now).await,
+            Some(Command::Penalise(id, penalty)) => owner.penalise(id, &penalty, now).await,
+            Some(Command::SetMode(mode, reply)) => {
+                let _ = reply.send(owner.set_mode(mode).await);
             }
-            Command::Snapshot(reply) => {
-                let _ = reply.send(core.snapshot(now));
+            Some(Command::SetChain(chain)) => owner.core_mut().set_chain(chain),
+            Some(Command::SetFetched(fetched)) => owner.core_mut().set_fetched(fetched),
+            Some(Command::SetKeyState(key, state, reply)) => {
+                let _ = reply.send(owner.set_key_state(key, state).await);
+            }
+            Some(Command::Snapshot(reply)) => {
+                owner.pull(now).await;
+                let _ = reply.send(owner.core().snapshot(now));
             }
         }
-        for change in core.take_changes() {
-            journal.keep(change, now);
-        }
-        usable.send_if_modified(|current| {
-            let fresh = usable_keys(&core);
+        owner.journal(now);
+        watchers.usable.send_if_modified(|current| {
+            let fresh = usable_keys(owner.core());
             let changed = *current != fresh;
             *current = fresh;
             changed
         });
+        if let Some(shared) = &watchers.shared {
+            let problem = owner.problem();
+            shared.send_if_modified(|current| {
+                let changed = current.error != problem;
+                current.ok = problem.is_none();
+                current.error = problem;
+                changed
+            });
+        }
+    }
+}
+
+/// The replica's next tick; never, for a single instance (whose tests run
+/// on a paused clock that a periodic timer would keep waking).
+async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -10,7 +10,7 @@ use super::lane::{GrantId, Lane, LaneUsage, WINDOW_MS};
 use crate::clock::{PacificDay, Timestamp};
 use crate::policy::{Layers, Limits, LimitsOverride, Mode, Resolved, Source};
 use crate::wire::Quota;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ const BARE_429_BACKOFF: Duration = Duration::from_secs(5);
 const TRANSIENT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Whether a key may be used, and if not, why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum KeyState {
     Healthy,
@@ -82,6 +82,10 @@ pub enum PlanError {
     UnknownModel(String),
     #[error("mode {0} allows no model of the chain")]
     NoModelInMode(Mode),
+    /// Replicas only: the quota state they share cannot be read or written,
+    /// and a guess could overrun a quota another replica is spending.
+    #[error("the shared quota state is unavailable ({reason}); refusing rather than risk a quota")]
+    SharedStateUnavailable { reason: String, retry_at: Timestamp },
 }
 
 fn describe_tpms(largest: &[(String, u64)]) -> String {
@@ -152,6 +156,49 @@ impl Scheduler {
             span_ms: WINDOW_MS + guard.as_millis() as i64,
             changes: Vec::new(),
         }
+    }
+
+    /// Numbers grants from `first` on (replicas sharing lanes each take
+    /// their own range, so grant ids never collide in a shared lane).
+    pub fn number_grants_from(&mut self, first: GrantId) {
+        self.next_grant = first;
+    }
+
+    /// A copy of lane (key, model), empty if it has never been used.
+    pub fn lane(&self, key: usize, model: &str) -> Lane {
+        self.lanes
+            .get(&(key, model.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replaces lane (key, model) with the shared truth (replicas read it
+    /// before every decision).
+    pub fn put_lane(&mut self, key: usize, model: &str, lane: Lane) {
+        self.lanes.insert((key, model.to_string()), lane);
+    }
+
+    /// A grant this scheduler holds (planned, not yet settled or released).
+    pub fn grant(&self, id: GrantId) -> Option<&Grant> {
+        self.grants.get(&id)
+    }
+
+    /// Holds `grant` again, so an operation on it can be replayed on a
+    /// fresher copy of its lane.
+    pub fn hold_grant(&mut self, grant: Grant) {
+        self.grants.insert(grant.id, grant);
+    }
+
+    /// Takes a key state another replica decided, without journalling it.
+    pub fn adopt_key_state(&mut self, key: usize, state: KeyState) {
+        if let Some(slot) = self.states.get_mut(key) {
+            *slot = state;
+        }
+    }
+
+    /// Takes a mode another replica set, without journalling it.
+    pub fn adopt_mode(&mut self, mode: Mode) {
+        self.mode = mode;
     }
 
     /// The durable changes made since the last call.
@@ -302,10 +349,10 @@ impl Scheduler {
             let Some((mut at, _, mut key)) = best else {
                 continue;
             };
-            if let (Some(p), Some(p_at)) = (request.preferred_key, preferred_at) {
-                if p_at <= request.deadline {
-                    (at, key) = (p_at, p);
-                }
+            if let (Some(p), Some(p_at)) = (request.preferred_key, preferred_at)
+                && p_at <= request.deadline
+            {
+                (at, key) = (p_at, p);
             }
             if at > request.deadline {
                 return Err(PlanError::WaitTooLong {

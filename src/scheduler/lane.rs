@@ -20,8 +20,8 @@
 
 use crate::clock::{PacificDay, Timestamp};
 use crate::policy::{Limits, LimitsOverride};
-use chrono::NaiveDate;
-use serde::Serialize;
+use chrono::{Datelike, NaiveDate};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ pub const LEARNED_TTL_MS: i64 = 7 * 86_400_000;
 /// How many Pacific midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Booking {
     at: Timestamp,
     tokens: u64,
@@ -60,7 +60,8 @@ pub struct LaneUsage {
     pub exhausted_today: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "Stored", from = "Stored")]
 pub struct Lane {
     /// Sorted by (at, grant).
     bookings: Vec<Booking>,
@@ -75,6 +76,66 @@ pub struct Lane {
     learned_at: Timestamp,
     /// Consecutive failures without a quota answer to go by; grows the backoff.
     strikes: u32,
+}
+
+/// A lane as replicas share it (`crate::store::redis`): integers only, so it
+/// is small and fast to read on every plan.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// (instant in ms, tokens, grant) per booking.
+    bookings: Vec<(i64, u64, GrantId)>,
+    /// (days from the common era, requests) per Pacific day.
+    per_day: Vec<(i32, u32)>,
+    cooldown_until: i64,
+    exhausted_day: Option<i32>,
+    learned: LimitsOverride,
+    learned_at: i64,
+    strikes: u32,
+}
+
+impl From<Lane> for Stored {
+    fn from(lane: Lane) -> Stored {
+        Stored {
+            bookings: lane
+                .bookings
+                .iter()
+                .map(|b| (b.at.millis(), b.tokens, b.grant))
+                .collect(),
+            per_day: lane
+                .per_day
+                .iter()
+                .map(|(d, n)| (d.num_days_from_ce(), *n))
+                .collect(),
+            cooldown_until: lane.cooldown_until.millis(),
+            exhausted_day: lane.exhausted_day.map(|d| d.num_days_from_ce()),
+            learned: lane.learned,
+            learned_at: lane.learned_at.millis(),
+            strikes: lane.strikes,
+        }
+    }
+}
+
+impl From<Stored> for Lane {
+    fn from(s: Stored) -> Lane {
+        let day = |n: i32| NaiveDate::from_num_days_from_ce_opt(n).unwrap_or_default();
+        Lane {
+            bookings: s
+                .bookings
+                .into_iter()
+                .map(|(at, tokens, grant)| Booking {
+                    at: Timestamp(at),
+                    tokens,
+                    grant,
+                })
+                .collect(),
+            per_day: s.per_day.into_iter().map(|(d, n)| (day(d), n)).collect(),
+            cooldown_until: Timestamp(s.cooldown_until),
+            exhausted_day: s.exhausted_day.map(day),
+            learned: s.learned,
+            learned_at: Timestamp(s.learned_at),
+            strikes: s.strikes,
+        }
+    }
 }
 
 impl Lane {
@@ -467,6 +528,24 @@ mod tests {
         );
         assert!(lane.learned(T0.plus_millis(12 * day)).is_some());
         assert_eq!(lane.learned(T0.plus_millis(13 * day)), None);
+    }
+
+    #[test]
+    fn a_lane_comes_back_from_its_shared_form_unchanged() {
+        let mut lane = lane_with(&[(0, 200_000), (30_000, 1_000)]);
+        lane.cool_until(T0.plus_millis(5_000));
+        lane.exhaust_day(T0.pacific_day());
+        lane.learn(
+            FLASH,
+            LimitsOverride {
+                tpm: Some(50_000),
+                ..Default::default()
+            },
+            T0,
+        );
+        lane.strike(T0, Duration::from_secs(1));
+        let text = serde_json::to_string(&lane).unwrap();
+        assert_eq!(serde_json::from_str::<Lane>(&text).unwrap(), lane);
     }
 
     #[test]

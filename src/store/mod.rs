@@ -9,9 +9,11 @@
 //! record is committed before the call goes upstream, so a `kill -9` can never
 //! lose a call the upstream may have counted.
 
+pub mod redis;
 mod sqlite;
 mod writer;
 
+pub use self::redis::{RedisStore, SharedLanes};
 pub use sqlite::SqliteStore;
 pub use writer::Ledger;
 

@@ -71,7 +71,7 @@ pub fn envelope(code: u16, status: &str, message: &str, details: Vec<Value>) -> 
 /// A protobuf `Duration` as Gemini writes it: `"39s"`, `"0.5s"`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         let s = format!("{}.{:03}", ms / 1000, ms % 1000);

@@ -197,3 +197,62 @@ pub fn fresh_state_path() -> std::path::PathBuf {
 pub fn prompt_of(tokens: u64) -> String {
     "x".repeat(tokens as usize * 4)
 }
+
+/// A `gemini-flux serve` process of the test's own, on a free port, stopped
+/// with SIGKILL when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl ServeProcess {
+    /// Starts `gemini-flux serve` in `dir` with only `env` (plus a port and
+    /// quiet logs): nothing leaks in from the test's own environment.
+    pub fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> ServeProcess {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gemini-flux"))
+            .arg("serve")
+            .current_dir(dir)
+            .env_clear()
+            .env("FLUX_BIND", format!("127.0.0.1:{port}"))
+            .env("GEMINI_LOG", "false")
+            .env("FLUX_POLICY_FETCH", "false")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        ServeProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits (real time, at most 10 s) until `/readyz` answers 200.
+    pub async fn ready(&self, http: &reqwest::Client) {
+        for _ in 0..400 {
+            let answer = http.get(format!("{}/readyz", self.base)).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the service at {} did not become ready", self.base);
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

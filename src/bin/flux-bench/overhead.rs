@@ -77,10 +77,10 @@ impl Gateway {
 
     async fn ready(&self, http: &reqwest::Client) {
         for _ in 0..200 {
-            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,0 +1,311 @@
+//! The scheduler core shared by replicas through Redis.
+//!
+//! Each replica keeps its own [`Scheduler`], but only as a working copy.
+//! Before a decision it reads the lanes the decision depends on (one
+//! MULTI/EXEC), applies the very rules a single instance applies, and commits
+//! the one lane it changed with `commit_lane.lua`, which writes only if no
+//! lane it read has moved since. If one has, another replica decided first:
+//! read again, decide again. So the rules exist once (`core` and `lane`), and
+//! no decision made on a stale copy ever reaches the shared state. Settle,
+//! release and penalise go the same way on the grant's own lane.
+//!
+//! It fails closed. While Redis cannot be reached a plan is refused (503
+//! with `Retry-After`) rather than made from a copy another replica may be
+//! spending. If Redis comes back without its data (its epoch changed), plans
+//! wait one window, so that calls made before the loss have left it.
+
+use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler};
+use super::lane::{GrantId, WINDOW_MS};
+use crate::clock::Timestamp;
+use crate::policy::Mode;
+use crate::store::StoreError;
+use crate::store::redis::{LaneId, SharedLanes};
+use std::time::Duration;
+
+/// How many times one decision may find the shared state moved under it
+/// before the request is refused; each such conflict means another replica
+/// made progress.
+const MAX_CONFLICTS: usize = 64;
+
+/// A request refused for want of Redis is told to come back this much later.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+pub struct Replicated {
+    core: Scheduler,
+    shared: SharedLanes,
+    /// Each key's stable id, by index: how lanes and key states are named in Redis.
+    key_ids: Vec<String>,
+    configured_mode: Mode,
+    /// The window plus the guard.
+    span_ms: i64,
+    /// The Redis epoch this replica last saw.
+    epoch: String,
+    /// After Redis lost its data, plans wait until then.
+    hold_until: Timestamp,
+    /// Why the shared state could not be used last time, if it could not.
+    problem: Option<String>,
+}
+
+/// An operation on a grant's lane, replayed on a fresh copy after a conflict.
+type LaneOp<'a> = &'a (dyn Fn(&mut Scheduler, GrantId, Timestamp) + Sync);
+
+impl Replicated {
+    /// Takes `core` (restored and validated by start-up) into the shared state.
+    pub async fn join(
+        mut core: Scheduler,
+        mut shared: SharedLanes,
+        key_ids: Vec<String>,
+        configured_mode: Mode,
+        guard: Duration,
+    ) -> Result<Replicated, StoreError> {
+        let epoch = shared
+            .claim_epoch()
+            .await
+            .map_err(|e| StoreError::Write(format!("Redis: {e}")))?;
+        // Each replica numbers its grants in its own range of 2^32.
+        core.number_grants_from(u64::from(rand::random::<u32>()) << 32 | 1);
+        Ok(Replicated {
+            core,
+            shared,
+            key_ids,
+            configured_mode,
+            span_ms: WINDOW_MS + guard.as_millis() as i64,
+            epoch,
+            hold_until: Timestamp(i64::MIN),
+            problem: None,
+        })
+    }
+
+    pub fn core(&self) -> &Scheduler {
+        &self.core
+    }
+
+    /// For what stays local to each replica: the chain and the fetched policy.
+    pub fn core_mut(&mut self) -> &mut Scheduler {
+        &mut self.core
+    }
+
+    /// Why the shared state is unusable now, if it is.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+
+    fn lane_id(&self, key: usize, model: &str) -> LaneId {
+        (self.key_ids[key].clone(), model.to_string())
+    }
+
+    /// Every lane: each key on each model of the chain, in chain order.
+    fn all_lanes(&self) -> Vec<(usize, String)> {
+        self.core
+            .chain()
+            .iter()
+            .flat_map(|m| (0..self.key_ids.len()).map(move |k| (k, m.clone())))
+            .collect()
+    }
+
+    /// Reads `lanes`, the mode and the key states into the working copy;
+    /// answers each lane's version.
+    async fn read(
+        &mut self,
+        lanes: &[(usize, String)],
+        now: Timestamp,
+    ) -> Result<Vec<u64>, String> {
+        let ids: Vec<LaneId> = lanes.iter().map(|(k, m)| self.lane_id(*k, m)).collect();
+        let view = self.shared.read(&ids).await.map_err(|e| e.to_string())?;
+        if view.epoch.as_deref() != Some(self.epoch.as_str()) {
+            self.hold_until = now.plus_millis(self.span_ms);
+            tracing::warn!(
+                "Redis lost the shared quota state (restarted without persistence?): holding new plans until {} so calls made before have left the window; today's per-day counts start again",
+                self.hold_until
+            );
+            self.epoch = match view.epoch {
+                Some(theirs) => theirs,
+                None => self.shared.claim_epoch().await.map_err(|e| e.to_string())?,
+            };
+        }
+        if let Some((mode, configured)) = view.mode
+            && configured == self.configured_mode
+        {
+            self.core.adopt_mode(mode);
+        }
+        for (key, id) in self.key_ids.iter().enumerate() {
+            if let Some(state) = view.key_states.get(id) {
+                self.core.adopt_key_state(key, state.clone());
+            }
+        }
+        let mut versions = Vec::with_capacity(lanes.len());
+        for ((key, model), (version, lane)) in lanes.iter().zip(view.lanes) {
+            self.core.put_lane(*key, model, lane);
+            versions.push(version);
+        }
+        Ok(versions)
+    }
+
+    fn unavailable(&mut self, reason: String, now: Timestamp) -> PlanError {
+        self.problem = Some(reason.clone());
+        PlanError::SharedStateUnavailable {
+            reason,
+            retry_at: now.plus(RETRY_AFTER),
+        }
+    }
+
+    /// [`Scheduler::plan`] against the shared state: read, decide, commit if
+    /// nothing the decision read has moved, else again.
+    pub async fn plan(
+        &mut self,
+        request: &PlanRequest,
+        now: Timestamp,
+    ) -> Result<Grant, PlanError> {
+        if now < self.hold_until {
+            return Err(PlanError::SharedStateUnavailable {
+                reason: "Redis lost its data; waiting for calls made before to leave the window"
+                    .into(),
+                retry_at: self.hold_until,
+            });
+        }
+        let lanes = self.all_lanes();
+        for _ in 0..MAX_CONFLICTS {
+            let versions = match self.read(&lanes, now).await {
+                Ok(v) => v,
+                Err(e) => return Err(self.unavailable(e, now)),
+            };
+            self.problem = None;
+            let grant = self.core.plan(request, now)?;
+            // The decision read the lanes of every model up to the chosen one.
+            let chain = self.core.chain();
+            let rank = |m: &str| chain.iter().position(|c| c == m);
+            let chosen = rank(&grant.model);
+            let read: Vec<(LaneId, u64)> = lanes
+                .iter()
+                .zip(versions)
+                .filter(|((_, m), _)| rank(m) <= chosen)
+                .map(|((k, m), v)| (self.lane_id(*k, m), v))
+                .collect();
+            let target = self.lane_id(grant.key, &grant.model);
+            let write = read
+                .iter()
+                .position(|(id, _)| *id == target)
+                .expect("the chosen lane was read");
+            let lane = self.core.lane(grant.key, &grant.model);
+            match self.shared.commit(&read, write, &lane).await {
+                Ok(true) => return Ok(grant),
+                // Another replica decided first: this copy is stale.
+                Ok(false) => self.core.release(grant.id),
+                Err(e) => {
+                    self.core.release(grant.id);
+                    return Err(self.unavailable(e.to_string(), now));
+                }
+            }
+        }
+        Err(self.unavailable(
+            format!("the shared state moved under {MAX_CONFLICTS} decisions in a row"),
+            now,
+        ))
+    }
+
+    /// Applies `op` to grant `id`'s lane and commits it, retrying on
+    /// conflicts. If Redis cannot take it, the working copy still does and
+    /// Redis keeps the booking as it was (the estimate, the capacity held):
+    /// on the safe side until the booking leaves the window.
+    async fn on_grant_lane(&mut self, id: GrantId, now: Timestamp, op: LaneOp<'_>) {
+        let Some(grant) = self.core.grant(id).cloned() else {
+            return;
+        };
+        let lane = [(grant.key, grant.model.clone())];
+        let read_id = self.lane_id(grant.key, &grant.model);
+        for _ in 0..MAX_CONFLICTS {
+            let version = match self.read(&lane, now).await {
+                Ok(v) => v[0],
+                Err(e) => {
+                    self.problem = Some(e);
+                    break;
+                }
+            };
+            self.core.hold_grant(grant.clone());
+            op(&mut self.core, id, now);
+            let after = self.core.lane(grant.key, &grant.model);
+            match self
+                .shared
+                .commit(&[(read_id.clone(), version)], 0, &after)
+                .await
+            {
+                Ok(true) => {
+                    self.publish_changes().await.ok();
+                    return;
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    self.problem = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        tracing::warn!(
+            grant = id,
+            "could not share the end of a grant with the other replicas: {}",
+            self.problem.as_deref().unwrap_or("the lane kept moving")
+        );
+        if self.core.grant(id).is_none() {
+            self.core.hold_grant(grant);
+        }
+        op(&mut self.core, id, now);
+        self.publish_changes().await.ok();
+    }
+
+    pub async fn settle(&mut self, id: GrantId, input_tokens: u64, now: Timestamp) {
+        self.on_grant_lane(id, now, &move |core, id, _| core.settle(id, input_tokens))
+            .await;
+    }
+
+    pub async fn release(&mut self, id: GrantId, now: Timestamp) {
+        self.on_grant_lane(id, now, &|core, id, _| core.release(id))
+            .await;
+    }
+
+    pub async fn penalise(&mut self, id: GrantId, penalty: &Penalty, now: Timestamp) {
+        self.on_grant_lane(id, now, &|core, id, now| core.penalise(id, penalty, now))
+            .await;
+    }
+
+    pub async fn set_key_state(
+        &mut self,
+        key: usize,
+        state: KeyState,
+    ) -> Result<Option<KeyState>, String> {
+        let set = self.core.set_key_state(key, state);
+        self.publish_changes().await?;
+        Ok(set)
+    }
+
+    pub async fn set_mode(&mut self, mode: Mode) -> Result<(), String> {
+        self.core.set_mode(mode);
+        self.publish_changes().await
+    }
+
+    /// Writes the operator's (and the upstream's) key and mode decisions
+    /// where every replica reads them. Learned limits travel in their lane.
+    async fn publish_changes(&mut self) -> Result<(), String> {
+        for change in self.core.take_changes() {
+            let written = match change {
+                Change::KeyState(key, state) => {
+                    self.shared.set_key_state(&self.key_ids[key], &state).await
+                }
+                Change::Mode(mode) => self.shared.set_mode(mode, self.configured_mode).await,
+                Change::Learned(..) => Ok(()),
+            };
+            if let Err(e) = written {
+                self.problem = Some(e.to_string());
+                return Err(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes the whole working copy (for `/status`, and every tick so
+    /// that an idle replica still sees other replicas' key and mode changes,
+    /// and notices Redis leaving and coming back).
+    pub async fn pull(&mut self, now: Timestamp) {
+        let lanes = self.all_lanes();
+        self.problem = self.read(&lanes, now).await.err();
+    }
+}

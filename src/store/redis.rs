@@ -1,0 +1,435 @@
+//! Redis: the quota state that replicas holding the same keys agree on.
+//!
+//! Everything lives under one prefix (`FLUX_REDIS_PREFIX`, default
+//! `gemini-flux:`), shown here as `P`:
+//!
+//! ```text
+//!   P lane:{key id}:{model}  hash {v: version, state: the lane, compact JSON}
+//!   P keys                   hash {key id: key state}
+//!   P mode                   {mode, configured}
+//!   P policy                 the accepted policy fetch and its models
+//!   P usage:{minute}         hash {"{index} {fingerprint}": input tokens}, for the dashboard
+//!   P epoch                  a random id written once: if it changes, Redis lost its data
+//! ```
+//!
+//! Key ids are [`crate::keys::ApiKey::stable_id`]: a key's text never
+//! reaches Redis. [`SharedLanes`] is the async side the replicated scheduler
+//! reads and commits through (the commit is one Lua script,
+//! `commit_lane.lua`); [`RedisStore`] is the [`Store`] the ledger writes
+//! through, on its blocking thread.
+
+use super::{MinuteUsage, PolicyCache, Record, Recovered, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::policy::{LimitsOverride, Mode};
+use crate::scheduler::KeyState;
+use crate::scheduler::lane::Lane;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, RedisError, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// How long one Redis operation may take before the replica gives up on it
+/// (and refuses the request it was for).
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// Lanes outlive their last write by the learned limits' lifetime and a day.
+const LANE_TTL_MS: i64 = 8 * 86_400_000;
+/// The dashboard's per-minute usage is kept two hours.
+const USAGE_TTL_S: i64 = 2 * 3_600;
+
+/// `url` with its password replaced by `***`, fit for logs and errors.
+pub fn masked(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(an unparsable Redis URL)".to_string(),
+    }
+}
+
+/// Names of the shared state's Redis keys.
+#[derive(Clone, Debug)]
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn lane(&self, lane: &LaneId) -> String {
+        format!("{}lane:{}:{}", self.prefix, lane.0, lane.1)
+    }
+    fn keys(&self) -> String {
+        format!("{}keys", self.prefix)
+    }
+    fn mode(&self) -> String {
+        format!("{}mode", self.prefix)
+    }
+    fn policy(&self) -> String {
+        format!("{}policy", self.prefix)
+    }
+    fn usage(&self, minute: i64) -> String {
+        format!("{}usage:{minute}", self.prefix)
+    }
+    fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    fn set_key_state(&self, key_id: &str, state: &KeyState) -> Cmd {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys()).arg(key_id).arg(json(state));
+        cmd
+    }
+
+    fn set_mode(&self, mode: Mode, configured: Mode) -> Cmd {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.mode())
+            .arg(json(&StoredMode { mode, configured }));
+        cmd
+    }
+}
+
+/// A lane's name in Redis: (key id, model).
+pub type LaneId = (String, String);
+
+#[derive(Serialize, Deserialize)]
+struct StoredMode {
+    mode: Mode,
+    configured: Mode,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPolicy {
+    fetched: BTreeMap<String, LimitsOverride>,
+    models: Vec<String>,
+    at_ms: i64,
+}
+
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+fn client(url: &str) -> Result<redis::Client, StoreError> {
+    redis::Client::open(url).map_err(|e| unusable(url, &e))
+}
+
+fn unusable(url: &str, e: &RedisError) -> StoreError {
+    StoreError::Unusable {
+        path: masked(url),
+        problem: format!("Redis cannot be used: {e}"),
+        remedy: "Start Redis, or correct FLUX_REDIS_URL (unset it to keep state in SQLite)."
+            .to_string(),
+    }
+}
+
+fn parse<T: FromRedisValue>(value: Value) -> Result<T, RedisError> {
+    T::from_redis_value(value).map_err(RedisError::from)
+}
+
+/// What one read of the shared state returns.
+#[derive(Debug)]
+pub struct View {
+    pub epoch: Option<String>,
+    /// (mode, the configured mode it overrode).
+    pub mode: Option<(Mode, Mode)>,
+    pub key_states: HashMap<String, KeyState>,
+    /// The lanes asked for, in order, each with its version (0: never written).
+    pub lanes: Vec<(u64, Lane)>,
+}
+
+/// The replicated scheduler's connection: reads lanes, commits one lane
+/// against the versions it read, and publishes operator changes.
+#[derive(Clone)]
+pub struct SharedLanes {
+    conn: ConnectionManager,
+    names: Names,
+    commit: std::sync::Arc<redis::Script>,
+}
+
+impl SharedLanes {
+    /// Connects (failing at once if Redis does not answer). The connection
+    /// reconnects by itself after Redis comes back.
+    pub async fn connect(url: &str, prefix: &str) -> Result<SharedLanes, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client(url)?, config)
+            .await
+            .map_err(|e| unusable(url, &e))?;
+        Ok(SharedLanes {
+            conn,
+            names: Names {
+                prefix: prefix.to_string(),
+            },
+            commit: std::sync::Arc::new(redis::Script::new(include_str!("commit_lane.lua"))),
+        })
+    }
+
+    /// Reads the epoch, the mode, the key states and `lanes`, all at one
+    /// instant (one MULTI/EXEC).
+    pub async fn read(&mut self, lanes: &[LaneId]) -> Result<View, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .get(self.names.epoch())
+            .get(self.names.mode())
+            .hgetall(self.names.keys());
+        for lane in lanes {
+            pipe.cmd("HMGET")
+                .arg(self.names.lane(lane))
+                .arg("v")
+                .arg("state");
+        }
+        let mut values: Vec<Value> = pipe.query_async(&mut self.conn).await?;
+        let lane_values = values.split_off(3);
+        let mut head = values.into_iter();
+        let mut next = || head.next().unwrap_or(Value::Nil);
+        let epoch: Option<String> = parse(next())?;
+        let mode = parse::<Option<String>>(next())?
+            .and_then(|text| serde_json::from_str::<StoredMode>(&text).ok())
+            .map(|m| (m.mode, m.configured));
+        let key_states = parse::<HashMap<String, String>>(next())?
+            .into_iter()
+            .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
+            .collect();
+        let lanes = lane_values
+            .into_iter()
+            .map(|value| {
+                let (version, state): (Option<u64>, Option<String>) = parse(value)?;
+                let lane = state
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default();
+                Ok((version.unwrap_or(0), lane))
+            })
+            .collect::<Result<_, RedisError>>()?;
+        Ok(View {
+            epoch,
+            mode,
+            key_states,
+            lanes,
+        })
+    }
+
+    /// Writes `lane` as the new state of `read[write].0`, if no lane in
+    /// `read` has moved from the version read. `Ok(false)`: one had.
+    pub async fn commit(
+        &mut self,
+        read: &[(LaneId, u64)],
+        write: usize,
+        lane: &Lane,
+    ) -> Result<bool, RedisError> {
+        let mut call = self.commit.prepare_invoke();
+        for (id, _) in read {
+            call.key(self.names.lane(id));
+        }
+        for (_, version) in read {
+            call.arg(*version);
+        }
+        call.arg(write + 1).arg(json(lane)).arg(LANE_TTL_MS);
+        let written: i64 = call.invoke_async(&mut self.conn).await?;
+        Ok(written == 1)
+    }
+
+    pub async fn set_key_state(
+        &mut self,
+        key_id: &str,
+        state: &KeyState,
+    ) -> Result<(), RedisError> {
+        self.names
+            .set_key_state(key_id, state)
+            .query_async(&mut self.conn)
+            .await
+    }
+
+    pub async fn set_mode(&mut self, mode: Mode, configured: Mode) -> Result<(), RedisError> {
+        self.names
+            .set_mode(mode, configured)
+            .query_async(&mut self.conn)
+            .await
+    }
+
+    /// Writes a new epoch unless one exists, and returns the one in force.
+    pub async fn claim_epoch(&mut self) -> Result<String, RedisError> {
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let (epoch,): (String,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.names.epoch())
+            .arg(&fresh)
+            .arg("NX")
+            .ignore()
+            .get(self.names.epoch())
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(epoch)
+    }
+}
+
+/// The ledger's Redis backend: per-minute usage for the dashboard, key
+/// states, the mode and the policy cache. Windows and day counts are not
+/// here: they live in the shared lanes themselves.
+pub struct RedisStore {
+    client: redis::Client,
+    url: String,
+    conn: Option<redis::Connection>,
+    names: Names,
+}
+
+impl RedisStore {
+    /// Connects and checks that Redis answers; refuses to start otherwise.
+    pub fn open(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let mut store = RedisStore {
+            client: client(url)?,
+            url: url.to_string(),
+            conn: None,
+            names: Names {
+                prefix: prefix.to_string(),
+            },
+        };
+        store
+            .conn()
+            .and_then(|c| redis::cmd("PING").query::<String>(c))
+            .map_err(|e| unusable(url, &e))?;
+        Ok(store)
+    }
+
+    fn conn(&mut self) -> Result<&mut redis::Connection, RedisError> {
+        if self.conn.is_none() {
+            let conn = self.client.get_connection_with_timeout(TIMEOUT)?;
+            conn.set_read_timeout(Some(TIMEOUT))?;
+            conn.set_write_timeout(Some(TIMEOUT))?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Runs `pipe`; a failed connection is dropped, to be made again next time.
+    fn run<T: FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let result = self.conn().and_then(|c| pipe.query::<T>(c));
+        result.map_err(|e| {
+            self.conn = None;
+            StoreError::Write(format!("Redis at {}: {e}", masked(&self.url)))
+        })
+    }
+}
+
+impl Store for RedisStore {
+    fn usage_by_minute(&mut self, since: Timestamp) -> Result<Vec<MinuteUsage>, StoreError> {
+        let first = since.millis().div_euclid(60_000);
+        let minutes: Vec<i64> = (first..first + USAGE_TTL_S / 60 + 1).collect();
+        let mut pipe = redis::pipe();
+        for minute in &minutes {
+            pipe.hgetall(self.names.usage(*minute));
+        }
+        let rows: Vec<HashMap<String, u64>> = self.run(&pipe)?;
+        let mut usage = Vec::new();
+        for (minute, row) in minutes.iter().zip(rows) {
+            let mut row: Vec<MinuteUsage> = row
+                .into_iter()
+                .filter_map(|(field, tokens)| {
+                    let (index, fingerprint) = field.split_once(' ')?;
+                    Some(MinuteUsage {
+                        key: index.parse().ok()?,
+                        fingerprint: fingerprint.to_string(),
+                        minute: Timestamp(minute * 60_000),
+                        input_tokens: tokens,
+                    })
+                })
+                .collect();
+            row.sort_by_key(|u| u.key);
+            usage.extend(row);
+        }
+        Ok(usage)
+    }
+
+    fn recover(&mut self, _now: Timestamp, _window_ms: i64) -> Result<Recovered, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(self.names.keys())
+            .get(self.names.mode())
+            .get(self.names.policy());
+        let (keys, mode, policy): (HashMap<String, String>, Option<String>, Option<String>) =
+            self.run(&pipe)?;
+        Ok(Recovered {
+            key_states: keys
+                .into_iter()
+                .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
+                .collect(),
+            mode: mode
+                .and_then(|text| serde_json::from_str::<StoredMode>(&text).ok())
+                .map(|m| (m.mode, m.configured)),
+            policy_cache: policy
+                .and_then(|text| serde_json::from_str::<StoredPolicy>(&text).ok())
+                .map(|p| PolicyCache {
+                    fetched: p.fetched,
+                    models: p.models,
+                    at: Timestamp(p.at_ms),
+                }),
+            // Windows, day counts and learned limits are read from the lanes.
+            ..Recovered::default()
+        })
+    }
+
+    fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for record in batch {
+            match record {
+                Record::CallSent {
+                    at,
+                    key_index,
+                    fingerprint,
+                    input_tokens,
+                    ..
+                } => {
+                    let usage = self.names.usage(at.millis().div_euclid(60_000));
+                    pipe.hincr(&usage, format!("{key_index} {fingerprint}"), *input_tokens)
+                        .ignore()
+                        .expire(&usage, USAGE_TTL_S)
+                        .ignore();
+                }
+                Record::KeyState { key_id, state } => {
+                    pipe.add_command(self.names.set_key_state(key_id, state))
+                        .ignore();
+                }
+                Record::Mode { mode, configured } => {
+                    pipe.add_command(self.names.set_mode(*mode, *configured))
+                        .ignore();
+                }
+                Record::PolicyCache(cache) => {
+                    let stored = StoredPolicy {
+                        fetched: cache.fetched.clone(),
+                        models: cache.models.clone(),
+                        at_ms: cache.at.millis(),
+                    };
+                    pipe.set(self.names.policy(), json(&stored)).ignore();
+                }
+                // The dashboard counts the tokens booked when the call left;
+                // learned limits travel inside their lane.
+                Record::CallSettled { .. } | Record::Learned { .. } => {}
+            }
+        }
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        self.run::<()>(&pipe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn a_password_never_leaves_in_a_url() {
+        assert_eq!(
+            masked("redis://flux:s3cret@cache:6379/0"),
+            "redis://flux:***@cache:6379/0"
+        );
+        assert_eq!(
+            masked("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert!(!masked("redis://:s3cret@h/0").contains("s3cret"));
+        assert!(!masked("not a url s3cret").contains("s3cret"));
+    }
+}
