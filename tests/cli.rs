@@ -84,3 +84,39 @@ fn a_corrupt_state_file_is_refused_and_left_intact() {
         "the file is untouched"
     );
 }
+
+#[test]
+fn an_unreachable_redis_is_exit_code_2_with_its_password_masked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://flux:s3cret-pass@127.0.0.1:{port}/0");
+    let (code, stderr) = gemini_flux(
+        &["serve"],
+        &[
+            ("GEMINI_KEYS", "k1"),
+            ("FLUX_POLICY_FETCH", "false"),
+            ("FLUX_REDIS_URL", &url),
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("redis://flux:***@127.0.0.1:{port}/0")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-pass"), "{stderr}");
+    let (code, stderr) = gemini_flux(
+        &["serve"],
+        &[
+            ("GEMINI_KEYS", "k1"),
+            ("FLUX_REDIS_URL", "http://:s3cret-pass@x"),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("FLUX_REDIS_URL") && !stderr.contains("s3cret-pass"),
+        "{stderr}"
+    );
+}
