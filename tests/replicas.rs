@@ -37,10 +37,10 @@ fn take_redis_dump(url: &str, prefix: &str) -> String {
         .unwrap();
     let mut dump = String::new();
     for key in &keys {
-        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).unwrap();
         let value: Vec<String> = match kind.as_str() {
-            "hash" => redis::cmd("HGETALL").arg(&key).query(&mut conn).unwrap(),
-            _ => vec![redis::cmd("GET").arg(&key).query(&mut conn).unwrap()],
+            "hash" => redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap(),
+            _ => vec![redis::cmd("GET").arg(key).query(&mut conn).unwrap()],
         };
         dump.push_str(&format!("{key} {}\n", value.join(" ")));
     }
@@ -201,10 +201,10 @@ impl Drop for RedisServer {
 async fn until_readyz(http: &reqwest::Client, base: &str, status: u16) -> Duration {
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(10) {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().as_u16() == status {
-                return since.elapsed();
-            }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().as_u16() == status
+        {
+            return since.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -263,6 +263,11 @@ async fn killing_redis_gives_503s_not_429s_and_service_resumes_by_itself() {
     let (status, _, body) = generate(1, json!({"prompt": "hi"})).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["wait_applied"].as_f64().unwrap() > 1.0, "{body}");
+    let status = get_json(&http, &format!("{}/status", replicas[0].base)).await;
+    assert_eq!(
+        status["keys"][0]["state"], "healthy",
+        "the refused change was undone"
+    );
     let stats = sim.stats();
     assert_eq!(stats.calls, 7);
     assert_eq!(

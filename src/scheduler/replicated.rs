@@ -19,7 +19,7 @@ use super::lane::{GrantId, WINDOW_MS};
 use crate::clock::Timestamp;
 use crate::policy::Mode;
 use crate::store::StoreError;
-use crate::store::redis::{LaneId, SharedLanes};
+use crate::store::redis::{self, LaneId, SharedLanes};
 use std::time::Duration;
 
 /// How many times one decision may find the shared state moved under it
@@ -29,6 +29,11 @@ const MAX_CONFLICTS: usize = 64;
 
 /// A request refused for want of Redis is told to come back this much later.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// After Redis failed, nothing asks it again for this long: twice its
+/// timeout, so a Redis that stops answering holds the actor at most half the
+/// time, and every request in between is refused at once.
+const BACKOFF_MS: i64 = 2 * redis::TIMEOUT.as_millis() as i64;
 
 pub struct Replicated {
     core: Scheduler,
@@ -44,6 +49,8 @@ pub struct Replicated {
     hold_until: Timestamp,
     /// Why the shared state could not be used last time, if it could not.
     problem: Option<String>,
+    /// While `problem` stands, requests do not try Redis again before this.
+    next_attempt: Timestamp,
 }
 
 /// An operation on a grant's lane, replayed on a fresh copy after a conflict.
@@ -73,6 +80,7 @@ impl Replicated {
             epoch,
             hold_until: Timestamp(i64::MIN),
             problem: None,
+            next_attempt: Timestamp(i64::MIN),
         })
     }
 
@@ -111,7 +119,11 @@ impl Replicated {
         now: Timestamp,
     ) -> Result<Vec<u64>, String> {
         let ids: Vec<LaneId> = lanes.iter().map(|(k, m)| self.lane_id(*k, m)).collect();
-        let view = self.shared.read(&ids).await.map_err(|e| e.to_string())?;
+        let view = match self.shared.read(&ids).await {
+            Ok(view) => view,
+            Err(e) => return Err(self.failed(e.to_string(), now)),
+        };
+        self.problem = None;
         if view.epoch.as_deref() != Some(self.epoch.as_str()) {
             self.hold_until = now.plus_millis(self.span_ms);
             tracing::warn!(
@@ -120,7 +132,10 @@ impl Replicated {
             );
             self.epoch = match view.epoch {
                 Some(theirs) => theirs,
-                None => self.shared.claim_epoch().await.map_err(|e| e.to_string())?,
+                None => match self.shared.claim_epoch().await {
+                    Ok(epoch) => epoch,
+                    Err(e) => return Err(self.failed(e.to_string(), now)),
+                },
             };
         }
         if let Some((mode, configured)) = view.mode
@@ -141,8 +156,32 @@ impl Replicated {
         Ok(versions)
     }
 
-    fn unavailable(&mut self, reason: String, now: Timestamp) -> PlanError {
+    /// Refuses plans until the window after Redis lost its data has passed.
+    fn holding(&self, now: Timestamp) -> Result<(), PlanError> {
+        if now < self.hold_until {
+            return Err(PlanError::SharedStateUnavailable {
+                reason: "Redis lost its data; waiting for calls made before to leave the window"
+                    .into(),
+                retry_at: self.hold_until,
+            });
+        }
+        Ok(())
+    }
+
+    /// Notes that Redis failed; answers the reason.
+    fn failed(&mut self, reason: String, now: Timestamp) -> String {
         self.problem = Some(reason.clone());
+        self.next_attempt = now.plus_millis(BACKOFF_MS);
+        reason
+    }
+
+    /// Whether to spare Redis this request: it failed moments ago.
+    fn backing_off(&self, now: Timestamp) -> bool {
+        self.problem.is_some() && now < self.next_attempt
+    }
+
+    fn unavailable(&mut self, reason: String, now: Timestamp) -> PlanError {
+        let reason = self.failed(reason, now);
         PlanError::SharedStateUnavailable {
             reason,
             retry_at: now.plus(RETRY_AFTER),
@@ -156,11 +195,12 @@ impl Replicated {
         request: &PlanRequest,
         now: Timestamp,
     ) -> Result<Grant, PlanError> {
-        if now < self.hold_until {
+        self.holding(now)?;
+        if self.backing_off(now) {
+            let reason = self.problem.clone().unwrap_or_default();
             return Err(PlanError::SharedStateUnavailable {
-                reason: "Redis lost its data; waiting for calls made before to leave the window"
-                    .into(),
-                retry_at: self.hold_until,
+                reason,
+                retry_at: now.plus(RETRY_AFTER),
             });
         }
         let lanes = self.all_lanes();
@@ -169,7 +209,8 @@ impl Replicated {
                 Ok(v) => v,
                 Err(e) => return Err(self.unavailable(e, now)),
             };
-            self.problem = None;
+            // The read may just have found that Redis lost its data.
+            self.holding(now)?;
             let grant = self.core.plan(request, now)?;
             // The decision read the lanes of every model up to the chosen one.
             let chain = self.core.chain();
@@ -213,14 +254,16 @@ impl Replicated {
         };
         let lane = [(grant.key, grant.model.clone())];
         let read_id = self.lane_id(grant.key, &grant.model);
-        for _ in 0..MAX_CONFLICTS {
-            let version = match self.read(&lane, now).await {
-                Ok(v) => v[0],
-                Err(e) => {
-                    self.problem = Some(e);
-                    break;
-                }
+        let attempts = if self.backing_off(now) {
+            0
+        } else {
+            MAX_CONFLICTS
+        };
+        for _ in 0..attempts {
+            let Ok(versions) = self.read(&lane, now).await else {
+                break;
             };
+            let version = versions[0];
             self.core.hold_grant(grant.clone());
             op(&mut self.core, id, now);
             let after = self.core.lane(grant.key, &grant.model);
@@ -235,7 +278,7 @@ impl Replicated {
                 }
                 Ok(false) => continue,
                 Err(e) => {
-                    self.problem = Some(e.to_string());
+                    self.failed(e.to_string(), now);
                     break;
                 }
             }
@@ -267,19 +310,33 @@ impl Replicated {
             .await;
     }
 
+    /// Sets a key's state on every replica; refused (and undone here) if
+    /// Redis cannot take it, so a change never holds on one replica only.
     pub async fn set_key_state(
         &mut self,
         key: usize,
         state: KeyState,
     ) -> Result<Option<KeyState>, String> {
+        let Some(before) = self.core.key_state(key).cloned() else {
+            return Ok(None);
+        };
         let set = self.core.set_key_state(key, state);
-        self.publish_changes().await?;
+        if let Err(e) = self.publish_changes().await {
+            self.core.adopt_key_state(key, before);
+            return Err(e);
+        }
         Ok(set)
     }
 
+    /// Sets the mode on every replica; refused and undone like a key state.
     pub async fn set_mode(&mut self, mode: Mode) -> Result<(), String> {
+        let before = self.core.mode();
         self.core.set_mode(mode);
-        self.publish_changes().await
+        let published = self.publish_changes().await;
+        if published.is_err() {
+            self.core.adopt_mode(before);
+        }
+        published
     }
 
     /// Writes the operator's (and the upstream's) key and mode decisions
@@ -305,7 +362,10 @@ impl Replicated {
     /// that an idle replica still sees other replicas' key and mode changes,
     /// and notices Redis leaving and coming back).
     pub async fn pull(&mut self, now: Timestamp) {
+        if self.backing_off(now) {
+            return;
+        }
         let lanes = self.all_lanes();
-        self.problem = self.read(&lanes, now).await.err();
+        let _ = self.read(&lanes, now).await;
     }
 }

@@ -494,18 +494,24 @@ impl Rules for OverRedis {
     }
 }
 
+/// Deletes every Redis key under `prefix`, as a Redis restarted without
+/// persistence would have lost them.
+fn forget_all(prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
 impl Drop for OverRedis {
     fn drop(&mut self) {
-        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-        }
+        forget_all(&self.prefix);
     }
 }
 
@@ -607,4 +613,32 @@ fn a_commit_made_on_a_stale_read_is_refused() {
             .unwrap()
     });
     assert!(!refused, "version 0 is long gone");
+}
+
+#[test]
+fn after_redis_loses_its_data_plans_wait_one_window() {
+    let mut a = over_redis(1, &[]);
+    let mut b = replica_of(&a.prefix.clone(), 1, &[]);
+    a.plan(&ask(250_000, model(FLASH)), NOON).unwrap();
+    forget_all(&a.prefix);
+    // Neither replica trusts the empty Redis until a's call has left the window.
+    let later = NOON.plus_millis(1_000);
+    for replica in [&mut a, &mut b] {
+        match replica.plan(&ask(10, model(FLASH)), later) {
+            Err(PlanError::SharedStateUnavailable { retry_at, .. }) => {
+                assert_eq!(retry_at, later.plus_millis(SPAN))
+            }
+            other => panic!("expected a hold, got {other:?}"),
+        }
+    }
+    let after = later.plus_millis(SPAN);
+    assert_eq!(
+        a.plan(&ask(250_000, model(FLASH)), after).unwrap().at,
+        after
+    );
+    assert_eq!(
+        b.plan(&ask(250_000, model(FLASH)), after).unwrap().at,
+        after.plus_millis(SPAN),
+        "b sees a's booking in the new Redis"
+    );
 }

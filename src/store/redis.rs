@@ -31,7 +31,7 @@ use std::time::Duration;
 
 /// How long one Redis operation may take before the replica gives up on it
 /// (and refuses the request it was for).
-const TIMEOUT: Duration = Duration::from_secs(1);
+pub const TIMEOUT: Duration = Duration::from_secs(1);
 /// Lanes outlive their last write by the learned limits' lifetime and a day.
 const LANE_TTL_MS: i64 = 8 * 86_400_000;
 /// The dashboard's per-minute usage is kept two hours.

@@ -21,7 +21,7 @@ const WINDOW_MS: i64 = 60_000;
 
 /// The fewest 60 s intervals that requests of these sizes need on `lanes`
 /// lanes: by tokens, by request count, and by the bins of those over TPM / 3.
-fn intervals(sizes: &[u64], lanes: u64, limits: Limits) -> i64 {
+pub fn intervals(sizes: &[u64], lanes: u64, limits: Limits) -> i64 {
     let tokens: u64 = sizes.iter().sum();
     let by_tokens = tokens.div_ceil(lanes * limits.tpm);
     let by_requests = (sizes.len() as u64).div_ceil(lanes * u64::from(limits.rpm));

@@ -1,10 +1,13 @@
 //! `flux-bench`: measures gemini-flux. `efficiency` replays request traces
 //! through the real scheduler core and three other strategies against the
-//! simulator's quota model in simulated time; the tables go to BENCHMARKS.md.
+//! simulator's quota model in simulated time; `overhead` measures the
+//! gateway's own cost; `replicas` runs several processes on one Redis. The
+//! tables go to BENCHMARKS.md.
 
 mod bound;
 mod efficiency;
 mod overhead;
+mod replicas;
 mod strategies;
 mod traces;
 mod world;
@@ -52,6 +55,19 @@ enum Command {
         #[arg(long, default_value = "upstream")]
         token_count: String,
     },
+    /// Replicas sharing keys through one Redis: 429s, makespan ÷ bound, and
+    /// what a Redis round trip adds per request. Real time (a few minutes).
+    Replicas {
+        /// Replica counts to run.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        replicas: Vec<usize>,
+        /// Requests in the burst.
+        #[arg(long, default_value_t = 24)]
+        requests: usize,
+        /// The Redis the replicas share.
+        #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+        redis_url: String,
+    },
 }
 
 fn main() {
@@ -96,6 +112,18 @@ fn main() {
                 seconds,
                 waiting,
                 token_count,
+            }));
+        }
+        Command::Replicas {
+            replicas,
+            requests,
+            redis_url,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(replicas::main(replicas::Options {
+                replicas,
+                requests,
+                redis_url,
             }));
         }
     }

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const MODEL: &str = "gemini-2.5-flash";
-const KEYS: [&str; 8] = [
+pub const MODEL: &str = "gemini-2.5-flash";
+pub const KEYS: [&str; 8] = [
     "bench-key-01",
     "bench-key-02",
     "bench-key-03",
@@ -35,13 +35,13 @@ pub struct Options {
 }
 
 /// The service as a child process, stopped when dropped.
-struct Gateway {
+pub struct Gateway {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl Gateway {
-    fn spawn(upstream: &str, keys: &[&str], env: &[(&str, String)]) -> Gateway {
+    pub fn spawn(upstream: &str, keys: &[&str], env: &[(&str, String)]) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -75,7 +75,7 @@ impl Gateway {
         }
     }
 
-    async fn ready(&self, http: &reqwest::Client) {
+    pub async fn ready(&self, http: &reqwest::Client) {
         for _ in 0..200 {
             if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
                 && r.status().is_success()
@@ -132,10 +132,10 @@ impl Drop for Gateway {
 
 /// One request to send, again and again.
 #[derive(Clone)]
-struct Target {
-    url: String,
-    headers: Vec<(&'static str, String)>,
-    body: Value,
+pub struct Target {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
 }
 
 impl Target {
@@ -151,13 +151,13 @@ impl Target {
     }
 }
 
-struct Latencies {
+pub struct Latencies {
     sorted_us: Vec<u64>,
-    failed: usize,
+    pub failed: usize,
 }
 
 impl Latencies {
-    fn pct(&self, p: f64) -> f64 {
+    pub fn pct(&self, p: f64) -> f64 {
         let i = ((self.sorted_us.len() as f64 * p / 100.0) as usize)
             .min(self.sorted_us.len().saturating_sub(1));
         self.sorted_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
@@ -168,7 +168,7 @@ impl Latencies {
 /// each target at once, whatever the others are doing; latency counts from
 /// the planned instant. Pairing the two paths means both meet the same load
 /// and the same scheduling noise.
-async fn open_loop(
+pub async fn open_loop(
     http: &reqwest::Client,
     targets: [&Target; 2],
     rate: u32,
@@ -235,7 +235,7 @@ async fn saturation(http: &reqwest::Client, target: &Target, workers: usize, sec
     done as f64 / seconds as f64
 }
 
-fn limits_json(l: Limits) -> String {
+pub fn limits_json(l: Limits) -> String {
     json!({MODEL: {"rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}}).to_string()
 }
 

@@ -1,0 +1,182 @@
+//! `flux-bench replicas`: 1, 2 and 4 gemini-flux processes sharing two keys
+//! through one Redis, in front of one simulator, on the same trace, in real
+//! time. Reports the upstream's 429s and the makespan against its lower
+//! bound; then what a Redis round trip adds to each request, measured as
+//! paired open-loop load on one replica and on one instance alone.
+
+use crate::bound::intervals;
+use crate::overhead::{Gateway, KEYS, MODEL, Target, limits_json, open_loop};
+use gemini_flux::clock::Clock;
+use gemini_flux::policy::Limits;
+use gemini_flux::sim::{SimConfig, SimServer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub replicas: Vec<usize>,
+    pub requests: usize,
+    pub redis_url: String,
+}
+
+/// Two keys whose request quota binds within a minute or two.
+const TIGHT: Limits = Limits {
+    rpm: 10,
+    tpm: 100_000,
+    rpd: 10_000,
+};
+
+const SHARED_KEYS: usize = 2;
+
+async fn sim(limits: Limits, keys: &[&str]) -> SimServer {
+    let config = SimConfig::new(keys.iter().copied())
+        .with_limits(BTreeMap::from([(MODEL.to_string(), limits)]));
+    SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `n` replicas on one Redis under a prefix of their own, all ready.
+async fn replicas(
+    n: usize,
+    upstream: &str,
+    limits: Limits,
+    options: &Options,
+    http: &reqwest::Client,
+) -> Vec<Gateway> {
+    let prefix = format!("flux-bench:{:08x}:", rand::random::<u32>());
+    let mut started = Vec::new();
+    for _ in 0..n {
+        let env = [
+            ("FLUX_LIMITS", limits_json(limits)),
+            ("FLUX_TOKEN_COUNT", "local".to_string()),
+            ("FLUX_POLICY_FETCH", "false".to_string()),
+            ("FLUX_REDIS_URL", options.redis_url.clone()),
+            ("FLUX_REDIS_PREFIX", prefix.clone()),
+        ];
+        let gateway = Gateway::spawn(upstream, &KEYS[..SHARED_KEYS], &env);
+        gateway.ready(http).await;
+        started.push(gateway);
+    }
+    started
+}
+
+pub async fn main(options: Options) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let sizes: Vec<u64> = (0..options.requests)
+        .map(|_| rng.random_range(1_000..10_000))
+        .collect();
+    // All arrive at once and the simulator answers at once, so the bound is
+    // the intervals the burst needs, less the first.
+    let windows = intervals(&sizes, SHARED_KEYS as u64, TIGHT);
+    let bound = Duration::from_secs(60 * (windows as u64 - 1));
+
+    println!("## Replicas sharing keys through Redis\n");
+    println!(
+        "Each run: N `gemini-flux serve` processes with the same {SHARED_KEYS} keys, one Redis, one simulator \
+         ({} RPM, {} TPM per key on {MODEL}, no added latency). {} requests of 1k–10k tokens (seed 5) arrive at \
+         once, spread round-robin over the replicas. Makespan counts from the burst to the last answer; the \
+         lower bound is {} one-minute windows' worth, i.e. {} s. Real time.\n",
+        TIGHT.rpm,
+        TIGHT.tpm,
+        options.requests,
+        windows,
+        bound.as_secs()
+    );
+    println!("| replicas | served | upstream 429s | makespan | lower bound | ÷ bound |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &n in &options.replicas {
+        let sim = sim(TIGHT, &KEYS[..SHARED_KEYS]).await;
+        let gateways = replicas(n, &sim.base_url(), TIGHT, &options, &http).await;
+        let started = Instant::now();
+        let calls: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &tokens)| {
+                let url = format!("{}/generate", gateways[i % n].url);
+                let http = http.clone();
+                let prompt = "x".repeat(tokens as usize * 4);
+                tokio::spawn(async move {
+                    let ok = http
+                        .post(url)
+                        .json(&json!({"prompt": prompt}))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    (ok, started.elapsed())
+                })
+            })
+            .collect();
+        let (mut served, mut makespan) = (0, Duration::ZERO);
+        for call in calls {
+            let (ok, done) = call.await.unwrap();
+            served += usize::from(ok);
+            makespan = makespan.max(done);
+        }
+        let stats = sim.stats();
+        println!(
+            "| {n} | {served}/{} | {} | {:.2} s | {} s | {:.3} |",
+            options.requests,
+            stats.rejected_429,
+            makespan.as_secs_f64(),
+            bound.as_secs(),
+            makespan.as_secs_f64() / bound.as_secs_f64()
+        );
+    }
+
+    // What sharing costs per request: the same requests, at the same
+    // instants, to one instance alone (SQLite) and to one replica (Redis).
+    let unlimited = Limits {
+        rpm: 1_000_000,
+        tpm: 100_000_000_000,
+        rpd: 1_000_000_000,
+    };
+    let sim = sim(unlimited, &KEYS[..SHARED_KEYS]).await;
+    let state = std::env::temp_dir().join(format!("flux-bench-{}.db", std::process::id()));
+    let alone = Gateway::spawn(
+        &sim.base_url(),
+        &KEYS[..SHARED_KEYS],
+        &[
+            ("FLUX_LIMITS", limits_json(unlimited)),
+            ("FLUX_TOKEN_COUNT", "local".to_string()),
+            ("FLUX_POLICY_FETCH", "false".to_string()),
+            ("FLUX_STATE_PATH", state.display().to_string()),
+        ],
+    );
+    alone.ready(&http).await;
+    let replica = replicas(1, &sim.base_url(), unlimited, &options, &http)
+        .await
+        .remove(0);
+    let target = |gateway: &Gateway| Target {
+        url: format!("{}/generate", gateway.url),
+        headers: vec![],
+        body: json!({"prompt": "Translate into French: the quick brown fox."}),
+    };
+    let (alone_target, replica_target) = (target(&alone), target(&replica));
+    println!(
+        "\nThe cost of sharing: paired open-loop load (5 s per rate), the same request at the same instant \
+         to one instance alone (SQLite) and to one replica (Redis at {}); quota never binds.\n",
+        gemini_flux::store::redis::masked(&options.redis_url)
+    );
+    println!(
+        "| rate (req/s) | alone p50 | alone p99 | replica p50 | replica p99 | added p50 | added p99 | failed |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for rate in [100, 300] {
+        let [a, r] = open_loop(&http, [&alone_target, &replica_target], rate, 5).await;
+        println!(
+            "| {rate} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            a.pct(50.0),
+            a.pct(99.0),
+            r.pct(50.0),
+            r.pct(99.0),
+            r.pct(50.0) - a.pct(50.0),
+            r.pct(99.0) - a.pct(99.0),
+            a.failed + r.failed
+        );
+    }
+    let _ = std::fs::remove_file(state);
+}
