@@ -5,7 +5,7 @@
 //! paired open-loop load on one replica and on one instance alone.
 
 use crate::bound::intervals;
-use crate::overhead::{Gateway, KEYS, MODEL, Target, limits_json, open_loop};
+use crate::overhead::{Gateway, KEYS, MODEL, Target, limits_json, open_loop, saturation};
 use gemini_flux::clock::Clock;
 use gemini_flux::policy::Limits;
 use gemini_flux::sim::{SimConfig, SimServer};
@@ -178,5 +178,26 @@ pub async fn main(options: Options) {
             a.failed + r.failed
         );
     }
+    drop(alone);
+    drop(replica);
     let _ = std::fs::remove_file(state);
+
+    // Contention: every replica books on the same lanes, so a decision may
+    // find them moved and decide again. Sustained throughput, 64 clients in
+    // all, spread over the replicas.
+    println!(
+        "\nThroughput on one Redis: 64 back-to-back clients spread over N replicas (5 s), quota never binds, \
+         every decision on the same {SHARED_KEYS} keys' lanes.\n"
+    );
+    println!("| replicas | requests/s through all replicas |");
+    println!("|---:|---:|");
+    for &n in &options.replicas {
+        let gateways = replicas(n, &sim.base_url(), unlimited, &options, &http).await;
+        let runs = gateways.iter().map(|g| {
+            let (http, target) = (http.clone(), target(g));
+            async move { saturation(&http, &target, 64 / n, 5).await }
+        });
+        let total: f64 = futures::future::join_all(runs).await.iter().sum();
+        println!("| {n} | {total:.0} |");
+    }
 }
