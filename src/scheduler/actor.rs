@@ -72,6 +72,8 @@ pub struct SharedState {
     pub url: String,
     pub ok: bool,
     pub error: Option<String>,
+    /// Decisions made again because another replica changed a lane first.
+    pub conflicts: u64,
 }
 
 /// Who holds the quota state. One lives per service, so the variants'
@@ -165,10 +167,11 @@ impl Owner {
         }
     }
 
-    fn problem(&self) -> Option<String> {
+    /// A replica's Redis problem, if any, and its conflicts so far.
+    fn sharing(&self) -> Option<(Option<String>, u64)> {
         match self {
             Owner::Alone(..) => None,
-            Owner::Replica(r) => r.problem().map(str::to_string),
+            Owner::Replica(r) => Some((r.problem().map(str::to_string), r.conflicts())),
         }
     }
 }
@@ -233,6 +236,7 @@ impl SchedulerHandle {
                     url,
                     ok: true,
                     error: None,
+                    conflicts: 0,
                 });
                 (Some(tx), Some(rx))
             }
@@ -389,12 +393,12 @@ async fn run(
             *current = fresh;
             changed
         });
-        if let Some(shared) = &watchers.shared {
-            let problem = owner.problem();
+        if let (Some(shared), Some((problem, conflicts))) = (&watchers.shared, owner.sharing()) {
             shared.send_if_modified(|current| {
-                let changed = current.error != problem;
+                let changed = current.error != problem || current.conflicts != conflicts;
                 current.ok = problem.is_none();
                 current.error = problem;
+                current.conflicts = conflicts;
                 changed
             });
         }

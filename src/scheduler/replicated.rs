@@ -51,6 +51,8 @@ pub struct Replicated {
     problem: Option<String>,
     /// While `problem` stands, requests do not try Redis again before this.
     next_attempt: Timestamp,
+    /// Commits refused because another replica changed a lane first.
+    conflicts: u64,
 }
 
 /// An operation on a grant's lane, replayed on a fresh copy after a conflict.
@@ -81,6 +83,7 @@ impl Replicated {
             hold_until: Timestamp(i64::MIN),
             problem: None,
             next_attempt: Timestamp(i64::MIN),
+            conflicts: 0,
         })
     }
 
@@ -96,6 +99,12 @@ impl Replicated {
     /// Why the shared state is unusable now, if it is.
     pub fn problem(&self) -> Option<&str> {
         self.problem.as_deref()
+    }
+
+    /// How many commits found a lane changed by another replica (each one
+    /// was decided again).
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 
     fn lane_id(&self, key: usize, model: &str) -> LaneId {
@@ -231,7 +240,10 @@ impl Replicated {
             match self.shared.commit(&read, write, &lane).await {
                 Ok(true) => return Ok(grant),
                 // Another replica decided first: this copy is stale.
-                Ok(false) => self.core.release(grant.id),
+                Ok(false) => {
+                    self.conflicts += 1;
+                    self.core.release(grant.id);
+                }
                 Err(e) => {
                     self.core.release(grant.id);
                     return Err(self.unavailable(e.to_string(), now));
@@ -276,7 +288,7 @@ impl Replicated {
                     self.publish_changes().await.ok();
                     return;
                 }
-                Ok(false) => continue,
+                Ok(false) => self.conflicts += 1,
                 Err(e) => {
                     self.failed(e.to_string(), now);
                     break;

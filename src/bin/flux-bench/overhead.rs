@@ -213,7 +213,12 @@ pub async fn open_loop(
 }
 
 /// Requests a second that `workers` back-to-back clients sustain.
-pub async fn saturation(http: &reqwest::Client, target: &Target, workers: usize, seconds: u64) -> f64 {
+pub async fn saturation(
+    http: &reqwest::Client,
+    target: &Target,
+    workers: usize,
+    seconds: u64,
+) -> f64 {
     let until = Instant::now() + Duration::from_secs(seconds);
     let target = Arc::new(target.clone());
     let tasks: Vec<_> = (0..workers)

@@ -189,8 +189,10 @@ pub async fn main(options: Options) {
         "\nThroughput on one Redis: 64 back-to-back clients spread over N replicas (5 s), quota never binds, \
          every decision on the same {SHARED_KEYS} keys' lanes.\n"
     );
-    println!("| replicas | requests/s through all replicas |");
-    println!("|---:|---:|");
+    println!(
+        "| replicas | requests/s through all replicas | decisions made again (conflicts) per request |"
+    );
+    println!("|---:|---:|---:|");
     for &n in &options.replicas {
         let gateways = replicas(n, &sim.base_url(), unlimited, &options, &http).await;
         let runs = gateways.iter().map(|g| {
@@ -198,6 +200,19 @@ pub async fn main(options: Options) {
             async move { saturation(&http, &target, 64 / n, 5).await }
         });
         let total: f64 = futures::future::join_all(runs).await.iter().sum();
-        println!("| {n} | {total:.0} |");
+        let mut conflicts = 0;
+        for gateway in &gateways {
+            let status: serde_json::Value = http
+                .get(format!("{}/status", gateway.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            conflicts += status["shared_state"]["conflicts"].as_u64().unwrap_or(0);
+        }
+        let per_request = conflicts as f64 / (total * 5.0).max(1.0);
+        println!("| {n} | {total:.0} | {per_request:.3} |");
     }
 }
