@@ -55,6 +55,14 @@ pub struct Replicated {
     conflicts: u64,
 }
 
+/// A plan refused for want of the shared state, to be asked again shortly.
+fn refused(reason: String, now: Timestamp) -> PlanError {
+    PlanError::SharedStateUnavailable {
+        reason,
+        retry_at: now.plus(RETRY_AFTER),
+    }
+}
+
 /// An operation on a grant's lane, replayed on a fresh copy after a conflict.
 type LaneOp<'a> = &'a (dyn Fn(&mut Scheduler, GrantId, Timestamp) + Sync);
 
@@ -189,12 +197,9 @@ impl Replicated {
         self.problem.is_some() && now < self.next_attempt
     }
 
+    /// Redis failed this plan: note it, and refuse.
     fn unavailable(&mut self, reason: String, now: Timestamp) -> PlanError {
-        let reason = self.failed(reason, now);
-        PlanError::SharedStateUnavailable {
-            reason,
-            retry_at: now.plus(RETRY_AFTER),
-        }
+        refused(self.failed(reason, now), now)
     }
 
     /// [`Scheduler::plan`] against the shared state: read, decide, commit if
@@ -206,11 +211,7 @@ impl Replicated {
     ) -> Result<Grant, PlanError> {
         self.holding(now)?;
         if self.backing_off(now) {
-            let reason = self.problem.clone().unwrap_or_default();
-            return Err(PlanError::SharedStateUnavailable {
-                reason,
-                retry_at: now.plus(RETRY_AFTER),
-            });
+            return Err(refused(self.problem.clone().unwrap_or_default(), now));
         }
         let lanes = self.all_lanes();
         for _ in 0..MAX_CONFLICTS {
@@ -250,7 +251,8 @@ impl Replicated {
                 }
             }
         }
-        Err(self.unavailable(
+        // Redis is fine, only busy: refuse this one without marking it down.
+        Err(refused(
             format!("the shared state moved under {MAX_CONFLICTS} decisions in a row"),
             now,
         ))
