@@ -3,7 +3,7 @@
 //! things happen; the per-lane gauges are read from a scheduler snapshot when
 //! `/metrics` is scraped. Keys appear as index and fingerprint, never as text.
 
-use crate::scheduler::{KeyState, Snapshot};
+use crate::scheduler::{KeyState, SharedState, Snapshot};
 use crate::store::Outcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -61,6 +61,8 @@ pub struct Metrics {
     lane_requests_today: Family<LaneLabels, Gauge>,
     lane_limit: Family<LimitLabels, Gauge>,
     keys: Family<StateLabels, Gauge>,
+    shared_state_up: Gauge,
+    shared_state_conflicts: Counter,
 }
 
 /// How one upstream call ended, as a label.
@@ -88,6 +90,8 @@ impl Default for Metrics {
             lane_requests_today: Family::default(),
             lane_limit: Family::default(),
             keys: Family::default(),
+            shared_state_up: Gauge::default(),
+            shared_state_conflicts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +155,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The replica's metrics, registered only when it shares state through
+    /// Redis (a single instance has no such thing to report).
+    pub fn for_replica() -> Self {
+        let mut m = Metrics::default();
+        m.registry.register(
+            "shared_state_up",
+            "1 while Redis answers (plans are refused otherwise)",
+            m.shared_state_up.clone(),
+        );
+        m.registry.register(
+            "shared_state_conflicts",
+            "Decisions made again because another replica changed a lane first",
+            m.shared_state_conflicts.clone(),
+        );
+        m
+    }
+
     pub fn request(&self, route: &str, status: u16) {
         self.requests
             .get_or_create(&RouteLabels {
@@ -191,12 +212,17 @@ impl Metrics {
         self.wait_seconds.observe(wait.as_secs_f64());
     }
 
-    /// The text exposition, with the gauges set from `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> String {
-        let waiting = snapshot.grants.iter().filter(|g| g.waiting).count() as i64;
-        self.grants_waiting.set(waiting);
-        self.grants_in_flight
-            .set(snapshot.grants.len() as i64 - waiting);
+    /// The text exposition, with the gauges set from `snapshot` (and, for a
+    /// replica, `shared`).
+    pub fn render(&self, snapshot: &Snapshot, shared: Option<&SharedState>) -> String {
+        self.grants_waiting.set(snapshot.queue.waiting as i64);
+        self.grants_in_flight.set(snapshot.queue.in_flight as i64);
+        if let Some(shared) = shared {
+            self.shared_state_up.set(i64::from(shared.ok));
+            let seen = self.shared_state_conflicts.get();
+            self.shared_state_conflicts
+                .inc_by(shared.conflicts.saturating_sub(seen));
+        }
         for state in ["healthy", "disabled", "invalid", "blocked"] {
             self.keys
                 .get_or_create(&StateLabels {

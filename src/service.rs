@@ -222,7 +222,11 @@ async fn launch(
         native_fallback: settings.native_fallback,
         pinned_models: settings.models.clone(),
         policy_status: std::sync::Mutex::new(policy_status),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: if settings.redis.is_some() {
+            crate::metrics::Metrics::for_replica()
+        } else {
+            crate::metrics::Metrics::default()
+        },
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(

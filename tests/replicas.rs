@@ -197,6 +197,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// The value of an unlabelled metric in `{base}/metrics`.
+async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// Polls `{base}/readyz` until it answers `status`; how long that took.
 async fn until_readyz(http: &reqwest::Client, base: &str, status: u16) -> Duration {
     let since = Instant::now();
@@ -232,6 +247,10 @@ async fn killing_redis_gives_503s_not_429s_and_service_resumes_by_itself() {
         let took = until_readyz(&http, &replica.base, 503).await;
         eprintln!("{} noticed Redis gone after {took:?}", replica.base);
         assert!(took < Duration::from_secs(2), "noticed after {took:?}");
+        assert_eq!(
+            metric(&http, &replica.base, "flux_shared_state_up").await,
+            0.0
+        );
     }
     for i in 0..4 {
         let (status, retry_after, body) = generate(i, json!({"prompt": "hi"})).await;
@@ -254,6 +273,10 @@ async fn killing_redis_gives_503s_not_429s_and_service_resumes_by_itself() {
     redis.restart();
     for replica in &replicas {
         until_readyz(&http, &replica.base, 200).await;
+        assert_eq!(
+            metric(&http, &replica.base, "flux_shared_state_up").await,
+            1.0
+        );
     }
     // Redis kept the minute's six calls: a request that cannot wait is
     // refused here, and one that can is served when the window allows.

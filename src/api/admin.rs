@@ -245,7 +245,9 @@ async fn refresh_policy(State(state): State<AppState>) -> Result<Response, ApiEr
 /// `GET /metrics` in the Prometheus (OpenMetrics) text format.
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
-    let text = state.metrics.render(&snapshot);
+    let text = state
+        .metrics
+        .render(&snapshot, state.scheduler.shared_state().as_ref());
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
