@@ -109,7 +109,7 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
                 masked(&redis.url),
                 redis.prefix
             );
-            launch(settings, clock, store, Some(shared)).await
+            launch(settings, clock, store, Some((shared, masked(&redis.url)))).await
         }
     }
 }
@@ -123,12 +123,18 @@ pub async fn start_with_store(
     launch(settings, clock, store, None).await
 }
 
+/// Starts on `store`; with `shared` (Redis, and its URL masked for display)
+/// as a replica.
 async fn launch(
     settings: Settings,
     clock: Clock,
     mut store: impl Store,
-    shared: Option<SharedLanes>,
+    shared: Option<(SharedLanes, String)>,
 ) -> Result<RunningService, StartError> {
+    let metrics = match shared {
+        Some(_) => crate::metrics::Metrics::for_replica(),
+        None => crate::metrics::Metrics::default(),
+    };
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
     let span_ms = WINDOW_MS + settings.guard.as_millis() as i64;
     let recovered = store.recover(clock.now(), span_ms)?;
@@ -179,19 +185,14 @@ async fn launch(
     };
 
     let ledger = Ledger::start(store);
-    let scheduler = match (shared, &settings.redis) {
-        (Some(shared), Some(redis)) => {
+    let scheduler = match shared {
+        Some((shared, url)) => {
             let replicated =
                 Replicated::join(core, shared, key_ids.clone(), settings.mode, settings.guard)
                     .await?;
-            SchedulerHandle::spawn_replica(
-                replicated,
-                clock,
-                settings.log_decisions,
-                masked(&redis.url),
-            )
+            SchedulerHandle::spawn_replica(replicated, clock, settings.log_decisions, url)
         }
-        _ => {
+        None => {
             let journal = Journal {
                 ledger: ledger.clone(),
                 key_ids: key_ids.clone(),
@@ -222,11 +223,7 @@ async fn launch(
         native_fallback: settings.native_fallback,
         pinned_models: settings.models.clone(),
         policy_status: std::sync::Mutex::new(policy_status),
-        metrics: if settings.redis.is_some() {
-            crate::metrics::Metrics::for_replica()
-        } else {
-            crate::metrics::Metrics::default()
-        },
+        metrics,
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(

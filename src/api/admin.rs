@@ -43,7 +43,7 @@ fn unavailable(e: Unavailable) -> ApiError {
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
     let mut body = serde_json::to_value(&snapshot).expect("a snapshot serialises");
-    body["ready"] = json!(state.scheduler.usable_keys().contains(&true));
+    body["ready"] = json!(ready(&state));
     body["state_store"] = store_health(&state);
     if let Some(shared) = state.scheduler.shared_state() {
         body["shared_state"] = json!(shared);
@@ -128,8 +128,7 @@ async fn set_key(
 /// is not ready: a load balancer sends its traffic to one that is.
 async fn readyz(State(state): State<AppState>) -> Response {
     let usable = state.scheduler.usable_keys().iter().filter(|&&u| u).count();
-    let shared = state.scheduler.shared_state();
-    let ready = usable > 0 && shared.as_ref().is_none_or(|s| s.ok);
+    let ready = ready(&state);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -137,10 +136,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let mut body =
         json!({"ready": ready, "usable_keys": usable, "state_store": store_health(&state)});
-    if let Some(shared) = shared {
+    if let Some(shared) = state.scheduler.shared_state() {
         body["shared_state"] = json!(shared);
     }
     (status, Json(body)).into_response()
+}
+
+/// A key is usable and, for a replica, Redis answers.
+fn ready(state: &AppState) -> bool {
+    state.scheduler.usable_keys().contains(&true)
+        && state.scheduler.shared_state().is_none_or(|s| s.ok)
 }
 
 fn store_health(state: &AppState) -> serde_json::Value {

@@ -59,7 +59,7 @@ pub enum Unavailable {
     #[error("the scheduler has stopped")]
     Stopped,
     /// A replica could not share the change with the others (Redis is
-    /// unreachable); it holds here only, until Redis says otherwise.
+    /// unreachable), so it was refused and undone here too.
     #[error("the change could not be shared with the other replicas: {0}")]
     Unshared(String),
 }
