@@ -11,7 +11,7 @@ use common::*;
 use gemini_flux::clock::Clock;
 use gemini_flux::sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -138,62 +138,123 @@ async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound()
     drop(replicas);
 }
 
-/// A `redis-server` of the test's own, persisting every write (AOF,
-/// fsync always) so that killing and restarting it loses nothing.
+/// A `redis-server` of the test's own, on a free port, killed when dropped.
 struct RedisServer {
     child: Child,
+    args: String,
     port: u16,
-    dir: PathBuf,
+    url: String,
 }
 
 impl RedisServer {
-    fn start(port: u16, dir: PathBuf) -> RedisServer {
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Persisting every write (AOF, fsync always) in `dir`, so that killing
+    /// and restarting it loses nothing.
+    fn persistent(dir: &Path) -> RedisServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let args = format!(
+            "--port {port} --bind 127.0.0.1 --appendonly yes --appendfsync always --dir {}",
+            dir.display()
+        );
+        RedisServer::start(&args, port, format!("redis://127.0.0.1:{port}/0"))
+    }
+
+    /// Speaking TLS only, with the certificate `ca` made; keeps nothing.
+    fn tls(ca: &TestCa) -> RedisServer {
+        let port = free_port();
+        let args = format!(
+            "--port 0 --tls-port {port} --bind 127.0.0.1 --tls-auth-clients no \
+             --tls-cert-file {} --tls-key-file {} --tls-ca-cert-file {} --appendonly no --dir {}",
+            ca.path("server.pem"),
+            ca.path("server.key"),
+            ca.path("ca.pem"),
+            ca.dir.display()
+        );
+        RedisServer::start(&args, port, format!("rediss://localhost:{port}/0"))
+    }
+
+    /// `args` are split on spaces (test paths have none); no RDB snapshots.
+    fn start(args: &str, port: u16, url: String) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&dir)
+            .args(args.split_whitespace())
+            .args(["--save", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on the PATH (.ci/run installs it)");
-        let server = RedisServer { child, port, dir };
-        let client = redis::Client::open(server.url()).unwrap();
         for _ in 0..200 {
-            if client.get_connection().is_ok() {
-                return server;
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return RedisServer {
+                    child,
+                    args: args.to_string(),
+                    port,
+                    url,
+                };
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("redis-server did not start on port {port}");
     }
 
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// SIGKILL, then a new server on the same port and files.
+    /// SIGKILL.
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
+    /// A new server with the same arguments: same port, same files.
     fn restart(&mut self) {
-        *self = RedisServer::start(self.port, self.dir.clone());
+        *self = RedisServer::start(&self.args.clone(), self.port, self.url.clone());
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A certificate authority and a server certificate for localhost, made
+/// with `openssl` in a directory of the test's own.
+struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: PathBuf) -> TestCa {
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &str| {
+            let ok = Command::new("openssl")
+                .args(args.split_whitespace())
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl on the PATH")
+                .success();
+            assert!(ok, "openssl {args:?}");
+        };
+        let new_key = "-newkey rsa:2048 -nodes -days 1 -keyout";
+        openssl(&format!(
+            "req -x509 {new_key} ca.key -out ca.pem -subj /CN=flux-test-ca"
+        ));
+        openssl(&format!(
+            "req {new_key} server.key -out server.csr -subj /CN=localhost"
+        ));
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -out server.pem -days 1 -extfile san.ext",
+        );
+        TestCa { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
     }
 }
 
@@ -231,8 +292,8 @@ async fn killing_redis_gives_503s_not_429s_and_service_resumes_by_itself() {
     let limits = json!({FLASH: {"rpm": 3, "tpm": 1_000_000, "rpd": 1_000}});
     let sim = sim_with(limits.clone()).await;
     let dir = fresh_state_path().parent().unwrap().join("redis");
-    let mut redis = RedisServer::start(free_port(), dir);
-    let replicas = replicas(2, &sim.base_url(), &redis.url(), "flux:", &limits, FLASH).await;
+    let mut redis = RedisServer::persistent(&dir);
+    let replicas = replicas(2, &sim.base_url(), &redis.url, "flux:", &limits, FLASH).await;
     let http = client();
     let generate = |i: usize, body: Value| generate_at(&http, &replicas[i % 2].base, body);
 
@@ -345,4 +406,40 @@ async fn an_operator_change_on_one_replica_holds_on_all_within_a_second() {
     }
     assert_eq!(sim.stats().lane(2, LITE).map_or(0, |l| l.calls), 0);
     take_redis_dump(&url, &prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_redis_over_tls_and_trusts_only_known_authorities() {
+    let limits = json!({FLASH: {"rpm": 10, "tpm": 250_000, "rpd": 250}});
+    let sim = sim_with(limits.clone()).await;
+    let ca = TestCa::new(fresh_state_path().parent().unwrap().join("tls"));
+    let redis = RedisServer::tls(&ca);
+    let env = |trust: Option<String>| {
+        let mut env = vec![
+            ("GEMINI_KEYS", KEYS.join(",")),
+            ("GEMINI_BASE_URL", sim.base_url()),
+            ("FLUX_MODELS", FLASH.to_string()),
+            ("FLUX_LIMITS", limits.to_string()),
+            ("FLUX_REDIS_URL", redis.url.clone()),
+        ];
+        env.extend(trust.map(|ca| ("SSL_CERT_FILE", ca)));
+        env
+    };
+    let dir = fresh_state_path().parent().unwrap().to_path_buf();
+
+    // Trusting the test's authority (as a system store would): it serves.
+    let replica = ServeProcess::spawn(&dir, &env(Some(ca.path("ca.pem"))));
+    let http = client();
+    replica.ready(&http).await;
+    let (status, _, body) = generate_at(&http, &replica.base, json!({"prompt": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    let status = get_json(&http, &format!("{}/status", replica.base)).await;
+    assert_eq!(status["shared_state"]["url"], redis.url.as_str());
+
+    // Not trusting it: the certificate is refused and start-up stops (exit 2).
+    let mut untrusting = ServeProcess::spawn(&dir, &env(None));
+    let exit = tokio::task::spawn_blocking(move || untrusting.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(2));
 }
