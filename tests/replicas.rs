@@ -175,7 +175,7 @@ impl RedisServer {
 
     /// `args` are split on spaces (test paths have none); no RDB snapshots.
     fn start(args: &str, port: u16, url: String) -> RedisServer {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(args.split_whitespace())
             .args(["--save", ""])
             .stdout(Stdio::null())
@@ -193,6 +193,8 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start on port {port}");
     }
 
