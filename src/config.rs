@@ -323,6 +323,37 @@ mod tests {
     }
 
     #[test]
+    fn redis_is_off_unless_asked_and_its_prefix_defaults() {
+        let plain = Settings::from_vars(vars(&[("GEMINI_KEYS", "k")])).unwrap();
+        assert!(plain.redis.is_none());
+        let shared = Settings::from_vars(vars(&[
+            ("GEMINI_KEYS", "k"),
+            ("FLUX_REDIS_URL", " rediss://u:pw@cache:6380/2 "),
+        ]))
+        .unwrap()
+        .redis
+        .unwrap();
+        assert_eq!(shared.url, "rediss://u:pw@cache:6380/2");
+        assert_eq!(shared.prefix, "gemini-flux:");
+        let err =
+            |pairs: &[(&str, &str)]| Settings::from_vars(vars(pairs)).unwrap_err().to_string();
+        let url = err(&[
+            ("GEMINI_KEYS", "k"),
+            ("FLUX_REDIS_URL", "http://u:pw@cache"),
+        ]);
+        assert!(
+            url.contains("FLUX_REDIS_URL") && !url.contains("pw@"),
+            "{url}"
+        );
+        let prefix = err(&[
+            ("GEMINI_KEYS", "k"),
+            ("FLUX_REDIS_URL", "redis://cache"),
+            ("FLUX_REDIS_PREFIX", "my app:"),
+        ]);
+        assert!(prefix.contains("FLUX_REDIS_PREFIX"), "{prefix}");
+    }
+
+    #[test]
     fn errors_never_contain_a_key() {
         let e = Settings::from_vars(vars(&[("GEMINI_KEYS", "AIzaSECRET"), ("GEMINI_MODE", "x")]))
             .unwrap_err();
