@@ -130,12 +130,12 @@ async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound()
         "makespan {makespan:?} is {ratio:.3} x the 60 s lower bound"
     );
     // The shared state names keys by stable id and fingerprint, never by text.
+    drop(replicas); // stopped first, so that nothing writes after the dump
     let dump = take_redis_dump(&url, &prefix);
     assert!(dump.contains("lane:"), "{dump}");
     for key in KEYS {
         assert!(!dump.contains(key), "a key's text reached Redis");
     }
-    drop(replicas);
 }
 
 /// A `redis-server` of the test's own, on a free port, killed when dropped.
@@ -407,6 +407,7 @@ async fn an_operator_change_on_one_replica_holds_on_all_within_a_second() {
         );
     }
     assert_eq!(sim.stats().lane(2, LITE).map_or(0, |l| l.calls), 0);
+    drop(replicas);
     take_redis_dump(&url, &prefix);
 }
 

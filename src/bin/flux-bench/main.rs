@@ -64,6 +64,9 @@ enum Command {
         /// Requests in the burst.
         #[arg(long, default_value_t = 24)]
         requests: usize,
+        /// Requests in the long-queue run.
+        #[arg(long, default_value_t = 2_000)]
+        queue: usize,
         /// The Redis the replicas share.
         #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
         redis_url: String,
@@ -117,12 +120,14 @@ fn main() {
         Command::Replicas {
             replicas,
             requests,
+            queue,
             redis_url,
         } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(replicas::main(replicas::Options {
                 replicas,
                 requests,
+                queue,
                 redis_url,
             }));
         }

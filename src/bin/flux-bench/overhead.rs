@@ -344,38 +344,70 @@ pub async fn main(options: Options) {
     ];
     let gateway = Gateway::spawn(&sim_tight.base_url(), &KEYS[..1], &env);
     gateway.ready(&http).await;
-    let waiting_client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let pending: Vec<_> = (0..options.waiting)
-        .map(|_| {
-            let (http, url) = (waiting_client.clone(), format!("{}/generate", gateway.url));
-            tokio::spawn(async move {
-                http.post(url)
-                    .json(&json!({"prompt": "wait for me"}))
-                    .send()
-                    .await
-            })
-        })
-        .collect();
-    let mut waiting = 0;
-    for _ in 0..600 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let status: Value = match http.get(format!("{}/status", gateway.url)).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => continue,
-        };
-        waiting = status["queue"]["waiting"].as_u64().unwrap_or(0) as usize;
-        if waiting + 1 >= options.waiting {
-            break;
-        }
-    }
+    let queue = Queue::fill(&http, &gateway, options.waiting).await;
+    let waiting = queue.waiting;
     let (rss, _) = gateway.rss_mib();
     println!("| gateway RSS with {waiting} requests waiting for their slots | {rss:.1} MiB |");
     drop(gateway);
-    for p in pending {
-        p.abort();
+    drop(queue);
+}
+
+/// Requests left waiting for their slots, each on a connection of its own;
+/// dropped, they hang up.
+pub struct Queue {
+    /// How many the gateway shows waiting.
+    pub waiting: usize,
+    /// From the first request sent until the gateway showed them waiting.
+    pub booked_in: Duration,
+    pending: Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>>,
+}
+
+impl Queue {
+    /// Sends `n` requests that must wait and returns once the gateway shows
+    /// them booked (polling `/status`, at most a minute).
+    pub async fn fill(http: &reqwest::Client, gateway: &Gateway, n: usize) -> Queue {
+        let fresh_connections = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let pending = (0..n)
+            .map(|_| {
+                let http = fresh_connections.clone();
+                let url = format!("{}/generate", gateway.url);
+                tokio::spawn(async move {
+                    http.post(url)
+                        .json(&json!({"prompt": "wait for me"}))
+                        .send()
+                        .await
+                })
+            })
+            .collect();
+        let mut waiting = 0;
+        for _ in 0..1_200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let status: Value = match http.get(format!("{}/status", gateway.url)).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => continue,
+            };
+            waiting = status["queue"]["waiting"].as_u64().unwrap_or(0) as usize;
+            if waiting + 1 >= n {
+                break;
+            }
+        }
+        Queue {
+            waiting,
+            booked_in: started.elapsed(),
+            pending,
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        for p in &self.pending {
+            p.abort();
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! paired open-loop load on one replica and on one instance alone.
 
 use crate::bound::intervals;
-use crate::overhead::{Gateway, KEYS, MODEL, Target, limits_json, open_loop, saturation};
+use crate::overhead::{Gateway, KEYS, MODEL, Queue, Target, limits_json, open_loop, saturation};
 use gemini_flux::clock::Clock;
 use gemini_flux::policy::Limits;
 use gemini_flux::sim::{SimConfig, SimServer};
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub struct Options {
     pub replicas: Vec<usize>,
     pub requests: usize,
+    /// Requests in the long-queue run.
+    pub queue: usize,
     pub redis_url: String,
 }
 
@@ -30,7 +32,24 @@ const TIGHT: Limits = Limits {
 
 const SHARED_KEYS: usize = 2;
 
-async fn sim(limits: Limits, keys: &[&str]) -> SimServer {
+/// Every run's Redis keys start with this; they are deleted at the end.
+const PREFIX: &str = "flux-bench:";
+
+/// Deletes what the runs left in Redis.
+fn forget_runs(url: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
+async fn sim_with(limits: Limits, keys: &[&str]) -> SimServer {
     let config = SimConfig::new(keys.iter().copied())
         .with_limits(BTreeMap::from([(MODEL.to_string(), limits)]));
     SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
@@ -46,7 +65,7 @@ async fn replicas(
     options: &Options,
     http: &reqwest::Client,
 ) -> Vec<Gateway> {
-    let prefix = format!("flux-bench:{:08x}:", rand::random::<u32>());
+    let prefix = format!("{}{:08x}:", PREFIX, rand::random::<u32>());
     let mut started = Vec::new();
     for _ in 0..n {
         let env = [
@@ -89,7 +108,7 @@ pub async fn main(options: Options) {
     println!("| replicas | served | upstream 429s | makespan | lower bound | ÷ bound |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for &n in &options.replicas {
-        let sim = sim(TIGHT, &KEYS[..SHARED_KEYS]).await;
+        let sim = sim_with(TIGHT, &KEYS[..SHARED_KEYS]).await;
         let gateways = replicas(n, &sim.base_url(), TIGHT, &options, &http).await;
         let started = Instant::now();
         let calls: Vec<_> = sizes
@@ -134,7 +153,7 @@ pub async fn main(options: Options) {
         tpm: 100_000_000_000,
         rpd: 1_000_000_000,
     };
-    let sim = sim(unlimited, &KEYS[..SHARED_KEYS]).await;
+    let sim = sim_with(unlimited, &KEYS[..SHARED_KEYS]).await;
     let state = std::env::temp_dir().join(format!("flux-bench-{}.db", std::process::id()));
     let alone = Gateway::spawn(
         &sim.base_url(),
@@ -215,4 +234,54 @@ pub async fn main(options: Options) {
         let per_request = conflicts as f64 / (total * 5.0).max(1.0);
         println!("| {n} | {total:.0} | {per_request:.3} |");
     }
+
+    // A long queue: every booking lands in one lane, which every decision
+    // on a replica reads and writes whole.
+    let one_a_minute = Limits {
+        rpm: 1,
+        tpm: 1_000_000,
+        rpd: 1_000_000,
+    };
+    let sim = sim_with(one_a_minute, &KEYS[..1]).await;
+    println!(
+        "\nA long queue: {} requests at once on one key allowing one a minute, so all but one wait in one lane; \
+         the time from the first request sent until `/status` shows them all booked (connections included), \
+         alone and as one replica.\n",
+        options.queue
+    );
+    println!("| gemini-flux | booked | time to book them | per request |");
+    println!("|---|---:|---:|---:|");
+    let state = std::env::temp_dir().join(format!("flux-bench-queue-{}.db", std::process::id()));
+    let base_env = [
+        ("FLUX_LIMITS", limits_json(one_a_minute)),
+        ("FLUX_TOKEN_COUNT", "local".to_string()),
+        ("FLUX_POLICY_FETCH", "false".to_string()),
+        ("FLUX_MAX_WAIT_S", (30 * 86_400).to_string()),
+        ("GEMINI_LOG", "false".to_string()),
+    ];
+    let prefix = format!("{}{:08x}:", PREFIX, rand::random::<u32>());
+    for (label, extra) in [
+        (
+            "alone (SQLite)",
+            ("FLUX_STATE_PATH", state.display().to_string()),
+        ),
+        (
+            "one replica (Redis)",
+            ("FLUX_REDIS_URL", options.redis_url.clone()),
+        ),
+    ] {
+        let mut env = base_env.to_vec();
+        env.extend([extra, ("FLUX_REDIS_PREFIX", prefix.clone())]);
+        let gateway = Gateway::spawn(&sim.base_url(), &KEYS[..1], &env);
+        gateway.ready(&http).await;
+        let queue = Queue::fill(&http, &gateway, options.queue).await;
+        println!(
+            "| {label} | {} | {:.2} s | {:.0} µs |",
+            queue.waiting,
+            queue.booked_in.as_secs_f64(),
+            queue.booked_in.as_micros() as f64 / queue.waiting.max(1) as f64
+        );
+    }
+    let _ = std::fs::remove_file(state);
+    forget_runs(&options.redis_url);
 }
