@@ -278,3 +278,48 @@ impl Metrics {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::policy::{Layers, LimitsOverride, Mode};
+    use crate::scheduler::{PlanRequest, Scheduler, Target};
+
+    #[test]
+    fn the_queue_gauges_count_every_grant_not_only_the_listed_ones() {
+        let mut core = Scheduler::new(
+            vec!["…k001".into()],
+            vec!["gemini-2.5-flash".into()],
+            Layers {
+                env: [(
+                    "gemini-2.5-flash".to_string(),
+                    LimitsOverride {
+                        rpm: Some(10),
+                        tpm: None,
+                        rpd: Some(100_000),
+                    },
+                )]
+                .into(),
+                ..Layers::default()
+            },
+            Mode::Both,
+            Duration::from_millis(250),
+        );
+        let noon = Timestamp(1_781_118_000_000);
+        for _ in 0..500 {
+            let request = PlanRequest {
+                tokens: 10,
+                target: Target::Chain(None),
+                preferred_key: None,
+                deadline: Timestamp(i64::MAX),
+            };
+            core.plan(&request, noon).unwrap();
+        }
+        let text = Metrics::default().render(&core.snapshot(noon), None);
+        // Ten go now (10 RPM); the other 490 wait, beyond the 200 a snapshot lists.
+        assert!(text.contains("flux_grants_waiting 490"), "{text}");
+        assert!(text.contains("flux_grants_in_flight 10"), "{text}");
+        assert!(!text.contains("shared_state"), "a single instance has none");
+    }
+}
