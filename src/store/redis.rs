@@ -139,11 +139,10 @@ pub struct View {
 
 /// The replicated scheduler's connection: reads lanes, commits one lane
 /// against the versions it read, and publishes operator changes.
-#[derive(Clone)]
 pub struct SharedLanes {
     conn: ConnectionManager,
     names: Names,
-    commit: std::sync::Arc<redis::Script>,
+    commit: redis::Script,
 }
 
 impl SharedLanes {
@@ -163,7 +162,7 @@ impl SharedLanes {
             names: Names {
                 prefix: prefix.to_string(),
             },
-            commit: std::sync::Arc::new(redis::Script::new(include_str!("commit_lane.lua"))),
+            commit: redis::Script::new(include_str!("commit_lane.lua")),
         })
     }
 
