@@ -44,7 +44,7 @@ fn take_redis_dump(url: &str, prefix: &str) -> String {
         };
         dump.push_str(&format!("{key} {}\n", value.join(" ")));
     }
-    let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
+    gemini_flux::store::redis::forget_prefix(url, prefix).unwrap();
     dump
 }
 

@@ -502,16 +502,7 @@ impl Rules for OverRedis {
 /// Deletes every Redis key under `prefix`, as a Redis restarted without
 /// persistence would have lost them.
 fn forget_all(prefix: &str) {
-    let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-    }
+    crate::store::redis::forget_prefix(&redis_url(), prefix).unwrap();
 }
 
 impl Drop for OverRedis {

@@ -49,6 +49,19 @@ pub fn masked(url: &str) -> String {
     }
 }
 
+/// Deletes every key under `prefix` and answers how many there were: how
+/// tests and benchmarks leave a shared Redis as they found it.
+pub fn forget_prefix(url: &str, prefix: &str) -> Result<usize, RedisError> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)?;
+    if !keys.is_empty() {
+        redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
+    }
+    Ok(keys.len())
+}
+
 /// Names of the shared state's Redis keys.
 #[derive(Clone, Debug)]
 struct Names {

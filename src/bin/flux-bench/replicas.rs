@@ -35,20 +35,6 @@ const SHARED_KEYS: usize = 2;
 /// Every run's Redis keys start with this; they are deleted at the end.
 const PREFIX: &str = "flux-bench:";
 
-/// Deletes what the runs left in Redis.
-fn forget_runs(url: &str) {
-    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{PREFIX}*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-    }
-}
-
 async fn sim_with(limits: Limits, keys: &[&str]) -> SimServer {
     let config = SimConfig::new(keys.iter().copied())
         .with_limits(BTreeMap::from([(MODEL.to_string(), limits)]));
@@ -283,5 +269,5 @@ pub async fn main(options: Options) {
         );
     }
     let _ = std::fs::remove_file(state);
-    forget_runs(&options.redis_url);
+    let _ = gemini_flux::store::redis::forget_prefix(&options.redis_url, PREFIX);
 }
