@@ -118,6 +118,20 @@ struct StoredPolicy {
     at_ms: i64,
 }
 
+/// The mode as written by [`Names::set_mode`]: (mode, configured mode).
+fn parse_mode(text: Option<String>) -> Option<(Mode, Mode)> {
+    text.and_then(|text| serde_json::from_str::<StoredMode>(&text).ok())
+        .map(|m| (m.mode, m.configured))
+}
+
+/// The key states as written by [`Names::set_key_state`], by key id; an
+/// entry that does not parse is left out.
+fn parse_key_states<C: FromIterator<(String, KeyState)>>(raw: HashMap<String, String>) -> C {
+    raw.into_iter()
+        .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
+        .collect()
+}
+
 fn json(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("plain data serialises")
 }
@@ -198,13 +212,8 @@ impl SharedLanes {
         let mut head = values.into_iter();
         let mut next = || head.next().unwrap_or(Value::Nil);
         let epoch: Option<String> = parse(next())?;
-        let mode = parse::<Option<String>>(next())?
-            .and_then(|text| serde_json::from_str::<StoredMode>(&text).ok())
-            .map(|m| (m.mode, m.configured));
-        let key_states = parse::<HashMap<String, String>>(next())?
-            .into_iter()
-            .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
-            .collect();
+        let mode = parse_mode(parse(next())?);
+        let key_states = parse_key_states(parse(next())?);
         let lanes = lane_values
             .into_iter()
             .map(|value| {
@@ -363,13 +372,8 @@ impl Store for RedisStore {
         let (keys, mode, policy): (HashMap<String, String>, Option<String>, Option<String>) =
             self.run(&pipe)?;
         Ok(Recovered {
-            key_states: keys
-                .into_iter()
-                .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
-                .collect(),
-            mode: mode
-                .and_then(|text| serde_json::from_str::<StoredMode>(&text).ok())
-                .map(|m| (m.mode, m.configured)),
+            key_states: parse_key_states(keys),
+            mode: parse_mode(mode),
             policy_cache: policy
                 .and_then(|text| serde_json::from_str::<StoredPolicy>(&text).ok())
                 .map(|p| PolicyCache {
