@@ -26,6 +26,20 @@ pub const KEYS: [&str; 8] = [
     "bench-key-08",
 ];
 
+/// Quota so large that nothing ever waits.
+pub const UNLIMITED: Limits = Limits {
+    rpm: 1_000_000,
+    tpm: 100_000_000_000,
+    rpd: 1_000_000_000,
+};
+
+/// One request a minute: everything after the first waits.
+pub const ONE_A_MINUTE: Limits = Limits {
+    rpm: 1,
+    tpm: 1_000_000,
+    rpd: 1_000_000,
+};
+
 pub struct Options {
     pub rates: Vec<u32>,
     pub seconds: u64,
@@ -244,23 +258,24 @@ pub fn limits_json(l: Limits) -> String {
     json!({MODEL: {"rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}}).to_string()
 }
 
-pub async fn main(options: Options) {
-    let unlimited = Limits {
-        rpm: 1_000_000,
-        tpm: 100_000_000_000,
-        rpd: 1_000_000_000,
-    };
-    let config = SimConfig::new(KEYS).with_limits(BTreeMap::from([(MODEL.to_string(), unlimited)]));
-    let sim = SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
+/// The simulator on a free port, accepting `keys`, serving `MODEL` with `limits`.
+pub async fn sim_with(limits: Limits, keys: &[&str]) -> SimServer {
+    let config = SimConfig::new(keys.iter().copied())
+        .with_limits(BTreeMap::from([(MODEL.to_string(), limits)]));
+    SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn main(options: Options) {
+    let sim = sim_with(UNLIMITED, &KEYS).await;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(20_000)
         .build()
         .unwrap();
     let env = [
-        ("FLUX_LIMITS", limits_json(unlimited)),
+        ("FLUX_LIMITS", limits_json(UNLIMITED)),
         ("FLUX_TOKEN_COUNT", options.token_count.clone()),
     ];
     let gateway = Gateway::spawn(&sim.base_url(), &KEYS, &env);
@@ -325,20 +340,9 @@ pub async fn main(options: Options) {
     println!("| gateway peak RSS under the load above | {peak:.1} MiB |");
 
     // Every request must wait: one key, one request a minute.
-    let tight = Limits {
-        rpm: 1,
-        tpm: 1_000_000,
-        rpd: 1_000_000,
-    };
-    let sim_tight = SimServer::start(
-        SimConfig::new([KEYS[0]]).with_limits(BTreeMap::from([(MODEL.to_string(), tight)])),
-        Clock::system(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim_tight = sim_with(ONE_A_MINUTE, &KEYS[..1]).await;
     let env = [
-        ("FLUX_LIMITS", limits_json(tight)),
+        ("FLUX_LIMITS", limits_json(ONE_A_MINUTE)),
         ("FLUX_MAX_WAIT_S", (30 * 86_400).to_string()),
         ("FLUX_TOKEN_COUNT", options.token_count.clone()),
     ];

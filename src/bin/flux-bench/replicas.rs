@@ -5,14 +5,14 @@
 //! paired open-loop load on one replica and on one instance alone.
 
 use crate::bound::intervals;
-use crate::overhead::{Gateway, KEYS, MODEL, Queue, Target, limits_json, open_loop, saturation};
-use gemini_flux::clock::Clock;
+use crate::overhead::{
+    Gateway, KEYS, MODEL, ONE_A_MINUTE, Queue, Target, UNLIMITED, limits_json, open_loop,
+    saturation, sim_with,
+};
 use gemini_flux::policy::Limits;
-use gemini_flux::sim::{SimConfig, SimServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub struct Options {
@@ -35,12 +35,14 @@ const SHARED_KEYS: usize = 2;
 /// Every run's Redis keys start with this; they are deleted at the end.
 const PREFIX: &str = "flux-bench:";
 
-async fn sim_with(limits: Limits, keys: &[&str]) -> SimServer {
-    let config = SimConfig::new(keys.iter().copied())
-        .with_limits(BTreeMap::from([(MODEL.to_string(), limits)]));
-    SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+/// What every gateway here runs with: `limits`, the local token count (no
+/// `countTokens` round trip), no policy fetch.
+fn gateway_env(limits: Limits) -> Vec<(&'static str, String)> {
+    vec![
+        ("FLUX_LIMITS", limits_json(limits)),
+        ("FLUX_TOKEN_COUNT", "local".to_string()),
+        ("FLUX_POLICY_FETCH", "false".to_string()),
+    ]
 }
 
 /// `n` replicas on one Redis under a prefix of their own, all ready.
@@ -54,13 +56,11 @@ async fn replicas(
     let prefix = format!("{}{:08x}:", PREFIX, rand::random::<u32>());
     let mut started = Vec::new();
     for _ in 0..n {
-        let env = [
-            ("FLUX_LIMITS", limits_json(limits)),
-            ("FLUX_TOKEN_COUNT", "local".to_string()),
-            ("FLUX_POLICY_FETCH", "false".to_string()),
+        let mut env = gateway_env(limits);
+        env.extend([
             ("FLUX_REDIS_URL", options.redis_url.clone()),
             ("FLUX_REDIS_PREFIX", prefix.clone()),
-        ];
+        ]);
         let gateway = Gateway::spawn(upstream, &KEYS[..SHARED_KEYS], &env);
         gateway.ready(http).await;
         started.push(gateway);
@@ -138,25 +138,13 @@ pub async fn main(options: Options) {
 
     // What sharing costs per request: the same requests, at the same
     // instants, to one instance alone (SQLite) and to one replica (Redis).
-    let unlimited = Limits {
-        rpm: 1_000_000,
-        tpm: 100_000_000_000,
-        rpd: 1_000_000_000,
-    };
-    let sim = sim_with(unlimited, &KEYS[..SHARED_KEYS]).await;
+    let sim = sim_with(UNLIMITED, &KEYS[..SHARED_KEYS]).await;
     let state = std::env::temp_dir().join(format!("flux-bench-{}.db", std::process::id()));
-    let alone = Gateway::spawn(
-        &sim.base_url(),
-        &KEYS[..SHARED_KEYS],
-        &[
-            ("FLUX_LIMITS", limits_json(unlimited)),
-            ("FLUX_TOKEN_COUNT", "local".to_string()),
-            ("FLUX_POLICY_FETCH", "false".to_string()),
-            ("FLUX_STATE_PATH", state.display().to_string()),
-        ],
-    );
+    let mut env = gateway_env(UNLIMITED);
+    env.push(("FLUX_STATE_PATH", state.display().to_string()));
+    let alone = Gateway::spawn(&sim.base_url(), &KEYS[..SHARED_KEYS], &env);
     alone.ready(&http).await;
-    let replica = replicas(1, &sim.base_url(), unlimited, &options, &http)
+    let replica = replicas(1, &sim.base_url(), UNLIMITED, &options, &http)
         .await
         .remove(0);
     let target = |gateway: &Gateway| Target {
@@ -203,7 +191,7 @@ pub async fn main(options: Options) {
     );
     println!("|---:|---:|---:|");
     for &n in &options.replicas {
-        let gateways = replicas(n, &sim.base_url(), unlimited, &options, &http).await;
+        let gateways = replicas(n, &sim.base_url(), UNLIMITED, &options, &http).await;
         let runs = gateways.iter().map(|g| {
             let (http, target) = (http.clone(), target(g));
             async move { saturation(&http, &target, 64 / n, 5).await }
@@ -227,12 +215,7 @@ pub async fn main(options: Options) {
 
     // A long queue: every booking lands in one lane, which every decision
     // on a replica reads and writes whole.
-    let one_a_minute = Limits {
-        rpm: 1,
-        tpm: 1_000_000,
-        rpd: 1_000_000,
-    };
-    let sim = sim_with(one_a_minute, &KEYS[..1]).await;
+    let sim = sim_with(ONE_A_MINUTE, &KEYS[..1]).await;
     println!(
         "\nA long queue: {} requests at once on one key allowing one a minute, so all but one wait in one lane; \
          the time from the first request sent until `/status` shows them all booked (connections included), \
@@ -242,13 +225,8 @@ pub async fn main(options: Options) {
     println!("| gemini-flux | booked | time to book them | per request |");
     println!("|---|---:|---:|---:|");
     let state = std::env::temp_dir().join(format!("flux-bench-queue-{}.db", std::process::id()));
-    let base_env = [
-        ("FLUX_LIMITS", limits_json(one_a_minute)),
-        ("FLUX_TOKEN_COUNT", "local".to_string()),
-        ("FLUX_POLICY_FETCH", "false".to_string()),
-        ("FLUX_MAX_WAIT_S", (30 * 86_400).to_string()),
-        ("GEMINI_LOG", "false".to_string()),
-    ];
+    let mut base_env = gateway_env(ONE_A_MINUTE);
+    base_env.push(("FLUX_MAX_WAIT_S", (30 * 86_400).to_string()));
     let prefix = format!("{}{:08x}:", PREFIX, rand::random::<u32>());
     for (label, extra) in [
         (
@@ -260,7 +238,7 @@ pub async fn main(options: Options) {
             ("FLUX_REDIS_URL", options.redis_url.clone()),
         ),
     ] {
-        let mut env = base_env.to_vec();
+        let mut env = base_env.clone();
         env.extend([extra, ("FLUX_REDIS_PREFIX", prefix.clone())]);
         let gateway = Gateway::spawn(&sim.base_url(), &KEYS[..1], &env);
         gateway.ready(&http).await;
