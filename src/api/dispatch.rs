@@ -221,7 +221,7 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
         // On disk before the call leaves: a crash now still counts it.
         state
             .ledger
-            .record_durably(Record::CallSent {
+            .record_sent(Record::CallSent {
                 id: call_id,
                 at: sent_at,
                 key_id: state.key_ids[grant.key].clone(),

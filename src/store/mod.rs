@@ -7,7 +7,8 @@
 //! default); [`Ledger`] is the handle the service writes through, backed by a
 //! writer thread that batches records off the hot path. A call's `CallSent`
 //! record is committed before the call goes upstream, so a `kill -9` can never
-//! lose a call the upstream may have counted.
+//! lose a call the upstream may have counted; with Redis ([`RedisStore`]) the
+//! booking in the shared lane already counts it, and the record is batched.
 
 pub mod redis;
 mod sqlite;
@@ -166,4 +167,10 @@ pub trait Store: Send + 'static {
     fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError>;
     /// Applies a batch in one transaction.
     fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError>;
+    /// Whether a call's `CallSent` record must be committed before the call
+    /// leaves: true where this store is what a restart rebuilds the windows
+    /// from. A store whose windows live elsewhere says false.
+    fn rebuilds_windows(&self) -> bool {
+        true
+    }
 }

@@ -429,6 +429,12 @@ impl Store for RedisStore {
         }
         self.run::<()>(&pipe)
     }
+
+    /// The booking in the shared lane already counts the call, from the
+    /// moment it was planned; the `CallSent` row only feeds the dashboard.
+    fn rebuilds_windows(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,9 @@ struct Inner {
     /// A batch-window flush is scheduled.
     flush_scheduled: AtomicBool,
     problem: Mutex<Option<String>>,
+    /// The store is what a restart rebuilds the windows from
+    /// ([`Store::rebuilds_windows`]).
+    sent_calls_must_commit: bool,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -43,8 +46,10 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Ledger {
     pub fn start(store: impl Store) -> Ledger {
+        let sent_calls_must_commit = store.rebuilds_windows();
         Ledger {
             inner: Arc::new(Inner {
+                sent_calls_must_commit,
                 store: Mutex::new(Box::new(store)),
                 pending: Mutex::new((Vec::new(), 0)),
                 committed: watch::Sender::new(0),
@@ -80,6 +85,17 @@ impl Ledger {
     pub async fn record_durably(&self, record: Record) {
         let number = self.enqueue(record);
         self.written(number).await;
+    }
+
+    /// Records a call about to go upstream: committed before it returns
+    /// where the store is what a restart rebuilds the windows from (a crash
+    /// then still counts the call), else within `BATCH_WINDOW`.
+    pub async fn record_sent(&self, record: Record) {
+        if self.inner.sent_calls_must_commit {
+            self.record_durably(record).await;
+        } else {
+            self.record(record);
+        }
     }
 
     /// Returns once everything recorded so far is written.
@@ -174,6 +190,7 @@ mod tests {
     struct Probe {
         batches: Arc<Mutex<Vec<usize>>>,
         fail: bool,
+        rebuilds_windows: bool,
     }
 
     impl Store for Probe {
@@ -188,6 +205,17 @@ mod tests {
                 Ok(())
             }
         }
+        fn rebuilds_windows(&self) -> bool {
+            self.rebuilds_windows
+        }
+    }
+
+    fn probe(batches: &Arc<Mutex<Vec<usize>>>, rebuilds_windows: bool) -> Probe {
+        Probe {
+            batches: batches.clone(),
+            fail: false,
+            rebuilds_windows,
+        }
     }
 
     fn mode_record() -> Record {
@@ -200,10 +228,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ordinary_records_are_batched_and_durable_ones_commit_at_once() {
         let batches = Arc::new(Mutex::new(Vec::new()));
-        let ledger = Ledger::start(Probe {
-            batches: batches.clone(),
-            fail: false,
-        });
+        let ledger = Ledger::start(probe(&batches, true));
         for _ in 0..5 {
             ledger.record(mode_record());
         }
@@ -229,13 +254,37 @@ mod tests {
     #[tokio::test]
     async fn a_failing_write_is_reported_and_the_caller_goes_on() {
         let ledger = Ledger::start(Probe {
-            batches: Arc::default(),
             fail: true,
+            ..probe(&Arc::default(), true)
         });
         ledger.record_durably(mode_record()).await;
         assert_eq!(
             ledger.problem().as_deref(),
             Some("state store write failed: disk full")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sent_call_waits_for_its_commit_only_where_restarts_rebuild_from_it() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let rebuilt_from = Ledger::start(probe(&batches, true));
+        rebuilt_from.record_sent(mode_record()).await;
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![1],
+            "committed before the call"
+        );
+
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let elsewhere = Ledger::start(probe(&batches, false));
+        elsewhere.record_sent(mode_record()).await;
+        assert!(batches.lock().unwrap().is_empty(), "not waited for");
+        tokio::time::sleep(BATCH_WINDOW).await;
+        elsewhere.flush().await;
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![1],
+            "written within the window"
         );
     }
 }
