@@ -302,10 +302,11 @@ impl Replicated {
             "could not share the end of a grant with the other replicas: {}",
             self.problem.as_deref().unwrap_or("the lane kept moving")
         );
-        if self.core.grant(id).is_none() {
-            self.core.hold_grant(grant);
+        // Unless an attempt already applied it to the working copy (then
+        // only its commit failed), apply it there now.
+        if self.core.grant(id).is_some() {
+            op(&mut self.core, id, now);
         }
-        op(&mut self.core, id, now);
         self.publish_changes().await.ok();
     }
 
