@@ -5,8 +5,8 @@
 //! on a half-understood configuration.
 
 use crate::keys::ApiKey;
-use crate::policy::file::read_policy_file;
-use crate::policy::{LimitsOverride, Mode, parse_overrides};
+use crate::policy::file::{PolicyFile, read_policy_file};
+use crate::policy::{KeyOverrides, LimitsOverride, Mode, parse_key_overrides, parse_overrides};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,7 +43,9 @@ pub struct Settings {
     /// Let Gemini-native calls fall down the chain without asking (`FLUX_NATIVE_FALLBACK`).
     pub native_fallback: bool,
     /// The limits of `FLUX_POLICY_FILE`, read and checked at start.
-    pub policy_file: BTreeMap<String, LimitsOverride>,
+    pub policy_file: PolicyFile,
+    /// Per-key limits (`FLUX_KEY_LIMITS`), by 0-based key index.
+    pub key_limits: KeyOverrides,
     /// Ask Gemini for its limits when no fresh cache exists (`FLUX_POLICY_FETCH`).
     pub policy_fetch: bool,
     /// Share quota state with other replicas through Redis (`FLUX_REDIS_URL`)
@@ -83,6 +85,7 @@ struct Raw {
     flux_bind: Option<String>,
     flux_models: Option<String>,
     flux_limits: Option<String>,
+    flux_key_limits: Option<String>,
     flux_max_wait_s: Option<f64>,
     flux_guard_ms: Option<u64>,
     flux_max_body_mb: Option<u64>,
@@ -171,6 +174,24 @@ impl Settings {
                 parse_overrides(json).map_err(|e| ConfigError(format!("FLUX_LIMITS: {e}")))?
             }
         };
+        let key_limits = match raw.flux_key_limits.as_deref().map(str::trim) {
+            None | Some("") => KeyOverrides::new(),
+            Some(json) => parse_key_overrides(json)
+                .map_err(|e| ConfigError(format!("FLUX_KEY_LIMITS: {e}")))?,
+        };
+        let policy_file = match raw.flux_policy_file.as_deref().map(str::trim) {
+            None | Some("") => PolicyFile::default(),
+            Some(path) => read_policy_file(std::path::Path::new(path))
+                .map_err(|e| ConfigError(format!("FLUX_POLICY_FILE {e}")))?,
+        };
+        let beyond = |k: &KeyOverrides| k.keys().copied().find(|&i| i >= keys.len());
+        if let Some(i) = beyond(&key_limits).or(beyond(&policy_file.keys)) {
+            return Err(ConfigError(format!(
+                "per-key limits name key {}, but {} key(s) are configured",
+                i + 1,
+                keys.len()
+            )));
+        }
         let max_wait_s = raw.flux_max_wait_s.unwrap_or(600.0);
         if !(max_wait_s.is_finite() && max_wait_s >= 0.0) {
             return Err(ConfigError(
@@ -229,11 +250,8 @@ impl Settings {
                 .filter(|t| !t.trim().is_empty())
                 .map(|t| t.trim().to_string()),
             native_fallback: raw.flux_native_fallback.unwrap_or(false),
-            policy_file: match raw.flux_policy_file.as_deref().map(str::trim) {
-                None | Some("") => BTreeMap::new(),
-                Some(path) => read_policy_file(std::path::Path::new(path))
-                    .map_err(|e| ConfigError(format!("FLUX_POLICY_FILE {e}")))?,
-            },
+            policy_file,
+            key_limits,
             policy_fetch: raw.flux_policy_fetch.unwrap_or(true),
             redis: redis_settings(raw.flux_redis_url, raw.flux_redis_prefix)?,
         })

@@ -3,6 +3,7 @@
 //! things happen; the per-lane gauges are read from a scheduler snapshot when
 //! `/metrics` is scraped. Keys appear as index and fingerprint, never as text.
 
+use crate::policy::{Quota, UNLIMITED};
 use crate::scheduler::{KeyState, SharedState, Snapshot};
 use crate::store::Outcome;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -66,7 +67,7 @@ pub struct Metrics {
 }
 
 /// How one upstream call ended, as a label.
-pub fn outcome_label(outcome: Outcome, quota: Option<crate::wire::Quota>) -> String {
+pub fn outcome_label(outcome: Outcome, quota: Option<Quota>) -> String {
     match (outcome, quota) {
         (Outcome::Quota, Some(q)) => format!("429 {}", q.quota_id()),
         (Outcome::Quota, None) => "429".into(),
@@ -257,18 +258,21 @@ impl Metrics {
                 self.lane_requests_today
                     .get_or_create(&labels)
                     .set(i64::from(lane.usage.requests_today));
-                for (quota, value) in [
-                    ("rpm", u64::from(lane.limits.rpm)),
-                    ("tpm", lane.limits.tpm),
-                    ("rpd", u64::from(lane.limits.rpd)),
-                ] {
+                let limits = lane.limits.limits();
+                // A limit nobody set or saw (no per-day token quota) has no gauge.
+                for quota in Quota::ALL
+                    .into_iter()
+                    .filter(|&q| limits.get(q) != UNLIMITED)
+                {
                     let l = LimitLabels {
                         key: labels.key.clone(),
                         fingerprint: labels.fingerprint.clone(),
                         model: model.clone(),
-                        quota: quota.into(),
+                        quota: quota.field().into(),
                     };
-                    self.lane_limit.get_or_create(&l).set(value as i64);
+                    self.lane_limit
+                        .get_or_create(&l)
+                        .set(limits.get(quota) as i64);
                 }
             }
         }
@@ -296,8 +300,8 @@ mod tests {
                     "gemini-2.5-flash".to_string(),
                     LimitsOverride {
                         rpm: Some(10),
-                        tpm: None,
                         rpd: Some(100_000),
+                        ..Default::default()
                     },
                 )]
                 .into(),

@@ -163,9 +163,15 @@ async fn launch(
             .as_ref()
             .map(|c| c.fetched.clone())
             .unwrap_or_default(),
-        file: settings.policy_file.clone(),
+        file: settings.policy_file.models.clone(),
         env: settings.limits.clone(),
+        keys: Layers::merge_keys(&settings.policy_file.keys, &settings.key_limits),
     };
+    // A fetch could change no number that configuration sets.
+    let fetch_at_start = settings.policy_fetch && !layers.configures_all(&chain);
+    if settings.policy_fetch && !fetch_at_start {
+        tracing::info!("every limit of every model is configured: no policy fetch at start");
+    }
     let mut core = Scheduler::new(
         fingerprints,
         chain.clone(),
@@ -250,7 +256,7 @@ async fn launch(
             .await
     });
     tracing::info!("gemini-flux listening on http://{addr}");
-    if settings.policy_fetch && cache.is_none() {
+    if fetch_at_start && cache.is_none() {
         let state = state.clone();
         tokio::spawn(async move {
             let _ = refresh::refresh(&state).await;
@@ -281,9 +287,9 @@ fn restore(
             core.restore_call(k, &call.model, call.at, call.input_tokens);
         }
     }
-    for (id, model, day, count) in &recovered.day_counts {
+    for (id, model, day, used) in &recovered.day_counts {
         if let Some(k) = index(id) {
-            core.restore_day(k, model, *day, *count);
+            core.restore_day(k, model, *day, *used);
         }
     }
     for (id, model, learned, at) in &recovered.learned {
@@ -310,7 +316,11 @@ fn restore(
     {
         core.set_mode(mode);
     }
-    let restored: usize = recovered.day_counts.iter().map(|d| d.3 as usize).sum();
+    let restored: usize = recovered
+        .day_counts
+        .iter()
+        .map(|d| d.3.requests as usize)
+        .sum();
     if restored > 0 {
         tracing::info!(
             "restored {} call(s) in the last minute and {restored} today",
@@ -321,14 +331,12 @@ fn restore(
 
 /// One `countTokens` per key, all at once: healthy, invalid or blocked.
 async fn validate_keys(upstream: &Upstream, keys: &[ApiKey], model: &str) -> Vec<KeyState> {
-    let probe = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]});
     let checks = keys.iter().map(|key| {
-        let probe = &probe;
         async move {
-            match upstream.count_tokens(key, model, probe).await {
-                Ok(_) => KeyState::Healthy,
-                Err(UpstreamError::KeyInvalid { message }) => KeyState::Invalid(message),
-                Err(UpstreamError::KeyBlocked { message }) => KeyState::Blocked(message),
+            match upstream.check_key(key, model).await {
+                Ok(()) => KeyState::Healthy,
+                Err(UpstreamError::KeyInvalid { message, .. }) => KeyState::Invalid(message),
+                Err(UpstreamError::KeyBlocked { message, .. }) => KeyState::Blocked(message),
                 Err(e) => {
                     tracing::warn!(key = %key.fingerprint(), "could not validate the key, keeping it in rotation: {e}");
                     KeyState::Healthy

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gemini_flux::policy::Limits;
+use gemini_flux::policy::{Limits, UNLIMITED};
 use gemini_flux::sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -16,7 +16,10 @@ const FLASH: &str = "gemini-2.5-flash";
 fn sim_with(keys: &[&str], limits: &[(&str, u32, u64, u32)]) -> SimConfig {
     let limits: BTreeMap<String, Limits> = limits
         .iter()
-        .map(|&(m, rpm, tpm, rpd)| (m.to_string(), Limits { rpm, tpm, rpd }))
+        .map(|&(m, rpm, tpm, rpd)| {
+            let tpd = UNLIMITED;
+            (m.to_string(), Limits { rpm, tpm, rpd, tpd })
+        })
         .collect();
     SimConfig::new(keys.iter().copied()).with_limits(limits)
 }

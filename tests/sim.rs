@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use gemini_flux::policy::Quota;
 use gemini_flux::sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -293,9 +294,16 @@ async fn rpd_resets_at(last_minute_utc: &str, seconds_to_midnight: u64) {
         "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
     );
     assert_eq!(violation["quotaValue"], "2");
-    assert_eq!(
-        detail(&v, "RetryInfo")["retryDelay"],
-        format!("{seconds_to_midnight}s")
+    // As the real upstream does on a per-day violation: the delay says
+    // nothing, the message names the limit, and midnight decides.
+    assert_eq!(detail(&v, "RetryInfo")["retryDelay"], "0s");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "* Quota exceeded for metric: {}, limit: 2, model: {FLASH}",
+            Quota::RequestsPerDay.quota_metric()
+        )),
+        "{message}"
     );
     tokio::time::advance(Duration::from_millis(seconds_to_midnight * 1000 - 1)).await;
     assert_eq!(p.generate("key-aaaa", 1).await.0, 429);

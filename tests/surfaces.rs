@@ -506,8 +506,8 @@ async fn metrics_parse_as_prometheus_text_and_name_keys_by_fingerprint() {
             })
             .sum()
     };
-    // Three calls of 30k on two lanes of 50k: the third is refused once on
-    // each lane (one lesson per lane), then waits and is served.
+    // Three calls of 30k on two lanes of 50k: the third is refused once (one
+    // lesson for the tier of both keys), then waits and is served.
     assert_eq!(
         value("flux_upstream_calls_total", &[("outcome", "ok")]),
         3.0
@@ -520,7 +520,7 @@ async fn metrics_parse_as_prometheus_text_and_name_keys_by_fingerprint() {
                 "429 GenerateContentInputTokensPerModelPerMinute-FreeTier"
             )]
         ),
-        2.0
+        1.0
     );
     assert_eq!(
         value("flux_input_tokens_total", &[("model", FLASH)]),

@@ -92,11 +92,7 @@ impl Settlement {
 
     /// The call failed in a way the scheduler learns from.
     fn fail(self, error: &UpstreamError) {
-        let quota = match error {
-            UpstreamError::Quota { quota, .. } => *quota,
-            _ => None,
-        };
-        self.close(outcome_of(error), quota, (self.estimate, 0));
+        self.close(outcome_of(error), error.first_quota(), (self.estimate, 0));
         if let Some(penalty) = error.penalty() {
             self.guard.penalise(penalty);
         }
@@ -106,7 +102,7 @@ impl Settlement {
     fn close(
         &self,
         outcome: Outcome,
-        quota: Option<crate::wire::Quota>,
+        quota: Option<crate::policy::Quota>,
         (input, output): (u64, u64),
     ) {
         let state = &self.state;
@@ -274,8 +270,11 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
                     estimate,
                 ));
             }
-            Err(UpstreamError::Client { status, body, .. }) => {
+            Err(error) if is_the_clients(state, &job, grant.key, &error).await => {
                 settlement.finish(Outcome::ClientError, None);
+                let (status, body) = error
+                    .into_client()
+                    .expect("a failure that is the client's carries Gemini's answer");
                 return Err(Failure::Client {
                     status,
                     body: state.scrub_value(body),
@@ -293,7 +292,7 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
                     "key {} on {}: {}",
                     grant.key + 1,
                     grant.model,
-                    summary(&error)
+                    error.summary()
                 ));
                 settlement.fail(&error);
                 if !job.retry {
@@ -348,13 +347,40 @@ async fn wait_for_slot(state: &AppState, guard: &GrantGuard) -> Result<(), Failu
     Ok(())
 }
 
+/// Whether a failed call's answer goes back to the client as Gemini gave
+/// it, touching no key and no chain: its own mistake; a retired model it
+/// named itself; a refusal naming the key that one free call on the same key
+/// does not bear out (so the refusal was about this request).
+async fn is_the_clients(state: &AppState, job: &Job, key: usize, error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Client { .. } => true,
+        UpstreamError::ModelRetired { .. } => matches!(job.target, Target::Model(_)),
+        e if e.is_about_the_key() => {
+            let check = state
+                .upstream
+                .check_key(&state.keys[key], &state.count_model)
+                .await;
+            let confirmed = check.as_ref().is_err_and(UpstreamError::is_about_the_key);
+            if !confirmed {
+                tracing::info!(
+                    key = key + 1,
+                    "a refusal named the key, but the key answers a free call: the request's own"
+                );
+            }
+            !confirmed
+        }
+        _ => false,
+    }
+}
+
 fn outcome_of(error: &UpstreamError) -> Outcome {
     match error {
         UpstreamError::Quota { .. } => Outcome::Quota,
         UpstreamError::Transient { .. } => Outcome::Transient,
+        UpstreamError::Unreached { .. } => Outcome::Unreached,
         UpstreamError::KeyInvalid { .. } => Outcome::KeyInvalid,
         UpstreamError::KeyBlocked { .. } => Outcome::KeyBlocked,
-        UpstreamError::Client { .. } => Outcome::ClientError,
+        UpstreamError::Client { .. } | UpstreamError::ModelRetired { .. } => Outcome::ClientError,
     }
 }
 
@@ -365,23 +391,6 @@ fn stopping() -> Failure {
     )
     .retry_after(Duration::from_secs(1))
     .into()
-}
-
-fn summary(error: &UpstreamError) -> String {
-    match error {
-        UpstreamError::Quota { quota: Some(q), .. } => format!("429 {}", q.quota_id()),
-        UpstreamError::Quota { quota: None, .. } => "429 without details".into(),
-        UpstreamError::KeyInvalid { .. } => "key not valid".into(),
-        UpstreamError::KeyBlocked { .. } => "key refused (403)".into(),
-        UpstreamError::Transient {
-            status: Some(s), ..
-        } => format!("{s}"),
-        UpstreamError::Transient {
-            status: None,
-            message,
-        } => message.clone(),
-        UpstreamError::Client { status, .. } => format!("{status}"),
-    }
 }
 
 /// Maps a refused plan to the answer the caller gets.

@@ -15,6 +15,7 @@ pub const CACHE_TTL_MS: i64 = 7 * 86_400_000;
 pub const RPM_RANGE: RangeInclusive<u64> = 1..=10_000;
 pub const TPM_RANGE: RangeInclusive<u64> = 1_000..=100_000_000;
 pub const RPD_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+pub const TPD_RANGE: RangeInclusive<u64> = 1_000..=100_000_000_000;
 
 /// The `GenerateContentRequest` of the fetch, for the chain's models.
 pub fn request(chain: &[String]) -> Value {
@@ -79,6 +80,11 @@ pub fn validate(text: &str, chain: &[String]) -> Result<BTreeMap<String, LimitsO
             rpm: Some(number("rpm", RPM_RANGE)? as u32),
             tpm: Some(number("tpm", TPM_RANGE)?),
             rpd: Some(number("rpd", RPD_RANGE)? as u32),
+            // Asked for only when the answer volunteers it.
+            tpd: match entry.get("tpd") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(number("tpd", TPD_RANGE)?),
+            },
         };
         if accepted.insert(model.to_string(), limits).is_some() {
             return Err(format!("the answer names {model:?} twice"));
@@ -115,7 +121,8 @@ mod tests {
             LimitsOverride {
                 rpm: Some(5),
                 tpm: Some(250_000),
-                rpd: Some(100)
+                rpd: Some(100),
+                tpd: None,
             }
         );
         assert_eq!(

@@ -1,10 +1,11 @@
 //! Per-model quota limits: the built-in free-tier table, model families, and
-//! the `FLUX_LIMITS` override format.
+//! the `FLUX_LIMITS` override format (also `FLUX_KEY_LIMITS`' per-key entries).
 
+use super::quota::{Metric, Quota, Usage, Window};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The three quotas of one model on one project.
+/// A model's limits on one project: one number per [`Quota`] kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Requests per minute.
@@ -13,6 +14,59 @@ pub struct Limits {
     pub tpm: u64,
     /// Requests per Pacific day.
     pub rpd: u32,
+    /// Input tokens per Pacific day ([`UNLIMITED`] where none is known).
+    #[serde(default = "unlimited")]
+    pub tpd: u64,
+}
+
+const fn unlimited() -> u64 {
+    UNLIMITED
+}
+
+/// A limit nobody has set or seen: never binds.
+pub const UNLIMITED: u64 = u64::MAX;
+
+impl Limits {
+    /// The limit of one kind.
+    pub const fn get(&self, quota: Quota) -> u64 {
+        match quota {
+            Quota::RequestsPerMinute => self.rpm as u64,
+            Quota::InputTokensPerMinute => self.tpm,
+            Quota::RequestsPerDay => self.rpd as u64,
+            Quota::InputTokensPerDay => self.tpd,
+        }
+    }
+
+    /// Whether `call` fits on top of `used` under every quota of `window`.
+    pub fn admits(&self, window: Window, used: Usage, call: Usage) -> bool {
+        Quota::ALL
+            .iter()
+            .filter(|q| q.window() == window)
+            .all(|&q| used.of(q.metric()).saturating_add(call.of(q.metric())) <= self.get(q))
+    }
+
+    /// Whether one call of `tokens` can ever fit (an empty window admits it).
+    pub fn can_ever_admit(&self, tokens: u64) -> bool {
+        let call = Usage::call(tokens);
+        Quota::ALL
+            .iter()
+            .all(|&q| call.of(q.metric()) <= self.get(q))
+    }
+
+    /// The most input tokens one call may have: beyond it, no window ever admits it.
+    pub fn per_call_bound(&self) -> u64 {
+        Quota::ALL
+            .iter()
+            .filter(|q| q.metric() == Metric::InputTokens)
+            .map(|&q| self.get(q))
+            .min()
+            .unwrap_or(UNLIMITED)
+    }
+
+    /// The kinds whose limit is 0: the model has no quota at all there.
+    pub fn zeros(&self) -> impl Iterator<Item = Quota> + '_ {
+        Quota::ALL.into_iter().filter(|&q| self.get(q) == 0)
+    }
 }
 
 /// Where a limit came from, shown in `/status` so an operator can tell a
@@ -24,6 +78,8 @@ pub enum Source {
     Fetched,
     File,
     Env,
+    /// `FLUX_KEY_LIMITS`, or the policy file's `keys`: this key's own tier.
+    Key,
     Learned,
 }
 
@@ -50,23 +106,34 @@ impl Family {
         }
     }
 
-    /// The free-tier figures published for the family's stable model.
+    /// The free-tier figures for the family's stable model, as of 2026
+    /// (`docs/gemini-quotas.md` says where each comes from and which are
+    /// uncertain). No per-day token quota is published: it is learned when
+    /// the upstream enforces one.
     pub const fn builtin_limits(self) -> Limits {
         match self {
+            // The 2025 figures. Since 2025-12-07 many projects have limit 0
+            // here; that is learned from the first 429 and shared by the tier.
             Family::Pro => Limits {
                 rpm: 5,
                 tpm: 250_000,
                 rpd: 100,
+                tpd: UNLIMITED,
             },
+            // 250 RPD until 2025-12-07, 20 since.
             Family::Flash => Limits {
                 rpm: 10,
                 tpm: 250_000,
-                rpd: 250,
+                rpd: 20,
+                tpd: UNLIMITED,
             },
+            // Reports disagree (15 RPM / 1,000 RPD, or 10 / 20): the higher
+            // figures, since a per-day 429 teaches the lower at once.
             Family::FlashLite => Limits {
                 rpm: 15,
                 tpm: 250_000,
                 rpd: 1_000,
+                tpd: UNLIMITED,
             },
         }
     }
@@ -77,17 +144,73 @@ impl Family {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpd: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpd: Option<u64>,
 }
 
 impl LimitsOverride {
+    /// Only `quota`, at `value`.
+    pub fn only(quota: Quota, value: u64) -> LimitsOverride {
+        let mut o = LimitsOverride::default();
+        o.set(quota, value);
+        o
+    }
+
+    pub fn get(&self, quota: Quota) -> Option<u64> {
+        match quota {
+            Quota::RequestsPerMinute => self.rpm.map(u64::from),
+            Quota::InputTokensPerMinute => self.tpm,
+            Quota::RequestsPerDay => self.rpd.map(u64::from),
+            Quota::InputTokensPerDay => self.tpd,
+        }
+    }
+
+    /// Sets one number (request counts saturate at `u32::MAX`).
+    pub fn set(&mut self, quota: Quota, value: u64) {
+        let requests = u32::try_from(value).unwrap_or(u32::MAX);
+        match quota {
+            Quota::RequestsPerMinute => self.rpm = Some(requests),
+            Quota::InputTokensPerMinute => self.tpm = Some(value),
+            Quota::RequestsPerDay => self.rpd = Some(requests),
+            Quota::InputTokensPerDay => self.tpd = Some(value),
+        }
+    }
+
+    pub fn clear(&mut self, quota: Quota) {
+        match quota {
+            Quota::RequestsPerMinute => self.rpm = None,
+            Quota::InputTokensPerMinute => self.tpm = None,
+            Quota::RequestsPerDay => self.rpd = None,
+            Quota::InputTokensPerDay => self.tpd = None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsOverride::default()
+    }
+
+    /// Each number of `self`, else `lower`'s.
+    pub fn or(self, lower: LimitsOverride) -> LimitsOverride {
+        LimitsOverride {
+            rpm: self.rpm.or(lower.rpm),
+            tpm: self.tpm.or(lower.tpm),
+            rpd: self.rpd.or(lower.rpd),
+            tpd: self.tpd.or(lower.tpd),
+        }
+    }
+
     pub fn apply(&self, base: Limits) -> Limits {
         Limits {
             rpm: self.rpm.unwrap_or(base.rpm),
             tpm: self.tpm.unwrap_or(base.tpm),
             rpd: self.rpd.unwrap_or(base.rpd),
+            tpd: self.tpd.unwrap_or(base.tpd),
         }
     }
 }
@@ -100,21 +223,43 @@ pub fn parse_overrides(json: &str) -> Result<BTreeMap<String, LimitsOverride>, S
     validate_overrides(parsed)
 }
 
+/// The per-key limits, in `FLUX_KEY_LIMITS` and the policy file's `keys`.
+/// Keys are 0-based here; the text names them 1-based, as `/keys/{n}` does.
+pub type KeyOverrides = BTreeMap<usize, BTreeMap<String, LimitsOverride>>;
+
+/// Parses `{"3": {"gemini-2.5-flash": {"rpm": 1000, "tpm": 1000000}}}`.
+pub fn parse_key_overrides(json: &str) -> Result<KeyOverrides, String> {
+    let parsed: BTreeMap<String, BTreeMap<String, LimitsOverride>> = serde_json::from_str(json)
+        .map_err(|e| format!("not a valid per-key limits object: {e}"))?;
+    validate_key_overrides(parsed)
+}
+
+/// Checks each key index (a 1-based whole number, written plainly) and its limits.
+pub fn validate_key_overrides(
+    parsed: BTreeMap<String, BTreeMap<String, LimitsOverride>>,
+) -> Result<KeyOverrides, String> {
+    parsed
+        .into_iter()
+        .map(|(index, models)| {
+            let n: usize = index
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n >= 1 && n.to_string() == index)
+                .ok_or_else(|| format!("key {index:?} is not a key index (1, 2, …)"))?;
+            let models = validate_overrides(models).map_err(|e| format!("key {n}: {e}"))?;
+            Ok((n - 1, models))
+        })
+        .collect()
+}
+
 /// Refuses zeros and empty model names (the types already refuse negatives,
 /// fractions and strings).
 pub fn validate_overrides(
     parsed: BTreeMap<String, LimitsOverride>,
 ) -> Result<BTreeMap<String, LimitsOverride>, String> {
     for (model, o) in &parsed {
-        let zero = [
-            ("rpm", o.rpm.map(u64::from)),
-            ("tpm", o.tpm),
-            ("rpd", o.rpd.map(u64::from)),
-        ]
-        .into_iter()
-        .find(|(_, v)| *v == Some(0));
-        if let Some((field, _)) = zero {
-            return Err(format!("{model}.{field} must be a positive integer"));
+        if let Some(q) = Quota::ALL.into_iter().find(|&q| o.get(q) == Some(0)) {
+            return Err(format!("{model}.{} must be a positive integer", q.field()));
         }
         if model.trim().is_empty() {
             return Err("a model name is empty".into());
@@ -137,7 +282,8 @@ mod tests {
             Limits {
                 rpm: 10,
                 tpm: 250_000,
-                rpd: 250
+                rpd: 20,
+                tpd: UNLIMITED
             }
         );
     }
@@ -151,7 +297,8 @@ mod tests {
             Limits {
                 rpm: 3,
                 tpm: 250_000,
-                rpd: 250
+                rpd: 20,
+                tpd: UNLIMITED
             }
         );
         assert!(
@@ -163,5 +310,52 @@ mod tests {
         assert!(parse_overrides(r#"{"m": {"rpm": "5"}}"#).is_err());
         assert!(parse_overrides(r#"{"m": {"rpms": 5}}"#).is_err());
         assert!(parse_overrides("[1]").is_err());
+        let tpd = parse_overrides(r#"{"m": {"tpd": 5000}}"#).unwrap();
+        assert_eq!(tpd["m"].get(Quota::InputTokensPerDay), Some(5_000));
+        assert!(
+            parse_overrides(r#"{"m": {"tpd": 0}}"#)
+                .unwrap_err()
+                .contains("m.tpd")
+        );
+    }
+
+    #[test]
+    fn key_limits_are_per_one_based_index() {
+        let k =
+            parse_key_overrides(r#"{"3": {"gemini-2.5-flash": {"rpm": 1000, "tpd": 9}}}"#).unwrap();
+        assert_eq!(k[&2]["gemini-2.5-flash"].rpm, Some(1000));
+        for bad in [
+            r#"{"0": {"m": {"rpm": 1}}}"#,
+            r#"{"x": {"m": {"rpm": 1}}}"#,
+            r#"{"01": {"m": {"rpm": 1}}}"#,
+            r#"{"1": {"m": {"rpm": 0}}}"#,
+        ] {
+            assert!(parse_key_overrides(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_call_fits_only_where_every_quota_of_the_window_admits_it() {
+        let l = Limits {
+            rpm: 2,
+            tpm: 100,
+            rpd: 5,
+            tpd: 150,
+        };
+        let used = Usage {
+            requests: 1,
+            input_tokens: 60,
+        };
+        assert!(l.admits(Window::Minute, used, Usage::call(40)));
+        assert!(!l.admits(Window::Minute, used, Usage::call(41)));
+        assert!(l.admits(Window::Day, used, Usage::call(90)));
+        assert!(!l.admits(Window::Day, used, Usage::call(91)));
+        assert!(l.can_ever_admit(100));
+        assert!(!l.can_ever_admit(101));
+        assert_eq!(l.zeros().count(), 0);
+        assert_eq!(
+            Limits { rpd: 0, ..l }.zeros().collect::<Vec<_>>(),
+            vec![Quota::RequestsPerDay]
+        );
     }
 }

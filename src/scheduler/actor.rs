@@ -188,12 +188,20 @@ pub struct Journal {
 
 impl Journal {
     fn keep(&self, change: Change, now: Timestamp) {
+        if let Some(lesson) = change.lesson() {
+            tracing::warn!("{lesson}");
+        }
         let record = match change {
             Change::KeyState(key, state) => Record::KeyState {
                 key_id: self.key_ids[key].clone(),
                 state,
             },
-            Change::Learned(key, model, learned) => Record::Learned {
+            Change::Learned {
+                key,
+                model,
+                learned,
+                ..
+            } => Record::Learned {
                 key_id: self.key_ids[key].clone(),
                 model,
                 learned,
@@ -203,6 +211,8 @@ impl Journal {
                 mode,
                 configured: self.configured_mode,
             },
+            // Kept for the process's life: after a restart, one call finds it again.
+            Change::Retired(_) => return,
         };
         self.ledger.record(record);
     }

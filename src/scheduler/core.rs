@@ -8,8 +8,8 @@
 
 use super::lane::{GrantId, Lane, LaneUsage, WINDOW_MS};
 use crate::clock::{PacificDay, Timestamp};
-use crate::policy::{Layers, Limits, LimitsOverride, Mode, Resolved, Source};
-use crate::wire::Quota;
+use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Resolved, Source, Usage, Window};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -28,7 +28,8 @@ pub enum KeyState {
     Disabled,
     /// The upstream said the key is not valid (400 API_KEY_INVALID).
     Invalid(String),
-    /// The upstream refused the key's project (403 PERMISSION_DENIED).
+    /// The upstream refused the key's project (401/403 with a key- or
+    /// project-level reason, confirmed by a second, free call).
     Blocked(String),
 }
 
@@ -63,6 +64,9 @@ pub struct Grant {
     pub model: String,
     pub at: Timestamp,
     pub tokens: u64,
+    /// The call re-checks a model learned to have no quota (limit 0) on
+    /// this key's tier: its success clears that.
+    pub probe: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -74,7 +78,7 @@ pub enum PlanError {
     },
     #[error("the earliest slot is on {model} at {at}, beyond the request's wait ceiling")]
     WaitTooLong { model: String, at: Timestamp },
-    #[error("every allowed model's daily quota is spent until {0}")]
+    #[error("every allowed model's daily quota is spent, or has none on any usable key, until {0}")]
     ExhaustedUntil(Timestamp),
     #[error("no key is usable")]
     NoUsableKey,
@@ -96,19 +100,40 @@ fn describe_tpms(largest: &[(String, u64)]) -> String {
         .join(", ")
 }
 
+/// One quota a 429 says was exceeded, with the limit it names (`None` when
+/// neither `quotaValue` nor the message gave one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub quota: Quota,
+    pub limit: Option<u64>,
+}
+
 /// What an upstream failure teaches the scheduler.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Penalty {
-    /// A 429. `quota` is `None` when it carried no `QuotaFailure`.
+    /// A 429: every violation it lists (none when it carried no
+    /// `QuotaFailure`), and the delay it asked for.
     Quota {
-        quota: Option<Quota>,
-        limit: Option<u64>,
+        violations: Vec<Violation>,
         retry_after: Option<Duration>,
     },
     /// 500, 503, 504, a timeout or a reset: the call may have counted.
     Transient,
+    /// The call never reached the upstream (connection refused, DNS): it
+    /// did not count.
+    Unreached,
     KeyInvalid(String),
     KeyBlocked(String),
+    /// 404 "no longer available": the model is retired for this project.
+    ModelRetired(String),
+}
+
+/// A model the upstream said is retired, dropped from the chain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Retired {
+    pub model: String,
+    pub at: Timestamp,
+    pub message: String,
 }
 
 /// A change the core made that must outlive the process; the actor drains
@@ -116,8 +141,58 @@ pub enum Penalty {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     KeyState(usize, KeyState),
-    Learned(usize, String, LimitsOverride),
+    /// A lane's learned limits after a change; `taught` is what the upstream
+    /// said this time (empty when a lane only takes what a sibling learned).
+    Learned {
+        key: usize,
+        model: String,
+        learned: LimitsOverride,
+        taught: LimitsOverride,
+    },
     Mode(Mode),
+    Retired(Retired),
+}
+
+impl Change {
+    /// What the upstream taught, as one log line (operator changes are
+    /// logged where the operator made them). Keys are 1-based here.
+    pub fn lesson(&self) -> Option<String> {
+        let limits = |o: &LimitsOverride| {
+            Quota::ALL
+                .iter()
+                .filter_map(|&q| o.get(q).map(|v| format!("{} {v}", q.field())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Change::Learned {
+                key,
+                model,
+                learned,
+                taught,
+            } if taught.is_empty() => Some(format!(
+                "key {} on {model}: limits in force now {} (learned on its tier)",
+                key + 1,
+                limits(learned)
+            )),
+            Change::Learned {
+                key,
+                model,
+                learned,
+                taught,
+            } => Some(format!(
+                "key {} on {model}: learned {} from a 429 (in force now: {})",
+                key + 1,
+                limits(taught),
+                limits(learned)
+            )),
+            Change::Retired(r) => Some(format!(
+                "{} is retired upstream and out of the chain: {}",
+                r.model, r.message
+            )),
+            Change::KeyState(..) | Change::Mode(_) => None,
+        }
+    }
 }
 
 pub struct Scheduler {
@@ -129,6 +204,7 @@ pub struct Scheduler {
     lanes: HashMap<(usize, String), Lane>,
     grants: HashMap<GrantId, Grant>,
     next_grant: GrantId,
+    retired: Vec<Retired>,
     /// The window plus the guard: how long a booking holds capacity.
     span_ms: i64,
     changes: Vec<Change>,
@@ -153,6 +229,7 @@ impl Scheduler {
             lanes: HashMap::new(),
             grants: HashMap::new(),
             next_grant: 1,
+            retired: Vec::new(),
             span_ms: WINDOW_MS + guard.as_millis() as i64,
             changes: Vec::new(),
         }
@@ -214,12 +291,12 @@ impl Scheduler {
             .restore_call(at, tokens);
     }
 
-    /// Puts back a previous run's count of calls on a Pacific day.
-    pub fn restore_day(&mut self, key: usize, model: &str, day: chrono::NaiveDate, count: u32) {
+    /// Puts back what a previous run's calls spent on a Pacific day.
+    pub fn restore_day(&mut self, key: usize, model: &str, day: chrono::NaiveDate, used: Usage) {
         self.lanes
             .entry((key, model.to_string()))
             .or_default()
-            .restore_day(day, count);
+            .restore_day(day, used);
     }
 
     /// Puts back limits a previous run learned at `at`.
@@ -241,9 +318,9 @@ impl Scheduler {
         self.layers.resolve(model)
     }
 
-    /// A lane's limits in force at `now`: the model's, with what the lane learned.
+    /// A lane's limits in force at `now`: the key's tier's, with what the lane learned.
     fn lane_resolved(&self, key: usize, model: &str, now: Timestamp) -> Resolved {
-        let base = self.model_limits(model);
+        let base = self.layers.resolve_for(key, model);
         match self
             .lanes
             .get(&(key, model.to_string()))
@@ -263,9 +340,19 @@ impl Scheduler {
         self.layers.fetched = fetched;
     }
 
-    /// Replaces the model chain (a refreshed discovery).
-    pub fn set_chain(&mut self, chain: Vec<String>) {
+    /// Replaces the model chain (a refreshed discovery); retired models stay out.
+    pub fn set_chain(&mut self, mut chain: Vec<String>) {
+        chain.retain(|m| !self.retired.iter().any(|r| &r.model == m));
         self.chain = chain;
+    }
+
+    /// The keys of `key`'s tier on `model` (itself included): keys whose
+    /// configured limits there are the same, so what one learns holds for all.
+    fn tier(&self, key: usize, model: &str) -> Vec<usize> {
+        let own = self.layers.key_override(key, model);
+        (0..self.states.len())
+            .filter(|&k| self.layers.key_override(k, model) == own)
+            .collect()
     }
 
     fn usable(&self, key: usize) -> bool {
@@ -324,20 +411,31 @@ impl Scheduler {
         for model in &models {
             let mut best: Option<(Timestamp, u32, usize)> = None;
             let mut preferred_at = None;
+            let mut probes = Vec::new();
             for &key in &usable {
-                let limits = self.lane_limits(key, model, now);
-                if request.tokens > limits.tpm {
+                let (limits, probe) = match self.zero_check(key, model, today, now) {
+                    ZeroCheck::NoZero(limits) => (limits, false),
+                    ZeroCheck::Skip => {
+                        any_lane_holds_it = true;
+                        continue;
+                    }
+                    ZeroCheck::Probe(limits) => (limits, true),
+                };
+                if !limits.can_ever_admit(request.tokens) {
                     continue;
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
                 lane.forget_before(now, today, self.span_ms);
-                if !lane.has_day_left(limits, today) {
+                if !lane.day_admits(limits, today, request.tokens) {
                     continue;
                 }
                 let Some(at) = lane.earliest(limits, request.tokens, now, day, self.span_ms) else {
                     continue;
                 };
+                if probe {
+                    probes.push(key);
+                }
                 if request.preferred_key == Some(key) {
                     preferred_at = Some(at);
                 }
@@ -360,14 +458,24 @@ impl Scheduler {
                     at,
                 });
             }
-            return Ok(self.book(key, model, at, request.tokens));
+            let probe = probes.contains(&key);
+            if probe {
+                // One re-check a day for the whole tier.
+                for k in self.tier(key, model) {
+                    self.lanes
+                        .entry((k, model.clone()))
+                        .or_default()
+                        .check_zero_on(today);
+                }
+            }
+            return Ok(self.book(key, model, at, request.tokens, probe));
         }
         if any_lane_holds_it {
             return Err(PlanError::ExhaustedUntil(day.ends));
         }
         let largest = models
             .iter()
-            .map(|m| (m.clone(), self.model_limits(m).tpm))
+            .map(|m| (m.clone(), self.model_limits(m).limits().per_call_bound()))
             .collect();
         Err(PlanError::TooLarge {
             tokens: request.tokens,
@@ -375,7 +483,7 @@ impl Scheduler {
         })
     }
 
-    fn book(&mut self, key: usize, model: &str, at: Timestamp, tokens: u64) -> Grant {
+    fn book(&mut self, key: usize, model: &str, at: Timestamp, tokens: u64, probe: bool) -> Grant {
         let id = self.next_grant;
         self.next_grant += 1;
         self.lanes
@@ -388,6 +496,7 @@ impl Scheduler {
             model: model.to_string(),
             at,
             tokens,
+            probe,
         };
         self.grants.insert(id, grant.clone());
         grant
@@ -402,10 +511,25 @@ impl Scheduler {
         Some((grant, lane))
     }
 
-    /// The call was made: its booking stays, with the tokens the upstream counted.
+    /// The call was made: its booking stays, with the tokens the upstream
+    /// counted. A re-check that got through clears its tier's learned zeros.
     pub fn settle(&mut self, id: GrantId, input_tokens: u64) {
-        if let Some((grant, lane)) = self.take_grant(id) {
-            lane.settle(id, grant.at, input_tokens);
+        let Some((grant, lane)) = self.take_grant(id) else {
+            return;
+        };
+        lane.settle(id, grant.at, input_tokens);
+        if grant.probe {
+            for k in self.tier(grant.key, &grant.model) {
+                let lane = self.lanes.entry((k, grant.model.clone())).or_default();
+                lane.forget_zeros();
+                let learned = lane.learned_limits();
+                self.changes.push(Change::Learned {
+                    key: k,
+                    model: grant.model.clone(),
+                    learned,
+                    taught: LimitsOverride::default(),
+                });
+            }
         }
     }
 
@@ -417,66 +541,47 @@ impl Scheduler {
         }
     }
 
+    /// Whether lane (key, model) has a learned limit of 0 and, if so,
+    /// whether today's one re-check may go (with the limits it had before).
+    fn zero_check(&self, key: usize, model: &str, today: NaiveDate, now: Timestamp) -> ZeroCheck {
+        let limits = self.lane_limits(key, model, now);
+        if limits.zeros().next().is_none() {
+            return ZeroCheck::NoZero(limits);
+        }
+        let checked = self
+            .lanes
+            .get(&(key, model.to_string()))
+            .and_then(Lane::zero_checked);
+        if checked >= Some(today) {
+            ZeroCheck::Skip
+        } else {
+            ZeroCheck::Probe(self.layers.resolve_for(key, model).limits())
+        }
+    }
+
     /// Applies what an upstream failure of grant `id` teaches, and ends the grant.
     pub fn penalise(&mut self, id: GrantId, penalty: &Penalty, now: Timestamp) {
         let Some(grant) = self.grants.get(&id).cloned() else {
             return;
         };
-        let current = self.lane_limits(grant.key, &grant.model, now);
         match penalty {
             Penalty::Quota {
-                quota,
-                limit,
+                violations,
                 retry_after,
             } => {
                 // A refused call does not count upstream: give its booking back.
                 self.release(id);
-                let lane = self
-                    .lanes
-                    .entry((grant.key, grant.model.clone()))
-                    .or_default();
-                let learned = match (quota, limit) {
-                    (Some(Quota::RequestsPerMinute), Some(v)) => LimitsOverride {
-                        rpm: Some(*v as u32),
-                        ..Default::default()
-                    },
-                    (Some(Quota::InputTokensPerMinute), Some(v)) => LimitsOverride {
-                        tpm: Some(*v),
-                        ..Default::default()
-                    },
-                    (Some(Quota::RequestsPerDay), Some(v)) => LimitsOverride {
-                        rpd: Some(*v as u32),
-                        ..Default::default()
-                    },
-                    _ => LimitsOverride::default(),
-                };
-                let before = lane.learned(now);
-                lane.learn(current, learned, now);
-                let after = lane.learned(now);
-                if *quota == Some(Quota::RequestsPerDay) {
-                    lane.exhaust_day(now.pacific_day());
-                }
-                match (quota, retry_after) {
-                    (_, Some(delay)) => lane.cool_until(now.plus(*delay)),
-                    (None, None) => lane.strike(now, BARE_429_BACKOFF),
-                    // A per-minute quota with no delay: its window is a minute at most.
-                    (Some(_), None) => lane.cool_until(now.plus_millis(self.span_ms)),
-                }
-                // New, or seen again (which restarts its week): keep it.
-                if let Some(after) =
-                    after.filter(|a| Some(*a) != before || learned != LimitsOverride::default())
-                {
-                    self.changes
-                        .push(Change::Learned(grant.key, grant.model.clone(), after));
-                }
+                self.learn_quota(&grant, violations, *retry_after, now);
             }
             Penalty::Transient => {
                 self.settle(id, grant.tokens);
-                let lane = self
-                    .lanes
-                    .entry((grant.key, grant.model.clone()))
-                    .or_default();
-                lane.strike(now, TRANSIENT_BACKOFF);
+                self.lane_mut(grant.key, &grant.model)
+                    .strike(now, TRANSIENT_BACKOFF);
+            }
+            Penalty::Unreached => {
+                self.release(id);
+                self.lane_mut(grant.key, &grant.model)
+                    .strike(now, TRANSIENT_BACKOFF);
             }
             Penalty::KeyInvalid(reason) => {
                 self.release(id);
@@ -486,7 +591,95 @@ impl Scheduler {
                 self.release(id);
                 self.set_key_state(grant.key, KeyState::Blocked(reason.clone()));
             }
+            Penalty::ModelRetired(message) => {
+                self.release(id);
+                self.retire(&grant.model, message, now);
+            }
         }
+    }
+
+    fn lane_mut(&mut self, key: usize, model: &str) -> &mut Lane {
+        self.lanes.entry((key, model.to_string())).or_default()
+    }
+
+    /// What a 429 teaches: every limit it names is learned on the lane and,
+    /// provisionally, on its tier's other lanes of the model (so a re-plan
+    /// does not draw the same 429 on a sibling); a per-day violation spends
+    /// the lane's day whatever the delay says; the lane cools for the delay.
+    fn learn_quota(
+        &mut self,
+        grant: &Grant,
+        violations: &[Violation],
+        retry_after: Option<Duration>,
+        now: Timestamp,
+    ) {
+        let mut taught = LimitsOverride::default();
+        for v in violations {
+            if let Some(limit) = v.limit {
+                let lower = taught.get(v.quota).map_or(limit, |t| t.min(limit));
+                taught.set(v.quota, lower);
+            }
+        }
+        let today = now.pacific_day();
+        let zero = Quota::ALL.iter().any(|&q| taught.get(q) == Some(0));
+        for k in self.tier(grant.key, &grant.model) {
+            let current = self.lane_limits(k, &grant.model, now);
+            let lane = self.lane_mut(k, &grant.model);
+            let before = lane.learned(now);
+            lane.learn(current, taught, now);
+            if zero {
+                lane.check_zero_on(today);
+            }
+            let after = lane.learned(now);
+            // New, or seen again on the lane that was told (which restarts its week).
+            let told = k == grant.key && !taught.is_empty();
+            if let Some(learned) = after.filter(|a| Some(*a) != before || told) {
+                self.changes.push(Change::Learned {
+                    key: k,
+                    model: grant.model.clone(),
+                    learned,
+                    taught: if k == grant.key {
+                        taught
+                    } else {
+                        LimitsOverride::default()
+                    },
+                });
+            }
+        }
+        let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
+        let span_ms = self.span_ms;
+        let lane = self.lane_mut(grant.key, &grant.model);
+        if per_day {
+            lane.exhaust_day(today);
+        }
+        match retry_after {
+            // "0s" on a per-day violation says nothing: the day decides.
+            Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
+            _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
+            // A per-minute quota with no delay: its window is a minute at most.
+            _ if !per_day => lane.cool_until(now.plus_millis(span_ms)),
+            _ => {}
+        }
+    }
+
+    /// Drops a model the upstream retired from the chain, for every key.
+    fn retire(&mut self, model: &str, message: &str, now: Timestamp) {
+        if self.retired.iter().any(|r| r.model == model) {
+            return;
+        }
+        self.chain.retain(|m| m != model);
+        let retired = Retired {
+            model: model.to_string(),
+            at: now,
+            message: message.to_string(),
+        };
+        self.retired.push(retired.clone());
+        self.changes.push(Change::Retired(retired));
+    }
+
+    /// The models the upstream said are retired, oldest first.
+    pub fn retired(&self) -> &[Retired] {
+        &self.retired
     }
 
     pub fn mode(&self) -> Mode {
@@ -572,6 +765,7 @@ impl Scheduler {
         Snapshot {
             mode: self.mode,
             chain: self.chain.clone(),
+            retired: self.retired.clone(),
             limits: self
                 .chain
                 .iter()
@@ -587,10 +781,22 @@ impl Scheduler {
     }
 }
 
+/// What [`Scheduler::zero_check`] found on a lane.
+enum ZeroCheck {
+    /// No limit of 0: plan with these.
+    NoZero(Limits),
+    /// A learned 0 already checked today: the lane cannot serve.
+    Skip,
+    /// A learned 0 not checked today: one call may, with these limits.
+    Probe(Limits),
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
     pub mode: Mode,
     pub chain: Vec<String>,
+    /// Models the upstream retired, dropped from the chain.
+    pub retired: Vec<Retired>,
     pub limits: BTreeMap<String, Resolved>,
     pub keys: Vec<KeySnapshot>,
     pub queue: QueueCounts,

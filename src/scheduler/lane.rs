@@ -1,17 +1,20 @@
 //! One lane (key, model): its booked calls and the earliest instant a new call
-//! fits under RPM, TPM, RPD and any cooldown.
+//! fits under every quota of its [`Limits`] and any cooldown.
 //!
 //! A booking occupies its lane's per-minute capacity from its instant `at`
 //! until `at + span`, where `span` is the upstream's 60-second window plus a
 //! guard (the upstream counts a call when it arrives, a little after we send
-//! it, and jitter can reorder arrivals). A new call of `T` tokens fits at `t`
-//! when every window that would contain it stays within the limits:
+//! it, and jitter can reorder arrivals). A new call `c` (one request, `T`
+//! input tokens) fits at `t` when every window that would contain it stays
+//! within the limit of every quota `q` counted over that window:
 //!
 //! ```text
-//!   for every s in [t, t + span):  tokens(s) + T <= TPM  and  calls(s) + 1 <= RPM
+//!   for every s in [t, t + span):  used_q(s) + c_q <= limit_q   (each per-minute q)
+//!   on the Pacific day of t:       used_q(day) + c_q <= limit_q (each per-day q)
 //! ```
 //!
-//! where `tokens(s)` sums the bookings with `s - span < at <= s`. The usage
+//! where `used_q(s)` sums metric `q` over the bookings with `s - span < at <= s`.
+//! The quotas are rows of [`Quota`]; this rule is written once over them. The usage
 //! only rises at a booking's instant, so checking `s = t` and each booked
 //! instant in `(t, t + span)` is enough. Because the check covers windows
 //! *after* `t` too, a small call may be slotted into a gap before calls booked
@@ -19,7 +22,7 @@
 //! granted ever has to move.
 
 use crate::clock::{PacificDay, Timestamp};
-use crate::policy::{Limits, LimitsOverride};
+use crate::policy::{Limits, LimitsOverride, Quota, Usage, Window};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,12 +52,19 @@ struct Booking {
     grant: GrantId,
 }
 
+impl Booking {
+    fn usage(&self) -> Usage {
+        Usage::call(self.tokens)
+    }
+}
+
 /// What `/status` shows of a lane at one instant.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LaneUsage {
     pub tokens_last_60s: u64,
     pub requests_last_60s: u32,
     pub requests_today: u32,
+    pub tokens_today: u64,
     pub waiting: u32,
     pub cooldown_until: Option<Timestamp>,
     pub exhausted_today: bool,
@@ -65,8 +75,8 @@ pub struct LaneUsage {
 pub struct Lane {
     /// Sorted by (at, grant).
     bookings: Vec<Booking>,
-    /// Requests booked per Pacific day (sent, in flight or waiting).
-    per_day: BTreeMap<NaiveDate, u32>,
+    /// Requests and input tokens booked per Pacific day (sent, in flight or waiting).
+    per_day: BTreeMap<NaiveDate, Usage>,
     cooldown_until: Timestamp,
     /// A per-day 429 said this lane is spent for that Pacific day.
     exhausted_day: Option<NaiveDate>,
@@ -76,6 +86,9 @@ pub struct Lane {
     learned_at: Timestamp,
     /// Consecutive failures without a quota answer to go by; grows the backoff.
     strikes: u32,
+    /// The Pacific day a learned limit of 0 was last confirmed or re-checked:
+    /// at most one call a day re-checks it.
+    zero_checked: Option<NaiveDate>,
 }
 
 /// A lane as replicas share it (`crate::store::redis`): integers only, so it
@@ -86,11 +99,16 @@ struct Stored {
     bookings: Vec<(i64, u64, GrantId)>,
     /// (days from the common era, requests) per Pacific day.
     per_day: Vec<(i32, u32)>,
+    /// (days from the common era, input tokens) per Pacific day.
+    #[serde(default)]
+    day_tokens: Vec<(i32, u64)>,
     cooldown_until: i64,
     exhausted_day: Option<i32>,
     learned: LimitsOverride,
     learned_at: i64,
     strikes: u32,
+    #[serde(default)]
+    zero_checked: Option<i32>,
 }
 
 impl From<Lane> for Stored {
@@ -104,13 +122,19 @@ impl From<Lane> for Stored {
             per_day: lane
                 .per_day
                 .iter()
-                .map(|(d, n)| (d.num_days_from_ce(), *n))
+                .map(|(d, u)| (d.num_days_from_ce(), u.requests as u32))
+                .collect(),
+            day_tokens: lane
+                .per_day
+                .iter()
+                .map(|(d, u)| (d.num_days_from_ce(), u.input_tokens))
                 .collect(),
             cooldown_until: lane.cooldown_until.millis(),
             exhausted_day: lane.exhausted_day.map(|d| d.num_days_from_ce()),
             learned: lane.learned,
             learned_at: lane.learned_at.millis(),
             strikes: lane.strikes,
+            zero_checked: lane.zero_checked.map(|d| d.num_days_from_ce()),
         }
     }
 }
@@ -128,12 +152,24 @@ impl From<Stored> for Lane {
                     grant,
                 })
                 .collect(),
-            per_day: s.per_day.into_iter().map(|(d, n)| (day(d), n)).collect(),
+            per_day: s
+                .per_day
+                .iter()
+                .map(|&(d, n)| {
+                    let tokens = s.day_tokens.iter().find(|t| t.0 == d).map_or(0, |t| t.1);
+                    let usage = Usage {
+                        requests: u64::from(n),
+                        input_tokens: tokens,
+                    };
+                    (day(d), usage)
+                })
+                .collect(),
             cooldown_until: Timestamp(s.cooldown_until),
             exhausted_day: s.exhausted_day.map(day),
             learned: s.learned,
             learned_at: Timestamp(s.learned_at),
             strikes: s.strikes,
+            zero_checked: s.zero_checked.map(day),
         }
     }
 }
@@ -145,18 +181,24 @@ impl Lane {
         (fresh && self.learned != LimitsOverride::default()).then_some(self.learned)
     }
 
-    /// Whether the lane can still take a request on `day`.
-    pub fn has_day_left(&self, limits: Limits, day: NaiveDate) -> bool {
-        self.exhausted_day != Some(day) && self.booked_on(day) < limits.rpd
+    /// Whether a call of `tokens` still fits the per-day quotas of `day`.
+    pub fn day_admits(&self, limits: Limits, day: NaiveDate, tokens: u64) -> bool {
+        self.exhausted_day != Some(day)
+            && limits.admits(Window::Day, self.used_on(day), Usage::call(tokens))
     }
 
     pub fn booked_on(&self, day: NaiveDate) -> u32 {
-        self.per_day.get(&day).copied().unwrap_or(0)
+        self.used_on(day).requests as u32
+    }
+
+    /// What the calls of `day` spent (booked, sent or in flight).
+    pub fn used_on(&self, day: NaiveDate) -> Usage {
+        self.per_day.get(&day).copied().unwrap_or_default()
     }
 
     /// The earliest instant at or after `from` when `tokens` fit, or `None` if
-    /// they never can (more than the TPM, or no day left within the horizon).
-    /// `today` is the Pacific day of `from`.
+    /// they never can (more than a quota allows even when empty, or no day
+    /// left within the horizon). `today` is the Pacific day of `from`.
     pub fn earliest(
         &self,
         limits: Limits,
@@ -165,7 +207,7 @@ impl Lane {
         today: PacificDay,
         span_ms: i64,
     ) -> Option<Timestamp> {
-        if tokens > limits.tpm || limits.rpm == 0 {
+        if !limits.can_ever_admit(tokens) {
             return None;
         }
         let (mut from, mut day) = (from, today);
@@ -174,7 +216,7 @@ impl Lane {
             day = PacificDay::of(from);
         }
         for _ in 0..MAX_DAYS_AHEAD {
-            if self.has_day_left(limits, day.date) {
+            if self.day_admits(limits, day.date, tokens) {
                 let t = self.earliest_in_window(limits, tokens, from, span_ms);
                 if t < day.ends {
                     return Some(t);
@@ -239,10 +281,9 @@ impl Lane {
         t: Timestamp,
         span_ms: i64,
     ) -> Option<Timestamp> {
-        let over = |s: Timestamp| {
-            let (used, calls) = self.usage_ending_at(s, span_ms);
-            used + tokens > limits.tpm || calls >= limits.rpm
-        };
+        let call = Usage::call(tokens);
+        let over =
+            |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span_ms), call);
         let after = self.bookings.partition_point(|b| b.at <= t);
         let later = self.bookings[after..]
             .iter()
@@ -253,14 +294,16 @@ impl Lane {
         later.or_else(|| over(t).then_some(t))
     }
 
-    /// Tokens and calls of the bookings whose span covers instant `s`.
-    fn usage_ending_at(&self, s: Timestamp, span_ms: i64) -> (u64, u32) {
+    /// What the bookings whose span covers instant `s` spent.
+    fn usage_ending_at(&self, s: Timestamp, span_ms: i64) -> Usage {
         let lo = self
             .bookings
             .partition_point(|b| b.at.millis() + span_ms <= s.millis());
         let hi = self.bookings.partition_point(|b| b.at <= s);
-        let slice = &self.bookings[lo..hi.max(lo)];
-        (slice.iter().map(|b| b.tokens).sum(), slice.len() as u32)
+        self.bookings[lo..hi.max(lo)]
+            .iter()
+            .map(Booking::usage)
+            .sum()
     }
 
     pub fn book(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
@@ -268,7 +311,8 @@ impl Lane {
             .bookings
             .partition_point(|b| (b.at, b.grant) < (at, grant));
         self.bookings.insert(i, Booking { at, tokens, grant });
-        *self.per_day.entry(at.pacific_day()).or_default() += 1;
+        let day = self.per_day.entry(at.pacific_day()).or_default();
+        *day = *day + Usage::call(tokens);
     }
 
     /// Puts back a call a previous run made (from the state store): it fills
@@ -285,10 +329,11 @@ impl Lane {
         );
     }
 
-    /// Sets a day's count from the state store (never lowers it).
-    pub fn restore_day(&mut self, day: NaiveDate, count: u32) {
+    /// Sets a day's usage from the state store (never lowers it).
+    pub fn restore_day(&mut self, day: NaiveDate, used: Usage) {
         let n = self.per_day.entry(day).or_default();
-        *n = (*n).max(count);
+        n.requests = n.requests.max(used.requests);
+        n.input_tokens = n.input_tokens.max(used.input_tokens);
     }
 
     /// Puts back limits learned by a previous run, at `at`.
@@ -296,10 +341,14 @@ impl Lane {
         (self.learned, self.learned_at) = (learned, at);
     }
 
-    /// Replaces a booking's estimated tokens with what the upstream counted.
+    /// Replaces a booking's estimated tokens with what the upstream counted,
+    /// in its window and in its day.
     pub fn settle(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
         if let Some(b) = self.find(grant, at) {
-            self.bookings[b].tokens = tokens;
+            let estimate = std::mem::replace(&mut self.bookings[b].tokens, tokens);
+            if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
+                day.input_tokens = (day.input_tokens + tokens).saturating_sub(estimate);
+            }
         }
         self.strikes = 0;
     }
@@ -307,10 +356,9 @@ impl Lane {
     /// Frees a booking that never reached the upstream.
     pub fn release(&mut self, grant: GrantId, at: Timestamp) {
         if let Some(b) = self.find(grant, at) {
-            self.bookings.remove(b);
-            let day = at.pacific_day();
-            if let Some(n) = self.per_day.get_mut(&day) {
-                *n = n.saturating_sub(1);
+            let booking = self.bookings.remove(b);
+            if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
+                *day = *day - booking.usage();
             }
         }
     }
@@ -341,24 +389,43 @@ impl Lane {
     }
 
     /// Lowers a learned limit to what the upstream enforced (never raises
-    /// it) and restarts its lifetime; `current` is what was in force.
+    /// it) and restarts its lifetime; `current` is what was in force. A
+    /// limit of 0 (no quota at all) is learned like any other.
     pub fn learn(&mut self, current: Limits, taught: LimitsOverride, now: Timestamp) {
         if self.learned(now).is_none() {
             self.learned = LimitsOverride::default();
         }
-        let lower = |new: Option<u64>, cur: u64| new.filter(|&n| n < cur);
-        if let Some(rpm) = lower(taught.rpm.map(u64::from), u64::from(current.rpm)) {
-            self.learned.rpm = Some(rpm as u32);
+        for q in Quota::ALL {
+            if let Some(v) = taught.get(q).filter(|&v| v < current.get(q)) {
+                self.learned.set(q, v);
+            }
         }
-        if let Some(tpm) = lower(taught.tpm, current.tpm) {
-            self.learned.tpm = Some(tpm);
-        }
-        if let Some(rpd) = lower(taught.rpd.map(u64::from), u64::from(current.rpd)) {
-            self.learned.rpd = Some(rpd as u32);
-        }
-        if taught != LimitsOverride::default() && self.learned != LimitsOverride::default() {
+        if !taught.is_empty() && !self.learned.is_empty() {
             self.learned_at = now;
         }
+    }
+
+    /// What this lane has learned, lapsed or not (what the state store keeps).
+    pub fn learned_limits(&self) -> LimitsOverride {
+        self.learned
+    }
+
+    /// Forgets learned limits of 0: a re-check found quota there again.
+    pub fn forget_zeros(&mut self) {
+        for q in Quota::ALL {
+            if self.learned.get(q) == Some(0) {
+                self.learned.clear(q);
+            }
+        }
+    }
+
+    /// The Pacific day a learned 0 was last confirmed or re-checked.
+    pub fn zero_checked(&self) -> Option<NaiveDate> {
+        self.zero_checked
+    }
+
+    pub fn check_zero_on(&mut self, day: NaiveDate) {
+        self.zero_checked = Some(day);
     }
 
     /// Drops what can no longer affect any decision: bookings whose span ended
@@ -378,11 +445,13 @@ impl Lane {
     }
 
     pub fn usage(&self, now: Timestamp) -> LaneUsage {
-        let (tokens, calls) = self.usage_ending_at(now, WINDOW_MS);
+        let minute = self.usage_ending_at(now, WINDOW_MS);
+        let today = self.used_on(now.pacific_day());
         LaneUsage {
-            tokens_last_60s: tokens,
-            requests_last_60s: calls,
-            requests_today: self.booked_on(now.pacific_day()),
+            tokens_last_60s: minute.input_tokens,
+            requests_last_60s: minute.requests as u32,
+            requests_today: today.requests as u32,
+            tokens_today: today.input_tokens,
             waiting: self.bookings.iter().filter(|b| b.at > now).count() as u32,
             cooldown_until: (self.cooldown_until > now).then_some(self.cooldown_until),
             exhausted_today: self.exhausted_day == Some(now.pacific_day()),
@@ -399,6 +468,7 @@ mod tests {
         rpm: 10,
         tpm: 250_000,
         rpd: 250,
+        tpd: crate::policy::UNLIMITED,
     };
     const T0: Timestamp = Timestamp(1_781_118_000_000); // 2026-06-10 12:00 Pacific
 
@@ -492,7 +562,7 @@ mod tests {
             LimitsOverride {
                 tpm: Some(50_000),
                 rpm: Some(20),
-                rpd: None,
+                ..Default::default()
             },
             T0,
         );

@@ -12,7 +12,8 @@ pub mod replicated;
 
 pub use actor::{GrantGuard, SchedulerHandle, SharedState, Unavailable};
 pub use core::{
-    Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot, Target,
+    Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Retired, Scheduler, Snapshot, Target,
+    Violation,
 };
 pub use lane::GrantId;
 

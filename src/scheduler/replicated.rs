@@ -358,12 +358,15 @@ impl Replicated {
     /// where every replica reads them. Learned limits travel in their lane.
     async fn publish_changes(&mut self) -> Result<(), String> {
         for change in self.core.take_changes() {
+            if let Some(lesson) = change.lesson() {
+                tracing::warn!("{lesson}");
+            }
             let written = match change {
                 Change::KeyState(key, state) => {
                     self.shared.set_key_state(&self.key_ids[key], &state).await
                 }
                 Change::Mode(mode) => self.shared.set_mode(mode, self.configured_mode).await,
-                Change::Learned(..) => Ok(()),
+                Change::Learned { .. } | Change::Retired(_) => Ok(()),
             };
             if let Err(e) = written {
                 self.problem = Some(e.to_string());

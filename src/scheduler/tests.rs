@@ -10,10 +10,9 @@ use super::core::*;
 use super::lane::GrantId;
 use super::replicated::Replicated;
 use crate::clock::Timestamp;
-use crate::policy::{Layers, Limits, LimitsOverride, Mode};
+use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Source, UNLIMITED};
 use crate::sim::quota::LaneQuota;
 use crate::store::SharedLanes;
-use crate::wire::Quota;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -27,29 +26,41 @@ const FLASH: &str = "gemini-2.5-flash";
 const LITE: &str = "gemini-2.5-flash-lite";
 
 /// (model, rpm, tpm, rpd) set in the environment layer.
-type Override<'a> = (&'a str, u32, u64, u32);
+/// (model, rpm, tpm, rpd, tpd) as `FLUX_LIMITS` would set them.
+type Override<'a> = (&'a str, u32, u64, u32, u64);
+
+/// Flash with the 2025 free-tier day (250 requests), for runs longer than 2026's 20.
+const FLASH_2025: Override = (FLASH, 10, 250_000, 250, UNLIMITED);
 
 fn scheduler(keys: usize, overrides: &[Override]) -> Scheduler {
     let overrides: BTreeMap<String, LimitsOverride> = overrides
         .iter()
-        .map(|&(m, rpm, tpm, rpd)| {
+        .map(|&(m, rpm, tpm, rpd, tpd)| {
             (
                 m.to_string(),
                 LimitsOverride {
                     rpm: Some(rpm),
                     tpm: Some(tpm),
                     rpd: Some(rpd),
+                    tpd: (tpd != UNLIMITED).then_some(tpd),
                 },
             )
         })
         .collect();
-    Scheduler::new(
-        (0..keys).map(|k| format!("…k{k:03}")).collect(),
-        vec![PRO.into(), FLASH.into(), LITE.into()],
+    scheduler_with(
+        keys,
         Layers {
             env: overrides,
             ..Layers::default()
         },
+    )
+}
+
+fn scheduler_with(keys: usize, layers: Layers) -> Scheduler {
+    Scheduler::new(
+        (0..keys).map(|k| format!("…k{k:03}")).collect(),
+        vec![PRO.into(), FLASH.into(), LITE.into()],
+        layers,
         Mode::Both,
         Duration::from_millis(GUARD_MS as u64),
     )
@@ -108,7 +119,7 @@ fn the_earliest_key_wins_and_load_spreads_over_keys<R: Rules>(new: fn(usize, &[O
 fn the_chain_waits_on_pro_for_rpm_but_falls_to_flash_when_pro_rpd_is_spent<R: Rules>(
     new: fn(usize, &[Override]) -> R,
 ) {
-    let mut s = new(2, &[(PRO, 5, 250_000, 7)]);
+    let mut s = new(2, &[(PRO, 5, 250_000, 7, UNLIMITED)]);
     let chain = || ask(100, Target::Chain(None));
     // Ten fill both keys' RPM; the 11th and the 12th wait for pro rather than fall.
     let grants: Vec<Grant> = (0..12).map(|_| s.plan(&chain(), NOON).unwrap()).collect();
@@ -127,7 +138,13 @@ fn the_chain_waits_on_pro_for_rpm_but_falls_to_flash_when_pro_rpd_is_spent<R: Ru
 fn a_model_that_cannot_hold_the_request_is_skipped_and_none_is_413<R: Rules>(
     new: fn(usize, &[Override]) -> R,
 ) {
-    let mut s = new(1, &[(PRO, 5, 100_000, 100), (FLASH, 10, 200_000, 250)]);
+    let mut s = new(
+        1,
+        &[
+            (PRO, 5, 100_000, 100, UNLIMITED),
+            (FLASH, 10, 200_000, 250, UNLIMITED),
+        ],
+    );
     let g = s.plan(&ask(150_000, Target::Chain(None)), NOON).unwrap();
     assert_eq!(g.model, FLASH);
     match s.plan(&ask(300_000, Target::Chain(None)), NOON) {
@@ -160,7 +177,7 @@ fn modes_filter_the_chain_and_a_request_may_override<R: Rules>(new: fn(usize, &[
 }
 
 fn chain_from_falls_down_only_from_the_named_model<R: Rules>(new: fn(usize, &[Override]) -> R) {
-    let mut s = new(1, &[(FLASH, 10, 250_000, 1)]);
+    let mut s = new(1, &[(FLASH, 10, 250_000, 1, UNLIMITED)]);
     let from_flash = || ask(10, Target::ChainFrom(FLASH.into()));
     assert_eq!(s.plan(&from_flash(), NOON).unwrap().model, FLASH);
     assert_eq!(
@@ -202,7 +219,7 @@ fn rpd_rolls_over_at_pacific_midnight_on_a_dst_day<R: Rules>(new: fn(usize, &[Ov
             .unwrap()
             .timestamp_millis(),
     );
-    let mut s = new(1, &[(FLASH, 10, 250_000, 2)]);
+    let mut s = new(1, &[(FLASH, 10, 250_000, 2, UNLIMITED)]);
     s.plan(&ask(1, model(FLASH)), late).unwrap();
     s.plan(&ask(1, model(FLASH)), late).unwrap();
     assert_eq!(
@@ -252,8 +269,10 @@ fn a_429_teaches_the_lane_its_real_limit_and_cools_it<R: Rules>(new: fn(usize, &
     let mut s = new(1, &[]);
     let g = s.plan(&ask(60_000, model(FLASH)), NOON).unwrap();
     let penalty = Penalty::Quota {
-        quota: Some(Quota::InputTokensPerMinute),
-        limit: Some(50_000),
+        violations: vec![Violation {
+            quota: Quota::InputTokensPerMinute,
+            limit: Some(50_000),
+        }],
         retry_after: Some(Duration::from_secs(7)),
     };
     s.penalise(g.id, &penalty, NOON);
@@ -275,8 +294,10 @@ fn a_per_day_429_spends_the_lane_until_midnight<R: Rules>(new: fn(usize, &[Overr
     let g = s.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
     assert_eq!(g.model, PRO);
     let penalty = Penalty::Quota {
-        quota: Some(Quota::RequestsPerDay),
-        limit: Some(100),
+        violations: vec![Violation {
+            quota: Quota::RequestsPerDay,
+            limit: Some(100),
+        }],
         retry_after: None,
     };
     s.penalise(g.id, &penalty, NOON);
@@ -369,7 +390,7 @@ fn a_thousand_concurrent_plans_never_overbook_any_window<R: Rules>(
 }
 
 fn a_snapshot_counts_every_grant_but_lists_the_soonest<R: Rules>(new: fn(usize, &[Override]) -> R) {
-    let mut s = new(1, &[(FLASH, 10, 250_000, 100_000)]);
+    let mut s = new(1, &[(FLASH, 10, 250_000, 100_000, UNLIMITED)]);
     for _ in 0..500 {
         s.plan(&ask(10, model(FLASH)), NOON).unwrap();
     }
@@ -513,6 +534,34 @@ impl Drop for OverRedis {
     }
 }
 
+fn input_tokens_per_day_fall_to_the_next_model_once_spent<R: Rules>(
+    new: fn(usize, &[Override]) -> R,
+) {
+    let mut s = new(1, &[(FLASH, 100, 250_000, 1_000, 5_000)]);
+    let flash_then_lite = Target::ChainFrom(FLASH.into());
+    let mut served = Vec::new();
+    for i in 0..8 {
+        let now = NOON.plus_millis(i * 1_000);
+        let g = s.plan(&ask(1_000, flash_then_lite.clone()), now).unwrap();
+        assert_eq!(g.at, now, "nothing waits: the day, not the minute, binds");
+        s.settle(g.id, 1_000, now);
+        served.push(g.model);
+    }
+    assert_eq!(served.iter().filter(|m| *m == FLASH).count(), 5);
+    assert_eq!(served.iter().filter(|m| *m == LITE).count(), 3);
+    let lane = &s.snapshot(NOON).keys[0].models[FLASH];
+    assert_eq!((lane.limits.tpd, lane.usage.tokens_today), (5_000, 5_000));
+    // The upstream counted fewer tokens than estimated: the day gives them back.
+    let mut s = new(1, &[(FLASH, 100, 250_000, 1_000, 5_000)]);
+    let g = s.plan(&ask(5_000, model(FLASH)), NOON).unwrap();
+    s.settle(g.id, 4_000, NOON);
+    assert_eq!(s.plan(&ask(1_000, model(FLASH)), NOON).unwrap().at, NOON);
+    assert_eq!(
+        s.plan(&ask(1, model(FLASH)), NOON),
+        Err(PlanError::ExhaustedUntil(NOON.next_pacific_midnight()))
+    );
+}
+
 /// Each scenario as two tests: `alone::name` and `over_redis::name`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -549,16 +598,156 @@ on_both_backends!(
     release_gives_back_capacity_and_settle_corrects_tokens,
     a_thousand_concurrent_plans_never_overbook_any_window,
     a_snapshot_counts_every_grant_but_lists_the_soonest,
+    input_tokens_per_day_fall_to_the_next_model_once_spent,
 );
+
+/// A 429 naming the per-day request quota with its limit, as in 2026.
+fn quota_429(quota: Quota, limit: u64, retry_after: Option<Duration>) -> Penalty {
+    Penalty::Quota {
+        violations: vec![Violation {
+            quota,
+            limit: Some(limit),
+        }],
+        retry_after,
+    }
+}
+
+#[test]
+fn a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day() {
+    let mut s = scheduler(3, &[]);
+    let g = s.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
+    assert_eq!(g.model, PRO);
+    let zero = quota_429(Quota::RequestsPerDay, 0, Some(Duration::ZERO));
+    s.penalise(g.id, &zero, NOON);
+    // No key of the tier tries pro again today, and nobody waits for it.
+    for _ in 0..20 {
+        let g = s.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
+        assert_eq!((g.model.as_str(), g.at), (FLASH, NOON));
+    }
+    let snapshot = s.snapshot(NOON);
+    for key in &snapshot.keys {
+        let pro = &key.models[PRO];
+        assert_eq!(
+            (pro.limits.rpd, pro.limits.sources.rpd),
+            (0, Source::Learned)
+        );
+    }
+    assert_eq!(
+        s.plan(&ask(10, model(PRO)), NOON),
+        Err(PlanError::ExhaustedUntil(NOON.next_pacific_midnight()))
+    );
+    // The next Pacific day, exactly one call re-checks it, for the whole tier.
+    let tomorrow = NOON.plus_millis(86_400_000);
+    let probe = s.plan(&ask(10, Target::Chain(None)), tomorrow).unwrap();
+    assert_eq!((probe.model.as_str(), probe.probe), (PRO, true));
+    let next = s.plan(&ask(10, Target::Chain(None)), tomorrow).unwrap();
+    assert_eq!(next.model, FLASH, "one re-check a day, not one per key");
+    s.penalise(probe.id, &zero, tomorrow);
+    // The day after, the re-check gets through: pro is back on every key.
+    let later = tomorrow.plus_millis(86_400_000);
+    let probe = s.plan(&ask(10, Target::Chain(None)), later).unwrap();
+    assert_eq!(probe.model, PRO);
+    s.settle(probe.id, 10);
+    let served: Vec<(usize, String)> = (0..3)
+        .map(|_| {
+            let g = s.plan(&ask(10, Target::Chain(None)), later).unwrap();
+            (g.key, g.model)
+        })
+        .collect();
+    assert!(served.iter().all(|(_, m)| m == PRO), "{served:?}");
+}
+
+#[test]
+fn learning_spreads_within_a_tier_and_never_across_tiers() {
+    // Key 3 is on a paid tier of its own.
+    let paid = LimitsOverride::only(Quota::InputTokensPerMinute, 1_000_000);
+    let layers = Layers {
+        keys: BTreeMap::from([(2, BTreeMap::from([(FLASH.to_string(), paid)]))]),
+        ..Layers::default()
+    };
+    let mut s = scheduler_with(3, layers);
+    let g = s.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    assert_eq!(g.key, 0);
+    let learned = quota_429(
+        Quota::InputTokensPerMinute,
+        4_000,
+        Some(Duration::from_secs(7)),
+    );
+    s.penalise(g.id, &learned, NOON);
+    let snapshot = s.snapshot(NOON);
+    let tpm = |k: usize| {
+        let l = &snapshot.keys[k].models[FLASH].limits;
+        (l.tpm, l.sources.tpm)
+    };
+    assert_eq!(tpm(0), (4_000, Source::Learned));
+    assert_eq!(
+        tpm(1),
+        (4_000, Source::Learned),
+        "its sibling learned at once"
+    );
+    assert_eq!(
+        tpm(2),
+        (1_000_000, Source::Key),
+        "another tier learns nothing"
+    );
+    // Only the lane that was refused cools down.
+    assert_eq!(snapshot.keys[1].models[FLASH].usage.cooldown_until, None);
+}
+
+#[test]
+fn a_per_day_429_with_a_zero_delay_spends_the_day_and_cools_nothing() {
+    let mut s = scheduler(2, &[]);
+    let g = s.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    let per_day = quota_429(Quota::RequestsPerDay, 20, Some(Duration::ZERO));
+    s.penalise(g.id, &per_day, NOON);
+    let snapshot = s.snapshot(NOON);
+    let lane = &snapshot.keys[g.key].models[FLASH];
+    assert!(lane.usage.exhausted_today);
+    assert_eq!(lane.usage.cooldown_until, None);
+    // The other key serves now; the spent one only after midnight.
+    let other = s.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    assert_eq!((other.key, other.at), (1 - g.key, NOON));
+}
+
+#[test]
+fn a_retired_model_leaves_the_chain_for_every_key_and_stays_out() {
+    let mut s = scheduler(2, &[]);
+    let g = s.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
+    assert_eq!(g.model, PRO);
+    s.penalise(
+        g.id,
+        &Penalty::ModelRetired("no longer available".into()),
+        NOON,
+    );
+    assert_eq!(s.chain(), [FLASH, LITE]);
+    for _ in 0..4 {
+        assert_eq!(
+            s.plan(&ask(10, Target::Chain(None)), NOON).unwrap().model,
+            FLASH
+        );
+    }
+    s.set_chain(vec![PRO.into(), FLASH.into(), LITE.into()]);
+    assert_eq!(
+        s.chain(),
+        [FLASH, LITE],
+        "a rediscovery does not bring it back"
+    );
+    let retired = &s.snapshot(NOON).retired;
+    assert_eq!((retired.len(), retired[0].model.as_str()), (1, PRO));
+    assert!(matches!(
+        s.take_changes().last(),
+        Some(Change::Retired(r)) if r.model == PRO
+    ));
+}
 
 #[test]
 fn three_replicas_planning_in_turn_never_overbook_any_window() {
-    let first = over_redis(2, &[]);
+    let first = over_redis(2, &[FLASH_2025]);
     let prefix = first.prefix.clone();
     let mut replicas = [
         first,
-        replica_of(&prefix, 2, &[]),
-        replica_of(&prefix, 2, &[]),
+        replica_of(&prefix, 2, &[FLASH_2025]),
+        replica_of(&prefix, 2, &[FLASH_2025]),
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut grants = Vec::new();
@@ -643,13 +832,13 @@ fn after_redis_loses_its_data_plans_wait_one_window() {
 
 #[test]
 fn replicas_planning_at_the_same_time_never_overbook_any_window() {
-    let owner = over_redis(2, &[]);
+    let owner = over_redis(2, &[FLASH_2025]);
     let prefix = owner.prefix.clone();
     let threads: Vec<_> = (0..3u64)
         .map(|seed| {
             let prefix = prefix.clone();
             std::thread::spawn(move || {
-                let mut replica = replica_of(&prefix, 2, &[]);
+                let mut replica = replica_of(&prefix, 2, &[FLASH_2025]);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 let grants: Vec<Grant> = (0..150)
                     .map(|_| {
@@ -667,7 +856,7 @@ fn replicas_planning_at_the_same_time_never_overbook_any_window() {
         grants.extend(mine);
         conflicts += seen;
     }
-    let limits = |m: &str| scheduler(2, &[]).model_limits(m).limits();
+    let limits = |m: &str| scheduler(2, &[FLASH_2025]).model_limits(m).limits();
     for seed in 0..5 {
         assert_eq!(
             upstream_rejections(&grants, limits, seed),
@@ -675,5 +864,8 @@ fn replicas_planning_at_the_same_time_never_overbook_any_window() {
             "{conflicts} conflicts were resolved, none overbooked"
         );
     }
+    // Three threads booking 450 grants on two shared lanes must collide: if
+    // none did, the compare-and-set above was never exercised.
+    assert!(conflicts > 0, "no replica ever had to decide again");
     eprintln!("450 plans from 3 replicas at once: {conflicts} decided again");
 }

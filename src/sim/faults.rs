@@ -21,6 +21,9 @@ pub struct Faults {
     /// application/json`), instead of `ok:<tokens>`: lets a test script the
     /// answer to gemini-flux's policy fetch.
     pub json_answer: Option<String>,
+    /// 429s leave out `quotaValue` (seen in the wild): the limit is then only
+    /// in the message.
+    pub omit_quota_value: bool,
 }
 
 impl Faults {

@@ -2,10 +2,13 @@
 //!
 //! Every test, benchmark and the `demo` command run against it, because no
 //! machine here reaches Google. It serves the `/v1beta` and `/v1` surface of
-//! `GEMINI_API.md` (generate, stream, count tokens, list models), enforces the
-//! per-key, per-model RPM, input-token TPM and Pacific-day RPD exactly, and
-//! answers with the real error envelopes. Strict on purpose: a lenient
-//! simulator would hide the gateway's bugs.
+//! `docs/gemini-wire.md` (generate, stream, count tokens, list models),
+//! enforces the per-key, per-model RPM, input-token TPM, and Pacific-day RPD
+//! and input-token TPD exactly, and answers with the real error envelopes and
+//! the 2026 message text. It also models what the free tier became in 2026:
+//! models with limit 0, retired models (404), keys of other tiers (their own
+//! limits), and the 403 a project gets for a file it does not own. Strict on
+//! purpose: a lenient simulator would hide the gateway's bugs.
 //!
 //! Its clock is a [`Clock`], so under `tokio::time::pause()` a test moves it
 //! through an hour or a day instantly. `GET /__sim/stats` reports, per lane,
@@ -25,7 +28,7 @@ use quota::LaneQuota;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -40,6 +43,13 @@ pub struct SimConfig {
     pub blocked_keys: Vec<String>,
     /// The models it serves and the limits each key has on them.
     pub limits: BTreeMap<String, Limits>,
+    /// Keys (1-based) on another tier: their own limits on these models.
+    pub key_limits: BTreeMap<usize, BTreeMap<String, Limits>>,
+    /// Models it answers with 404 "no longer available to new users".
+    pub retired: BTreeSet<String>,
+    /// Uploaded files (the id after `files/`) and the key (1-based) whose
+    /// project owns each; any other file is answered 403.
+    pub files: BTreeMap<String, usize>,
     pub faults: Faults,
     /// Seed for the fault draws, so a failing run can be replayed.
     pub seed: u64,
@@ -56,6 +66,9 @@ impl SimConfig {
             keys: keys.into_iter().map(Into::into).collect(),
             blocked_keys: Vec::new(),
             limits,
+            key_limits: BTreeMap::new(),
+            retired: BTreeSet::new(),
+            files: BTreeMap::new(),
             faults: Faults::default(),
             seed: 0,
         }
@@ -63,6 +76,28 @@ impl SimConfig {
 
     pub fn with_limits(mut self, limits: BTreeMap<String, Limits>) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// A model with no quota at all (every limit 0), as pro became on the
+    /// free tier in December 2025.
+    pub fn with_zero_quota(mut self, model: &str) -> Self {
+        let zero = Limits {
+            rpm: 0,
+            tpm: 0,
+            rpd: 0,
+            tpd: 0,
+        };
+        self.limits.insert(model.to_string(), zero);
+        self
+    }
+
+    /// A model that answers 404 "no longer available to new users".
+    pub fn with_retired(mut self, model: &str) -> Self {
+        self.limits
+            .entry(model.to_string())
+            .or_insert(Family::of(model).builtin_limits());
+        self.retired.insert(model.to_string());
         self
     }
 }
@@ -104,6 +139,9 @@ pub(crate) struct SimState {
     keys: HashMap<String, KeyStatus>,
     key_order: Vec<String>,
     limits: BTreeMap<String, Limits>,
+    key_limits: BTreeMap<usize, BTreeMap<String, Limits>>,
+    retired: BTreeSet<String>,
+    files: BTreeMap<String, usize>,
     clock: Clock,
     inner: Mutex<Inner>,
 }
@@ -132,6 +170,9 @@ impl SimState {
             keys,
             key_order: config.keys,
             limits: config.limits,
+            key_limits: config.key_limits,
+            retired: config.retired,
+            files: config.files,
             clock,
             inner: Mutex::new(Inner {
                 lanes: BTreeMap::new(),
@@ -141,6 +182,15 @@ impl SimState {
                 responses: 0,
             }),
         }
+    }
+
+    /// Key `key_index`'s (1-based) limits on `model`, if it serves the model.
+    fn limits_of(&self, key_index: usize, model: &str) -> Option<Limits> {
+        self.key_limits
+            .get(&key_index)
+            .and_then(|models| models.get(model))
+            .or_else(|| self.limits.get(model))
+            .copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

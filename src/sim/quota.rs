@@ -2,13 +2,12 @@
 //! upstream enforces, written as plain arithmetic over arrival times.
 //!
 //! A call arriving at `now` counts in the per-minute window until `now + 60 s`
-//! (exclusive), and in the request count of its Pacific day. A rejected call
-//! counts in neither. The ledger also keeps the peaks it has seen, so a test
+//! (exclusive), and in the requests and input tokens of its Pacific day. A
+//! rejected call counts in neither. A limit of 0 refuses every call. The ledger also keeps the peaks it has seen, so a test
 //! can assert from the upstream's side that no window ever went over.
 
 use crate::clock::Timestamp;
-use crate::policy::Limits;
-use crate::wire::Quota;
+use crate::policy::{Limits, Quota, Usage, Window};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -17,7 +16,7 @@ use std::time::Duration;
 pub const WINDOW_MS: i64 = 60_000;
 
 /// Why a call was refused: every quota it would break, and the true time
-/// until it would fit (`None` when it never can: more tokens than the TPM).
+/// until it would fit (`None` when it never can: more than a limit allows).
 #[derive(Debug, PartialEq)]
 pub struct Rejection {
     pub violations: Vec<Quota>,
@@ -33,9 +32,13 @@ pub struct LaneStats {
     pub rejected_rpm: u64,
     pub rejected_tpm: u64,
     pub rejected_rpd: u64,
+    #[serde(default)]
+    pub rejected_tpd: u64,
     pub peak_tokens_60s: u64,
     pub peak_requests_60s: u64,
     pub requests_today: u32,
+    #[serde(default)]
+    pub tokens_today: u64,
 }
 
 #[derive(Debug, Default)]
@@ -43,7 +46,7 @@ pub struct LaneQuota {
     /// Accepted calls of the last minute: (arrival, input tokens).
     window: VecDeque<(Timestamp, u64)>,
     day: Option<NaiveDate>,
-    day_count: u32,
+    day_used: Usage,
     stats: LaneStats,
 }
 
@@ -51,41 +54,47 @@ impl LaneQuota {
     /// Admits a call of `tokens` input tokens arriving at `now`, or says why not.
     pub fn admit(&mut self, limits: &Limits, tokens: u64, now: Timestamp) -> Result<(), Rejection> {
         self.expire(now);
+        let call = Usage::call(tokens);
+        let minute: Usage = self.window.iter().map(|&(_, t)| Usage::call(t)).sum();
         let mut violations = Vec::new();
         let mut wait = Some(Duration::ZERO);
-        let mut need = |quota: Quota, after: Option<Duration>| {
+        for quota in Quota::ALL {
+            let limit = limits.get(quota);
+            let used = match quota.window() {
+                Window::Minute => minute,
+                Window::Day => self.day_used,
+            };
+            let (used, need) = (used.of(quota.metric()), call.of(quota.metric()));
+            if used + need <= limit {
+                continue;
+            }
+            let after = if need > limit {
+                None
+            } else {
+                Some(match quota {
+                    // The (count + 1 - rpm)-th oldest call must leave the window first.
+                    Quota::RequestsPerMinute => {
+                        self.expiry(self.window[(used - limit) as usize].0, now)
+                    }
+                    Quota::InputTokensPerMinute => self.tokens_free_after(limit, need, now),
+                    Quota::RequestsPerDay | Quota::InputTokensPerDay => {
+                        now.next_pacific_midnight().since(now)
+                    }
+                })
+            };
             violations.push(quota);
             wait = wait.zip(after).map(|(a, b)| a.max(b));
-        };
-
-        let count = self.window.len() as u64;
-        if count + 1 > u64::from(limits.rpm) {
-            // The (count + 1 - rpm)-th oldest call must leave the window first.
-            let leaving = self.window[(count - u64::from(limits.rpm)) as usize].0;
-            need(Quota::RequestsPerMinute, Some(self.expiry(leaving, now)));
-        }
-        let used: u64 = self.window.iter().map(|(_, t)| t).sum();
-        if used + tokens > limits.tpm {
-            need(
-                Quota::InputTokensPerMinute,
-                self.tokens_free_after(limits.tpm, tokens, now),
-            );
-        }
-        if self.day_count + 1 > limits.rpd {
-            need(
-                Quota::RequestsPerDay,
-                Some(now.next_pacific_midnight().since(now)),
-            );
         }
 
         if !violations.is_empty() {
             self.stats.rejected_429 += 1;
             for v in &violations {
-                match v {
-                    Quota::RequestsPerMinute => self.stats.rejected_rpm += 1,
-                    Quota::InputTokensPerMinute => self.stats.rejected_tpm += 1,
-                    Quota::RequestsPerDay => self.stats.rejected_rpd += 1,
-                }
+                *match v {
+                    Quota::RequestsPerMinute => &mut self.stats.rejected_rpm,
+                    Quota::InputTokensPerMinute => &mut self.stats.rejected_tpm,
+                    Quota::RequestsPerDay => &mut self.stats.rejected_rpd,
+                    Quota::InputTokensPerDay => &mut self.stats.rejected_tpd,
+                } += 1;
             }
             return Err(Rejection {
                 violations,
@@ -94,12 +103,13 @@ impl LaneQuota {
         }
 
         self.window.push_back((now, tokens));
-        self.day_count += 1;
+        self.day_used = self.day_used + call;
         self.stats.calls += 1;
         self.stats.input_tokens += tokens;
-        self.stats.requests_today = self.day_count;
+        self.stats.requests_today = self.day_used.requests as u32;
+        self.stats.tokens_today = self.day_used.input_tokens;
         self.stats.peak_requests_60s = self.stats.peak_requests_60s.max(self.window.len() as u64);
-        self.stats.peak_tokens_60s = self.stats.peak_tokens_60s.max(used + tokens);
+        self.stats.peak_tokens_60s = self.stats.peak_tokens_60s.max(minute.input_tokens + tokens);
         Ok(())
     }
 
@@ -110,7 +120,8 @@ impl LaneQuota {
 
     pub fn stats(&mut self, now: Timestamp) -> LaneStats {
         self.expire(now);
-        self.stats.requests_today = self.day_count;
+        self.stats.requests_today = self.day_used.requests as u32;
+        self.stats.tokens_today = self.day_used.input_tokens;
         self.stats.clone()
     }
 
@@ -125,7 +136,7 @@ impl LaneQuota {
         let today = now.pacific_day();
         if self.day != Some(today) {
             self.day = Some(today);
-            self.day_count = 0;
+            self.day_used = Usage::default();
         }
     }
 
@@ -133,19 +144,16 @@ impl LaneQuota {
         arrival.plus_millis(WINDOW_MS).since(now)
     }
 
-    /// How long until `tokens` more fit under `tpm`, as older calls leave.
-    fn tokens_free_after(&self, tpm: u64, tokens: u64, now: Timestamp) -> Option<Duration> {
-        if tokens > tpm {
-            return None;
-        }
+    /// How long until `tokens` (at most `tpm`) more fit under `tpm`, as older calls leave.
+    fn tokens_free_after(&self, tpm: u64, tokens: u64, now: Timestamp) -> Duration {
         let mut used: u64 = self.window.iter().map(|(_, t)| t).sum();
         for &(at, t) in &self.window {
             used -= t;
             if used + tokens <= tpm {
-                return Some(self.expiry(at, now));
+                return self.expiry(at, now);
             }
         }
-        Some(Duration::ZERO)
+        Duration::ZERO
     }
 }
 
@@ -195,6 +203,7 @@ mod tests {
             rpm: 100,
             tpm: 1_000_000,
             rpd: 2,
+            tpd: crate::policy::UNLIMITED,
         };
         let mut lane = LaneQuota::default();
         // 2026-07-01T06:59:00Z is 23:59 Pacific (PDT) on June 30.
@@ -217,6 +226,7 @@ mod tests {
             rpm: 1,
             tpm: 100,
             rpd: 1,
+            tpd: 120,
         };
         let mut lane = LaneQuota::default();
         let t0 = Timestamp(1_700_000_000_000);
@@ -225,5 +235,43 @@ mod tests {
         assert_eq!(r.violations, Quota::ALL.to_vec());
         assert!(r.retry_after.unwrap() > Duration::from_secs(59));
         assert_eq!(lane.stats(t0).rejected_429, 1);
+    }
+
+    #[test]
+    fn input_tokens_per_day_are_enforced_until_pacific_midnight() {
+        let limits = Limits {
+            tpd: 5_000,
+            ..FLASH
+        };
+        let mut lane = LaneQuota::default();
+        let t0 = Timestamp(1_700_000_000_000);
+        for i in 0..5 {
+            lane.admit(&limits, 1_000, t0.plus_millis(i * 60_000))
+                .unwrap();
+        }
+        let r = lane.admit(&limits, 1, t0.plus_millis(300_000)).unwrap_err();
+        assert_eq!(r.violations, vec![Quota::InputTokensPerDay]);
+        let later = t0.plus_millis(300_000);
+        assert_eq!(
+            r.retry_after,
+            Some(later.next_pacific_midnight().since(later))
+        );
+        assert_eq!(lane.stats(later).tokens_today, 5_000);
+        assert!(
+            lane.admit(&limits, 1_000, later.next_pacific_midnight())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_limit_of_zero_refuses_every_call_for_good() {
+        let limits = Limits { rpd: 0, ..FLASH };
+        let r = LaneQuota::default()
+            .admit(&limits, 1, Timestamp(1_700_000_000_000))
+            .unwrap_err();
+        assert_eq!(
+            (r.violations, r.retry_after),
+            (vec![Quota::RequestsPerDay], None)
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! plus `/__sim/stats` and `/__sim/faults` for tests.
 
 use super::{Faults, SimState};
-use crate::wire::{self, Quota, envelope, error, format_duration, prompt_tokens};
+use crate::policy::{Limits, Window};
+use crate::wire::{self, envelope, error, format_duration, prompt_tokens};
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -214,7 +215,12 @@ async fn call_model(
     if !generates && action != "countTokens" {
         return Err(not_found(&format!("method {action} is not supported")));
     }
-    let Some(limits) = state.limits.get(model).copied() else {
+    if state.retired.contains(model) {
+        return Err(not_found(&format!(
+            "This model models/{model} is no longer available to new users. Please update your code to use a newer model for the latest features and improvements."
+        )));
+    }
+    let Some(limits) = state.limits_of(key_index, model) else {
         return Err(not_found(&format!(
             "models/{model} is not found for API version {version}, or is not supported for {action}. Call ListModels to see the list of available models and their supported methods."
         )));
@@ -232,6 +238,7 @@ async fn call_model(
             )));
         }
     };
+    check_files(&state, key_index, &request)?;
     if action == "countTokens" {
         return count_tokens(&request);
     }
@@ -259,7 +266,7 @@ async fn call_model(
 struct GenerateCall<'a> {
     key_index: usize,
     model: &'a str,
-    limits: crate::policy::Limits,
+    limits: Limits,
     tokens: u64,
     /// The request asked for JSON (`responseMimeType: application/json`).
     wants_json: bool,
@@ -338,7 +345,7 @@ async fn generate(
         }
         if let Err(rejection) = lane.admit(&limits, tokens, now) {
             drop(inner);
-            return Err(quota_exceeded(model, &limits, rejection));
+            return Err(quota_exceeded(model, &limits, rejection, &faults));
         }
         inner.responses += 1;
         let text = match (&faults.json_answer, wants_json) {
@@ -362,38 +369,85 @@ async fn generate(
     Ok(answer.respond(stream, sse))
 }
 
+/// Every file a request names (`fileData.fileUri`, or snake case) must
+/// belong to the caller's project: otherwise the real 403.
+fn check_files(state: &SimState, key_index: usize, request: &Value) -> Result<(), Failure> {
+    let contents = request
+        .get("contents")
+        .or_else(|| request.pointer("/generateContentRequest/contents"));
+    let parts = contents
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["parts"].as_array())
+        .flatten();
+    for part in parts {
+        let data = part.get("fileData").or_else(|| part.get("file_data"));
+        let Some(uri) = data
+            .and_then(|d| d.get("fileUri").or_else(|| d.get("file_uri")))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let id = uri.rsplit_once("files/").map_or(uri, |(_, id)| id);
+        if state.files.get(id) != Some(&key_index) {
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                &format!("You do not have permission to access the File {id} or it may not exist."),
+                vec![],
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The 429 as Gemini writes it since late 2025: every violation in
+/// `QuotaFailure` and spelled out in the message, and a `retryDelay` that is
+/// "0s" when a per-day quota is among them (the day, not the delay, decides).
 fn quota_exceeded(
     model: &str,
-    limits: &crate::policy::Limits,
+    limits: &Limits,
     rejection: super::quota::Rejection,
+    faults: &Faults,
 ) -> Failure {
+    let per_day = rejection
+        .violations
+        .iter()
+        .any(|q| q.window() == Window::Day);
+    let delay = if per_day {
+        Some(Duration::ZERO)
+    } else {
+        rejection.retry_after
+    };
+    let mut message = String::from(
+        "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. To monitor your current usage, head to: https://ai.dev/rate-limit. ",
+    );
     let violations: Vec<Value> = rejection
         .violations
         .iter()
-        .map(|q| {
-            let value = match q {
-                Quota::RequestsPerMinute => u64::from(limits.rpm),
-                Quota::InputTokensPerMinute => limits.tpm,
-                Quota::RequestsPerDay => u64::from(limits.rpd),
-            };
-            json!({
+        .map(|&q| {
+            let value = limits.get(q);
+            message.push_str(&format!(
+                "\n* Quota exceeded for metric: {}, limit: {value}, model: {model}",
+                q.quota_metric()
+            ));
+            let mut v = json!({
                 "quotaMetric": q.quota_metric(),
                 "quotaId": q.quota_id(),
                 "quotaDimensions": {"location": "global", "model": model},
-                "quotaValue": value.to_string(),
-            })
+            });
+            if !faults.omit_quota_value {
+                v["quotaValue"] = json!(value.to_string());
+            }
+            v
         })
         .collect();
     let mut details = vec![
         json!({"@type": error::QUOTA_FAILURE_TYPE, "violations": violations}),
         json!({"@type": error::HELP_TYPE, "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}),
     ];
-    let mut message = format!(
-        "You exceeded your current quota, please check your plan and billing details. * Quota exceeded for metric: {}, limit: {}, model: {model}",
-        rejection.violations[0].quota_metric(),
-        violations[0]["quotaValue"].as_str().unwrap_or_default()
-    );
-    if let Some(delay) = rejection.retry_after {
+    if let Some(delay) = delay {
         details
             .push(json!({"@type": error::RETRY_INFO_TYPE, "retryDelay": format_duration(delay)}));
         message.push_str(&format!("\nPlease retry in {:.6}s.", delay.as_secs_f64()));

@@ -19,7 +19,7 @@ pub use sqlite::SqliteStore;
 pub use writer::Ledger;
 
 use crate::clock::Timestamp;
-use crate::policy::{LimitsOverride, Mode};
+use crate::policy::{LimitsOverride, Mode, Usage};
 use crate::scheduler::KeyState;
 use chrono::NaiveDate;
 use std::collections::BTreeMap;
@@ -40,6 +40,8 @@ pub enum Outcome {
     KeyBlocked,
     /// The client's request was at fault; the upstream may have counted it.
     ClientError,
+    /// No connection was made: the upstream never saw the call.
+    Unreached,
 }
 
 impl Outcome {
@@ -52,6 +54,7 @@ impl Outcome {
             Outcome::KeyInvalid => "key_invalid",
             Outcome::KeyBlocked => "key_blocked",
             Outcome::ClientError => "client_error",
+            Outcome::Unreached => "unreached",
         }
     }
 
@@ -123,8 +126,8 @@ pub struct RecentCall {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recovered {
     pub recent_calls: Vec<RecentCall>,
-    /// (key id, model, Pacific day, counted calls) for today and later.
-    pub day_counts: Vec<(String, String, NaiveDate, u32)>,
+    /// (key id, model, Pacific day, what its counted calls spent) for today and later.
+    pub day_counts: Vec<(String, String, NaiveDate, Usage)>,
     pub key_states: Vec<(String, KeyState)>,
     pub mode: Option<(Mode, Mode)>,
     /// (key id, model, learned limits, when last enforced).

@@ -2,7 +2,7 @@
 
 use super::{MinuteUsage, Outcome, PolicyCache, RecentCall, Record, Recovered, Store, StoreError};
 use crate::clock::Timestamp;
-use crate::policy::{LimitsOverride, Mode};
+use crate::policy::{LimitsOverride, Mode, Usage};
 use crate::scheduler::KeyState;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
         models TEXT NOT NULL,
         fetched_at_ms INTEGER NOT NULL
     );",
+    // 3: learned input tokens per Pacific day.
+    "ALTER TABLE learned_limits ADD COLUMN tpd INTEGER;",
 ];
 
 /// Calls are kept this long (for the dashboard's history), then pruned.
@@ -268,7 +270,7 @@ impl Store for SqliteStore {
         let today = now.pacific_day().to_string();
         let mut days = c
             .prepare(&format!(
-                "SELECT key_id, model, pacific_day, count(*) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
+                "SELECT key_id, model, pacific_day, count(*), sum(input_tokens) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
             ))
             .map_err(write_error)?;
         let day_counts = days
@@ -278,7 +280,10 @@ impl Store for SqliteStore {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     day,
-                    r.get::<_, u32>(3)?,
+                    Usage {
+                        requests: r.get::<_, i64>(3)? as u64,
+                        input_tokens: r.get::<_, i64>(4)? as u64,
+                    },
                 ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -319,7 +324,7 @@ impl Store for SqliteStore {
         };
 
         let mut learned_q = c
-            .prepare("SELECT key_id, model, rpm, tpm, rpd, learned_at_ms FROM learned_limits")
+            .prepare("SELECT key_id, model, rpm, tpm, rpd, learned_at_ms, tpd FROM learned_limits")
             .map_err(write_error)?;
         let learned = learned_q
             .query_map([], |r| {
@@ -330,6 +335,7 @@ impl Store for SqliteStore {
                         rpm: r.get(2)?,
                         tpm: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                         rpd: r.get(4)?,
+                        tpd: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
                     },
                     Timestamp(r.get(5)?),
                 ))
@@ -406,8 +412,8 @@ impl Store for SqliteStore {
                     ],
                 ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
-                    "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis()],
+                    "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis(), learned.tpd.map(|t| t as i64)],
                 ),
             }
             .map_err(write_error)?;
@@ -450,6 +456,14 @@ mod tests {
                 sent(1, NOON.plus_millis(-120_000), 10),
                 sent(2, NOON.plus_millis(-30_000), 20),
                 sent(3, NOON.plus_millis(-10_000), 30),
+                sent(4, NOON.plus_millis(-5_000), 40),
+                Record::CallSettled {
+                    id: 4,
+                    outcome: Outcome::Unreached,
+                    input_tokens: 40,
+                    output_tokens: 0,
+                    latency_ms: 1,
+                },
                 Record::CallSettled {
                     id: 3,
                     outcome: Outcome::Quota,
@@ -500,7 +514,7 @@ mod tests {
         assert_eq!(
             r.recent_calls.len(),
             1,
-            "the 429'd call and the old one are not in the window"
+            "the 429'd call, the one that never reached the upstream and the old one are not in the window"
         );
         assert_eq!(r.recent_calls[0].input_tokens, 25);
         assert_eq!(
@@ -509,7 +523,10 @@ mod tests {
                 "k1".into(),
                 "gemini-2.5-flash".into(),
                 NOON.pacific_day(),
-                2
+                Usage {
+                    requests: 2,
+                    input_tokens: 35
+                }
             )]
         );
         assert_eq!(

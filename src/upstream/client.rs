@@ -158,6 +158,15 @@ impl Upstream {
             })
     }
 
+    /// One free `countTokens` on `key`: whether the key itself is refused.
+    /// Start-up validates every key with it, and a refusal that names the
+    /// key is confirmed with it before the key is taken out.
+    pub async fn check_key(&self, key: &ApiKey, model: &str) -> Result<(), UpstreamError> {
+        let probe =
+            serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]});
+        self.count_tokens(key, model, &probe).await.map(drop)
+    }
+
     /// Every model the key can use for `generateContent`, following all pages.
     pub async fn list_generation_models(&self, key: &ApiKey) -> Result<Vec<String>, UpstreamError> {
         let mut models = Vec::new();
@@ -210,17 +219,21 @@ async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> 
     })
 }
 
-/// Connection failures, timeouts and cut-off bodies: the call may or may not
-/// have reached Gemini, so they count as transient.
+/// Timeouts and cut-off bodies: the call may or may not have reached Gemini,
+/// so they count as transient. A connection that was never made (refused,
+/// DNS, TLS) means Gemini saw nothing.
 pub(crate) fn transport_error(e: reqwest::Error) -> UpstreamError {
+    // reqwest's message names the URL, which never holds a key (header only).
+    if e.is_connect() && !e.is_timeout() {
+        return UpstreamError::Unreached {
+            message: format!("could not connect: {e}"),
+        };
+    }
     let kind = if e.is_timeout() {
         "timed out"
-    } else if e.is_connect() {
-        "could not connect"
     } else {
         "connection failed"
     };
-    // reqwest's message names the URL, which never holds a key (header only).
     UpstreamError::Transient {
         status: None,
         message: format!("{kind}: {e}"),

@@ -1,6 +1,7 @@
 //! Gemini's error envelope `{"error": {"code", "message", "status", "details"}}`
 //! and the quota vocabulary of its 429 answers.
 
+use crate::policy::{Metric, Quota};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -10,36 +11,26 @@ pub const QUOTA_FAILURE_TYPE: &str = "type.googleapis.com/google.rpc.QuotaFailur
 pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 pub const HELP_TYPE: &str = "type.googleapis.com/google.rpc.Help";
 
-/// The three free-tier quotas, each per project and per model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Quota {
-    RequestsPerMinute,
-    InputTokensPerMinute,
-    RequestsPerDay,
-}
-
+/// Gemini's names for each kind of quota (the kinds themselves are policy:
+/// [`crate::policy::Quota`]).
 impl Quota {
-    pub const ALL: [Quota; 3] = [
-        Quota::RequestsPerMinute,
-        Quota::InputTokensPerMinute,
-        Quota::RequestsPerDay,
-    ];
-
     pub fn quota_id(self) -> &'static str {
         match self {
             Quota::RequestsPerMinute => "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
             Quota::InputTokensPerMinute => "GenerateContentInputTokensPerModelPerMinute-FreeTier",
             Quota::RequestsPerDay => "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+            Quota::InputTokensPerDay => "GenerateContentInputTokensPerModelPerDay-FreeTier",
         }
     }
 
     pub fn quota_metric(self) -> &'static str {
-        match self {
-            Quota::InputTokensPerMinute => {
+        match self.metric() {
+            Metric::InputTokens => {
                 "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
             }
-            _ => "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            Metric::Requests => {
+                "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+            }
         }
     }
 
@@ -47,9 +38,14 @@ impl Quota {
     /// their suffix.
     pub fn from_quota_id(id: &str) -> Option<Quota> {
         let lower = id.to_ascii_lowercase();
+        let tokens = lower.contains("token");
         if lower.contains("perday") {
-            Some(Quota::RequestsPerDay)
-        } else if lower.contains("token") {
+            Some(if tokens {
+                Quota::InputTokensPerDay
+            } else {
+                Quota::RequestsPerDay
+            })
+        } else if tokens {
             Some(Quota::InputTokensPerMinute)
         } else if lower.contains("perminute") {
             Some(Quota::RequestsPerMinute)
@@ -113,5 +109,9 @@ mod tests {
             Some(Quota::RequestsPerMinute)
         );
         assert_eq!(Quota::from_quota_id("Something"), None);
+        assert_eq!(
+            Quota::from_quota_id("GenerateContentInputTokensPerModelPerDay-FreeTier"),
+            Some(Quota::InputTokensPerDay)
+        );
     }
 }

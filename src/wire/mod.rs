@@ -1,5 +1,5 @@
 //! The Gemini API's wire format, as far as both the gateway and the simulator
-//! need it: the error envelope, the three free-tier quotas, protobuf duration
+//! need it: the error envelope, the free-tier quota ids, protobuf duration
 //! strings, and the deterministic token count the simulator promises.
 //!
 //! Keeping these in one place means the simulator cannot drift from what the
@@ -8,5 +8,5 @@
 pub mod error;
 pub mod tokens;
 
-pub use error::{Quota, envelope, format_duration, parse_duration};
+pub use error::{envelope, format_duration, parse_duration};
 pub use tokens::prompt_tokens;

@@ -98,7 +98,7 @@ pub fn makespan_lower_bound(
 mod tests {
     use super::*;
 
-    const FLASH: Limits = gemini_flux::policy::Family::Flash.builtin_limits();
+    const FLASH: Limits = crate::world::FLASH_2025;
 
     #[test]
     fn rpm_bound_for_a_burst() {

@@ -6,7 +6,7 @@ use crate::strategies::Strategy;
 use crate::traces::Trace;
 use crate::world::World;
 use gemini_flux::clock::Timestamp;
-use gemini_flux::policy::{Family, Limits};
+use gemini_flux::policy::Limits;
 use std::time::Instant;
 
 /// Wednesday 2026-06-10, noon Pacific: half a day before the first reset.
@@ -72,11 +72,11 @@ fn duration(ms: i64) -> String {
 }
 
 pub fn main(options: Options) {
-    let limits = Family::Flash.builtin_limits();
+    let limits = crate::world::FLASH_2025;
     let started = Instant::now();
     println!("## Scheduling efficiency\n");
     println!(
-        "One model (gemini-2.5-flash) on the built-in free tier: {} RPM, {} input TPM, {} RPD per key. \
+        "One model (gemini-2.5-flash) on the 2025 free tier: {} RPM, {} input TPM, {} RPD per key. \
          Upstream: the simulator's quota ledger; calls arrive 0-{} ms after they are sent; an answer takes \
          0.8 s + 1 s per 50k prompt tokens. Start: Wednesday noon, Pacific.\n",
         limits.rpm,

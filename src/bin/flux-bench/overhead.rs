@@ -31,6 +31,7 @@ pub const UNLIMITED: Limits = Limits {
     rpm: 1_000_000,
     tpm: 100_000_000_000,
     rpd: 1_000_000_000,
+    tpd: gemini_flux::policy::UNLIMITED,
 };
 
 /// One request a minute: everything after the first waits.
@@ -38,6 +39,7 @@ pub const ONE_A_MINUTE: Limits = Limits {
     rpm: 1,
     tpm: 1_000_000,
     rpd: 1_000_000,
+    tpd: gemini_flux::policy::UNLIMITED,
 };
 
 pub struct Options {

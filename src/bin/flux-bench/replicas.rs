@@ -28,6 +28,7 @@ const TIGHT: Limits = Limits {
     rpm: 10,
     tpm: 100_000,
     rpd: 10_000,
+    tpd: gemini_flux::policy::UNLIMITED,
 };
 
 const SHARED_KEYS: usize = 2;

@@ -5,9 +5,11 @@ use crate::traces::Request;
 use crate::world::{Agenda, Served, World, latency_ms};
 use gemini_flux::clock::Timestamp;
 use gemini_flux::policy::{Layers, LimitsOverride, Mode};
-use gemini_flux::scheduler::{Grant, Penalty, PlanError, PlanRequest, Scheduler, Target};
+use gemini_flux::scheduler::{
+    Grant, Penalty, PlanError, PlanRequest, Scheduler, Target, Violation,
+};
 use gemini_flux::sim::quota::Rejection;
-use gemini_flux::wire::Quota;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -60,22 +62,18 @@ fn served(trace: &[Request], start: Timestamp) -> Vec<Served> {
         .collect()
 }
 
-/// What a 429 tells, as the upstream client would classify it.
+/// What a 429 tells, as the upstream client would classify it: every
+/// violation, with the limit it names.
 fn penalty_of(rejection: &Rejection, world: &World) -> Penalty {
-    let quota = rejection
-        .violations
-        .iter()
-        .copied()
-        .find(|q| *q == Quota::RequestsPerDay)
-        .or(rejection.violations.first().copied());
-    let limit = quota.map(|q| match q {
-        Quota::RequestsPerMinute => u64::from(world.limits.rpm),
-        Quota::InputTokensPerMinute => world.limits.tpm,
-        Quota::RequestsPerDay => u64::from(world.limits.rpd),
-    });
     Penalty::Quota {
-        quota,
-        limit,
+        violations: rejection
+            .violations
+            .iter()
+            .map(|&quota| Violation {
+                quota,
+                limit: Some(world.limits.get(quota)),
+            })
+            .collect(),
         retry_after: rejection.retry_after,
     }
 }
@@ -94,6 +92,7 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
             rpm: Some(limits.rpm),
             tpm: Some(limits.tpm),
             rpd: Some(limits.rpd),
+            tpd: None,
         },
     )]);
     let fingerprints = (0..world.keys()).map(|k| format!("…{k:04}")).collect();

@@ -11,6 +11,16 @@ use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+/// The lane every efficiency run uses: gemini-2.5-flash as the free tier
+/// published it in 2025 (250 requests a day; 20 since December 2025, which
+/// would end every trace within minutes). Fixed, so figures stay comparable.
+pub const FLASH_2025: Limits = Limits {
+    rpm: 10,
+    tpm: 250_000,
+    rpd: 250,
+    tpd: gemini_flux::policy::UNLIMITED,
+};
+
 /// Time between sending a call and the upstream counting it, at most.
 pub const MAX_JITTER_MS: i64 = 100;
 

@@ -1,0 +1,118 @@
+//! The kinds of quota a lane is held to, as data: each is a *metric* (what a
+//! call spends) counted over a *window* (a sliding minute, or a calendar day).
+//!
+//! The scheduler's one rule ("every window that would contain the call stays
+//! within its limit", see `scheduler::lane`) is written once over these rows,
+//! so a new kind of quota is a new row here, not new arithmetic there.
+
+use serde::{Deserialize, Serialize};
+
+/// What a call spends against a quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    Requests,
+    InputTokens,
+}
+
+/// The span a quota counts over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// The upstream's sliding 60-second window.
+    Minute,
+    /// The provider's calendar day (Gemini's: America/Los_Angeles).
+    Day,
+}
+
+/// One kind of quota. Gemini's free tier enforces all four, per project and
+/// per model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quota {
+    RequestsPerMinute,
+    InputTokensPerMinute,
+    RequestsPerDay,
+    InputTokensPerDay,
+}
+
+impl Quota {
+    pub const ALL: [Quota; 4] = [
+        Quota::RequestsPerMinute,
+        Quota::InputTokensPerMinute,
+        Quota::RequestsPerDay,
+        Quota::InputTokensPerDay,
+    ];
+
+    pub const fn metric(self) -> Metric {
+        match self {
+            Quota::RequestsPerMinute | Quota::RequestsPerDay => Metric::Requests,
+            Quota::InputTokensPerMinute | Quota::InputTokensPerDay => Metric::InputTokens,
+        }
+    }
+
+    pub const fn window(self) -> Window {
+        match self {
+            Quota::RequestsPerMinute | Quota::InputTokensPerMinute => Window::Minute,
+            Quota::RequestsPerDay | Quota::InputTokensPerDay => Window::Day,
+        }
+    }
+
+    /// Its field in `FLUX_LIMITS`, the policy file and `/status`.
+    pub const fn field(self) -> &'static str {
+        match self {
+            Quota::RequestsPerMinute => "rpm",
+            Quota::InputTokensPerMinute => "tpm",
+            Quota::RequestsPerDay => "rpd",
+            Quota::InputTokensPerDay => "tpd",
+        }
+    }
+}
+
+/// What calls spend of each metric: one call of `T` input tokens is
+/// `Usage::call(T)`; a window's content is the sum of its calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub requests: u64,
+    pub input_tokens: u64,
+}
+
+impl Usage {
+    pub const fn call(input_tokens: u64) -> Usage {
+        Usage {
+            requests: 1,
+            input_tokens,
+        }
+    }
+
+    pub const fn of(self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Requests => self.requests,
+            Metric::InputTokens => self.input_tokens,
+        }
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            requests: self.requests + other.requests,
+            input_tokens: self.input_tokens + other.input_tokens,
+        }
+    }
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, other: Usage) -> Usage {
+        Usage {
+            requests: self.requests.saturating_sub(other.requests),
+            input_tokens: self.input_tokens.saturating_sub(other.input_tokens),
+        }
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
+        iter.fold(Usage::default(), |a, b| a + b)
+    }
+}
