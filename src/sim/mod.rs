@@ -193,6 +193,20 @@ impl SimState {
             .copied()
     }
 
+    /// Counts a call to lane (key, model) refused before any quota.
+    fn count_refusal(
+        &self,
+        key_index: usize,
+        model: &str,
+        counter: fn(&mut LaneStats) -> &mut u64,
+    ) {
+        self.lock()
+            .lanes
+            .entry((key_index, model.to_string()))
+            .or_default()
+            .count_refusal(counter);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic elsewhere must not take the simulator down with it.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())

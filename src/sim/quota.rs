@@ -39,6 +39,12 @@ pub struct LaneStats {
     pub requests_today: u32,
     #[serde(default)]
     pub tokens_today: u64,
+    /// Calls to a retired model, answered 404.
+    #[serde(default)]
+    pub retired_404: u64,
+    /// Calls naming a file this key's project does not own, answered 403.
+    #[serde(default)]
+    pub foreign_file_403: u64,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +122,11 @@ impl LaneQuota {
     /// Counts a rejection the quotas did not cause (an injected bare 429).
     pub fn count_injected_429(&mut self) {
         self.stats.rejected_429 += 1;
+    }
+
+    /// Counts a call refused before any quota (`stats.retired_404` and the like).
+    pub fn count_refusal(&mut self, counter: fn(&mut LaneStats) -> &mut u64) {
+        *counter(&mut self.stats) += 1;
     }
 
     pub fn stats(&mut self, now: Timestamp) -> LaneStats {

@@ -216,6 +216,7 @@ async fn call_model(
         return Err(not_found(&format!("method {action} is not supported")));
     }
     if state.retired.contains(model) {
+        state.count_refusal(key_index, model, |s| &mut s.retired_404);
         return Err(not_found(&format!(
             "This model models/{model} is no longer available to new users. Please update your code to use a newer model for the latest features and improvements."
         )));
@@ -238,7 +239,7 @@ async fn call_model(
             )));
         }
     };
-    check_files(&state, key_index, &request)?;
+    check_files(&state, key_index, model, &request)?;
     if action == "countTokens" {
         return count_tokens(&request);
     }
@@ -371,7 +372,12 @@ async fn generate(
 
 /// Every file a request names (`fileData.fileUri`, or snake case) must
 /// belong to the caller's project: otherwise the real 403.
-fn check_files(state: &SimState, key_index: usize, request: &Value) -> Result<(), Failure> {
+fn check_files(
+    state: &SimState,
+    key_index: usize,
+    model: &str,
+    request: &Value,
+) -> Result<(), Failure> {
     let contents = request
         .get("contents")
         .or_else(|| request.pointer("/generateContentRequest/contents"));
@@ -391,6 +397,7 @@ fn check_files(state: &SimState, key_index: usize, request: &Value) -> Result<()
         };
         let id = uri.rsplit_once("files/").map_or(uri, |(_, id)| id);
         if state.files.get(id) != Some(&key_index) {
+            state.count_refusal(key_index, model, |s| &mut s.foreign_file_403);
             return Err(fail(
                 StatusCode::FORBIDDEN,
                 "PERMISSION_DENIED",
