@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use gemini_flux::clock::Clock;
 use gemini_flux::config::Settings;
-use gemini_flux::policy::{Family, parse_overrides};
+use gemini_flux::policy::{Family, parse_key_overrides, parse_overrides};
 use gemini_flux::service;
 use gemini_flux::sim::{Faults, SimConfig, SimServer};
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +55,20 @@ struct SimArgs {
     /// The simulator then serves exactly these models. Default: the built-in free tier.
     #[arg(long, env = "FLUX_LIMITS")]
     limits: Option<String>,
+    /// Per-key limits as JSON, keys by 1-based index (keys of another tier),
+    /// e.g. '{"2":{"gemini-2.5-flash":{"rpm":1000,"tpm":1000000}}}'.
+    #[arg(long, env = "FLUX_KEY_LIMITS")]
+    key_limits: Option<String>,
+    /// Comma-separated models with no quota at all (every limit 0), as pro
+    /// became on the free tier in December 2025.
+    #[arg(long, value_delimiter = ',')]
+    zero_quota: Vec<String>,
+    /// Comma-separated models answered 404 "no longer available to new users".
+    #[arg(long, value_delimiter = ',')]
+    retired: Vec<String>,
+    /// Leave `quotaValue` out of 429s (the limit is then only in the message).
+    #[arg(long)]
+    omit_quota_value: bool,
     /// Milliseconds added to every generate call.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -257,6 +271,7 @@ async fn run_sim(args: SimArgs) -> ExitCode {
         unavailable_ratio: args.unavailable_ratio,
         bare_429_ratio: args.bare_429_ratio,
         drop_mid_stream_ratio: args.drop_mid_stream_ratio,
+        omit_quota_value: args.omit_quota_value,
         ..Faults::default()
     };
     if let Some(json) = args.limits {
@@ -275,6 +290,36 @@ async fn run_sim(args: SimArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(json) = args.key_limits {
+        match parse_key_overrides(&json) {
+            Ok(per_key) => {
+                config.key_limits = per_key
+                    .into_iter()
+                    .map(|(key, models)| {
+                        let models = models
+                            .into_iter()
+                            .map(|(model, o)| {
+                                let base = config.limits.get(&model).copied();
+                                let base = base.unwrap_or(Family::of(&model).builtin_limits());
+                                (model, o.apply(base))
+                            })
+                            .collect();
+                        (key + 1, models)
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                eprintln!("gemini-flux sim: --key-limits / FLUX_KEY_LIMITS: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    for model in &args.zero_quota {
+        config = config.with_zero_quota(model);
+    }
+    for model in &args.retired {
+        config = config.with_retired(model);
     }
     let bind = SocketAddr::new(args.bind, args.port);
     match SimServer::start(config, Clock::system(), bind).await {

@@ -55,6 +55,40 @@ fn the_sim_refuses_bad_limits() {
     let (code, stderr) = gemini_flux(&["sim", "--port", "0", "--limits", "{bad"], &[]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("limits"), "{stderr}");
+    let (code, stderr) = gemini_flux(
+        &[
+            "sim",
+            "--port",
+            "0",
+            "--key-limits",
+            r#"{"0": {"m": {"rpm": 1}}}"#,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("--key-limits") && stderr.contains("\"0\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn per_key_limits_name_existing_keys_only() {
+    let (code, stderr) = gemini_flux(
+        &["serve"],
+        &[
+            ("GEMINI_KEYS", "k1,k2"),
+            (
+                "FLUX_KEY_LIMITS",
+                r#"{"3": {"gemini-2.5-flash": {"rpm": 1000}}}"#,
+            ),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("key 3") && stderr.contains("2 key(s)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -511,3 +511,78 @@ async fn added_latency_and_chunk_delays_take_simulated_time() {
     // 1.5 s of latency, then two pauses between three chunks.
     assert_eq!(started.elapsed(), Duration::from_millis(1_500 + 2 * 700));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_2026_free_tier_zero_quota_retired_models_other_tiers_and_foreign_files() {
+    let mut config = SimConfig::new(["key-aaaa", "key-bbbb"])
+        .with_limits(limits(FLASH, 10, 2_000, 20))
+        .with_zero_quota("gemini-2.5-pro")
+        .with_retired("gemini-2.0-flash");
+    config.faults.omit_quota_value = true;
+    config.key_limits = std::collections::BTreeMap::from([(2, limits(FLASH, 10, 100_000, 20))]);
+    config.files = std::collections::BTreeMap::from([("mine".to_string(), 1)]);
+    let sim = start_sim(config, quiet_noon()).await;
+    let p = Probe::new(&sim);
+
+    // Limit 0: every quota is violated, the limits are in the message only.
+    let (s, v) = p
+        .post(
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            Some("key-aaaa"),
+            &request_of(10),
+        )
+        .await;
+    assert_eq!(s, 429);
+    let violations = detail(&v, "QuotaFailure")["violations"].as_array().unwrap();
+    assert_eq!(violations.len(), 4);
+    assert!(violations.iter().all(|v| v.get("quotaValue").is_none()));
+    let message = v["error"]["message"].as_str().unwrap();
+    assert_eq!(
+        message.matches("limit: 0, model: gemini-2.5-pro").count(),
+        4
+    );
+    assert_eq!(
+        detail(&v, "RetryInfo")["retryDelay"],
+        "0s",
+        "a per-day quota is among them"
+    );
+
+    let (s, v) = p
+        .post(
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            Some("key-aaaa"),
+            &request_of(10),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer available to new users")
+    );
+
+    // Key 2 is on another tier: 3,000 tokens fit there, not on key 1.
+    assert_eq!(p.generate("key-aaaa", 3_000).await.0, 429);
+    assert_eq!(p.generate("key-bbbb", 3_000).await.0, 200);
+
+    // A file belongs to the project that uploaded it.
+    let with_file = |id: &str| json!({"contents": [{"parts": [{"fileData": {"fileUri": format!("https://generativelanguage.googleapis.com/v1beta/files/{id}"), "mimeType": "text/plain"}}, {"text": "read it"}]}]});
+    let path = format!("/v1beta/models/{FLASH}:generateContent");
+    assert_eq!(
+        p.post(&path, Some("key-aaaa"), &with_file("mine")).await.0,
+        200
+    );
+    let (s, v) = p.post(&path, Some("key-bbbb"), &with_file("mine")).await;
+    assert_eq!(
+        (s, v["error"]["status"].as_str()),
+        (403, Some("PERMISSION_DENIED"))
+    );
+    assert!(
+        detail(&v, "ErrorInfo").is_null(),
+        "nothing in it is about the key"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.lane(2, FLASH).unwrap().foreign_file_403, 1);
+    assert_eq!(stats.lane(1, "gemini-2.0-flash").unwrap().retired_404, 1);
+}

@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/policy/refresh", post(refresh_policy))
-        .route("/refresh-policy", post(refresh_policy))
+        .route("/refresh-policy", post(seed_refresh_policy))
         .route("/config", post(config))
 }
 
@@ -240,11 +240,28 @@ async fn refresh_policy(State(state): State<AppState>) -> Result<Response, ApiEr
             format!("the policy was not refreshed: {reason}"),
         )
     })?;
+    policy_answer(&state, None).await
+}
+
+/// The seed's `POST /refresh-policy`: 200 with the policy in force whatever
+/// the fetch did, and why a rejected fetch was rejected (the seed's Python
+/// client raises on any other status).
+async fn seed_refresh_policy(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let rejected = refresh::refresh(&state).await.err();
+    policy_answer(&state, rejected).await
+}
+
+async fn policy_answer(state: &AppState, rejected: Option<String>) -> Result<Response, ApiError> {
     let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
-    Ok(Json(
-        json!({"chain": snapshot.chain, "limits": snapshot.limits, "fetch": fetch_status(&state)}),
-    )
-    .into_response())
+    let mut body =
+        json!({"chain": snapshot.chain, "limits": snapshot.limits, "fetch": fetch_status(state)});
+    if let Some(reason) = rejected {
+        body["refreshed"] = json!(false);
+        body["rejected"] = json!(reason);
+    } else {
+        body["refreshed"] = json!(true);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `GET /metrics` in the Prometheus (OpenMetrics) text format.
