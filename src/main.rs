@@ -27,7 +27,7 @@ enum Command {
     /// Run the service against an in-process simulator with fake keys.
     Demo,
     /// Run the Gemini simulator alone.
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
     /// Exit 0 if the service on FLUX_BIND answers /healthz (the container's
     /// HEALTHCHECK: the image has no shell or curl).
     Healthcheck,
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
     let settings = match command {
         Command::Sim(args) => {
             init_logging(true);
-            return runtime.block_on(run_sim(args));
+            return runtime.block_on(run_sim(*args));
         }
         Command::Healthcheck => return runtime.block_on(healthcheck()),
         Command::Demo => demo_settings(),
