@@ -2,9 +2,10 @@
 //! on the core alone and on replicas sharing it through Redis
 //! ([`super::replicated`]), so both backends answer to one set of rules.
 //!
-//! The Redis runs need a server at `FLUX_TEST_REDIS_URL` (default
-//! `redis://127.0.0.1:6379/0`); `.ci/run` starts one if the machine has none.
-//! Each scheduler gets a prefix of its own and deletes its keys when dropped.
+//! The Redis runs start a `redis-server` of their own for each test (it must
+//! be on the PATH; nothing need be running), or use `FLUX_TEST_REDIS_URL`
+//! when that is set. Each test's replicas share a prefix of their own, and
+//! the first deletes its keys when dropped.
 
 use super::core::*;
 use super::lane::GrantId;
@@ -439,54 +440,97 @@ impl Rules for Scheduler {
     }
 }
 
-/// A replica of the scheduler sharing its lanes through Redis under a
-/// prefix of its own (or of another replica's, to share with it).
+/// A replica of the scheduler sharing its lanes through Redis at a place
+/// of its own (or at another replica's, to share with it).
 struct OverRedis {
     runtime: tokio::runtime::Runtime,
     replica: Replicated,
-    prefix: String,
-    /// The first replica on a prefix deletes its keys when dropped.
+    place: SharedPlace,
+    /// The first replica at a place deletes its keys when dropped.
     owns_prefix: bool,
 }
 
-fn redis_url() -> String {
-    std::env::var("FLUX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+/// Where the replicas of one test share their lanes: a prefix on a
+/// `redis-server` of the test's own (stopped when the last replica goes),
+/// or on `FLUX_TEST_REDIS_URL` when that is set. So `cargo test --lib`
+/// needs `redis-server` on the PATH, not a running Redis.
+#[derive(Clone)]
+struct SharedPlace {
+    url: String,
+    prefix: String,
+    _server: Option<std::sync::Arc<TestRedis>>,
+}
+
+/// A `redis-server` on a free loopback port that keeps nothing on disk.
+struct TestRedis(std::process::Child);
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn new_place() -> SharedPlace {
+    let prefix = format!("gemini-flux-test:{:016x}:", rand::random::<u64>());
+    if let Ok(url) = std::env::var("FLUX_TEST_REDIS_URL") {
+        return SharedPlace {
+            url,
+            prefix,
+            _server: None,
+        };
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("these tests start a redis-server of their own: put it on the PATH (scripts/test installs it)");
+    let server = TestRedis(child);
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return SharedPlace {
+                url: format!("redis://127.0.0.1:{port}/0"),
+                prefix,
+                _server: Some(std::sync::Arc::new(server)),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("redis-server did not start on port {port}");
 }
 
 fn over_redis(keys: usize, overrides: &[Override]) -> OverRedis {
-    let prefix = format!("gemini-flux-test:{:016x}:", rand::random::<u64>());
-    let mut first = replica_of(&prefix, keys, overrides);
+    let mut first = replica_of(&new_place(), keys, overrides);
     first.owns_prefix = true;
     first
 }
 
-fn replica_of(prefix: &str, keys: usize, overrides: &[Override]) -> OverRedis {
+fn replica_of(place: &SharedPlace, keys: usize, overrides: &[Override]) -> OverRedis {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let url = redis_url();
-    let replica =
-        runtime.block_on(async {
-            let shared = SharedLanes::connect(&url, prefix).await.unwrap_or_else(|e| {
-            panic!("these tests need Redis at {url} (FLUX_TEST_REDIS_URL); .ci/run starts one: {e}")
-        });
-            let key_ids = (0..keys).map(|k| format!("key{k}")).collect();
-            let guard = Duration::from_millis(GUARD_MS as u64);
-            Replicated::join(
-                scheduler(keys, overrides),
-                shared,
-                key_ids,
-                Mode::Both,
-                guard,
-            )
+    let replica = runtime.block_on(async {
+        let shared = SharedLanes::connect(&place.url, &place.prefix)
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {}: {e}", place.url));
+        let key_ids = (0..keys).map(|k| format!("key{k}")).collect();
+        let guard = Duration::from_millis(GUARD_MS as u64);
+        let core = scheduler(keys, overrides);
+        Replicated::join(core, shared, key_ids, Mode::Both, guard)
             .await
             .unwrap()
-        });
+    });
     OverRedis {
         runtime,
         replica,
-        prefix: prefix.to_string(),
+        place: place.clone(),
         owns_prefix: false,
     }
 }
@@ -520,16 +564,16 @@ impl Rules for OverRedis {
     }
 }
 
-/// Deletes every Redis key under `prefix`, as a Redis restarted without
+/// Deletes every Redis key at `place`, as a Redis restarted without
 /// persistence would have lost them.
-fn forget_all(prefix: &str) {
-    crate::store::redis::forget_prefix(&redis_url(), prefix).unwrap();
+fn forget_all(place: &SharedPlace) {
+    crate::store::redis::forget_prefix(&place.url, &place.prefix).unwrap();
 }
 
 impl Drop for OverRedis {
     fn drop(&mut self) {
         if self.owns_prefix {
-            forget_all(&self.prefix);
+            forget_all(&self.place);
         }
     }
 }
@@ -743,11 +787,11 @@ fn a_retired_model_leaves_the_chain_for_every_key_and_stays_out() {
 #[test]
 fn three_replicas_planning_in_turn_never_overbook_any_window() {
     let first = over_redis(2, &[FLASH_2025]);
-    let prefix = first.prefix.clone();
+    let place = first.place.clone();
     let mut replicas = [
         first,
-        replica_of(&prefix, 2, &[FLASH_2025]),
-        replica_of(&prefix, 2, &[FLASH_2025]),
+        replica_of(&place, 2, &[FLASH_2025]),
+        replica_of(&place, 2, &[FLASH_2025]),
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut grants = Vec::new();
@@ -783,7 +827,7 @@ fn three_replicas_planning_in_turn_never_overbook_any_window() {
 #[test]
 fn a_commit_made_on_a_stale_read_is_refused() {
     let mut a = over_redis(1, &[]);
-    let mut b = replica_of(&a.prefix.clone(), 1, &[]);
+    let mut b = replica_of(&a.place.clone(), 1, &[]);
     let grant = a.plan(&ask(200_000, model(FLASH)), NOON).unwrap();
     assert_eq!(grant.at, NOON);
     // b read nothing yet; its plan must still see a's booking.
@@ -792,7 +836,9 @@ fn a_commit_made_on_a_stale_read_is_refused() {
     // A write against the version read before a's booking is refused.
     let runtime = &a.runtime;
     let refused = runtime.block_on(async {
-        let mut shared = SharedLanes::connect(&redis_url(), &a.prefix).await.unwrap();
+        let mut shared = SharedLanes::connect(&a.place.url, &a.place.prefix)
+            .await
+            .unwrap();
         let lane = ("key0".to_string(), FLASH.to_string());
         shared
             .commit(&[(lane, 0)], 0, &Default::default())
@@ -805,9 +851,9 @@ fn a_commit_made_on_a_stale_read_is_refused() {
 #[test]
 fn after_redis_loses_its_data_plans_wait_one_window() {
     let mut a = over_redis(1, &[]);
-    let mut b = replica_of(&a.prefix.clone(), 1, &[]);
+    let mut b = replica_of(&a.place.clone(), 1, &[]);
     a.plan(&ask(250_000, model(FLASH)), NOON).unwrap();
-    forget_all(&a.prefix);
+    forget_all(&a.place);
     // Neither replica trusts the empty Redis until a's call has left the window.
     let later = NOON.plus_millis(1_000);
     for replica in [&mut a, &mut b] {
@@ -833,12 +879,12 @@ fn after_redis_loses_its_data_plans_wait_one_window() {
 #[test]
 fn replicas_planning_at_the_same_time_never_overbook_any_window() {
     let owner = over_redis(2, &[FLASH_2025]);
-    let prefix = owner.prefix.clone();
+    let place = owner.place.clone();
     let threads: Vec<_> = (0..3u64)
         .map(|seed| {
-            let prefix = prefix.clone();
+            let place = place.clone();
             std::thread::spawn(move || {
-                let mut replica = replica_of(&prefix, 2, &[FLASH_2025]);
+                let mut replica = replica_of(&place, 2, &[FLASH_2025]);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 let grants: Vec<Grant> = (0..150)
                     .map(|_| {
