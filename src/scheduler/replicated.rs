@@ -27,6 +27,18 @@ use std::time::Duration;
 /// made progress.
 const MAX_CONFLICTS: usize = 64;
 
+/// After the n-th conflict in a row, a decision waits a random time of up to
+/// this × 2^n (at most 64×) before it reads again, so replicas that keep
+/// colliding fall out of step instead of colliding again.
+const CONFLICT_BACKOFF: Duration = Duration::from_micros(50);
+
+/// Waits before the next attempt of a decision that met its `n`-th conflict.
+async fn back_off_after_conflict(n: usize) {
+    let most = CONFLICT_BACKOFF * (1u32 << n.min(6));
+    let wait = most.mul_f64(rand::random::<f64>());
+    tokio::time::sleep(wait).await;
+}
+
 /// A request refused for want of Redis is told to come back this much later.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -214,7 +226,7 @@ impl Replicated {
             return Err(refused(self.problem.clone().unwrap_or_default(), now));
         }
         let lanes = self.all_lanes();
-        for _ in 0..MAX_CONFLICTS {
+        for attempt in 0..MAX_CONFLICTS {
             let versions = match self.read(&lanes, now).await {
                 Ok(v) => v,
                 Err(e) => return Err(self.unavailable(e, now)),
@@ -244,6 +256,7 @@ impl Replicated {
                 Ok(false) => {
                     self.conflicts += 1;
                     self.core.release(grant.id);
+                    back_off_after_conflict(attempt).await;
                 }
                 Err(e) => {
                     self.core.release(grant.id);
@@ -273,7 +286,7 @@ impl Replicated {
         } else {
             MAX_CONFLICTS
         };
-        for _ in 0..attempts {
+        for attempt in 0..attempts {
             let Ok(versions) = self.read(&lane, now).await else {
                 break;
             };
@@ -290,7 +303,10 @@ impl Replicated {
                     self.publish_changes().await.ok();
                     return;
                 }
-                Ok(false) => self.conflicts += 1,
+                Ok(false) => {
+                    self.conflicts += 1;
+                    back_off_after_conflict(attempt).await;
+                }
                 Err(e) => {
                     self.failed(e.to_string(), now);
                     break;
