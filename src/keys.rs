@@ -1,11 +1,28 @@
-//! API keys that cannot leak by accident.
+//! API keys that cannot leak by accident, and whether each may be used.
 //!
 //! [`ApiKey`] prints as `…abcd` in `Debug` and `Display`, so a key that ends up
 //! in a log line, an error or a panic message shows only its fingerprint. The
 //! text itself is read in exactly one place: the upstream client's
 //! `x-goog-api-key` header, through [`ApiKey::expose`].
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// Whether a key may be used, and if not, why. The scheduler decides it;
+/// the state store keeps it (so it lives here, below both).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum KeyState {
+    Healthy,
+    /// Taken out by an operator.
+    Disabled,
+    /// The upstream said the key is not valid (400 API_KEY_INVALID),
+    /// and a second, free call confirmed it.
+    Invalid(String),
+    /// The upstream refused the key's project (401/403 with a key- or
+    /// project-level reason), and a second, free call confirmed it.
+    Blocked(String),
+}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);

@@ -8,9 +8,10 @@
 
 use super::lane::{GrantId, Lane, LaneUsage, WINDOW_MS};
 use crate::clock::{PacificDay, Timestamp};
+pub use crate::keys::KeyState;
 use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Resolved, Source, Usage, Window};
 use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -18,20 +19,6 @@ use std::time::Duration;
 const BARE_429_BACKOFF: Duration = Duration::from_secs(5);
 /// Backoff base after a transient failure (500, 503, 504, a reset).
 const TRANSIENT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Whether a key may be used, and if not, why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
-pub enum KeyState {
-    Healthy,
-    /// Taken out by an operator.
-    Disabled,
-    /// The upstream said the key is not valid (400 API_KEY_INVALID).
-    Invalid(String),
-    /// The upstream refused the key's project (401/403 with a key- or
-    /// project-level reason, confirmed by a second, free call).
-    Blocked(String),
-}
 
 /// Which models a request may use.
 #[derive(Clone, Debug, PartialEq)]

@@ -15,7 +15,7 @@
 //! wait one window, so that calls made before the loss have left it.
 
 use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler};
-use super::lane::{GrantId, WINDOW_MS};
+use super::lane::{GrantId, Lane, WINDOW_MS};
 use crate::clock::Timestamp;
 use crate::policy::Mode;
 use crate::store::StoreError;
@@ -37,6 +37,11 @@ async fn back_off_after_conflict(n: usize) {
     let most = CONFLICT_BACKOFF * (1u32 << n.min(6));
     let wait = most.mul_f64(rand::random::<f64>());
     tokio::time::sleep(wait).await;
+}
+
+/// A lane as it is written to Redis (compact JSON, see `lane::Stored`).
+fn shared_form(lane: &Lane) -> String {
+    serde_json::to_string(lane).expect("a lane serialises")
 }
 
 /// A request refused for want of Redis is told to come back this much later.
@@ -178,7 +183,10 @@ impl Replicated {
             }
         }
         let mut versions = Vec::with_capacity(lanes.len());
-        for ((key, model), (version, lane)) in lanes.iter().zip(view.lanes) {
+        for ((key, model), (version, state)) in lanes.iter().zip(view.lanes) {
+            let lane = state
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
             self.core.put_lane(*key, model, lane);
             versions.push(version);
         }
@@ -250,7 +258,7 @@ impl Replicated {
                 .position(|(id, _)| *id == target)
                 .expect("the chosen lane was read");
             let lane = self.core.lane(grant.key, &grant.model);
-            match self.shared.commit(&read, write, &lane).await {
+            match self.shared.commit(&read, write, &shared_form(&lane)).await {
                 Ok(true) => return Ok(grant),
                 // Another replica decided first: this copy is stale.
                 Ok(false) => {
@@ -296,7 +304,7 @@ impl Replicated {
             let after = self.core.lane(grant.key, &grant.model);
             match self
                 .shared
-                .commit(&[(read_id.clone(), version)], 0, &after)
+                .commit(&[(read_id.clone(), version)], 0, &shared_form(&after))
                 .await
             {
                 Ok(true) => {

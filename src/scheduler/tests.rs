@@ -840,10 +840,7 @@ fn a_commit_made_on_a_stale_read_is_refused() {
             .await
             .unwrap();
         let lane = ("key0".to_string(), FLASH.to_string());
-        shared
-            .commit(&[(lane, 0)], 0, &Default::default())
-            .await
-            .unwrap()
+        shared.commit(&[(lane, 0)], 0, "{}").await.unwrap()
     });
     assert!(!refused, "version 0 is long gone");
 }

@@ -19,8 +19,8 @@ pub use sqlite::SqliteStore;
 pub use writer::Ledger;
 
 use crate::clock::Timestamp;
+use crate::keys::KeyState;
 use crate::policy::{LimitsOverride, Mode, Usage};
-use crate::scheduler::KeyState;
 use chrono::NaiveDate;
 use std::collections::BTreeMap;
 

@@ -20,9 +20,8 @@
 
 use super::{MinuteUsage, PolicyCache, Record, Recovered, Store, StoreError};
 use crate::clock::Timestamp;
+use crate::keys::KeyState;
 use crate::policy::{LimitsOverride, Mode};
-use crate::scheduler::KeyState;
-use crate::scheduler::lane::Lane;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisError, Value};
 use serde::{Deserialize, Serialize};
@@ -160,8 +159,9 @@ pub struct View {
     /// (mode, the configured mode it overrode).
     pub mode: Option<(Mode, Mode)>,
     pub key_states: HashMap<String, KeyState>,
-    /// The lanes asked for, in order, each with its version (0: never written).
-    pub lanes: Vec<(u64, Lane)>,
+    /// The lanes asked for, in order, each with its version (0: never
+    /// written) and its state as the scheduler wrote it (`None`: never written).
+    pub lanes: Vec<(u64, Option<String>)>,
 }
 
 /// The replicated scheduler's connection: reads lanes, commits one lane
@@ -218,10 +218,7 @@ impl SharedLanes {
             .into_iter()
             .map(|value| {
                 let (version, state): (Option<u64>, Option<String>) = parse(value)?;
-                let lane = state
-                    .and_then(|text| serde_json::from_str(&text).ok())
-                    .unwrap_or_default();
-                Ok((version.unwrap_or(0), lane))
+                Ok((version.unwrap_or(0), state))
             })
             .collect::<Result<_, RedisError>>()?;
         Ok(View {
@@ -232,13 +229,13 @@ impl SharedLanes {
         })
     }
 
-    /// Writes `lane` as the new state of `read[write].0`, if no lane in
-    /// `read` has moved from the version read. `Ok(false)`: one had.
+    /// Writes `state` as the new state of lane `read[write].0`, if no lane
+    /// in `read` has moved from the version read. `Ok(false)`: one had.
     pub async fn commit(
         &mut self,
         read: &[(LaneId, u64)],
         write: usize,
-        lane: &Lane,
+        state: &str,
     ) -> Result<bool, RedisError> {
         let mut call = self.commit.prepare_invoke();
         for (id, _) in read {
@@ -247,7 +244,7 @@ impl SharedLanes {
         for (_, version) in read {
             call.arg(*version);
         }
-        call.arg(write + 1).arg(json(lane)).arg(LANE_TTL_MS);
+        call.arg(write + 1).arg(state).arg(LANE_TTL_MS);
         let written: i64 = call.invoke_async(&mut self.conn).await?;
         Ok(written == 1)
     }

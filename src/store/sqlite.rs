@@ -2,8 +2,8 @@
 
 use super::{MinuteUsage, Outcome, PolicyCache, RecentCall, Record, Recovered, Store, StoreError};
 use crate::clock::Timestamp;
+use crate::keys::KeyState;
 use crate::policy::{LimitsOverride, Mode, Usage};
-use crate::scheduler::KeyState;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
