@@ -188,4 +188,3 @@ class Api(Generic[R]):
 def token_for(request: Request, api_token: Optional[str], admin_token: Optional[str]) -> Optional[str]:
     """The admin token on admin routes when there is one, else the API token."""
     return (admin_token or api_token) if request.admin else api_token
-

@@ -137,7 +137,9 @@ def free_port() -> int:
 class Launch:
     """What to start: the checked arguments and the child's environment."""
 
-    def __init__(self, keys: Iterable[str], mode: str, log: bool, settings: Mapping[str, Any], start_timeout: float) -> None:
+    def __init__(
+        self, keys: Iterable[str], mode: str, log: bool, settings: Mapping[str, Any], start_timeout: float
+    ) -> None:
         if isinstance(keys, str):
             raise TypeError("keys must be a list of keys, not one string")
         self.keys = [k.strip() for k in keys]
@@ -243,7 +245,9 @@ class Child:
         self.base_url = f"http://{env['FLUX_BIND']}"
         self.log = log
         self.tail: Deque[str] = collections.deque(maxlen=TAIL_LINES)
-        options: Dict[str, Any] = dict(env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        options: Dict[str, Any] = dict(
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         if os.name == "posix":
             options["start_new_session"] = True
             options["preexec_fn"] = _die_with_parent()
@@ -293,7 +297,9 @@ class Child:
                         f"gemini-flux started but is not ready: {ready.text}" + self.tail_text(), ready.status_code
                     )
                 if time.monotonic() > deadline:
-                    raise GeminiFluxError(f"gemini-flux did not answer on {self.base_url} within {timeout:g} s" + self.tail_text())
+                    raise GeminiFluxError(
+                        f"gemini-flux did not answer on {self.base_url} within {timeout:g} s" + self.tail_text()
+                    )
                 time.sleep(0.05)
 
     @property
@@ -306,7 +312,9 @@ class Child:
     def exit_note(self) -> str:
         """Why calls get no answer, when the child is gone; else nothing."""
         code = self.process.poll()
-        return "" if code is None else f" (the gemini-flux process {self.pid} exited with code {code})" + self.tail_text()
+        return (
+            "" if code is None else f" (the gemini-flux process {self.pid} exited with code {code})" + self.tail_text()
+        )
 
     def stop(self) -> None:
         """SIGTERM to the child's group (it finishes calls already upstream),

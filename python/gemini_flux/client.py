@@ -9,7 +9,7 @@ shapes; `AsyncGeminiFluxClient` is its asyncio twin.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Awaitable, Dict, Optional, Type, TypeVar
+from typing import Any, Awaitable, Dict, Generic, Optional, Type, TypeVar
 
 import httpx
 
@@ -19,36 +19,21 @@ __all__ = ["AsyncGeminiFluxClient", "GeminiFluxClient", "GeminiFluxError"]
 
 C = TypeVar("C", bound="GeminiFluxClient")
 A = TypeVar("A", bound="AsyncGeminiFluxClient")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 
-class _Endpoint:
-    """Where the service is and which tokens it wants (never shown in repr).
-    Requests go to `base_url` + path, so a subclass may learn `base_url` late."""
-
-    def __init__(self, base_url: str, api_token: Optional[str], admin_token: Optional[str]) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._api_token = api_token
-        self._admin_token = admin_token
-
-    def _headers(self, request: Request) -> Dict[str, str]:
-        return headers(token_for(request, self._api_token, self._admin_token))
-
-    def _unreachable(self, error: httpx.TransportError) -> GeminiFluxError:
-        """The error for a call that got no answer (subclasses say more)."""
-        return unreachable(self.base_url, error)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
-
-
-class GeminiFluxClient(_Endpoint, Api[Answer]):
-    """Blocking client: `GeminiFluxClient("http://localhost:8000").generate("hi")`.
+class _Endpoint(Generic[H]):
+    """Where the service is, which tokens it wants (never shown in repr), and
+    the httpx client (`H`) that reaches it. Requests go to `base_url` + path,
+    so a subclass may learn `base_url` late.
 
     `api_token` is sent as `Authorization: Bearer` (one of the service's
     `FLUX_API_TOKENS`); `admin_token`, when the service sets
     `FLUX_ADMIN_TOKEN`, is sent on the admin calls instead. `trust_env=False`
     ignores proxy variables such as `HTTP_PROXY`.
     """
+
+    _http_class: Type[H]
 
     def __init__(
         self,
@@ -58,18 +43,37 @@ class GeminiFluxClient(_Endpoint, Api[Answer]):
         admin_token: Optional[str] = None,
         trust_env: bool = True,
     ) -> None:
-        super().__init__(base_url, api_token, admin_token)
-        self._http = httpx.Client(trust_env=trust_env)
+        self.base_url = base_url.rstrip("/")
+        self._api_token = api_token
+        self._admin_token = admin_token
+        self._http: H = self._http_class(trust_env=trust_env)
+
+    def _arguments(self, request: Request) -> Dict[str, Any]:
+        """What `httpx` needs to send `request`."""
+        return dict(
+            method=request.method,
+            url=self.base_url + request.path,
+            json=request.json,
+            headers=headers(token_for(request, self._api_token, self._admin_token)),
+            timeout=request.timeout,
+        )
+
+    def _unreachable(self, error: httpx.TransportError) -> GeminiFluxError:
+        """The error for a call that got no answer (subclasses say more)."""
+        return unreachable(self.base_url, error)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+
+class GeminiFluxClient(_Endpoint[httpx.Client], Api[Answer]):
+    """Blocking client: `GeminiFluxClient("http://localhost:8000").generate("hi")`."""
+
+    _http_class = httpx.Client
 
     def _send(self, request: Request) -> Answer:
         try:
-            response = self._http.request(
-                request.method,
-                self.base_url + request.path,
-                json=request.json,
-                headers=self._headers(request),
-                timeout=request.timeout,
-            )
+            response = self._http.request(**self._arguments(request))
         except httpx.TransportError as error:
             raise self._unreachable(error) from error
         return answer(response)
@@ -90,29 +94,14 @@ class GeminiFluxClient(_Endpoint, Api[Answer]):
         self.close()
 
 
-class AsyncGeminiFluxClient(_Endpoint, Api[Awaitable[Answer]]):
+class AsyncGeminiFluxClient(_Endpoint[httpx.AsyncClient], Api[Awaitable[Answer]]):
     """The asyncio twin of `GeminiFluxClient`: the same methods, awaited."""
 
-    def __init__(
-        self,
-        base_url: str = "http://localhost:8000",
-        api_token: Optional[str] = None,
-        *,
-        admin_token: Optional[str] = None,
-        trust_env: bool = True,
-    ) -> None:
-        super().__init__(base_url, api_token, admin_token)
-        self._http = httpx.AsyncClient(trust_env=trust_env)
+    _http_class = httpx.AsyncClient
 
     async def _send(self, request: Request) -> Answer:
         try:
-            response = await self._http.request(
-                request.method,
-                self.base_url + request.path,
-                json=request.json,
-                headers=self._headers(request),
-                timeout=request.timeout,
-            )
+            response = await self._http.request(**self._arguments(request))
         except httpx.TransportError as error:
             raise self._unreachable(error) from error
         return answer(response)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import httpx
 
 from ._api import Answer, GeminiFluxError, Request
 from ._child import Child, Launch, fingerprint
-from .client import AsyncGeminiFluxClient, GeminiFluxClient
+from .client import H, AsyncGeminiFluxClient, GeminiFluxClient, _Endpoint
 
 __all__ = ["AsyncGeminiFlux", "GeminiFlux"]
 
@@ -27,15 +27,30 @@ __all__ = ["AsyncGeminiFlux", "GeminiFlux"]
 START_TIMEOUT_S = 60.0
 
 
-class _ChildOwner:
-    """What GeminiFlux and AsyncGeminiFlux add to their client: the child, a
-    finalizer that stops it (on collection and at interpreter exit), and
-    errors and a repr that say what became of it, naming keys only by
-    fingerprint."""
+class _ChildOwner(_Endpoint[H]):
+    """What GeminiFlux and AsyncGeminiFlux add to their client: the arguments
+    (checked at once), the child, a finalizer that stops it (on collection and
+    at interpreter exit), and errors and a repr that say what became of it,
+    naming keys only by fingerprint. The sync one starts its child at once."""
 
-    _launch: Launch
+    _start_at_once: bool
     _child: Optional[Child] = None
-    base_url: str
+    _stop_child: Callable[[], Any]
+
+    def __init__(
+        self,
+        keys: Iterable[str],
+        mode: str = "both",
+        log: bool = True,
+        *,
+        start_timeout: float = START_TIMEOUT_S,
+        **settings: Any,
+    ) -> None:
+        self._launch = Launch(keys, mode, log, settings, start_timeout)
+        child = self._launch.run() if self._start_at_once else None
+        super().__init__("", self._launch.token, trust_env=False)
+        if child is not None:
+            self._adopt(child)
 
     def _adopt(self, child: Child) -> None:
         self._child = child
@@ -65,7 +80,7 @@ class _ChildOwner:
         )
 
 
-class GeminiFlux(_ChildOwner, GeminiFluxClient):
+class GeminiFlux(_ChildOwner[httpx.Client], GeminiFluxClient):
     """`GeminiFlux(keys=[...], mode="both", log=True, **settings)`.
 
     `settings` become the child's environment: `base_url=` is
@@ -74,23 +89,12 @@ class GeminiFlux(_ChildOwner, GeminiFluxClient):
     JSON, `policy_fetch=False` → `FLUX_POLICY_FETCH=false`), and names
     already spelled as variables pass as they are. `log=True` forwards the
     service's output, one line per decision, to stderr; `log=False` keeps it
-    quiet. Stopped by `close()`, `with`, garbage collection and interpreter
-    exit; on Linux also when Python is killed.
+    quiet. `start_timeout` bounds the wait for the child to be ready.
+    Stopped by `close()`, `with`, garbage collection and interpreter exit;
+    on Linux also when Python is killed.
     """
 
-    def __init__(
-        self,
-        keys: Iterable[str],
-        mode: str = "both",
-        log: bool = True,
-        *,
-        start_timeout: float = START_TIMEOUT_S,
-        **settings: Any,
-    ) -> None:
-        self._launch = Launch(keys, mode, log, settings, start_timeout)
-        child = self._launch.run()
-        GeminiFluxClient.__init__(self, child.base_url, self._launch.token, trust_env=False)
-        self._adopt(child)
+    _start_at_once = True
 
     def close(self) -> None:
         """Stop the child and close the connection pool. Safe to call twice."""
@@ -98,7 +102,7 @@ class GeminiFlux(_ChildOwner, GeminiFluxClient):
         self._stop_child()
 
 
-class AsyncGeminiFlux(_ChildOwner, AsyncGeminiFluxClient):
+class AsyncGeminiFlux(_ChildOwner[httpx.AsyncClient], AsyncGeminiFluxClient):
     """The asyncio twin of `GeminiFlux`, with the same arguments:
 
         async with AsyncGeminiFlux(keys) as flux:
@@ -108,18 +112,8 @@ class AsyncGeminiFlux(_ChildOwner, AsyncGeminiFluxClient):
     on the first call, without blocking the event loop.
     """
 
-    def __init__(
-        self,
-        keys: Iterable[str],
-        mode: str = "both",
-        log: bool = True,
-        *,
-        start_timeout: float = START_TIMEOUT_S,
-        **settings: Any,
-    ) -> None:
-        self._launch = Launch(keys, mode, log, settings, start_timeout)
-        AsyncGeminiFluxClient.__init__(self, "", self._launch.token, trust_env=False)
-        self._starting: Optional[asyncio.Lock] = None
+    _start_at_once = False
+    _starting: Optional[asyncio.Lock] = None
 
     async def start(self) -> "AsyncGeminiFlux":
         """Start the child and wait until it is ready (once)."""

@@ -120,7 +120,9 @@ def test_a_quota_refusal_carries_retry_after(start_flux: Any) -> None:
 
 
 def test_settings_become_the_child_s_environment(start_flux: Any) -> None:
-    flux = start_flux(models=["gemini-2.5-flash", "gemini-2.5-flash-lite"], limits={"gemini-2.5-flash": {"rpm": 3}}, FLUX_GUARD_MS=100)
+    flux = start_flux(
+        models=["gemini-2.5-flash", "gemini-2.5-flash-lite"], limits={"gemini-2.5-flash": {"rpm": 3}}, FLUX_GUARD_MS=100
+    )
     status = flux.status()
     assert status["chain"] == ["gemini-2.5-flash", "gemini-2.5-flash-lite"]
     assert status["limits"]["gemini-2.5-flash"]["rpm"] == 3
@@ -132,9 +134,13 @@ def test_the_state_file_is_where_state_path_says(start_flux: Any, tmp_path: Path
     assert (tmp_path / "here" / "flux.db").is_file()
 
 
-def test_the_keys_argument_is_the_whole_list_even_with_a_dotenv(start_flux: Any, tmp_path: Path, monkeypatch: Any) -> None:
+def test_the_keys_argument_is_the_whole_list_even_with_a_dotenv(
+    start_flux: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
     # The binary reads .env itself: its keys must not join the ones given.
-    (tmp_path / ".env").write_text("GEMINI_KEY_1=AIzaFromDotenvOne9999\nexport GEMINI_KEY_7=AIzaFromDotenvSeven8888\nGEMINI_KEYS=AIzaListed7777\n")
+    (tmp_path / ".env").write_text(
+        "GEMINI_KEY_1=AIzaFromDotenvOne9999\nexport GEMINI_KEY_7=AIzaFromDotenvSeven8888\nGEMINI_KEYS=AIzaListed7777\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GEMINI_KEY_2", "AIzaFromEnvironment6666")
     flux = start_flux(KEYS[:2])
@@ -142,7 +148,7 @@ def test_the_keys_argument_is_the_whole_list_even_with_a_dotenv(start_flux: Any,
 
 
 def test_the_rest_of_dotenv_is_honoured(start_flux: Any, tmp_path: Path, monkeypatch: Any) -> None:
-    (tmp_path / ".env").write_text("FLUX_LIMITS='{\"gemini-2.5-pro\": {\"rpd\": 42}}'\n")
+    (tmp_path / ".env").write_text('FLUX_LIMITS=\'{"gemini-2.5-pro": {"rpd": 42}}\'\n')
     monkeypatch.chdir(tmp_path)
     flux = start_flux()
     assert flux.status()["limits"]["gemini-2.5-pro"]["rpd"] == 42

@@ -23,10 +23,10 @@ def run_original(sim: Sim, folder: Path, extra_env: str = "") -> subprocess.Comp
     keys = "".join(f"GEMINI_KEY_{n}={key}\n" for n, key in enumerate(KEYS, 1))
     (folder / ".env").write_text(f"{keys}GEMINI_BASE_URL={sim.url}\n{extra_env}")
     # Only .env configures it, as for the original's users.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_KEY", "GEMINI_MODE", "GEMINI_LOG", "FLUX_"))}
-    return subprocess.run(
-        [sys.executable, "test.py"], cwd=folder, env=env, capture_output=True, text=True, timeout=120
-    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_KEY", "GEMINI_MODE", "GEMINI_LOG", "FLUX_"))
+    }
+    return subprocess.run([sys.executable, "test.py"], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_the_original_script_prints_key_model_tokens_and_wait(sim: Sim, tmp_path: Path) -> None:
@@ -44,7 +44,9 @@ def test_the_original_script_prints_key_model_tokens_and_wait(sim: Sim, tmp_path
     assert out.endswith("\nWait applied: 0.0s\n")
     # log=True (GEMINI_LOG unset): the service's decision line for that very call.
     log = ANSI.sub("", done.stderr)
-    assert re.search(rf"granted grant=\d+ key={key} fingerprint={FINGERPRINTS[key - 1]} model=gemini-2.5-pro tokens=13", log), log
+    assert re.search(
+        rf"granted grant=\d+ key={key} fingerprint={FINGERPRINTS[key - 1]} model=gemini-2.5-pro tokens=13", log
+    ), log
     for secret in KEYS:
         assert secret not in out + log
 
