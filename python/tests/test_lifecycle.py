@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -66,6 +67,33 @@ def test_a_collected_gemini_flux_stops_its_child(sim: Sim, tmp_path: Path) -> No
     assert not alive(pid)
 
 
+def our_gemini_flux_children() -> list[int]:
+    """The pids of this process's children running gemini-flux."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().split("(", 1)[1].rsplit(")", 1)
+        except OSError:
+            continue
+        if comm == "gemini-flux" and int(rest.split()[1]) == os.getpid() and rest.split()[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_child_not_ready_in_time_is_an_error_and_is_stopped(tmp_path: Path) -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc")
+    # An upstream that accepts connections and never answers: key validation
+    # hangs, so the service never starts listening.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        upstream = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(GeminiFluxError, match="did not answer on http://127.0.0.1:[0-9]+ within 1 s"):
+            GeminiFlux(KEYS, log=False, base_url=upstream, state_path=tmp_path / "s.db", start_timeout=1)
+    assert our_gemini_flux_children() == []
+
+
 def python_owning_a_child(sim: Sim, tmp_path: Path, then: str) -> subprocess.Popen[str]:
     """A Python process that starts GeminiFlux (from a thread that then ends,
     to show the child outlives that thread), prints the child's pid, and then
@@ -92,22 +120,27 @@ def child_pid(python: subprocess.Popen[str]) -> int:
     assert python.stdout is not None
     line = python.stdout.readline()
     if not line:
-        python.wait(10)
-        raise AssertionError(python.stderr.read() if python.stderr else "no output")
+        raise AssertionError(python.communicate(timeout=30)[1])
     return int(line)
+
+
+def finish(python: subprocess.Popen[str]) -> int:
+    """The Python process's exit code, its pipes drained and closed."""
+    python.communicate(timeout=30)
+    return python.returncode
 
 
 def test_no_child_is_left_when_python_exits(sim: Sim, tmp_path: Path) -> None:
     python = python_owning_a_child(sim, tmp_path, "")
     pid = child_pid(python)
-    assert python.wait(30) == 0
+    assert finish(python) == 0
     assert not alive(pid)
 
 
 def test_no_child_is_left_when_python_dies_of_an_exception(sim: Sim, tmp_path: Path) -> None:
     python = python_owning_a_child(sim, tmp_path, "raise SystemExit(3)")
     pid = child_pid(python)
-    assert python.wait(30) == 3
+    assert finish(python) == 3
     assert not alive(pid)
 
 
@@ -118,5 +151,5 @@ def test_no_child_is_left_when_python_is_killed(sim: Sim, tmp_path: Path) -> Non
     pid = child_pid(python)
     assert alive(pid)
     os.kill(python.pid, signal.SIGKILL)
-    python.wait(10)
+    assert finish(python) == -signal.SIGKILL
     assert gone_within(pid, 10)
