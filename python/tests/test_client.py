@@ -81,9 +81,10 @@ def test_the_async_client_has_the_same_methods(start_flux: Any) -> None:
 
 
 def test_async_gemini_flux_starts_on_first_use_and_stops_on_exit(sim: Sim, tmp_path: Any) -> None:
+    flux = AsyncGeminiFlux(KEYS, log=False, base_url=sim.url, state_path=tmp_path / "a.db", policy_fetch=False)
+    assert flux.pid is None
+
     async def drive() -> int:
-        flux = AsyncGeminiFlux(KEYS, log=False, base_url=sim.url, state_path=tmp_path / "a.db", policy_fetch=False)
-        assert flux.pid is None
         async with flux:
             r = await flux.generate("hello")
             assert (r["response"], r["model_used"]) == ("ok:2", "gemini-2.5-pro")
@@ -98,4 +99,5 @@ def test_async_gemini_flux_starts_on_first_use_and_stops_on_exit(sim: Sim, tmp_p
             return flux.pid
 
     pid = asyncio.run(drive())
-    assert not alive(pid)
+    assert not alive(pid)  # `flux` is still referenced: stopped by `async with`, not collected
+    assert "stopped" in repr(flux)
