@@ -72,14 +72,9 @@ def answer(response: httpx.Response) -> Answer:
     raise GeminiFluxError(message, response.status_code, code, retry_after)
 
 
-def unreachable(base_url: str, error: httpx.TransportError) -> GeminiFluxError:
-    """The error for a service that did not answer at all."""
-    return GeminiFluxError(f"gemini-flux at {base_url} did not answer: {error!r}")
-
-
-def headers(token: Optional[str]) -> Dict[str, str]:
-    """`Authorization: Bearer` when the service wants a token."""
-    return {"authorization": f"Bearer {token}"} if token else {}
+def unreachable(base_url: str, error: httpx.TransportError, note: str = "") -> GeminiFluxError:
+    """The error for a service that did not answer at all; `note` says why, when known."""
+    return GeminiFluxError(f"gemini-flux at {base_url} did not answer: {error!r}{note}")
 
 
 def _timeout(read: Optional[float]) -> httpx.Timeout:
@@ -183,8 +178,3 @@ class Api(Generic[R]):
     def enable_key(self, index: int) -> R:
         """Put key `index` (1-based) back; `{"changes": [...]}`."""
         return self._send(Request("POST", "/config", {"enable_key": index}, admin=True))
-
-
-def token_for(request: Request, api_token: Optional[str], admin_token: Optional[str]) -> Optional[str]:
-    """The admin token on admin routes when there is one, else the API token."""
-    return (admin_token or api_token) if request.admin else api_token

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Dict, Generic, Optional, Type, TypeVar
 
 import httpx
 
-from ._api import Answer, Api, GeminiFluxError, Request, answer, headers, token_for, unreachable
+from ._api import Answer, Api, GeminiFluxError, Request, answer, unreachable
 
 __all__ = ["AsyncGeminiFluxClient", "GeminiFluxClient", "GeminiFluxError"]
 
@@ -49,12 +49,13 @@ class _Endpoint(Generic[H]):
         self._http: H = self._http_class(trust_env=trust_env)
 
     def _arguments(self, request: Request) -> Dict[str, Any]:
-        """What `httpx` needs to send `request`."""
+        """What `httpx` needs to send `request`, with the token it wants."""
+        token = (self._admin_token or self._api_token) if request.admin else self._api_token
         return dict(
             method=request.method,
             url=self.base_url + request.path,
             json=request.json,
-            headers=headers(token_for(request, self._api_token, self._admin_token)),
+            headers={"authorization": f"Bearer {token}"} if token else {},
             timeout=request.timeout,
         )
 

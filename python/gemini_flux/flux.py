@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import httpx
 
-from ._api import Answer, GeminiFluxError, Request
+from ._api import Answer, GeminiFluxError, Request, unreachable
 from ._child import Child, Launch, fingerprint
 from .client import H, AsyncGeminiFluxClient, GeminiFluxClient, _Endpoint
 
@@ -68,8 +68,7 @@ class _ChildOwner(_Endpoint[H]):
         return self._child.pid if self._child else None
 
     def _unreachable(self, error: httpx.TransportError) -> GeminiFluxError:
-        note = self._child.exit_note() if self._child else ""
-        return GeminiFluxError(f"gemini-flux at {self.base_url} did not answer: {error!r}{note}")
+        return unreachable(self.base_url, error, self._child.exit_note() if self._child else "")
 
     def __repr__(self) -> str:
         keys = [fingerprint(k) for k in self._launch.keys]
