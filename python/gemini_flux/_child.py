@@ -120,12 +120,15 @@ def env_value(value: Any) -> str:
     return str(value)
 
 
-def dotenv_names(path: Path) -> List[str]:
-    """The variables a `.env` file sets (their values are not read)."""
-    try:
-        return DOTENV_NAME.findall(path.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return []
+def dotenv_names() -> List[str]:
+    """The variables set by the `.env` the binary will read: the first one in
+    the working directory or above it, as dotenvy finds it (values unread)."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        try:
+            return DOTENV_NAME.findall((folder / ".env").read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return []
 
 
 def free_port() -> int:
@@ -162,7 +165,7 @@ class Launch:
         of `.env` masked (the binary reads `.env` itself, and `keys=` is the
         whole list), then the keys, mode, log flag, address, token and settings."""
         env = {name: value for name, value in os.environ.items() if not KEY_VAR.match(name)}
-        env.update({name: "" for name in dotenv_names(Path(".env")) if KEY_VAR.match(name)})
+        env.update({name: "" for name in dotenv_names() if KEY_VAR.match(name)})
         env.update({f"GEMINI_KEY_{n}": key for n, key in enumerate(self.keys, 1)})
         env.update(
             GEMINI_MODE=self.mode,
@@ -183,9 +186,9 @@ class Launch:
             try:
                 child.wait_ready(self.start_timeout)
                 return child
-            except GeminiFluxError:
+            except BaseException as error:  # a Ctrl-C while waiting too
                 child.stop()
-                if not child.lost_its_port():
+                if not (isinstance(error, GeminiFluxError) and child.lost_its_port()):
                     raise
         raise GeminiFluxError("gemini-flux could not bind a loopback port three times" + child.tail_text())
 

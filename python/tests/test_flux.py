@@ -137,11 +137,13 @@ def test_the_state_file_is_where_state_path_says(start_flux: Any, tmp_path: Path
 def test_the_keys_argument_is_the_whole_list_even_with_a_dotenv(
     start_flux: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    # The binary reads .env itself: its keys must not join the ones given.
+    # The binary reads .env itself (the first found from the working directory
+    # up): its keys must not join the ones given.
     (tmp_path / ".env").write_text(
         "GEMINI_KEY_1=AIzaFromDotenvOne9999\nexport GEMINI_KEY_7=AIzaFromDotenvSeven8888\nGEMINI_KEYS=AIzaListed7777\n"
     )
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "below").mkdir()
+    monkeypatch.chdir(tmp_path / "below")
     monkeypatch.setenv("GEMINI_KEY_2", "AIzaFromEnvironment6666")
     flux = start_flux(KEYS[:2])
     assert [k["fingerprint"] for k in flux.status()["keys"]] == ["…1111", "…2222"]
