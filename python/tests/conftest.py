@@ -27,6 +27,11 @@ KEYS = ["AIzaFakeKeyForTestsNumberOne1111", "AIzaFakeKeyForTestsNumberTwo2222", 
 FINGERPRINTS = ["…1111", "…2222", "…3333"]
 
 
+#: `wait_applied` of a call no quota held back: the service reports the time it
+#: actually waited for the grant's instant, a millisecond on a busy machine.
+NO_QUOTA_WAIT_S = 0.05
+
+
 def sim_tokens(text: str) -> int:
     """The simulator's token count: a quarter of the characters, rounded up."""
     return max(1, math.ceil(len(text) / 4))
