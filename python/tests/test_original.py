@@ -1,6 +1,7 @@
 """The original package's `test.py` (python/tests/original/test.py), run
-unchanged as its users ran it: beside a `.env` with the keys and
-GEMINI_BASE_URL (here the simulator's), in a Python process of its own."""
+unchanged as its users ran it: beside a `.env` made from `.env.example` with
+the keys and GEMINI_BASE_URL (here the simulator's), in a Python process of
+its own."""
 
 from __future__ import annotations
 
@@ -14,14 +15,27 @@ from pathlib import Path
 from conftest import FINGERPRINTS, KEYS, NO_QUOTA_WAIT_S, Sim, sim_tokens
 
 SCRIPT = Path(__file__).parent / "original" / "test.py"
+EXAMPLE = Path(__file__).parents[2] / ".env.example"
 PROMPT = "Say hello in 5 different languages. Keep it short."
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def run_original(sim: Sim, folder: Path, extra_env: str = "") -> subprocess.CompletedProcess[str]:
+def filled_example(sim: Sim, **values: str) -> str:
+    """The repository's `.env.example` filled in as a user would: our keys in
+    GEMINI_KEY_1..3 (the rest left empty), the simulator as GEMINI_BASE_URL,
+    and `values` in place of the lines they name. Its FLUX_BIND (port 8000)
+    and empty tokens stay: GeminiFlux must set its own."""
+    values = {f"GEMINI_KEY_{n}": key for n, key in enumerate(KEYS, 1)} | {"GEMINI_BASE_URL": sim.url} | values
+    lines = []
+    for line in EXAMPLE.read_text().splitlines():
+        name = line.split("=", 1)[0]
+        lines.append(f"{name}={values[name]}" if name in values else line)
+    return "\n".join(lines) + "\n"
+
+
+def run_original(sim: Sim, folder: Path, **values: str) -> subprocess.CompletedProcess[str]:
     shutil.copy(SCRIPT, folder / "test.py")
-    keys = "".join(f"GEMINI_KEY_{n}={key}\n" for n, key in enumerate(KEYS, 1))
-    (folder / ".env").write_text(f"{keys}GEMINI_BASE_URL={sim.url}\n{extra_env}")
+    (folder / ".env").write_text(filled_example(sim, **values))
     # Only .env configures it, as for the original's users.
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_KEY", "GEMINI_MODE", "GEMINI_LOG", "FLUX_"))
@@ -53,7 +67,7 @@ def test_the_original_script_prints_key_model_tokens_and_wait(sim: Sim, tmp_path
 
 
 def test_gemini_log_false_keeps_the_service_quiet(sim: Sim, tmp_path: Path) -> None:
-    done = run_original(sim, tmp_path, "GEMINI_LOG=false\n")
+    done = run_original(sim, tmp_path, GEMINI_LOG="false")
     assert done.returncode == 0, done.stderr
     assert "\nModel: gemini-2.5-pro\n" in done.stdout
     assert done.stderr == ""
