@@ -199,22 +199,29 @@ class _Spawner:
     a thread that lives as long as the process makes it mean the process."""
 
     def __init__(self) -> None:
-        self._jobs: "queue.Queue[Tuple[Callable[[], Any], concurrent.futures.Future[Any]]]" = queue.Queue()
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        #: The process whose thread serves `_jobs` (0: none has started yet).
+        self._pid = 0
+        self._jobs: "queue.Queue[Tuple[Callable[[], Any], concurrent.futures.Future[Any]]]" = queue.Queue()
 
     def run(self, job: Callable[[], T]) -> T:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="gemini-flux spawner", daemon=True)
-                self._thread.start()
+            # Started here once per process: a fork (multiprocessing) has no copy of the thread.
+            if self._pid != os.getpid():
+                self._jobs = queue.Queue()
+                threading.Thread(
+                    target=self._serve, args=(self._jobs,), name="gemini-flux spawner", daemon=True
+                ).start()
+                self._pid = os.getpid()
+            jobs = self._jobs
         done: "concurrent.futures.Future[T]" = concurrent.futures.Future()
-        self._jobs.put((job, done))
+        jobs.put((job, done))
         return done.result()
 
-    def _serve(self) -> None:
+    @staticmethod
+    def _serve(jobs: "queue.Queue[Tuple[Callable[[], Any], concurrent.futures.Future[Any]]]") -> None:
         while True:
-            job, done = self._jobs.get()
+            job, done = jobs.get()
             try:
                 done.set_result(job())
             except BaseException as error:  # handed to the caller

@@ -5,7 +5,7 @@ on a free loopback port, with the keys, mode and settings in its environment
 (the rest of the environment and a `.env` in the working directory are read
 by the binary itself), waits until it is ready, and is then a
 `GeminiFluxClient` of it: `generate`, `status`, `set_mode`, `disable_key`,
-`enable_key` and `refresh_policy` return what the original package returned.
+`enable_key` and `refresh_policy`, with the original client's return shapes.
 `AsyncGeminiFlux` is its asyncio twin.
 """
 

@@ -5,6 +5,7 @@ ends (normally, by an exception, or SIGKILL), checked by pid."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import socket
@@ -153,3 +154,23 @@ def test_no_child_is_left_when_python_is_killed(sim: Sim, tmp_path: Path) -> Non
     os.kill(python.pid, signal.SIGKILL)
     assert finish(python) == -signal.SIGKILL
     assert gone_within(pid, 10)
+
+
+def use_gemini_flux_in_a_fork(url: str, state: str) -> None:
+    with GeminiFlux(KEYS, log=False, base_url=url, state_path=state, policy_fetch=False) as flux:
+        assert flux.generate("hi")["response"] == "ok:1"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ on fork() with threads
+def test_a_forked_process_can_start_its_own_child(start_flux: Any, sim: Sim, tmp_path: Path) -> None:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    start_flux()  # this process's spawner thread runs; the fork gets no copy of it
+    worker = multiprocessing.get_context("fork").Process(
+        target=use_gemini_flux_in_a_fork, args=(sim.url, str(tmp_path / "fork.db"))
+    )
+    worker.start()
+    worker.join(30)
+    if worker.exitcode is None:
+        worker.kill()
+    assert worker.exitcode == 0
