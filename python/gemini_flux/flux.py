@@ -2,8 +2,8 @@
 
 `GeminiFlux(keys)` starts the bundled `gemini-flux` binary as a child process
 on a free loopback port, with the keys, mode and settings in its environment
-(the rest of the environment and a `.env` in the working directory are read
-by the binary itself), waits until it is ready, and is then a
+(the rest of the environment and `.env`, found from the working directory
+up, are read by the binary itself), waits until it is ready, and is then a
 `GeminiFluxClient` of it: `generate`, `status`, `set_mode`, `disable_key`,
 `enable_key` and `refresh_policy`, with the original client's return shapes.
 `AsyncGeminiFlux` is its asyncio twin.
