@@ -16,9 +16,9 @@ if ! python3 -m venv "$venv" >/dev/null 2>&1; then
   python3 -m venv "$venv"
 fi
 # Users get the release profile (pyproject.toml). CI builds the wheel with the
-# dev profile instead: it reuses target/debug, which .ci/run has just built,
-# where a release build would add some ten minutes on two cores. The wheel's
-# contents and layout are the same.
+# dev profile instead: only the binary is compiled again (stripped), on the
+# dependencies .ci/run has just built in target/debug, where a release build
+# would add some ten minutes on two cores. The wheel's layout is the same.
 MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check .
 "$venv/bin/pip" install --quiet --disable-pip-version-check pytest python-dotenv
 
