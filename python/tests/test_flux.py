@@ -4,6 +4,7 @@ reaching the child, keys shown only as fingerprints, start-up failures."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ def test_generate_honours_its_arguments(start_flux: Any) -> None:
     assert flux.generate("hi", model="gemini-2.5-flash")["model_used"] == "gemini-2.5-flash"
     system = "You are terse."
     assert flux.generate("hi", system=system)["response"] == f"ok:{sim_tokens('hi' + system)}"
+
+
+def test_threads_may_share_one_gemini_flux(start_flux: Any) -> None:
+    flux = start_flux()
+    prompts = [f"prompt number {n}" * n for n in range(1, 9)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(flux.generate, prompts))
+    assert [a["response"] for a in answers] == [f"ok:{sim_tokens(p)}" for p in prompts]
+    assert len({a["request_id"] for a in answers}) == 8
 
 
 def test_set_mode_narrows_the_chain(start_flux: Any) -> None:
