@@ -36,6 +36,11 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(ms))
     }
 
+    /// The moment `d` earlier; saturates rather than overflowing.
+    pub fn minus(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_sub(d.as_millis() as i64))
+    }
+
     /// How long from `earlier` until `self`; zero if `self` is not later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)

@@ -8,7 +8,7 @@ use crate::api::AppState;
 use crate::api::dispatch::{Call, Job, Reply, dispatch};
 use crate::clock::Timestamp;
 use crate::keys::ApiKey;
-use crate::policy::fetch::{self, CACHE_TTL_MS};
+use crate::policy::fetch::{self, CACHE_TTL};
 use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
 use crate::scheduler::Target;
 use crate::store::{PolicyCache, Record};
@@ -39,7 +39,7 @@ impl FetchStatus {
         FetchStatus {
             enabled: true,
             fetched_at: Some(at),
-            expires_at: Some(at.plus_millis(CACHE_TTL_MS)),
+            expires_at: Some(at.plus(CACHE_TTL)),
             from_cache,
             last_attempt_at: (!from_cache).then_some(at),
             last_rejection: None,
@@ -49,7 +49,7 @@ impl FetchStatus {
 
 /// The cache, if it is younger than its seven days at `now`.
 pub fn fresh(cache: Option<PolicyCache>, now: Timestamp) -> Option<PolicyCache> {
-    cache.filter(|c| now.millis() - c.at.millis() < CACHE_TTL_MS)
+    cache.filter(|c| now < c.at.plus(CACHE_TTL))
 }
 
 /// The chain from `GET /models` on the first key that answers, ordered as the
@@ -132,7 +132,7 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
             *status = FetchStatus::accepted(started, false);
             tracing::info!(
                 "policy fetched and accepted; trusted until {}",
-                started.plus_millis(CACHE_TTL_MS)
+                started.plus(CACHE_TTL)
             );
             Ok(())
         }

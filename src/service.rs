@@ -19,7 +19,7 @@ use crate::keys::ApiKey;
 use crate::policy::Layers;
 use crate::refresh::{self, FetchStatus};
 use crate::scheduler::actor::Journal;
-use crate::scheduler::lane::WINDOW_MS;
+use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::Replicated;
 use crate::scheduler::{KeyState, Scheduler, SchedulerHandle};
 use crate::store::redis::masked;
@@ -136,8 +136,7 @@ async fn launch(
         None => crate::metrics::Metrics::default(),
     };
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
-    let span_ms = WINDOW_MS + settings.guard.as_millis() as i64;
-    let recovered = store.recover(clock.now(), span_ms)?;
+    let recovered = store.recover(clock.now(), WINDOW + settings.guard)?;
     // A fetch accepted less than seven days ago, and the models found with
     // it, are trusted; otherwise discover now and fetch once serving.
     let cache = if settings.policy_fetch {

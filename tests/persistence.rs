@@ -108,7 +108,7 @@ async fn a_restart_remembers_the_window_the_day_and_the_operators_choices() {
 struct FullDisk;
 
 impl Store for FullDisk {
-    fn recover(&mut self, _: Timestamp, _: i64) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, _: Timestamp, _: Duration) -> Result<Recovered, StoreError> {
         Ok(Recovered::default())
     }
     fn apply(&mut self, _: &[Record]) -> Result<(), StoreError> {

@@ -8,9 +8,10 @@ use super::LimitsOverride;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 /// How long an accepted answer (and the discovered model list) is trusted.
-pub const CACHE_TTL_MS: i64 = 7 * 86_400_000;
+pub const CACHE_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 pub const RPM_RANGE: RangeInclusive<u64> = 1..=10_000;
 pub const TPM_RANGE: RangeInclusive<u64> = 1_000..=100_000_000;

@@ -6,7 +6,7 @@
 //! through a simulated day in milliseconds. The actor (`super::actor`) is its
 //! only owner in the running service.
 
-use super::lane::{GrantId, Lane, LaneUsage, WINDOW_MS};
+use super::lane::{GrantId, Lane, LaneUsage, WINDOW};
 use crate::clock::{PacificDay, Timestamp};
 pub use crate::keys::KeyState;
 use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Resolved, Source, Usage, Window};
@@ -193,7 +193,7 @@ pub struct Scheduler {
     next_grant: GrantId,
     retired: Vec<Retired>,
     /// The window plus the guard: how long a booking holds capacity.
-    span_ms: i64,
+    span: Duration,
     changes: Vec<Change>,
 }
 
@@ -217,7 +217,7 @@ impl Scheduler {
             grants: HashMap::new(),
             next_grant: 1,
             retired: Vec::new(),
-            span_ms: WINDOW_MS + guard.as_millis() as i64,
+            span: WINDOW + guard,
             changes: Vec::new(),
         }
     }
@@ -413,11 +413,11 @@ impl Scheduler {
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
-                lane.forget_before(now, today, self.span_ms);
+                lane.forget_before(now, today, self.span);
                 if !lane.day_admits(limits, today, request.tokens) {
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, request.tokens, now, day, self.span_ms) else {
+                let Some(at) = lane.earliest(limits, request.tokens, now, day, self.span) else {
                     continue;
                 };
                 if probe {
@@ -634,7 +634,7 @@ impl Scheduler {
             }
         }
         let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
-        let span_ms = self.span_ms;
+        let span = self.span;
         let lane = self.lane_mut(grant.key, &grant.model);
         if per_day {
             lane.exhaust_day(today);
@@ -644,7 +644,7 @@ impl Scheduler {
             Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
             _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
             // A per-minute quota with no delay: its window is a minute at most.
-            _ if !per_day => lane.cool_until(now.plus_millis(span_ms)),
+            _ if !per_day => lane.cool_until(now.plus(span)),
             _ => {}
         }
     }

@@ -32,7 +32,7 @@ use std::time::Duration;
 pub type GrantId = u64;
 
 /// The upstream's per-minute window.
-pub const WINDOW_MS: i64 = 60_000;
+pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// How many gap instants a plan examines before it goes to the end of the
 /// lane's queue. Bounds planning cost when thousands of grants wait; the end
@@ -40,7 +40,7 @@ pub const WINDOW_MS: i64 = 60_000;
 const MAX_GAP_CANDIDATES: usize = 512;
 
 /// Learned limits lapse this long after the upstream last enforced them.
-pub const LEARNED_TTL_MS: i64 = 7 * 86_400_000;
+pub const LEARNED_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// How many Pacific midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
@@ -81,7 +81,7 @@ pub struct Lane {
     /// A per-day 429 said this lane is spent for that Pacific day.
     exhausted_day: Option<NaiveDate>,
     /// Limits the upstream taught this lane (each only ever lowered), and when
-    /// it last said so: they lapse [`LEARNED_TTL_MS`] later.
+    /// it last said so: they lapse [`LEARNED_TTL`] later.
     learned: LimitsOverride,
     learned_at: Timestamp,
     /// Consecutive failures without a quota answer to go by; grows the backoff.
@@ -177,7 +177,7 @@ impl From<Stored> for Lane {
 impl Lane {
     /// What this lane has learned, unless it has lapsed by `now`.
     pub fn learned(&self, now: Timestamp) -> Option<LimitsOverride> {
-        let fresh = now.millis() - self.learned_at.millis() < LEARNED_TTL_MS;
+        let fresh = now < self.learned_at.plus(LEARNED_TTL);
         (fresh && self.learned != LimitsOverride::default()).then_some(self.learned)
     }
 
@@ -205,7 +205,7 @@ impl Lane {
         tokens: u64,
         from: Timestamp,
         today: PacificDay,
-        span_ms: i64,
+        span: Duration,
     ) -> Option<Timestamp> {
         if !limits.can_ever_admit(tokens) {
             return None;
@@ -217,7 +217,7 @@ impl Lane {
         }
         for _ in 0..MAX_DAYS_AHEAD {
             if self.day_admits(limits, day.date, tokens) {
-                let t = self.earliest_in_window(limits, tokens, from, span_ms);
+                let t = self.earliest_in_window(limits, tokens, from, span);
                 if t < day.ends {
                     return Some(t);
                 }
@@ -240,18 +240,16 @@ impl Lane {
         limits: Limits,
         tokens: u64,
         from: Timestamp,
-        span_ms: i64,
+        span: Duration,
     ) -> Timestamp {
-        let first = self
-            .bookings
-            .partition_point(|b| b.at.millis() + span_ms <= from.millis());
+        let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
         let live = &self.bookings[first..];
         let tail = live.last().map_or(from, |b| b.at.max(from));
         let next_candidate = |after: Timestamp| {
             let start = live.partition_point(|b| b.at <= after);
-            let end = live.partition_point(|b| b.at.millis() + span_ms <= after.millis());
+            let end = live.partition_point(|b| b.at.plus(span) <= after);
             let starting = live.get(start).map(|b| b.at);
-            let ending = live.get(end).map(|b| b.at.plus_millis(span_ms));
+            let ending = live.get(end).map(|b| b.at.plus(span));
             starting.into_iter().chain(ending).min()
         };
         let mut t = from;
@@ -261,7 +259,7 @@ impl Lane {
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, tokens, t, span_ms) {
+            match self.refusing_window(limits, tokens, t, span) {
                 None => return t,
                 Some(s) => {
                     examined += 1;
@@ -279,15 +277,15 @@ impl Lane {
         limits: Limits,
         tokens: u64,
         t: Timestamp,
-        span_ms: i64,
+        span: Duration,
     ) -> Option<Timestamp> {
         let call = Usage::call(tokens);
         let over =
-            |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span_ms), call);
+            |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span), call);
         let after = self.bookings.partition_point(|b| b.at <= t);
         let later = self.bookings[after..]
             .iter()
-            .take_while(|b| b.at.millis() < t.millis() + span_ms)
+            .take_while(|b| b.at < t.plus(span))
             .map(|b| b.at)
             .filter(|&s| over(s))
             .last();
@@ -295,10 +293,8 @@ impl Lane {
     }
 
     /// What the bookings whose span covers instant `s` spent.
-    fn usage_ending_at(&self, s: Timestamp, span_ms: i64) -> Usage {
-        let lo = self
-            .bookings
-            .partition_point(|b| b.at.millis() + span_ms <= s.millis());
+    fn usage_ending_at(&self, s: Timestamp, span: Duration) -> Usage {
+        let lo = self.bookings.partition_point(|b| b.at.plus(span) <= s);
         let hi = self.bookings.partition_point(|b| b.at <= s);
         self.bookings[lo..hi.max(lo)]
             .iter()
@@ -430,10 +426,8 @@ impl Lane {
 
     /// Drops what can no longer affect any decision: bookings whose span ended
     /// before `now`, day counts of past days.
-    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, span_ms: i64) {
-        let gone = self
-            .bookings
-            .partition_point(|b| b.at.millis() + span_ms <= now.millis());
+    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, span: Duration) {
+        let gone = self.bookings.partition_point(|b| b.at.plus(span) <= now);
         self.bookings.drain(..gone);
         if self
             .per_day
@@ -445,7 +439,7 @@ impl Lane {
     }
 
     pub fn usage(&self, now: Timestamp) -> LaneUsage {
-        let minute = self.usage_ending_at(now, WINDOW_MS);
+        let minute = self.usage_ending_at(now, WINDOW);
         let today = self.used_on(now.pacific_day());
         LaneUsage {
             tokens_last_60s: minute.input_tokens,
@@ -463,7 +457,7 @@ impl Lane {
 mod tests {
     use super::*;
 
-    const SPAN: i64 = WINDOW_MS + 250;
+    const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
     const FLASH: Limits = Limits {
         rpm: 10,
         tpm: 250_000,
@@ -492,7 +486,7 @@ mod tests {
                 SPAN,
             )
             .unwrap();
-        assert_eq!(t, T0.plus_millis(SPAN));
+        assert_eq!(t, T0.plus(SPAN));
     }
 
     #[test]
@@ -506,7 +500,7 @@ mod tests {
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
             lane.earliest(FLASH, 60_000, T0, PacificDay::of(T0), SPAN),
-            Some(T0.plus_millis(30_000 + SPAN))
+            Some(T0.plus_millis(30_000).plus(SPAN))
         );
     }
 
@@ -516,7 +510,7 @@ mod tests {
         let t = lane
             .earliest(FLASH, 100, T0.plus_millis(10_000), PacificDay::of(T0), SPAN)
             .unwrap();
-        assert_eq!(t, T0.plus_millis(SPAN), "the first call's span must end");
+        assert_eq!(t, T0.plus(SPAN), "the first call's span must end");
     }
 
     #[test]

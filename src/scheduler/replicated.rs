@@ -15,7 +15,7 @@
 //! wait one window, so that calls made before the loss have left it.
 
 use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler};
-use super::lane::{GrantId, Lane, WINDOW_MS};
+use super::lane::{GrantId, Lane, WINDOW};
 use crate::clock::Timestamp;
 use crate::policy::Mode;
 use crate::store::StoreError;
@@ -50,7 +50,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// After Redis failed, nothing asks it again for this long: twice its
 /// timeout, so a Redis that stops answering holds the actor at most half the
 /// time, and every request in between is refused at once.
-const BACKOFF_MS: i64 = 2 * redis::TIMEOUT.as_millis() as i64;
+const BACKOFF: Duration = redis::TIMEOUT.saturating_mul(2);
 
 pub struct Replicated {
     core: Scheduler,
@@ -59,7 +59,7 @@ pub struct Replicated {
     key_ids: Vec<String>,
     configured_mode: Mode,
     /// The window plus the guard.
-    span_ms: i64,
+    span: Duration,
     /// The Redis epoch this replica last saw.
     epoch: String,
     /// After Redis lost its data, plans wait until then.
@@ -103,7 +103,7 @@ impl Replicated {
             shared,
             key_ids,
             configured_mode,
-            span_ms: WINDOW_MS + guard.as_millis() as i64,
+            span: WINDOW + guard,
             epoch,
             hold_until: Timestamp(i64::MIN),
             problem: None,
@@ -159,7 +159,7 @@ impl Replicated {
         };
         self.problem = None;
         if view.epoch.as_deref() != Some(self.epoch.as_str()) {
-            self.hold_until = now.plus_millis(self.span_ms);
+            self.hold_until = now.plus(self.span);
             tracing::warn!(
                 "Redis lost the shared quota state (restarted without persistence?): holding new plans until {} so calls made before have left the window; today's per-day counts start again",
                 self.hold_until
@@ -208,7 +208,7 @@ impl Replicated {
     /// Notes that Redis failed; answers the reason.
     fn failed(&mut self, reason: String, now: Timestamp) -> String {
         self.problem = Some(reason.clone());
-        self.next_attempt = now.plus_millis(BACKOFF_MS);
+        self.next_attempt = now.plus(BACKOFF);
         reason
     }
 

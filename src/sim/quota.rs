@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
 
-pub const WINDOW_MS: i64 = 60_000;
+pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// Why a call was refused: every quota it would break, and the true time
 /// until it would fit (`None` when it never can: more than a limit allows).
@@ -138,7 +138,7 @@ impl LaneQuota {
 
     fn expire(&mut self, now: Timestamp) {
         while let Some(&(at, _)) = self.window.front() {
-            if now.millis() - at.millis() >= WINDOW_MS {
+            if now >= at.plus(WINDOW) {
                 self.window.pop_front();
             } else {
                 break;
@@ -152,7 +152,7 @@ impl LaneQuota {
     }
 
     fn expiry(&self, arrival: Timestamp, now: Timestamp) -> Duration {
-        arrival.plus_millis(WINDOW_MS).since(now)
+        arrival.plus(WINDOW).since(now)
     }
 
     /// How long until `tokens` (at most `tpm`) more fit under `tpm`, as older calls leave.

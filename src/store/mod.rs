@@ -23,6 +23,7 @@ use crate::keys::KeyState;
 use crate::policy::{LimitsOverride, Mode, Usage};
 use chrono::NaiveDate;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// Identifies a call record across restarts (random, so two runs never collide).
 pub type CallId = i64;
@@ -167,7 +168,7 @@ pub trait Store: Send + 'static {
         Ok(Vec::new())
     }
     /// What to restore as of `now`: calls after `now - window`, today's counts.
-    fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError>;
+    fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError>;
     /// Applies a batch in one transaction.
     fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError>;
     /// Whether a call's `CallSent` record must be committed before the call

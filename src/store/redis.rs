@@ -32,9 +32,9 @@ use std::time::Duration;
 /// (and refuses the request it was for).
 pub const TIMEOUT: Duration = Duration::from_secs(1);
 /// Lanes outlive their last write by the learned limits' lifetime and a day.
-const LANE_TTL_MS: i64 = 8 * 86_400_000;
+const LANE_TTL: Duration = Duration::from_secs(8 * 86_400);
 /// The dashboard's per-minute usage is kept two hours.
-const USAGE_TTL_S: i64 = 2 * 3_600;
+const USAGE_TTL: Duration = Duration::from_secs(2 * 3_600);
 
 /// `url` with its password replaced by `***`, fit for logs and errors.
 pub fn masked(url: &str) -> String {
@@ -244,7 +244,9 @@ impl SharedLanes {
         for (_, version) in read {
             call.arg(*version);
         }
-        call.arg(write + 1).arg(state).arg(LANE_TTL_MS);
+        call.arg(write + 1)
+            .arg(state)
+            .arg(LANE_TTL.as_millis() as u64);
         let written: i64 = call.invoke_async(&mut self.conn).await?;
         Ok(written == 1)
     }
@@ -335,7 +337,7 @@ impl RedisStore {
 impl Store for RedisStore {
     fn usage_by_minute(&mut self, since: Timestamp) -> Result<Vec<MinuteUsage>, StoreError> {
         let first = since.millis().div_euclid(60_000);
-        let minutes: Vec<i64> = (first..first + USAGE_TTL_S / 60 + 1).collect();
+        let minutes: Vec<i64> = (first..first + USAGE_TTL.as_secs() as i64 / 60 + 1).collect();
         let mut pipe = redis::pipe();
         for minute in &minutes {
             pipe.hgetall(self.names.usage(*minute));
@@ -361,7 +363,7 @@ impl Store for RedisStore {
         Ok(usage)
     }
 
-    fn recover(&mut self, _now: Timestamp, _window_ms: i64) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, _now: Timestamp, _window: Duration) -> Result<Recovered, StoreError> {
         let mut pipe = redis::pipe();
         pipe.hgetall(self.names.keys())
             .get(self.names.mode())
@@ -397,7 +399,7 @@ impl Store for RedisStore {
                     let usage = self.names.usage(at.millis().div_euclid(60_000));
                     pipe.hincr(&usage, format!("{key_index} {fingerprint}"), *input_tokens)
                         .ignore()
-                        .expire(&usage, USAGE_TTL_S)
+                        .expire(&usage, USAGE_TTL.as_secs() as i64)
                         .ignore();
                 }
                 Record::KeyState { key_id, state } => {

@@ -6,6 +6,7 @@ use crate::keys::KeyState;
 use crate::policy::{LimitsOverride, Mode, Usage};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Each entry moves the schema one version up; `PRAGMA user_version` says
 /// how many have been applied. Append, never edit.
@@ -47,7 +48,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Calls are kept this long (for the dashboard's history), then pruned.
-const KEEP_CALLS_MS: i64 = 8 * 86_400_000;
+const KEEP_CALLS: Duration = Duration::from_secs(8 * 86_400);
 
 /// How often the WAL is folded back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -241,12 +242,12 @@ impl Store for SqliteStore {
             .map_err(write_error)
     }
 
-    fn recover(&mut self, now: Timestamp, window_ms: i64) -> Result<Recovered, StoreError> {
+    fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError> {
         let counted = counted_list();
         let c = &self.conn;
         c.execute(
             "DELETE FROM calls WHERE at_ms < ?1",
-            params![now.millis() - KEEP_CALLS_MS],
+            params![now.minus(KEEP_CALLS).millis()],
         )
         .map_err(write_error)?;
 
@@ -256,7 +257,7 @@ impl Store for SqliteStore {
             ))
             .map_err(write_error)?;
         let recent_calls = recent
-            .query_map(params![now.millis() - window_ms], |r| {
+            .query_map(params![now.minus(window).millis()], |r| {
                 Ok(RecentCall {
                     key_id: r.get(0)?,
                     model: r.get(1)?,
@@ -510,7 +511,7 @@ mod tests {
             .unwrap();
         drop(store);
         let mut store = SqliteStore::open(&path).unwrap();
-        let r = store.recover(NOON, 60_250).unwrap();
+        let r = store.recover(NOON, Duration::from_millis(60_250)).unwrap();
         assert_eq!(
             r.recent_calls.len(),
             1,

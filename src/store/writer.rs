@@ -194,7 +194,7 @@ mod tests {
     }
 
     impl Store for Probe {
-        fn recover(&mut self, _: Timestamp, _: i64) -> Result<Recovered, StoreError> {
+        fn recover(&mut self, _: Timestamp, _: Duration) -> Result<Recovered, StoreError> {
             Ok(Recovered::default())
         }
         fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError> {
