@@ -10,7 +10,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
-use crate::scheduler::{GrantGuard, PlanError, PlanRequest, Target};
+use crate::scheduler::{Booked, InFlight, PlanError, PlanRequest, Target};
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, UpstreamError};
 use crate::wire::prompt_tokens;
@@ -75,7 +75,7 @@ pub struct Meta {
 /// client left mid-stream), the booking keeps the estimate and the row stays
 /// "sent", which recovery counts: the upstream did count it.
 pub struct Settlement {
-    guard: GrantGuard,
+    call: InFlight,
     state: AppState,
     call_id: CallId,
     sent_at: Timestamp,
@@ -87,14 +87,14 @@ impl Settlement {
     pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
         let (input, output) = usage.unwrap_or((self.estimate, 0));
         self.close(outcome, None, (input, output));
-        self.guard.settle(input);
+        self.call.settle(input);
     }
 
     /// The call failed in a way the scheduler learns from.
     fn fail(self, error: &UpstreamError) {
         self.close(outcome_of(error), error.first_quota(), (self.estimate, 0));
         if let Some(penalty) = error.penalty() {
-            self.guard.penalise(penalty);
+            self.call.penalise(penalty);
         }
     }
 
@@ -118,7 +118,7 @@ impl Settlement {
                 .since(self.sent_at)
                 .as_millis() as u64,
         });
-        let grant = self.guard.grant();
+        let grant = self.call.grant();
         let served = (outcome == Outcome::Ok).then_some((input, output));
         let label = crate::metrics::outcome_label(outcome, quota);
         state.metrics.upstream_call(
@@ -201,16 +201,15 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
             deadline: deadline.max(clock.now()),
         };
         let planned = state.scheduler.plan(plan).await.map_err(|_| stopping())?;
-        let mut guard =
-            planned.map_err(|e| plan_error(e, clock.now(), &tried, job.unknown_model))?;
-        let grant = guard.grant().clone();
+        let booked = planned.map_err(|e| plan_error(e, clock.now(), &tried, job.unknown_model))?;
+        let grant = booked.grant().clone();
         let before = clock.now();
-        wait_for_slot(state, &guard).await?;
+        wait_for_slot(state, &booked).await?;
         let wait = clock.now().since(before);
         state.metrics.waited(wait);
         waited += wait;
 
-        guard.mark_sent();
+        let call = booked.send();
         let key = &state.keys[grant.key];
         let call_id: CallId = rand::random();
         let sent_at = clock.now();
@@ -228,7 +227,7 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
             })
             .await;
         let settlement = Settlement {
-            guard,
+            call,
             state: state.clone(),
             call_id,
             sent_at,
@@ -320,9 +319,9 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
 /// Waits for the grant's instant, unless the service starts stopping and the
 /// instant lies beyond the drain window: then 503 at once (dropping the guard
 /// releases the grant).
-async fn wait_for_slot(state: &AppState, guard: &GrantGuard) -> Result<(), Failure> {
+async fn wait_for_slot(state: &AppState, booked: &Booked) -> Result<(), Failure> {
     let clock = state.scheduler.clock();
-    let at = guard.grant().at;
+    let at = booked.grant().at;
     let refuse = || {
         let now = clock.now();
         (state.drain.active() && at > now.plus(state.drain.window)).then(|| {
@@ -337,13 +336,13 @@ async fn wait_for_slot(state: &AppState, guard: &GrantGuard) -> Result<(), Failu
         return Err(e.into());
     }
     tokio::select! {
-        _ = guard.wait() => return Ok(()),
+        _ = booked.wait() => return Ok(()),
         _ = state.drain.started() => {}
     }
     if let Some(e) = refuse() {
         return Err(e.into());
     }
-    guard.wait().await;
+    booked.wait().await;
     Ok(())
 }
 

@@ -2,10 +2,9 @@
 //!
 //! Handlers never touch quota state: they send a command over a channel and,
 //! where they need one, get the answer on a oneshot. One owner means no locks
-//! around the windows and no two plans interleaving. A [`GrantGuard`] stands
-//! for a booked grant in a handler: dropped before the call was sent (the
-//! client went away while waiting), it releases the grant; dropped after, the
-//! booking stays, since the upstream may have counted the call.
+//! around the windows and no two plans interleaving. A handler holds its
+//! grant as a [`Booked`](super::grant::Booked), then an
+//! [`InFlight`](super::grant::InFlight) call (see `super::grant`).
 //!
 //! The task owns either the core alone (one instance; changes journalled to
 //! the state store) or a [`Replicated`] core (replicas sharing the keys
@@ -13,6 +12,7 @@
 //! keeps an idle replica's copy fresh).
 
 use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot};
+use super::grant::Booked;
 use super::lane::GrantId;
 use super::replicated::Replicated;
 use crate::clock::{Clock, Timestamp};
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// another replica's operator change takes effect here within this.
 const REPLICA_TICK: Duration = Duration::from_millis(250);
 
-enum Command {
+pub(super) enum Command {
     Plan(PlanRequest, oneshot::Sender<Result<Grant, PlanError>>),
     Settle(GrantId, u64),
     Release(GrantId),
@@ -290,22 +290,18 @@ impl SchedulerHandle {
         answer.await.map_err(|_| Unavailable::Stopped)
     }
 
-    fn tell(&self, command: Command) {
+    pub(super) fn tell(&self, command: Command) {
         // If the actor is gone the service is stopping; nothing is left to update.
         let _ = self.tx.send(command);
     }
 
-    /// Books a grant. The guard releases it if dropped before the call is sent.
+    /// Books a grant. Dropped before it is sent, it is released.
     pub async fn plan(
         &self,
         request: PlanRequest,
-    ) -> Result<Result<GrantGuard, PlanError>, Unavailable> {
+    ) -> Result<Result<Booked, PlanError>, Unavailable> {
         let planned = self.ask(|reply| Command::Plan(request, reply)).await?;
-        Ok(planned.map(|grant| GrantGuard {
-            grant,
-            handle: self.clone(),
-            phase: Phase::Booked,
-        }))
+        Ok(planned.map(|grant| Booked::new(grant, self.clone())))
     }
 
     pub async fn set_mode(&self, mode: Mode) -> Result<(), Unavailable> {
@@ -448,66 +444,6 @@ fn log_decision(
         }
         Err(e) => {
             tracing::info!(target: "gemini_flux::decision", tokens = request.tokens, "refused: {e}")
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Phase {
-    Booked,
-    Sent,
-    Done,
-}
-
-/// A booked grant held by a request handler.
-pub struct GrantGuard {
-    grant: Grant,
-    handle: SchedulerHandle,
-    phase: Phase,
-}
-
-impl GrantGuard {
-    pub fn grant(&self) -> &Grant {
-        &self.grant
-    }
-
-    /// Sleeps until the grant's instant (tokio time, so pausable in tests).
-    /// A grant that is due already goes at once: the timer wheel would round
-    /// even a past deadline up to its next millisecond tick.
-    pub async fn wait(&self) {
-        if self.grant.at > self.handle.clock.now() {
-            tokio::time::sleep_until(self.handle.clock.instant_at(self.grant.at)).await;
-        }
-    }
-
-    /// The call is about to leave: from now on the booking is kept.
-    pub fn mark_sent(&mut self) {
-        self.phase = Phase::Sent;
-    }
-
-    /// The call succeeded (or reached the upstream): keep the booking with the
-    /// tokens the upstream counted.
-    pub fn settle(mut self, input_tokens: u64) {
-        self.phase = Phase::Done;
-        self.handle
-            .tell(Command::Settle(self.grant.id, input_tokens));
-    }
-
-    /// The call failed in a way the scheduler learns from.
-    pub fn penalise(mut self, penalty: Penalty) {
-        self.phase = Phase::Done;
-        self.handle.tell(Command::Penalise(self.grant.id, penalty));
-    }
-}
-
-impl Drop for GrantGuard {
-    fn drop(&mut self) {
-        match self.phase {
-            Phase::Booked => self.handle.tell(Command::Release(self.grant.id)),
-            Phase::Sent => self
-                .handle
-                .tell(Command::Settle(self.grant.id, self.grant.tokens)),
-            Phase::Done => {}
         }
     }
 }

@@ -1,0 +1,96 @@
+//! A grant's life in a request handler, as types: a [`Booked`] grant waits
+//! for its instant; [`Booked::send`] turns it into an [`InFlight`] call, which
+//! alone can settle or penalise. Dropping either is safe and does the right
+//! thing: a booked grant (the client left while waiting) is released; an
+//! in-flight call (the client left mid-answer) keeps its booking with the
+//! estimate, since the upstream may have counted it.
+
+use super::actor::{Command, SchedulerHandle};
+use super::core::{Grant, Penalty};
+
+/// A grant booked for a future instant, not yet sent.
+pub struct Booked {
+    grant: Grant,
+    handle: SchedulerHandle,
+    /// Cleared when the grant becomes an [`InFlight`] call.
+    release_on_drop: bool,
+}
+
+impl Booked {
+    pub(super) fn new(grant: Grant, handle: SchedulerHandle) -> Booked {
+        Booked {
+            grant,
+            handle,
+            release_on_drop: true,
+        }
+    }
+
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    /// Sleeps until the grant's instant (tokio time, so pausable in tests).
+    /// A grant that is due already goes at once: the timer wheel would round
+    /// even a past deadline up to its next millisecond tick.
+    pub async fn wait(&self) {
+        let clock = self.handle.clock();
+        if self.grant.at > clock.now() {
+            tokio::time::sleep_until(clock.instant_at(self.grant.at)).await;
+        }
+    }
+
+    /// The call is about to leave: from now on the booking is kept.
+    pub fn send(mut self) -> InFlight {
+        self.release_on_drop = false;
+        InFlight {
+            grant: self.grant.clone(),
+            handle: self.handle.clone(),
+            settle_on_drop: true,
+        }
+    }
+}
+
+impl Drop for Booked {
+    fn drop(&mut self) {
+        if self.release_on_drop {
+            self.handle.tell(Command::Release(self.grant.id));
+        }
+    }
+}
+
+/// A call that has left for the upstream.
+pub struct InFlight {
+    grant: Grant,
+    handle: SchedulerHandle,
+    /// Cleared when the call is settled or penalised.
+    settle_on_drop: bool,
+}
+
+impl InFlight {
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    /// The call reached the upstream: keep the booking with the tokens the
+    /// upstream counted.
+    pub fn settle(mut self, input_tokens: u64) {
+        self.settle_on_drop = false;
+        self.handle
+            .tell(Command::Settle(self.grant.id, input_tokens));
+    }
+
+    /// The call failed in a way the scheduler learns from.
+    pub fn penalise(mut self, penalty: Penalty) {
+        self.settle_on_drop = false;
+        self.handle.tell(Command::Penalise(self.grant.id, penalty));
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.settle_on_drop {
+            self.handle
+                .tell(Command::Settle(self.grant.id, self.grant.tokens));
+        }
+    }
+}
