@@ -446,3 +446,40 @@ async fn a_replica_reaches_redis_over_tls_and_trusts_only_known_authorities() {
         .unwrap();
     assert_eq!(exit.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_input_tokens_of_the_day() {
+    // 5,000 input tokens a Pacific day per key on flash: 5 calls of 1,000 on
+    // each of the 2 keys, then lite, however the calls spread over replicas.
+    let limits = json!({
+        FLASH: {"rpm": 100, "tpm": 250_000, "rpd": 1_000, "tpd": 5_000},
+        LITE: {"rpm": 100, "tpm": 250_000, "rpd": 1_000},
+    });
+    let sim = sim_with(limits.clone()).await;
+    let (url, prefix) = (redis_url(), unique_prefix());
+    let models = format!("{FLASH},{LITE}");
+    let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, &models).await;
+    let http = client();
+    let mut served = Vec::new();
+    for i in 0..16 {
+        let (status, _, body) = generate_at(
+            &http,
+            &replicas[i % 3].base,
+            json!({"prompt": prompt_of(1_000)}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        served.push(body["model_used"].as_str().unwrap().to_string());
+    }
+    assert_eq!(served.iter().filter(|m| *m == FLASH).count(), 10);
+    assert_eq!(served.iter().filter(|m| *m == LITE).count(), 6);
+    let stats = sim.stats();
+    assert_eq!(stats.rejected_429, 0, "no replica overspent a day's tokens");
+    for key in 1..=2 {
+        assert_eq!(stats.lane(key, FLASH).unwrap().tokens_today, 5_000);
+    }
+    let status = get_json(&http, &format!("{}/status", replicas[2].base)).await;
+    assert_eq!(status["keys"][0]["models"][FLASH]["limits"]["tpd"], 5_000);
+    drop(replicas);
+    take_redis_dump(&url, &prefix);
+}
