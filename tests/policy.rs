@@ -308,3 +308,38 @@ fn a_policy_file_that_does_not_parse_stops_start_up_with_exit_2() {
         "{stderr}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_fetch_at_start_when_configuration_sets_every_number() {
+    let clock = Clock::starting_at(quiet_noon());
+    let sim = sim(clock, Some(answer(&[(PRO, 4, 200_000, 90)]))).await;
+    let all = json!({PRO: {"rpm": 2, "tpm": 100_000, "rpd": 50}, FLASH: {"rpm": 9, "tpm": 200_000, "rpd": 20}});
+    let svc = serve(
+        &sim,
+        clock,
+        &fresh_state_path(),
+        &[("FLUX_LIMITS", &all.to_string())],
+    )
+    .await;
+    // Long enough for the fetch that would have been sent once serving.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(sim.stats().calls, 0, "a fetch could have changed nothing");
+    let status = get_json(&client(), &format!("{}/status", svc.base_url())).await;
+    assert!(
+        status["policy"]["fetch"]["last_attempt_at"].is_null(),
+        "{status}"
+    );
+    assert_eq!(status["limits"][PRO]["rpm"], 2);
+    // One number left to the table: the fetch runs.
+    let some =
+        json!({PRO: {"rpm": 2, "tpm": 100_000}, FLASH: {"rpm": 9, "tpm": 200_000, "rpd": 20}});
+    let svc = serve(
+        &sim,
+        clock,
+        &fresh_state_path(),
+        &[("FLUX_LIMITS", &some.to_string())],
+    )
+    .await;
+    settled_status(&svc).await;
+    assert_eq!(sim.stats().calls, 1);
+}
