@@ -87,10 +87,15 @@ async fn the_whole_2026_chain_with_nothing_configured_serves_every_request() {
             .any(|m| m == RETIRED)
     );
     for k in 0..3 {
-        let pro = &status["keys"][k]["models"][PRO]["limits"];
+        let pro = &status["keys"][k]["models"][PRO];
+        let limits = &pro["limits"];
         assert_eq!(
-            (pro["rpd"].as_u64(), pro["sources"]["rpd"].as_str()),
+            (limits["rpd"].as_u64(), limits["sources"]["rpd"].as_str()),
             (Some(0), Some("learned"))
+        );
+        assert_eq!(
+            pro["learned_at"], "2026-06-10T19:00:00Z",
+            "when it was learned"
         );
     }
 }

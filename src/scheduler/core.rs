@@ -727,6 +727,7 @@ impl Scheduler {
                         let snapshot = LaneSnapshot {
                             limits: self.lane_resolved(key, model, now),
                             learned: lane.learned(now),
+                            learned_at: lane.learned(now).map(|_| lane.learned_at()),
                             usage: lane.usage(now),
                         };
                         (model.clone(), snapshot)
@@ -815,6 +816,8 @@ pub struct LaneSnapshot {
     /// The limits in force on this lane (learned ones included), with sources.
     pub limits: Resolved,
     pub learned: Option<LimitsOverride>,
+    /// When the upstream last enforced what was learned.
+    pub learned_at: Option<Timestamp>,
     #[serde(flatten)]
     pub usage: LaneUsage,
 }

@@ -401,6 +401,11 @@ impl Lane {
         }
     }
 
+    /// When the upstream last enforced what this lane learned.
+    pub fn learned_at(&self) -> Timestamp {
+        self.learned_at
+    }
+
     /// What this lane has learned, lapsed or not (what the state store keeps).
     pub fn learned_limits(&self) -> LimitsOverride {
         self.learned
