@@ -94,7 +94,7 @@ async fn the_whole_2026_chain_with_nothing_configured_serves_every_request() {
             (Some(0), Some("learned"))
         );
         assert_eq!(
-            pro["learned_at"], "2026-06-10T19:00:00Z",
+            pro["learned_at"], "2026-06-10T19:00:00.000Z",
             "when it was learned"
         );
     }
