@@ -3,9 +3,10 @@
 use clap::{Args, Parser, Subcommand};
 use gemini_flux::clock::Clock;
 use gemini_flux::config::Settings;
-use gemini_flux::policy::{Family, parse_key_overrides, parse_overrides};
+use gemini_flux::policy::{Family, Limits, LimitsOverride, parse_key_overrides, parse_overrides};
 use gemini_flux::service;
 use gemini_flux::sim::{Faults, SimConfig, SimServer};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
@@ -261,6 +262,20 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing the requests in progress");
 }
 
+/// Each model's override laid on `base`'s limits for it.
+fn applied(
+    overrides: BTreeMap<String, LimitsOverride>,
+    base: impl Fn(&str) -> Limits,
+) -> BTreeMap<String, Limits> {
+    overrides
+        .into_iter()
+        .map(|(model, o)| {
+            let limits = o.apply(base(&model));
+            (model, limits)
+        })
+        .collect()
+}
+
 async fn run_sim(args: SimArgs) -> ExitCode {
     let mut config = SimConfig::new(args.keys);
     config.blocked_keys = args.blocked_keys;
@@ -277,13 +292,7 @@ async fn run_sim(args: SimArgs) -> ExitCode {
     if let Some(json) = args.limits {
         match parse_overrides(&json) {
             Ok(overrides) => {
-                config.limits = overrides
-                    .into_iter()
-                    .map(|(model, o)| {
-                        let limits = o.apply(Family::of(&model).builtin_limits());
-                        (model, limits)
-                    })
-                    .collect();
+                config.limits = applied(overrides, |model| Family::of(model).builtin_limits());
             }
             Err(e) => {
                 eprintln!("gemini-flux sim: --limits / FLUX_LIMITS: {e}");
@@ -294,19 +303,14 @@ async fn run_sim(args: SimArgs) -> ExitCode {
     if let Some(json) = args.key_limits {
         match parse_key_overrides(&json) {
             Ok(per_key) => {
+                let served = config.limits.clone();
+                let base = |model: &str| {
+                    let builtin = Family::of(model).builtin_limits();
+                    served.get(model).copied().unwrap_or(builtin)
+                };
                 config.key_limits = per_key
                     .into_iter()
-                    .map(|(key, models)| {
-                        let models = models
-                            .into_iter()
-                            .map(|(model, o)| {
-                                let base = config.limits.get(&model).copied();
-                                let base = base.unwrap_or(Family::of(&model).builtin_limits());
-                                (model, o.apply(base))
-                            })
-                            .collect();
-                        (key + 1, models)
-                    })
+                    .map(|(key, models)| (key + 1, applied(models, base)))
                     .collect();
             }
             Err(e) => {

@@ -188,31 +188,22 @@ async fn every_kind_of_bad_fetch_answer_is_rejected_and_the_policy_stays() {
     .await;
     assert_eq!(s, 200, "{v}");
     // The seed's route does the same as /policy/refresh.
-    sim.set_faults(Faults {
-        json_answer: Some(answer(&[(PRO, 3, 200_000, 80)])),
-        ..Faults::default()
-    });
-    let (s, v) = post_json(
-        &http,
-        &format!("{}/refresh-policy", svc.base_url()),
-        &json!({}),
-    )
-    .await;
+    let seed_refresh = |answer_text: String| {
+        sim.set_faults(Faults {
+            json_answer: Some(answer_text),
+            ..Faults::default()
+        });
+        let url = format!("{}/refresh-policy", svc.base_url());
+        let http = http.clone();
+        async move { post_json(&http, &url, &json!({})).await }
+    };
+    let (s, v) = seed_refresh(answer(&[(PRO, 3, 200_000, 80)])).await;
     assert_eq!((s, v["limits"][PRO]["rpm"].as_u64()), (200, Some(3)), "{v}");
     assert_eq!(v["limits"][PRO]["sources"]["rpm"], "fetched");
     assert_eq!(v["refreshed"], true);
     // A rejected fetch there is still a 200 (the seed's client raises on
     // anything else), with the policy in force and the reason.
-    sim.set_faults(Faults {
-        json_answer: Some("no numbers today".into()),
-        ..Faults::default()
-    });
-    let (s, v) = post_json(
-        &http,
-        &format!("{}/refresh-policy", svc.base_url()),
-        &json!({}),
-    )
-    .await;
+    let (s, v) = seed_refresh("no numbers today".into()).await;
     assert_eq!((s, v["refreshed"].as_bool()), (200, Some(false)), "{v}");
     assert!(v["rejected"].as_str().unwrap().contains("not JSON"), "{v}");
     assert_eq!(v["limits"][PRO]["rpm"], 3, "the accepted policy stays");
