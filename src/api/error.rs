@@ -49,6 +49,7 @@ pub fn status_name(status: StatusCode) -> &'static str {
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         405 => "METHOD_NOT_ALLOWED",
+        415 => "INVALID_ARGUMENT",
         429 => "RESOURCE_EXHAUSTED",
         502 => "BAD_GATEWAY",
         503 => "UNAVAILABLE",
@@ -79,15 +80,45 @@ pub fn set_retry_after(headers: &mut axum::http::HeaderMap, wait: Duration) {
     headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
 }
 
-/// A JSON object request body whose every failure is an [`ApiError`]: 413
-/// over the size limit, 400 for anything malformed or of the wrong shape
-/// (a top-level array is refused, though serde would read it as a struct).
+/// A JSON object request body whose every failure is an [`ApiError`]: 415
+/// for a declared content type that is not JSON, 413 over the size limit,
+/// 400 for anything malformed or of the wrong shape (a top-level array is
+/// refused, though serde would read it as a struct).
 pub struct JsonBody<T>(pub T);
+
+/// Refuses a body declared as anything but JSON (`application/json`, or
+/// `application/…+json`). `text/plain` and form types are what a web page
+/// can send cross-site without a preflight, so they are never read as JSON.
+/// No `Content-Type` at all is accepted, as curl and some clients send.
+pub fn json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence.starts_with("application/") && essence.ends_with("+json");
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the body must be JSON (Content-Type: application/json), not {essence:?}"),
+        ))
+    }
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        json_content_type(req.headers())?;
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|rejection| {

@@ -68,11 +68,11 @@ fn query_value(query: &Option<String>, name: &str) -> Option<String> {
 /// anything else as a 502 that says what happened.
 fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     match error {
-        UpstreamError::Client { status, body, .. } => Failure::Client {
+        UpstreamError::Client {
             status,
-            body: state.scrub_value(body),
-        }
-        .into_response(),
+            message,
+            body,
+        } => Failure::refused_upstream(state, status, &message, body).into_response(),
         other => {
             ApiError::new(StatusCode::BAD_GATEWAY, state.scrub(&other.to_string())).into_response()
         }
