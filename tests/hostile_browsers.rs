@@ -111,7 +111,10 @@ async fn another_sites_page_can_change_nothing_and_spend_nothing() {
 
     let status = stack.get("/status").await.1;
     assert_eq!(status["mode"], "both", "the mode did not change");
-    assert_eq!(status["keys"][0]["state"], "healthy", "key 1 is in rotation");
+    assert_eq!(
+        status["keys"][0]["state"], "healthy",
+        "key 1 is in rotation"
+    );
     assert_eq!(stack.sim_stats().calls, 0, "no quota was spent");
 
     // The same calls without an Origin, as curl and the SDKs make them.
@@ -141,10 +144,7 @@ async fn the_dashboard_on_the_services_own_origin_works() {
     let (s, _, body) = post(
         &stack,
         "/mode",
-        &[
-            (ORIGIN, own.as_str()),
-            (CONTENT_TYPE, "application/json"),
-        ],
+        &[(ORIGIN, own.as_str()), (CONTENT_TYPE, "application/json")],
         r#"{"mode": "flash_only"}"#,
     )
     .await;

@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use gemini_flux::listener::HEADER_TIMEOUT;
 use gemini_flux::sim::SimConfig;
-use std::time::Duration;
 use std::io::{Read, Write};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -112,7 +112,10 @@ async fn past_the_connection_cap_new_connections_wait_for_a_free_one() {
         waited >= HEADER_TIMEOUT - Duration::from_secs(1),
         "the sixth connection was served only once a stalled one was closed: {waited:?}"
     );
-    assert!(waited < HEADER_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+    assert!(
+        waited < HEADER_TIMEOUT + Duration::from_secs(2),
+        "{waited:?}"
+    );
 }
 
 #[test]

@@ -150,11 +150,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A key is usable, the store is healthy and, for a replica, Redis answers.
+/// A key is usable, the store is healthy and, for a replica, Redis answers
+/// and has not refused plans until a later instant (after it lost its data).
 fn ready(state: &AppState) -> bool {
+    let now = state.scheduler.clock().now().millis();
     state.scheduler.usable_keys().contains(&true)
         && state.ledger.problem().is_none()
         && state.scheduler.shared_state().is_none_or(|s| s.ok)
+        && state
+            .refused_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= now
 }
 
 fn store_health(state: &AppState) -> serde_json::Value {

@@ -255,8 +255,14 @@ async fn attempts(state: &AppState, job: Job) -> Result<Served, Failure> {
             deadline: deadline.max(clock.now()),
         };
         let planned = state.scheduler.plan(plan).await.map_err(|_| stopping())?;
-        let mut guard =
-            planned.map_err(|e| plan_error(e, clock.now(), &tried, job.unknown_model))?;
+        let mut guard = planned.map_err(|e| {
+            if let PlanError::SharedStateUnavailable { retry_at, .. } = &e {
+                state
+                    .refused_until
+                    .fetch_max(retry_at.millis(), std::sync::atomic::Ordering::Relaxed);
+            }
+            plan_error(e, clock.now(), &tried, job.unknown_model)
+        })?;
         let grant = guard.grant().clone();
         let before = clock.now();
         wait_for_slot(state, &guard).await?;

@@ -220,9 +220,9 @@ pub(crate) fn transport_error(e: reqwest::Error) -> UpstreamError {
     } else {
         "connection failed"
     };
-    // reqwest's message names the URL, which never holds a key (header only).
+    // Without the URL: the upstream's address is not the client's business.
     UpstreamError::Transient {
         status: None,
-        message: format!("{kind}: {e}"),
+        message: format!("{kind}: {}", e.without_url()),
     }
 }
