@@ -9,10 +9,14 @@ mod common;
 use common::*;
 use gemini_flux::sim::SimConfig;
 use reqwest::header::{CONTENT_TYPE, ORIGIN};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const EVIL: &str = "https://evil.example";
 const APP: &str = "https://app.example.com";
+
+fn json_type() -> (reqwest::header::HeaderName, &'static str) {
+    (CONTENT_TYPE, "application/json")
+}
 
 async fn stack(env: &[(&str, &str)]) -> Stack {
     Stack::start(
@@ -43,7 +47,6 @@ async fn post(
 #[tokio::test(start_paused = true)]
 async fn another_sites_page_can_change_nothing_and_spend_nothing() {
     let stack = stack(&[]).await;
-    let json_type = (CONTENT_TYPE, "application/json");
 
     let (s, _, body) = post(&stack, "/keys/1/disable", &[(ORIGIN, EVIL)], "").await;
     assert_eq!(s, 403, "{body}");
@@ -57,7 +60,7 @@ async fn another_sites_page_can_change_nothing_and_spend_nothing() {
     let (s, _, _) = post(
         &stack,
         "/mode",
-        &[(ORIGIN, EVIL), json_type.clone()],
+        &[(ORIGIN, EVIL), json_type()],
         r#"{"mode": "flash_only"}"#,
     )
     .await;
@@ -65,7 +68,7 @@ async fn another_sites_page_can_change_nothing_and_spend_nothing() {
     let (s, _, _) = post(
         &stack,
         "/generate",
-        &[(ORIGIN, EVIL), json_type.clone()],
+        &[(ORIGIN, EVIL), json_type()],
         r#"{"prompt": "spend"}"#,
     )
     .await;
@@ -73,7 +76,7 @@ async fn another_sites_page_can_change_nothing_and_spend_nothing() {
     let (s, _, body) = post(
         &stack,
         "/v1/chat/completions",
-        &[(ORIGIN, EVIL), json_type.clone()],
+        &[(ORIGIN, EVIL), json_type()],
         r#"{"messages": [{"role": "user", "content": "spend"}]}"#,
     )
     .await;
@@ -118,13 +121,7 @@ async fn another_sites_page_can_change_nothing_and_spend_nothing() {
     assert_eq!(stack.sim_stats().calls, 0, "no quota was spent");
 
     // The same calls without an Origin, as curl and the SDKs make them.
-    let (s, _, _) = post(
-        &stack,
-        "/mode",
-        &[json_type.clone()],
-        r#"{"mode": "flash_only"}"#,
-    )
-    .await;
+    let (s, _, _) = post(&stack, "/mode", &[json_type()], r#"{"mode": "flash_only"}"#).await;
     assert_eq!(s, 200);
     let (s, _, _) = post(
         &stack,
