@@ -1,6 +1,6 @@
 //! The environment (and `.env`) turned into typed, validated settings, once.
 //!
-//! Names are the contract of `DESIGN.md`. Anything malformed is refused here,
+//! Names are the contract of README.md's table. Anything malformed is refused here,
 //! at start-up, with a message naming the variable, so the service never runs
 //! on a half-understood configuration.
 
