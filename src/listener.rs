@@ -1,19 +1,25 @@
 //! Accepting connections so that slow or stalled clients cannot exhaust the
 //! service: at most a cap of connections at once (`FLUX_MAX_CONNECTIONS`,
 //! kept below the descriptor limit, which start-up raises to its hard
-//! ceiling); each must deliver a complete request header within
-//! [`HEADER_TIMEOUT`] of opening or of its previous answer, so an idle
-//! keep-alive connection lives that long too; accept errors (out of
+//! ceiling), the oldest idle one closed to make room at the cap; each must
+//! deliver a complete request header within [`HEADER_TIMEOUT`] of opening or
+//! of its previous answer, so an idle keep-alive connection lives that long
+//! too, and a request body may pause no longer; accept errors (out of
 //! descriptors) back off instead of spinning. Served with hyper's HTTP/1.1
 //! builder directly, since `axum::serve` exposes none of this.
 
 use axum::Router;
+use axum::http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
 
 /// A request header must arrive in full within this; it is also how long a
 /// keep-alive connection may stay idle between requests.
@@ -80,9 +86,106 @@ pub fn connection_cap(configured: usize) -> usize {
     configured.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
+/// The open connections, oldest first, each with how many requests it has
+/// in hand (from a complete header until its answer has been sent).
+#[derive(Default)]
+struct Open {
+    next: u64,
+    connections: BTreeMap<u64, Connection>,
+}
+
+struct Connection {
+    requests: Arc<AtomicUsize>,
+    close: Arc<Notify>,
+}
+
+impl Open {
+    fn add(&mut self) -> (u64, Arc<AtomicUsize>, Arc<Notify>) {
+        self.next += 1;
+        let connection = Connection {
+            requests: Arc::default(),
+            close: Arc::default(),
+        };
+        let handles = (
+            self.next,
+            connection.requests.clone(),
+            connection.close.clone(),
+        );
+        self.connections.insert(self.next, connection);
+        handles
+    }
+
+    /// Closes the oldest connection with no request in hand (a stalled one,
+    /// or one idle between requests); false when every one is working.
+    fn evict_idle(&mut self) -> bool {
+        let idle = self
+            .connections
+            .iter()
+            .find(|(_, c)| c.requests.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| self.connections.remove(&id)) {
+            Some(connection) => {
+                connection.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock(open: &Mutex<Open>) -> MutexGuard<'_, Open> {
+    open.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts a request in hand until it is dropped (its answer sent, or abandoned).
+struct InHand(Arc<AtomicUsize>);
+
+impl InHand {
+    fn new(requests: &Arc<AtomicUsize>) -> InHand {
+        requests.fetch_add(1, Ordering::AcqRel);
+        InHand(requests.clone())
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body, holding its request in hand until it has been sent.
+struct Answer {
+    body: axum::body::Body,
+    _in_hand: InHand,
+}
+
+impl http_body::Body for Answer {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Serves `app` on `listener`, at most `cap` connections at once, until
 /// `shutdown` completes; then stops accepting and waits for the open
 /// connections to finish what they are doing.
+///
+/// At the cap, the oldest connection with no request in hand is closed to
+/// make room (stalled ones first of all, since they never get a request in);
+/// when every connection is working, the new one waits for a free slot.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -90,16 +193,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(cap));
+    let open = Arc::new(Mutex::new(Open::default()));
     let (closing, closing_signal) = watch::channel(false);
     let mut failures: u32 = 0;
     tokio::pin!(shutdown);
     loop {
-        // At the cap, new connections wait in the kernel's backlog until one
-        // closes (a stalled one does within HEADER_TIMEOUT).
-        let slot = tokio::select! {
-            _ = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -122,9 +220,34 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                lock(&open).evict_idle();
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let (id, requests, close) = lock(&open).add();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let in_hand = InHand::new(&requests);
+            // A body that stops arriving is cut off like a stalled header.
+            let req = req.map(|body| TimeoutBody::new(HEADER_TIMEOUT, body));
+            let answer = app.clone().oneshot(req);
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| Answer {
+                    body,
+                    _in_hand: in_hand,
+                }))
+            }
+        });
         let mut closing_signal = closing_signal.clone();
+        let open = open.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -132,11 +255,19 @@ pub async fn serve(
                 .header_read_timeout(HEADER_TIMEOUT);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
+            let stopping = async {
+                let _ = closing_signal.wait_for(|c| *c).await;
+            };
             tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = closing_signal.wait_for(|c| *c) => connection.as_mut().graceful_shutdown(),
+                _ = connection.as_mut() => {}
+                // Evicted: dropping the connection closes it.
+                _ = close.notified() => {}
+                _ = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
-            let _ = connection.await;
+            lock(&open).connections.remove(&id);
         });
     }
     drop(listener);

@@ -1,6 +1,7 @@
 //! Slow and stalled clients: connections that never finish a request header
-//! are closed after `HEADER_TIMEOUT`, do not stop `/healthz` from answering,
-//! and never take the service past `FLUX_MAX_CONNECTIONS`. Loopback only,
+//! (or body) are closed after `HEADER_TIMEOUT`, do not stop `/healthz` from
+//! answering, and never take the service past `FLUX_MAX_CONNECTIONS`: at the
+//! cap the oldest idle one makes room. Loopback only,
 //! a bounded number of connections, on tokio's paused clock.
 
 mod common;
@@ -97,7 +98,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn past_the_connection_cap_new_connections_wait_for_a_free_one() {
+async fn at_the_cap_the_oldest_idle_connection_makes_room() {
     let stack = stack(&[("FLUX_MAX_CONNECTIONS", "5")]).await;
     let mut streams = Vec::new();
     for _ in 0..5 {
@@ -107,15 +108,52 @@ async fn past_the_connection_cap_new_connections_wait_for_a_free_one() {
     let asked = Instant::now();
     let (status, _) = stack.get("/healthz").await;
     assert_eq!(status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let closed: Vec<bool> = streams.iter_mut().map(closed).collect();
+    assert_eq!(
+        closed,
+        [true, false, false, false, false],
+        "the oldest stalled connection, and only it, was closed to make room"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_cap_a_connection_with_a_request_in_hand_is_never_cut() {
+    let stack = stack(&[("FLUX_MAX_CONNECTIONS", "2")]).await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        // A complete header, then a body that stops arriving.
+        let mut stream = std::net::TcpStream::connect(stack.svc.addr()).unwrap();
+        stream
+            .write_all(b"POST /mode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mode\": ")
+            .unwrap();
+        stream.set_nonblocking(true).unwrap();
+        streams.push(stream);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let asked = Instant::now();
+    let (status, _) = stack.get("/healthz").await;
+    assert_eq!(status, 200);
     let waited = asked.elapsed();
     assert!(
-        waited >= HEADER_TIMEOUT - Duration::from_secs(1),
-        "the sixth connection was served only once a stalled one was closed: {waited:?}"
+        (HEADER_TIMEOUT - Duration::from_secs(1)..HEADER_TIMEOUT + Duration::from_secs(2))
+            .contains(&waited),
+        "served once a stalled body timed out, not by cutting a request: {waited:?}"
     );
-    assert!(
-        waited < HEADER_TIMEOUT + Duration::from_secs(2),
-        "{waited:?}"
-    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for stream in &mut streams {
+        let mut answer = vec![0u8; 512];
+        let n = stream.read(&mut answer).unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 400"),
+            "the stalled body got an answer: {}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
 }
 
 #[test]
