@@ -6,8 +6,9 @@
 //! one free `countTokens` call in parallel, restores what a previous run had
 //! spent, prints the key table, spawns the scheduler actor and serves.
 //!
-//! It binds its address first, so a busy port stops it before anything else
-//! happens. Stopping drains: no new connections; calls already upstream
+//! It binds its address right after opening the store, so a busy port stops
+//! it before the slow part (discovery, validation) and before it says
+//! anything about where it listens. Stopping drains: no new connections; calls already upstream
 //! finish; a request waiting for its slot is served if the slot comes within
 //! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; then the
 //! store is flushed, retrying for up to `FLUX_DRAIN_S` while it refuses.
@@ -102,10 +103,10 @@ impl Drop for RunningService {
 /// state kept in SQLite at `settings.state_path`, or shared with other
 /// replicas through Redis when `FLUX_REDIS_URL` is set.
 pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, StartError> {
-    let listener = bind(settings.bind).await?;
     match settings.redis.clone() {
         None => {
             let store = SqliteStore::open(&settings.state_path)?;
+            let listener = bind(settings.bind).await?;
             launch(settings, clock, store, None, listener).await
         }
         Some(redis) => {
@@ -117,6 +118,7 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
                 redis.prefix
             );
             let shared = Some((shared, masked(&redis.url)));
+            let listener = bind(settings.bind).await?;
             launch(settings, clock, store, shared, listener).await
         }
     }
