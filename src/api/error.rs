@@ -80,10 +80,14 @@ pub fn set_retry_after(headers: &mut axum::http::HeaderMap, wait: Duration) {
     headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
 }
 
-/// A JSON object request body whose every failure is an [`ApiError`]: 415
-/// for a declared content type that is not JSON, 413 over the size limit,
-/// 400 for anything malformed or of the wrong shape (a top-level array is
-/// refused, though serde would read it as a struct).
+/// A request body that is one JSON object, checked without building it in
+/// memory (a borrowed parse), kept as the bytes that arrived: every failure
+/// is an [`ApiError`]: 415 for a declared content type that is not JSON,
+/// 413 over the size limit, 400 for anything malformed or not an object.
+pub struct JsonObject(pub axum::body::Bytes);
+
+/// [`JsonObject`] read into `T`: 400 for a field of the wrong shape (a
+/// top-level array is refused, though serde would read it as a struct).
 pub struct JsonBody<T>(pub T);
 
 /// Refuses a body declared as anything but JSON (`application/json`, or
@@ -114,7 +118,7 @@ pub fn json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError
     }
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -132,17 +136,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     ApiError::bad_request(format!("could not read the request body: {rejection}"))
                 }
             })?;
-        if bytes.is_empty() {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request(
                 "the request body is empty; a JSON object is expected",
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
+        let raw: &serde_json::value::RawValue = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        if !value.is_object() {
+        if !raw.get().starts_with('{') {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
-        serde_json::from_value(value)
+        Ok(JsonObject(bytes))
+    }
+}
+
+impl JsonObject {
+    /// The object, still as JSON text (borrowed, not copied).
+    pub fn raw(&self) -> &serde_json::value::RawValue {
+        serde_json::from_slice(&self.0).expect("checked when it was read")
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonObject(bytes) = JsonObject::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }

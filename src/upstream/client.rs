@@ -63,7 +63,12 @@ impl Upstream {
         format!("{}/{VERSION}/models/{model}:{action}", self.base)
     }
 
-    async fn post(&self, key: &ApiKey, url: String, body: &Value) -> Result<Value, UpstreamError> {
+    async fn post(
+        &self,
+        key: &ApiKey,
+        url: String,
+        body: &(impl serde::Serialize + ?Sized),
+    ) -> Result<Value, UpstreamError> {
         let response = self
             .http
             .post(url)
@@ -120,7 +125,7 @@ impl Upstream {
         &self,
         key: &ApiKey,
         model: &str,
-        body: &Value,
+        body: &(impl serde::Serialize + ?Sized),
     ) -> Result<Value, UpstreamError> {
         self.post(key, self.url(model, "countTokens"), body).await
     }
