@@ -188,3 +188,44 @@ pub fn whole_number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         .map(Some)
         .map_err(|_| D::Error::custom(format!("{v} is out of range")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(content_type: Option<&str>, body: &'static str) -> Result<String, (u16, String)> {
+        let mut req = Request::builder().method("POST").uri("/");
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
+        }
+        let req = req.body(axum::body::Body::from(body)).unwrap();
+        match JsonObject::from_request(req, &()).await {
+            Ok(object) => Ok(object.raw().get().to_string()),
+            Err(e) => Err((e.status.as_u16(), e.message)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_json_object_is_checked_and_kept_as_it_came() {
+        let json = Some("application/json; charset=utf-8");
+        assert_eq!(
+            read(json, " {\"a\": [1, 2]} ").await.unwrap(),
+            "{\"a\": [1, 2]}"
+        );
+        assert_eq!(read(None, "{}").await.unwrap(), "{}", "no type: curl");
+        assert_eq!(
+            read(Some("application/vnd.x+json"), "{}").await.unwrap(),
+            "{}"
+        );
+        for (body, status) in [("[1]", 400), ("  ", 400), ("{\"a\": ", 400), ("\"x\"", 400)] {
+            assert_eq!(read(json, body).await.unwrap_err().0, status, "{body:?}");
+        }
+        for t in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ] {
+            assert_eq!(read(Some(t), "{}").await.unwrap_err().0, 415, "{t}");
+        }
+    }
+}
