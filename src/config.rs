@@ -1,6 +1,6 @@
 //! The environment (and `.env`) turned into typed, validated settings, once.
 //!
-//! Names are the contract of `DESIGN.md`. Anything malformed is refused here,
+//! Names are the contract of README.md's table. Anything malformed is refused here,
 //! at start-up, with a message naming the variable, so the service never runs
 //! on a half-understood configuration.
 
@@ -14,6 +14,8 @@ use std::time::Duration;
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+const DEFAULT_MAX_WAIT_S: f64 = 600.0;
+const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 600;
 
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
@@ -51,6 +53,58 @@ pub struct Settings {
     /// Share quota state with other replicas through Redis (`FLUX_REDIS_URL`)
     /// instead of keeping it in SQLite.
     pub redis: Option<RedisSettings>,
+    /// Bounds against slow clients, browsers, big bodies and a full disk.
+    pub guards: Guards,
+}
+
+/// What keeps a hostile or unlucky world from exhausting the service.
+#[derive(Clone, Debug)]
+pub struct Guards {
+    /// Browser origins allowed besides the service's own (`FLUX_CORS_ORIGINS`).
+    pub cors_origins: crate::api::origin::Allowed,
+    /// Connections served at once (`FLUX_MAX_CONNECTIONS`), before the
+    /// descriptor limit lowers it.
+    pub max_connections: usize,
+    /// Bound on a whole request: count, waits and every attempt
+    /// (`FLUX_REQUEST_TIMEOUT_S`).
+    pub request_timeout: Duration,
+    /// Request-body bytes held in memory at once (`FLUX_MAX_INFLIGHT_MB`).
+    pub max_inflight_bytes: usize,
+    /// Ledger records a failing store may leave unwritten before calls are
+    /// refused (`FLUX_MAX_UNWRITTEN`).
+    pub max_unwritten: usize,
+}
+
+fn guards(raw: &Raw) -> Result<Guards, ConfigError> {
+    let cors_origins =
+        crate::api::origin::Allowed::parse(raw.flux_cors_origins.as_deref().unwrap_or(""))
+            .map_err(|e| ConfigError(format!("FLUX_CORS_ORIGINS: {e}")))?;
+    let at_least_one = |name: &str, value: Option<u64>, default: u64| match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError(format!("{name} must be at least 1"))),
+        Some(n) => Ok(n),
+    };
+    let max_connections = at_least_one("FLUX_MAX_CONNECTIONS", raw.flux_max_connections, 4096)?;
+    // By default, the longest wait plus one call of the longest duration.
+    let wait_s = raw.flux_max_wait_s.unwrap_or(DEFAULT_MAX_WAIT_S);
+    let default_timeout_s = (wait_s.is_finite() && wait_s >= 0.0).then_some(wait_s.ceil() as u64);
+    let timeout_s = at_least_one(
+        "FLUX_REQUEST_TIMEOUT_S",
+        raw.flux_request_timeout_s,
+        default_timeout_s.unwrap_or(0)
+            + raw
+                .flux_upstream_timeout_s
+                .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_S),
+    )?;
+    let inflight_mb = at_least_one("FLUX_MAX_INFLIGHT_MB", raw.flux_max_inflight_mb, 256)?;
+    let max_unwritten = at_least_one("FLUX_MAX_UNWRITTEN", raw.flux_max_unwritten, 10_000)?;
+    Ok(Guards {
+        cors_origins,
+        max_connections: max_connections as usize,
+        request_timeout: Duration::from_secs(timeout_s),
+        max_inflight_bytes: (inflight_mb as usize).saturating_mul(1024 * 1024),
+        max_unwritten: max_unwritten as usize,
+    })
 }
 
 /// Where replicas share their quota state.
@@ -100,6 +154,11 @@ struct Raw {
     flux_policy_fetch: Option<bool>,
     flux_redis_url: Option<String>,
     flux_redis_prefix: Option<String>,
+    flux_cors_origins: Option<String>,
+    flux_max_connections: Option<u64>,
+    flux_request_timeout_s: Option<u64>,
+    flux_max_inflight_mb: Option<u64>,
+    flux_max_unwritten: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -152,6 +211,7 @@ impl Settings {
         let raw: Raw =
             envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(envy_message(e)))?;
         let keys = collect_keys(&vars, raw.gemini_keys.as_deref())?;
+        let guards = guards(&raw)?;
         let mode = match raw.gemini_mode.as_deref() {
             None | Some("") => Mode::Both,
             Some(m) => m
@@ -192,7 +252,7 @@ impl Settings {
                 keys.len()
             )));
         }
-        let max_wait_s = raw.flux_max_wait_s.unwrap_or(600.0);
+        let max_wait_s = raw.flux_max_wait_s.unwrap_or(DEFAULT_MAX_WAIT_S);
         if !(max_wait_s.is_finite() && max_wait_s >= 0.0) {
             return Err(ConfigError(
                 "FLUX_MAX_WAIT_S must be a non-negative number of seconds".into(),
@@ -230,7 +290,10 @@ impl Settings {
             max_wait: Duration::from_secs_f64(max_wait_s),
             guard: Duration::from_millis(raw.flux_guard_ms.unwrap_or(250)),
             max_body_bytes: (body_mb as usize).saturating_mul(1024 * 1024),
-            upstream_timeout: Duration::from_secs(raw.flux_upstream_timeout_s.unwrap_or(600)),
+            upstream_timeout: Duration::from_secs(
+                raw.flux_upstream_timeout_s
+                    .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_S),
+            ),
             token_count,
             state_path: raw
                 .flux_state_path
@@ -253,6 +316,7 @@ impl Settings {
             policy_file,
             key_limits,
             policy_fetch: raw.flux_policy_fetch.unwrap_or(true),
+            guards,
             redis: redis_settings(raw.flux_redis_url, raw.flux_redis_prefix)?,
         })
     }

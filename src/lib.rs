@@ -10,7 +10,7 @@
 //!
 //! * [`config`]: the environment and `.env` turned into validated settings.
 //! * [`service`]: start-up (store, discovery, key validation, recovery) and
-//!   the graceful stop.
+//!   the graceful stop; [`listener`]: connections, capped and timed out.
 //! * [`api`]: the HTTP surfaces (`/generate`, Gemini-native, OpenAI, admin,
 //!   dashboard), client auth, and [`api::dispatch`], one request's journey.
 //! * [`scheduler`]: the pure core that decides key, model and instant, and the
@@ -31,6 +31,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod refresh;

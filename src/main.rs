@@ -111,6 +111,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_decisions);
+    // Each connection holds a descriptor: take every one the system allows.
+    if let Some(limit) = gemini_flux::listener::raise_descriptor_limit() {
+        tracing::debug!("open descriptors allowed: {limit}");
+    }
     if demo {
         runtime.block_on(run_demo(settings))
     } else {
@@ -135,19 +139,24 @@ fn init_logging(log_decisions: bool) {
 
 async fn run_service(settings: Settings) -> ExitCode {
     match service::start(settings, Clock::system()).await {
-        Ok(running) => match running.serve_until(shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("gemini-flux: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Ok(running) => serve(running).await,
         Err(e) => {
             eprintln!("gemini-flux: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM, then stops gracefully.
+async fn serve(running: service::RunningService) -> ExitCode {
+    match running.serve_until(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gemini-flux: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -203,11 +212,19 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
         DEMO_KEYS.len(),
         sim.base_url()
     );
-    let bind = settings.bind;
+    // Only once the service listens does it say where.
+    let running = match service::start(settings, Clock::system()).await {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("gemini-flux demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bind = running.addr();
     eprintln!(
         "\n  Try it:\n    curl -s http://{bind}/generate -H 'content-type: application/json' -d '{{\"prompt\": \"Hello, Gemini\"}}'\n    curl -s http://{bind}/status\n"
     );
-    run_service(settings).await
+    serve(running).await
 }
 
 async fn healthcheck() -> ExitCode {

@@ -6,16 +6,21 @@
 //! one free `countTokens` call in parallel, restores what a previous run had
 //! spent, prints the key table, spawns the scheduler actor and serves.
 //!
-//! Stopping drains: no new connections; calls already upstream finish; a
-//! request waiting for its slot is served if the slot comes within
+//! It binds its address right after opening the store, so a busy port stops
+//! it before the slow part (discovery, validation) and before it says
+//! anything about where it listens. Stopping drains: no new connections; calls already upstream
+//! finish; a request waiting for its slot is served if the slot comes within
 //! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; then the
-//! store is flushed.
+//! store is flushed, retrying for up to `FLUX_DRAIN_S` while it refuses.
 
 use crate::api::auth::Tokens;
+use crate::api::inflight::Budget;
+use crate::api::origin::Policy;
 use crate::api::{self, AppState, Drain, Shared};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::keys::ApiKey;
+use crate::listener;
 use crate::policy::Layers;
 use crate::refresh::{self, FetchStatus};
 use crate::scheduler::actor::Journal;
@@ -38,11 +43,13 @@ pub struct RunningService {
     draining: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     state: AppState,
+    /// `FLUX_DRAIN_S`: also how long the stop keeps retrying the store.
+    drain: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (FLUX_BIND): {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -71,7 +78,7 @@ impl RunningService {
             let _ = stop.send(());
         }
         let served = (&mut self.task).await.unwrap_or(Ok(()));
-        self.state.ledger.flush().await;
+        self.state.ledger.flush_within(self.drain).await;
         served
     }
 
@@ -99,7 +106,8 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
     match settings.redis.clone() {
         None => {
             let store = SqliteStore::open(&settings.state_path)?;
-            launch(settings, clock, store, None).await
+            let listener = bind(settings.bind).await?;
+            launch(settings, clock, store, None, listener).await
         }
         Some(redis) => {
             let store = RedisStore::open(&redis.url, &redis.prefix)?;
@@ -109,9 +117,17 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
                 masked(&redis.url),
                 redis.prefix
             );
-            launch(settings, clock, store, Some((shared, masked(&redis.url)))).await
+            let shared = Some((shared, masked(&redis.url)));
+            let listener = bind(settings.bind).await?;
+            launch(settings, clock, store, shared, listener).await
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// [`start`] with any [`Store`] (tests use one that fails on purpose).
@@ -120,7 +136,8 @@ pub async fn start_with_store(
     clock: Clock,
     store: impl Store,
 ) -> Result<RunningService, StartError> {
-    launch(settings, clock, store, None).await
+    let listener = bind(settings.bind).await?;
+    launch(settings, clock, store, None, listener).await
 }
 
 /// Starts on `store`; with `shared` (Redis, and its URL masked for display)
@@ -130,6 +147,7 @@ async fn launch(
     clock: Clock,
     mut store: impl Store,
     shared: Option<(SharedLanes, String)>,
+    listener: TcpListener,
 ) -> Result<RunningService, StartError> {
     let metrics = match shared {
         Some(_) => crate::metrics::Metrics::for_replica(),
@@ -189,7 +207,7 @@ async fn launch(
         },
     };
 
-    let ledger = Ledger::start(store);
+    let ledger = Ledger::start(store, settings.guards.max_unwritten);
     let scheduler = match shared {
         Some((shared, url)) => {
             let replicated =
@@ -229,6 +247,13 @@ async fn launch(
         pinned_models: settings.models.clone(),
         policy_status: std::sync::Mutex::new(policy_status),
         metrics,
+        origins: Policy {
+            allowed: settings.guards.cors_origins.clone(),
+            loopback_only: settings.bind.ip().is_loopback(),
+        },
+        inflight: Budget::new(settings.guards.max_inflight_bytes, settings.max_body_bytes),
+        request_timeout: settings.guards.request_timeout,
+        refused_until: std::sync::atomic::AtomicI64::new(i64::MIN),
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(
@@ -236,25 +261,19 @@ async fn launch(
         );
     }
     let app = api::router(state.clone(), settings.max_body_bytes);
-    let listener = TcpListener::bind(settings.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.bind,
-            source,
-        })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: settings.bind,
         source,
     })?;
+    let cap = listener::connection_cap(settings.guards.max_connections);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tracing::info!("gemini-flux listening on http://{addr}");
+    let task = tokio::spawn(listener::serve(listener, app, cap, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(
+        "gemini-flux listening on http://{addr} (at most {cap} connections; a request header must arrive within {} s)",
+        listener::HEADER_TIMEOUT.as_secs()
+    );
     if fetch_at_start && cache.is_none() {
         let state = state.clone();
         tokio::spawn(async move {
@@ -267,6 +286,7 @@ async fn launch(
         draining,
         task,
         state,
+        drain: settings.drain,
     })
 }
 
@@ -346,19 +366,27 @@ async fn validate_keys(upstream: &Upstream, keys: &[ApiKey], model: &str) -> Vec
     futures::future::join_all(checks).await
 }
 
+/// A limit's source as `/status` spells it (`built-in`, `env`, …).
+fn source_name(source: crate::policy::Source) -> String {
+    serde_json::to_value(source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
     tracing::info!("mode {}, chain: {}", settings.mode, chain.join(" > "));
     for model in chain {
         let l = core.model_limits(model);
         let s = l.sources;
         tracing::info!(
-            "  {model}: {} rpm ({:?}), {} tpm ({:?}), {} rpd ({:?})",
+            "  {model}: {} rpm ({}), {} tpm ({}), {} rpd ({})",
             l.rpm,
-            s.rpm,
+            source_name(s.rpm),
             l.tpm,
-            s.tpm,
+            source_name(s.tpm),
             l.rpd,
-            s.rpd
+            source_name(s.rpd)
         );
     }
     for (i, key) in settings.keys.iter().enumerate() {

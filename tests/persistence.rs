@@ -145,7 +145,11 @@ async fn a_failing_store_is_reported_and_scheduling_goes_on() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "still serving");
+    assert_eq!(
+        resp.status(),
+        503,
+        "not ready: a restart now would forget the calls"
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["state_store"]["ok"], false);
     assert!(

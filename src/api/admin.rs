@@ -99,6 +99,14 @@ async fn set_key(
         ))
     };
     let index: usize = n.parse().map_err(|_| unknown())?;
+    // Only the plain spelling: `+1` or `01` naming key 1 would let a typo,
+    // or a crafted path, act on a key.
+    if n != index.to_string() {
+        return Err(ApiError::bad_request(format!(
+            "{n:?} is not a key index: write it as a plain number, 1 to {}",
+            state.keys.len()
+        )));
+    }
     if index == 0 || index > state.keys.len() {
         return Err(unknown());
     }
@@ -121,11 +129,11 @@ async fn set_key(
     Ok(Json(body).into_response())
 }
 
-/// Ready while a key is usable and, for a replica, Redis answers. A failing
-/// state store does not stop a single instance (it schedules from memory)
-/// but is reported here, so an operator sees it before a restart would
-/// forget what was spent. A replica without Redis refuses every plan, so it
-/// is not ready: a load balancer sends its traffic to one that is.
+/// Ready while a key is usable, the state store has written every record
+/// (a single instance keeps scheduling from memory while it cannot, up to
+/// `FLUX_MAX_UNWRITTEN` records, but a restart now would forget those
+/// calls) and, for a replica, Redis answers: a load balancer then sends the
+/// traffic to an instance that is.
 async fn readyz(State(state): State<AppState>) -> Response {
     let usable = state.scheduler.usable_keys().iter().filter(|&&u| u).count();
     let ready = ready(&state);
@@ -142,16 +150,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A key is usable and, for a replica, Redis answers.
+/// A key is usable, the store is healthy and, for a replica, Redis answers
+/// and has not refused plans until a later instant (after it lost its data).
 fn ready(state: &AppState) -> bool {
+    let now = state.scheduler.clock().now().millis();
     state.scheduler.usable_keys().contains(&true)
+        && state.ledger.problem().is_none()
         && state.scheduler.shared_state().is_none_or(|s| s.ok)
+        && state
+            .refused_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= now
 }
 
 fn store_health(state: &AppState) -> serde_json::Value {
+    let unwritten = state.ledger.unwritten();
     match state.ledger.problem() {
-        None => json!({"ok": true}),
-        Some(error) => json!({"ok": false, "error": error}),
+        None => json!({"ok": true, "unwritten": unwritten}),
+        Some(error) => json!({"ok": false, "error": error, "unwritten": unwritten}),
     }
 }
 

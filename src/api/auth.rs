@@ -6,11 +6,10 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::openai;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 /// The tokens clients present.
 #[derive(Clone, Debug, Default)]
@@ -58,13 +57,14 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme's case does not
+/// matter (RFC 9110, 11.1).
 fn bearer(req: &Request) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// The Gemini-native ways to present a key: the header, then `?key=`.
@@ -111,10 +111,10 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         (false, true) => "this route needs the admin token",
         (false, false) => "the token is not valid",
     };
-    if openai::is_openai_path(req.uri().path()) {
-        return openai::error_response(StatusCode::UNAUTHORIZED, message);
-    }
-    ApiError::new(StatusCode::UNAUTHORIZED, message).into_response()
+    super::refusal(
+        req.uri().path(),
+        ApiError::new(StatusCode::UNAUTHORIZED, message),
+    )
 }
 
 #[cfg(test)]
@@ -133,6 +133,21 @@ mod tests {
         );
         assert!(classify(&Method::POST, "/v1beta/openai/chat/completions") == Guarded::Other);
         assert!(classify(&Method::POST, "/v1/chat/completions") == Guarded::Other);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let with = |v: &str| {
+            Request::builder()
+                .header(header::AUTHORIZATION, v)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        for v in ["Bearer tok", "bearer tok", "BEARER  tok"] {
+            assert_eq!(bearer(&with(v)), Some("tok"), "{v}");
+        }
+        assert_eq!(bearer(&with("Basic tok")), None);
+        assert_eq!(bearer(&with("Bearertok")), None);
     }
 
     #[test]

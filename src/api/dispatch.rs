@@ -148,6 +148,33 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Gemini refused the request itself: its envelope goes back, or, when
+    /// its answer was not Gemini's JSON (an HTML page from a proxy, a body
+    /// limit's plain text), one made in its place with the upstream's status
+    /// and a short excerpt.
+    pub fn refused_upstream(state: &AppState, status: u16, message: &str, body: Value) -> Failure {
+        if body["error"].is_object() {
+            return Failure::Client {
+                status,
+                body: state.scrub_value(body),
+            };
+        }
+        let mut excerpt = one_line(&state.scrub(message));
+        if let Some((cut, _)) = excerpt.char_indices().nth(200) {
+            excerpt.truncate(cut);
+            excerpt.push('…');
+        }
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let message = format!(
+            "the upstream answered {status} with a body that is not Gemini's JSON: {:?}",
+            excerpt
+        );
+        Failure::Client {
+            status,
+            body: crate::wire::envelope(status, super::error::status_name(code), &message, vec![]),
+        }
+    }
+
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
@@ -186,14 +213,37 @@ impl From<ApiError> for Failure {
 /// At most this many upstream calls per request, whatever happens.
 const MAX_ATTEMPTS: u32 = 8;
 
+/// Serves `job` within `FLUX_REQUEST_TIMEOUT_S`, or answers 504. Whatever
+/// was under way is dropped: a grant not yet sent is released, a call
+/// already sent stays counted.
 pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
+    let limit = state.request_timeout;
+    tokio::time::timeout(limit, attempts(state, job))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the request was not served within FLUX_REQUEST_TIMEOUT_S ({} s)",
+                    limit.as_secs()
+                ),
+            )
+            .into())
+        })
+}
+
+async fn attempts(state: &AppState, job: Job) -> Result<Served, Failure> {
     let clock = state.scheduler.clock();
-    let deadline = clock.now().plus(job.max_wait);
+    // No slot beyond the request's own deadline is worth waiting for.
+    let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
     let estimate = count_tokens(state, &job.request).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
     for attempt in 1..=MAX_ATTEMPTS {
+        if state.ledger.full() {
+            return Err(ledger_full(state));
+        }
         let plan = PlanRequest {
             tokens: estimate,
             target: job.target.clone(),
@@ -201,7 +251,14 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
             deadline: deadline.max(clock.now()),
         };
         let planned = state.scheduler.plan(plan).await.map_err(|_| stopping())?;
-        let booked = planned.map_err(|e| plan_error(e, clock.now(), &tried, job.unknown_model))?;
+        let booked = planned.map_err(|e| {
+            if let PlanError::SharedStateUnavailable { retry_at, .. } = &e {
+                state
+                    .refused_until
+                    .fetch_max(retry_at.millis(), std::sync::atomic::Ordering::Relaxed);
+            }
+            plan_error(e, clock.now(), &tried, job.unknown_model)
+        })?;
         let grant = booked.grant().clone();
         let before = clock.now();
         wait_for_slot(state, &booked).await?;
@@ -271,13 +328,10 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
             }
             Err(error) if is_the_clients(state, &job, grant.key, &error).await => {
                 settlement.finish(Outcome::ClientError, None);
-                let (status, body) = error
+                let (status, message, body) = error
                     .into_client()
                     .expect("a failure that is the client's carries Gemini's answer");
-                return Err(Failure::Client {
-                    status,
-                    body: state.scrub_value(body),
-                });
+                return Err(Failure::refused_upstream(state, status, &message, body));
             }
             Err(error) => {
                 tracing::warn!(
@@ -285,7 +339,7 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
                     fingerprint = %key.fingerprint(),
                     model = %grant.model,
                     "upstream: {}",
-                    state.scrub(&error.to_string())
+                    one_line(&state.scrub(&error.to_string()))
                 );
                 tried.push(format!(
                     "key {} on {}: {}",
@@ -381,6 +435,25 @@ fn outcome_of(error: &UpstreamError) -> Outcome {
         UpstreamError::KeyBlocked { .. } => Outcome::KeyBlocked,
         UpstreamError::Client { .. } | UpstreamError::ModelRetired { .. } => Outcome::ClientError,
     }
+}
+
+/// The state store has refused too many records: a call made now might be
+/// forgotten by a restart and overspend a quota, so none is booked.
+fn ledger_full(state: &AppState) -> Failure {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the state store is not taking writes ({}); no call is booked until it does, so that none goes uncounted",
+            state.ledger.problem().unwrap_or_default()
+        ),
+    )
+    .retry_after(crate::store::RETRY_EVERY)
+    .into()
+}
+
+/// A multi-line upstream message on one log line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn stopping() -> Failure {

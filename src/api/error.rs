@@ -49,6 +49,7 @@ pub fn status_name(status: StatusCode) -> &'static str {
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         405 => "METHOD_NOT_ALLOWED",
+        415 => "INVALID_ARGUMENT",
         429 => "RESOURCE_EXHAUSTED",
         502 => "BAD_GATEWAY",
         503 => "UNAVAILABLE",
@@ -79,15 +80,49 @@ pub fn set_retry_after(headers: &mut axum::http::HeaderMap, wait: Duration) {
     headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
 }
 
-/// A JSON object request body whose every failure is an [`ApiError`]: 413
-/// over the size limit, 400 for anything malformed or of the wrong shape
-/// (a top-level array is refused, though serde would read it as a struct).
+/// A request body that is one JSON object, checked without building it in
+/// memory (a borrowed parse), kept as the bytes that arrived: every failure
+/// is an [`ApiError`]: 415 for a declared content type that is not JSON,
+/// 413 over the size limit, 400 for anything malformed or not an object.
+pub struct JsonObject(pub axum::body::Bytes);
+
+/// [`JsonObject`] read into `T`: 400 for a field of the wrong shape (a
+/// top-level array is refused, though serde would read it as a struct).
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+/// Refuses a body declared as anything but JSON (`application/json`, or
+/// `application/…+json`). `text/plain` and form types are what a web page
+/// can send cross-site without a preflight, so they are never read as JSON.
+/// No `Content-Type` at all is accepted, as curl and some clients send.
+pub fn json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence.starts_with("application/") && essence.ends_with("+json");
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the body must be JSON (Content-Type: application/json), not {essence:?}"),
+        ))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        json_content_type(req.headers())?;
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|rejection| {
@@ -101,17 +136,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     ApiError::bad_request(format!("could not read the request body: {rejection}"))
                 }
             })?;
-        if bytes.is_empty() {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request(
                 "the request body is empty; a JSON object is expected",
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
+        let raw: &serde_json::value::RawValue = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        if !value.is_object() {
+        if !raw.get().starts_with('{') {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
-        serde_json::from_value(value)
+        Ok(JsonObject(bytes))
+    }
+}
+
+impl JsonObject {
+    /// The object, still as JSON text (borrowed, not copied).
+    pub fn raw(&self) -> &serde_json::value::RawValue {
+        serde_json::from_slice(&self.0).expect("checked when it was read")
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonObject(bytes) = JsonObject::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
@@ -136,4 +187,45 @@ pub fn whole_number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
     T::try_from(v)
         .map(Some)
         .map_err(|_| D::Error::custom(format!("{v} is out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(content_type: Option<&str>, body: &'static str) -> Result<String, (u16, String)> {
+        let mut req = Request::builder().method("POST").uri("/");
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
+        }
+        let req = req.body(axum::body::Body::from(body)).unwrap();
+        match JsonObject::from_request(req, &()).await {
+            Ok(object) => Ok(object.raw().get().to_string()),
+            Err(e) => Err((e.status.as_u16(), e.message)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_json_object_is_checked_and_kept_as_it_came() {
+        let json = Some("application/json; charset=utf-8");
+        assert_eq!(
+            read(json, " {\"a\": [1, 2]} ").await.unwrap(),
+            "{\"a\": [1, 2]}"
+        );
+        assert_eq!(read(None, "{}").await.unwrap(), "{}", "no type: curl");
+        assert_eq!(
+            read(Some("application/vnd.x+json"), "{}").await.unwrap(),
+            "{}"
+        );
+        for (body, status) in [("[1]", 400), ("  ", 400), ("{\"a\": ", 400), ("\"x\"", 400)] {
+            assert_eq!(read(json, body).await.unwrap_err().0, status, "{body:?}");
+        }
+        for t in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ] {
+            assert_eq!(read(Some(t), "{}").await.unwrap_err().0, 415, "{t}");
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use super::AppState;
 use super::dispatch::{Call, Failure, Job, Reply, dispatch};
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
 use super::{auth, openai};
@@ -68,11 +68,11 @@ fn query_value(query: &Option<String>, name: &str) -> Option<String> {
 /// anything else as a 502 that says what happened.
 fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     match error {
-        UpstreamError::Client { status, body, .. } => Failure::Client {
+        UpstreamError::Client {
             status,
-            body: state.scrub_value(body),
-        }
-        .into_response(),
+            message,
+            body,
+        } => Failure::refused_upstream(state, status, &message, body).into_response(),
         other => {
             ApiError::new(StatusCode::BAD_GATEWAY, state.scrub(&other.to_string())).into_response()
         }
@@ -140,7 +140,7 @@ async fn call_model(
     Path(target): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
+    body: JsonObject,
 ) -> Response {
     let Some((model, action)) = target.split_once(':') else {
         return ApiError::not_found(format!(
@@ -151,13 +151,12 @@ async fn call_model(
     if !plausible_model(model) {
         return no_such_model(model);
     }
-    if !body.is_object() {
-        return ApiError::bad_request("the body must be a JSON object").into_response();
-    }
     let call = match action {
         "generateContent" => Call::Generate,
         "streamGenerateContent" => Call::Stream,
-        "countTokens" => return count_tokens(&state, model, &body).await,
+        // Passed through as the text that came: no tree of a body that
+        // spends no quota (a big one would multiply in memory).
+        "countTokens" => return count_tokens(&state, model, body.raw()).await,
         _ => {
             return ApiError::not_found(format!("method {action:?} is not served")).into_response();
         }
@@ -170,6 +169,10 @@ async fn call_model(
         Target::ChainFrom(model.to_string())
     } else {
         Target::Model(model.to_string())
+    };
+    let body: Value = match serde_json::from_slice(&body.0) {
+        Ok(value) => value,
+        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
     };
     let job = Job {
         request: body,
@@ -204,7 +207,11 @@ async fn call_model(
     response
 }
 
-async fn count_tokens(state: &AppState, model: &str, body: &Value) -> Response {
+async fn count_tokens(
+    state: &AppState,
+    model: &str,
+    body: &serde_json::value::RawValue,
+) -> Response {
     let Some(key) = state.next_usable_key() else {
         return no_usable_key();
     };

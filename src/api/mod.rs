@@ -2,7 +2,8 @@
 //! (Gemini-native), `openai` (OpenAI-compatible), `admin` (status, mode,
 //! keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
-//! through `relay`. `auth` guards them all.
+//! through `relay`. `auth` guards them all; `origin` keeps other web pages
+//! out, `inflight` bounds the body bytes held in memory.
 
 mod admin;
 pub mod auth;
@@ -11,7 +12,9 @@ pub mod dispatch;
 pub mod error;
 mod flux;
 pub mod gemini;
+pub mod inflight;
 mod openai;
+pub mod origin;
 mod relay;
 
 use crate::config::TokenCount;
@@ -56,6 +59,15 @@ pub struct Shared {
     pub pinned_models: Option<Vec<String>>,
     pub policy_status: std::sync::Mutex<FetchStatus>,
     pub metrics: crate::metrics::Metrics,
+    /// Whose web pages may call (`FLUX_CORS_ORIGINS`).
+    pub origins: origin::Policy,
+    /// Request-body bytes held in memory (`FLUX_MAX_INFLIGHT_MB`).
+    pub inflight: inflight::Budget,
+    /// `FLUX_REQUEST_TIMEOUT_S`.
+    pub request_timeout: Duration,
+    /// Until when (ms since the epoch) the shared state refuses every plan,
+    /// as the last refusal said: `/readyz` is 503 until then.
+    pub refused_until: std::sync::atomic::AtomicI64,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.
@@ -144,6 +156,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            inflight::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             count_request,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -151,6 +171,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             panic_response,
         ))
         .with_state(state)
+}
+
+/// An error in the envelope of the surface `path` belongs to: OpenAI's on
+/// the OpenAI routes, Gemini's everywhere else.
+pub fn refusal(path: &str, error: ApiError) -> Response {
+    if openai::is_openai_path(path) {
+        return openai::failure_response(dispatch::Failure::Flux(error));
+    }
+    error.into_response()
 }
 
 /// Counts every answer by route template (never the raw path, which may

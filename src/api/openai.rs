@@ -44,7 +44,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn failure_response(failure: Failure) -> Response {
+pub fn failure_response(failure: Failure) -> Response {
     let (status, message) = failure.status_and_message();
     let mut response = error_response(status, &message);
     if let Failure::Flux(ApiError {
@@ -270,6 +270,9 @@ async fn chat(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(e) = super::error::json_content_type(&headers) {
+        return error_response(e.status, &e.message);
+    }
     let body = match body {
         Ok(b) => b,
         Err(rejection) => return error_response(rejection.status(), &rejection.body_text()),

@@ -1,8 +1,10 @@
 //! Relays an upstream event stream to the client as it arrives (nothing is
 //! buffered beyond one event), in the client's framing, and settles the call
 //! with the last `usageMetadata` seen. An upstream that breaks mid-stream
-//! ends the client's stream with an error event rather than a hang; a client
-//! that leaves drops the relay, which drops the upstream connection.
+//! ends the client's stream with an error event rather than a hang, and so
+//! does a stream that ended without one valid event (it is settled as
+//! failed, not ok); a client that leaves drops the relay, which drops the
+//! upstream connection.
 
 use super::dispatch::Settlement;
 use crate::store::Outcome;
@@ -48,6 +50,9 @@ struct Relay<F> {
     settlement: Option<Settlement>,
     framing: F,
     finished: bool,
+    /// Events relayed, and events skipped because they were not JSON.
+    relayed: usize,
+    skipped: usize,
 }
 
 impl<F: Framing> Relay<F> {
@@ -71,9 +76,10 @@ impl<F: Framing> Relay<F> {
             return;
         }
         let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
-            tracing::warn!("an upstream stream event was not JSON; skipped");
+            self.skipped += 1;
             return;
         };
+        self.relayed += 1;
         if let Some(u) = usage_of(&chunk) {
             self.usage = Some(u);
         }
@@ -83,6 +89,12 @@ impl<F: Framing> Relay<F> {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        if self.skipped > 0 {
+            tracing::warn!(
+                "{} upstream stream event(s) were not JSON; skipped",
+                self.skipped
+            );
+        }
         if let Some(s) = self.settlement.take() {
             s.finish(outcome, self.usage);
         }
@@ -124,6 +136,8 @@ pub fn relay(response: reqwest::Response, settlement: Settlement, framing: impl 
         settlement: Some(settlement),
         framing,
         finished: false,
+        relayed: 0,
+        skipped: 0,
     };
     let stream = futures::stream::unfold(relay, |mut r| async move {
         loop {
@@ -146,6 +160,12 @@ pub fn relay(response: reqwest::Response, settlement: Settlement, framing: impl 
                 None => {
                     let rest = std::mem::take(&mut r.buffer);
                     r.event(&rest);
+                    if r.relayed == 0 {
+                        let out = r.framing.broken("it ended without one valid event");
+                        r.ready.push_back(out);
+                        r.finish(Outcome::Transient);
+                        continue;
+                    }
                     let usage = r.usage;
                     if let Some(out) = r.framing.end(usage) {
                         r.ready.push_back(out);

@@ -16,7 +16,7 @@ mod writer;
 
 pub use self::redis::{RedisStore, SharedLanes};
 pub use sqlite::SqliteStore;
-pub use writer::Ledger;
+pub use writer::{BATCH_WINDOW, Ledger, RETRY_EVERY};
 
 use crate::clock::Timestamp;
 use crate::keys::KeyState;

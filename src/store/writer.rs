@@ -1,13 +1,19 @@
-//! The ledger: batches records into transactions off the hot path.
+//! The ledger: batches records into transactions off the hot path, and
+//! never drops one.
 //!
 //! Ordinary records wait at most `BATCH_WINDOW` for company. A durable
 //! record (a call about to go upstream) starts a flush at once and its
-//! sender resumes when a commit has covered it. Flushes are group commits:
-//! one flusher at a time, on tokio's blocking pool, writes whatever is
-//! pending, again and again until nothing is, so concurrent durable records
-//! share transactions instead of queueing for the store one by one. A failed
-//! write is logged and reported through [`Ledger::problem`]; scheduling goes
-//! on from memory.
+//! sender resumes when a write has been tried on it. Flushes are group
+//! commits: one flusher at a time, on tokio's blocking pool, writes whatever
+//! is pending, again and again until nothing is, so concurrent durable
+//! records share transactions instead of queueing for the store one by one.
+//!
+//! A failed write (a full disk) puts its batch back at the head of the
+//! queue, in order, and is tried again every `RETRY_EVERY` and with every
+//! new durable record, until the store takes it. Until then
+//! [`Ledger::problem`] reports the error, and once more than
+//! `max_unwritten` records wait, [`Ledger::full`] tells dispatch to stop
+//! booking calls it could not count.
 
 use super::{Record, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,26 +24,45 @@ use tokio::sync::watch;
 /// The longest an ordinary record waits before it is written.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
+/// How often a failed write is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
 /// A handle to the state store; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Inner>,
 }
 
+/// What is waiting to be written, numbered in the order it was recorded.
+#[derive(Default)]
+struct Queue {
+    /// Records not yet written (a failed batch comes back to the front).
+    records: Vec<Record>,
+    /// The number of the last record queued.
+    queued: u64,
+    /// The number of the last record written: all before it are too.
+    written: u64,
+}
+
 struct Inner {
     store: Mutex<Box<dyn Store>>,
-    /// Records not yet written, and the number of the last one queued.
-    pending: Mutex<(Vec<Record>, u64)>,
-    /// The number of the last record a write has covered.
-    committed: watch::Sender<u64>,
+    queue: Mutex<Queue>,
+    /// The number of the last record a write has been tried on.
+    tried: watch::Sender<u64>,
     /// A flusher is running.
     flushing: AtomicBool,
     /// A batch-window flush is scheduled.
     flush_scheduled: AtomicBool,
+    /// A retry after a failed write is scheduled.
+    retry_scheduled: AtomicBool,
+    /// The last write error, while the records it left behind are unwritten.
     problem: Mutex<Option<String>>,
     /// The store is what a restart rebuilds the windows from
     /// ([`Store::rebuilds_windows`]).
     sent_calls_must_commit: bool,
+    /// Beyond this many unwritten records, no call is booked.
+    max_unwritten: u64,
+    runtime: tokio::runtime::Handle,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -45,26 +70,31 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ledger {
-    pub fn start(store: impl Store) -> Ledger {
+    /// Starts the writer (inside a tokio runtime). `max_unwritten` is
+    /// `FLUX_MAX_UNWRITTEN`.
+    pub fn start(store: impl Store, max_unwritten: usize) -> Ledger {
         let sent_calls_must_commit = store.rebuilds_windows();
         Ledger {
             inner: Arc::new(Inner {
                 sent_calls_must_commit,
                 store: Mutex::new(Box::new(store)),
-                pending: Mutex::new((Vec::new(), 0)),
-                committed: watch::Sender::new(0),
+                queue: Mutex::new(Queue::default()),
+                tried: watch::Sender::new(0),
                 flushing: AtomicBool::new(false),
                 flush_scheduled: AtomicBool::new(false),
+                retry_scheduled: AtomicBool::new(false),
                 problem: Mutex::new(None),
+                max_unwritten: max_unwritten as u64,
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
 
     fn enqueue(&self, record: Record) -> u64 {
-        let mut pending = lock(&self.inner.pending);
-        pending.0.push(record);
-        pending.1 += 1;
-        pending.1
+        let mut queue = lock(&self.inner.queue);
+        queue.records.push(record);
+        queue.queued += 1;
+        queue.queued
     }
 
     /// Writes `record` within `BATCH_WINDOW`.
@@ -80,16 +110,16 @@ impl Ledger {
         }
     }
 
-    /// Writes `record`, with whatever is pending, and returns once a commit
-    /// has covered it (or the write failed).
+    /// Writes `record`, with whatever is pending, and returns once a write
+    /// has been tried on it (if that failed, it stays queued and is retried).
     pub async fn record_durably(&self, record: Record) {
         let number = self.enqueue(record);
-        self.written(number).await;
+        self.tried_up_to(number).await;
     }
 
-    /// Records a call about to go upstream: committed before it returns
-    /// where the store is what a restart rebuilds the windows from (a crash
-    /// then still counts the call), else within `BATCH_WINDOW`.
+    /// Records a call about to go upstream: tried before it returns where
+    /// the store is what a restart rebuilds the windows from (a crash then
+    /// still counts the call), else within `BATCH_WINDOW`.
     pub async fn record_sent(&self, record: Record) {
         if self.inner.sent_calls_must_commit {
             self.record_durably(record).await;
@@ -98,24 +128,37 @@ impl Ledger {
         }
     }
 
-    /// Returns once everything recorded so far is written.
+    /// Returns once a write has been tried on everything recorded so far.
     pub async fn flush(&self) {
-        let number = lock(&self.inner.pending).1;
-        self.written(number).await;
+        let number = lock(&self.inner.queue).queued;
+        self.tried_up_to(number).await;
     }
 
-    async fn written(&self, number: u64) {
-        let mut committed = self.inner.committed.subscribe();
-        self.kick();
-        let _ = committed.wait_for(|c| *c >= number).await;
-    }
-
-    /// Starts the flusher unless one is running.
-    fn kick(&self) {
-        if !self.inner.flushing.swap(true, Ordering::AcqRel) {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.drain());
+    /// Flushes, trying again every `RETRY_EVERY` for at most `patience`
+    /// while the store refuses; true when everything is written.
+    pub async fn flush_within(&self, patience: Duration) -> bool {
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            self.flush().await;
+            let unwritten = self.unwritten();
+            if unwritten == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() + RETRY_EVERY > give_up {
+                tracing::error!(
+                    "{unwritten} record(s) could not be written to the state store: {}",
+                    self.problem().unwrap_or_default()
+                );
+                return false;
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
         }
+    }
+
+    async fn tried_up_to(&self, number: u64) {
+        let mut tried = self.inner.tried.subscribe();
+        Inner::kick(&self.inner);
+        let _ = tried.wait_for(|t| *t >= number).await;
     }
 
     /// Input tokens per key and minute since `since` (what is pending is
@@ -135,47 +178,115 @@ impl Ledger {
         .map_err(|e| e.to_string())?
     }
 
-    /// The last write error, until a write succeeds again.
+    /// The last write error, while records it left behind are unwritten.
     pub fn problem(&self) -> Option<String> {
         lock(&self.inner.problem).clone()
+    }
+
+    /// Records queued and not yet written.
+    pub fn unwritten(&self) -> u64 {
+        let queue = lock(&self.inner.queue);
+        queue.queued - queue.written
+    }
+
+    /// Too many records wait for a store that refuses them: a call booked
+    /// now might not be counted after a restart.
+    pub fn full(&self) -> bool {
+        self.problem().is_some() && self.unwritten() >= self.inner.max_unwritten
     }
 }
 
 impl Inner {
-    /// Writes batches until nothing is pending. One flusher at a time: a
-    /// record queued between its last batch and its stepping down is picked
-    /// up by taking the flag back.
-    fn drain(&self) {
+    /// Starts the flusher unless one is running.
+    fn kick(inner: &Arc<Inner>) {
+        if !inner.flushing.swap(true, Ordering::AcqRel) {
+            let inner = inner.clone();
+            inner
+                .runtime
+                .clone()
+                .spawn_blocking(move || Inner::drain(&inner));
+        }
+    }
+
+    /// Writes batches until nothing is pending or a write fails. One flusher
+    /// at a time: a record queued between its last batch and its stepping
+    /// down is picked up by taking the flag back.
+    fn drain(inner: &Arc<Inner>) {
         loop {
-            self.write_pending();
-            self.flushing.store(false, Ordering::Release);
-            if lock(&self.pending).0.is_empty() || self.flushing.swap(true, Ordering::AcqRel) {
+            let wrote = inner.write_pending();
+            inner.flushing.store(false, Ordering::Release);
+            if !wrote {
+                Inner::retry_later(inner);
+                return;
+            }
+            if lock(&inner.queue).records.is_empty() || inner.flushing.swap(true, Ordering::AcqRel)
+            {
                 return;
             }
         }
     }
 
-    fn write_pending(&self) {
+    /// Writes what is queued in one transaction; false if the store refused
+    /// it (the batch is then back at the head of the queue).
+    fn write_pending(&self) -> bool {
         let mut store = lock(&self.store);
         let (batch, last) = {
-            let mut pending = lock(&self.pending);
-            (std::mem::take(&mut pending.0), pending.1)
+            let mut queue = lock(&self.queue);
+            (std::mem::take(&mut queue.records), queue.queued)
         };
-        if !batch.is_empty() {
-            let outcome = store.apply(&batch);
-            let mut problem = lock(&self.problem);
-            match outcome {
-                Ok(()) => *problem = None,
-                Err(e) => {
-                    tracing::error!("{e}; {} record(s) kept in memory only", batch.len());
-                    *problem = Some(e.to_string());
+        let outcome = if batch.is_empty() {
+            Ok(())
+        } else {
+            store.apply(&batch)
+        };
+        let tried = match outcome {
+            Ok(()) => {
+                lock(&self.queue).written = last;
+                let recovered = lock(&self.problem).take();
+                if let Some(error) = recovered {
+                    tracing::info!(
+                        "the state store takes writes again ({} record(s) written after: {error})",
+                        batch.len()
+                    );
                 }
+                last
             }
-        }
-        self.committed.send_if_modified(|c| {
-            let moved = *c < last;
-            *c = (*c).max(last);
+            Err(e) => {
+                let mut queue = lock(&self.queue);
+                let newer = std::mem::replace(&mut queue.records, batch);
+                queue.records.extend(newer);
+                let waiting = queue.queued - queue.written;
+                let mut problem = lock(&self.problem);
+                if problem.is_none() {
+                    tracing::error!(
+                        "{e}; {waiting} record(s) kept in memory and retried every {}s",
+                        RETRY_EVERY.as_secs()
+                    );
+                }
+                *problem = Some(e.to_string());
+                // Everything queued now would fail the same way: its
+                // waiters go on, and the retry carries it.
+                queue.queued
+            }
+        };
+        self.tried.send_if_modified(|t| {
+            let moved = *t < tried;
+            *t = (*t).max(tried);
             moved
+        });
+        lock(&self.problem).is_none()
+    }
+
+    /// Tries the queue again after `RETRY_EVERY` (once scheduled, not twice).
+    fn retry_later(inner: &Arc<Inner>) {
+        if inner.retry_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = inner.clone();
+        inner.runtime.clone().spawn(async move {
+            tokio::time::sleep(RETRY_EVERY).await;
+            inner.retry_scheduled.store(false, Ordering::Release);
+            Inner::kick(&inner);
         });
     }
 }
@@ -184,12 +295,13 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::clock::Timestamp;
-    use crate::store::{Recovered, StoreError};
+    use crate::store::{Outcome, Recovered, StoreError};
 
-    /// A store that records batches, or fails every write.
+    /// A store that keeps the ids of the records it wrote, batch by batch,
+    /// or refuses every write while `failing` is set (a full disk).
     struct Probe {
-        batches: Arc<Mutex<Vec<usize>>>,
-        fail: bool,
+        batches: Arc<Mutex<Vec<Vec<i64>>>>,
+        failing: Arc<AtomicBool>,
         rebuilds_windows: bool,
     }
 
@@ -198,93 +310,140 @@ mod tests {
             Ok(Recovered::default())
         }
         fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError> {
-            self.batches.lock().unwrap().push(batch.len());
-            if self.fail {
-                Err(StoreError::Write("disk full".into()))
-            } else {
-                Ok(())
+            if self.failing.load(Ordering::Acquire) {
+                return Err(StoreError::Write("disk full".into()));
             }
+            let ids = batch
+                .iter()
+                .map(|r| match r {
+                    Record::CallSettled { id, .. } => *id,
+                    _ => -1,
+                })
+                .collect();
+            self.batches.lock().unwrap().push(ids);
+            Ok(())
         }
         fn rebuilds_windows(&self) -> bool {
             self.rebuilds_windows
         }
     }
 
-    fn probe(batches: &Arc<Mutex<Vec<usize>>>, rebuilds_windows: bool) -> Probe {
-        Probe {
+    type Batches = Arc<Mutex<Vec<Vec<i64>>>>;
+
+    fn probe(rebuilds_windows: bool) -> (Probe, Batches, Arc<AtomicBool>) {
+        let batches = Batches::default();
+        let failing = Arc::new(AtomicBool::new(false));
+        let probe = Probe {
             batches: batches.clone(),
-            fail: false,
+            failing: failing.clone(),
             rebuilds_windows,
+        };
+        (probe, batches, failing)
+    }
+
+    fn call(id: i64) -> Record {
+        Record::CallSettled {
+            id,
+            outcome: Outcome::Ok,
+            input_tokens: 1,
+            output_tokens: 1,
+            latency_ms: 1,
         }
     }
 
-    fn mode_record() -> Record {
-        Record::Mode {
-            mode: crate::policy::Mode::Both,
-            configured: crate::policy::Mode::Both,
-        }
+    fn written(batches: &Batches) -> Vec<i64> {
+        batches.lock().unwrap().concat()
     }
 
     #[tokio::test(start_paused = true)]
     async fn ordinary_records_are_batched_and_durable_ones_commit_at_once() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let ledger = Ledger::start(probe(&batches, true));
-        for _ in 0..5 {
-            ledger.record(mode_record());
+        let (store, batches, _) = probe(true);
+        let ledger = Ledger::start(store, 100);
+        for id in 1..=5 {
+            ledger.record(call(id));
         }
-        ledger.record_durably(mode_record()).await;
+        ledger.record_durably(call(6)).await;
         assert_eq!(
             *batches.lock().unwrap(),
-            vec![6],
+            vec![vec![1, 2, 3, 4, 5, 6]],
             "the durable record carried the pending ones with it"
         );
-        ledger.record(mode_record());
-        ledger.record(mode_record());
+        ledger.record(call(7));
+        ledger.record(call(8));
         tokio::time::sleep(BATCH_WINDOW).await;
         tokio::task::yield_now().await;
         ledger.flush().await;
         assert_eq!(
-            *batches.lock().unwrap(),
-            vec![6, 2],
+            batches.lock().unwrap()[1],
+            vec![7, 8],
             "ordinary records go together within the window"
         );
-        assert_eq!(ledger.problem(), None);
+        assert_eq!((ledger.problem(), ledger.unwritten()), (None, 0));
     }
 
-    #[tokio::test]
-    async fn a_failing_write_is_reported_and_the_caller_goes_on() {
-        let ledger = Ledger::start(Probe {
-            fail: true,
-            ..probe(&Arc::default(), true)
-        });
-        ledger.record_durably(mode_record()).await;
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_keeps_every_record_in_order_until_the_store_takes_it() {
+        let (store, batches, failing) = probe(true);
+        let ledger = Ledger::start(store, 100);
+        ledger.record_durably(call(1)).await;
+        failing.store(true, Ordering::Release);
+        for id in 2..=4 {
+            ledger.record_durably(call(id)).await;
+        }
+        ledger.record(call(5));
+        tokio::time::sleep(RETRY_EVERY * 3).await;
+        ledger.flush().await;
+        assert_eq!(written(&batches), vec![1], "nothing got through");
+        assert_eq!(ledger.unwritten(), 4);
         assert_eq!(
             ledger.problem().as_deref(),
-            Some("state store write failed: disk full")
+            Some("state store write failed: disk full"),
+            "reported while records wait"
         );
+
+        failing.store(false, Ordering::Release);
+        tokio::time::sleep(RETRY_EVERY).await;
+        ledger.flush().await;
+        assert_eq!(
+            written(&batches),
+            vec![1, 2, 3, 4, 5],
+            "retried by itself, every record once, in order"
+        );
+        assert_eq!((ledger.problem(), ledger.unwritten()), (None, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ledger_is_full_only_past_its_bound_of_unwritten_records() {
+        let (store, _, failing) = probe(true);
+        let ledger = Ledger::start(store, 3);
+        failing.store(true, Ordering::Release);
+        ledger.record_durably(call(1)).await;
+        ledger.record_durably(call(2)).await;
+        assert!(!ledger.full(), "2 of 3 unwritten");
+        ledger.record_durably(call(3)).await;
+        assert!(ledger.full(), "3 of 3 unwritten");
+        assert!(
+            !ledger.flush_within(RETRY_EVERY * 2).await,
+            "a store that keeps refusing is given up on, and says so"
+        );
+        failing.store(false, Ordering::Release);
+        assert!(ledger.flush_within(RETRY_EVERY * 2).await);
+        assert!(!ledger.full());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_sent_call_waits_for_its_commit_only_where_restarts_rebuild_from_it() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let rebuilt_from = Ledger::start(probe(&batches, true));
-        rebuilt_from.record_sent(mode_record()).await;
-        assert_eq!(
-            *batches.lock().unwrap(),
-            vec![1],
-            "committed before the call"
-        );
+        let (store, batches, _) = probe(true);
+        let rebuilt_from = Ledger::start(store, 100);
+        rebuilt_from.record_sent(call(1)).await;
+        assert_eq!(written(&batches), vec![1], "committed before the call");
 
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let elsewhere = Ledger::start(probe(&batches, false));
-        elsewhere.record_sent(mode_record()).await;
+        let (store, batches, _) = probe(false);
+        let elsewhere = Ledger::start(store, 100);
+        elsewhere.record_sent(call(1)).await;
         assert!(batches.lock().unwrap().is_empty(), "not waited for");
         tokio::time::sleep(BATCH_WINDOW).await;
         elsewhere.flush().await;
-        assert_eq!(
-            *batches.lock().unwrap(),
-            vec![1],
-            "written within the window"
-        );
+        assert_eq!(written(&batches), vec![1], "written within the window");
     }
 }

@@ -126,12 +126,21 @@ impl UpstreamError {
     /// Gemini's own status and envelope, for the client, where the answer
     /// can be the client's to see (its mistake, a model it named that is
     /// retired, a key refusal that the confirmation did not bear out).
-    pub fn into_client(self) -> Option<(u16, Value)> {
+    /// (status, message, envelope).
+    pub fn into_client(self) -> Option<(u16, String, Value)> {
         match self {
-            UpstreamError::Client { status, body, .. }
-            | UpstreamError::KeyBlocked { status, body, .. } => Some((status, body)),
-            UpstreamError::KeyInvalid { body, .. } => Some((400, body)),
-            UpstreamError::ModelRetired { body, .. } => Some((404, body)),
+            UpstreamError::Client {
+                status,
+                message,
+                body,
+            }
+            | UpstreamError::KeyBlocked {
+                status,
+                message,
+                body,
+            } => Some((status, message, body)),
+            UpstreamError::KeyInvalid { message, body } => Some((400, message, body)),
+            UpstreamError::ModelRetired { message, body } => Some((404, message, body)),
             _ => None,
         }
     }

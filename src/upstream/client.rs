@@ -63,7 +63,12 @@ impl Upstream {
         format!("{}/{VERSION}/models/{model}:{action}", self.base)
     }
 
-    async fn post(&self, key: &ApiKey, url: String, body: &Value) -> Result<Value, UpstreamError> {
+    async fn post(
+        &self,
+        key: &ApiKey,
+        url: String,
+        body: &(impl serde::Serialize + ?Sized),
+    ) -> Result<Value, UpstreamError> {
         let response = self
             .http
             .post(url)
@@ -120,7 +125,7 @@ impl Upstream {
         &self,
         key: &ApiKey,
         model: &str,
-        body: &Value,
+        body: &(impl serde::Serialize + ?Sized),
     ) -> Result<Value, UpstreamError> {
         self.post(key, self.url(model, "countTokens"), body).await
     }
@@ -223,10 +228,10 @@ async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> 
 /// so they count as transient. A connection that was never made (refused,
 /// DNS, TLS) means Gemini saw nothing.
 pub(crate) fn transport_error(e: reqwest::Error) -> UpstreamError {
-    // reqwest's message names the URL, which never holds a key (header only).
+    // Without the URL: the upstream's address is not the client's business.
     if e.is_connect() && !e.is_timeout() {
         return UpstreamError::Unreached {
-            message: format!("could not connect: {e}"),
+            message: format!("could not connect: {}", e.without_url()),
         };
     }
     let kind = if e.is_timeout() {
@@ -236,6 +241,6 @@ pub(crate) fn transport_error(e: reqwest::Error) -> UpstreamError {
     };
     UpstreamError::Transient {
         status: None,
-        message: format!("{kind}: {e}"),
+        message: format!("{kind}: {}", e.without_url()),
     }
 }

@@ -44,8 +44,15 @@ pub async fn start_sim(config: SimConfig, wall: Timestamp) -> SimServer {
     .expect("simulator starts")
 }
 
+/// A client that opens a connection per request: the tests jump the clock
+/// by minutes, past the service's idle keep-alive timeout, and a pooled
+/// connection the service closed at that instant would fail the next request.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 /// A request whose prompt counts exactly `tokens` tokens in the simulator.

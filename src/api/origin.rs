@@ -1,0 +1,255 @@
+//! Browsers: a request that carries an `Origin` is served from the service's
+//! own origin (the dashboard) or one listed in `FLUX_CORS_ORIGINS`; from any
+//! other web page, every method but GET and HEAD gets 403, so a page cannot
+//! disable a key, change the mode or spend quota with a simple cross-site
+//! POST. Listed origins get a proper CORS preflight and the headers that let
+//! their pages read answers. Requests without an `Origin` (curl, SDKs,
+//! servers) are not a browser's and pass untouched.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// The origins `FLUX_CORS_ORIGINS` allows, normalised (`https://app.example.com`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Allowed {
+    /// `*`: any origin.
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Allowed {
+    /// A comma-separated list of origins (scheme, host, optional port), or `*`.
+    pub fn parse(list: &str) -> Result<Allowed, String> {
+        let mut allowed = Allowed::default();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                allowed.any = true;
+                continue;
+            }
+            let origin = normalise(item).ok_or_else(|| {
+                format!("{item:?} is not an origin like https://app.example.com (scheme, host and port only)")
+            })?;
+            allowed.origins.push(origin);
+        }
+        Ok(allowed)
+    }
+
+    fn lists(&self, origin: &str) -> bool {
+        self.any || self.origins.iter().any(|o| o == origin)
+    }
+}
+
+/// `scheme://host[:port]` as browsers serialise it, or `None` if `text` is
+/// anything else (a path, credentials, the opaque `null`).
+fn normalise(text: &str) -> Option<String> {
+    let url = reqwest::Url::parse(text).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    plain.then(|| url.origin().ascii_serialization())
+}
+
+/// Whose pages may call the service.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub allowed: Allowed,
+    /// The service listens on a loopback address: its own origin is then
+    /// only a loopback name, so a DNS-rebound name cannot pass for it.
+    pub loopback_only: bool,
+}
+
+enum Verdict {
+    Own,
+    Listed(HeaderValue),
+    Foreign(String),
+}
+
+impl Policy {
+    fn judge(&self, origin: &HeaderValue, headers: &HeaderMap) -> Verdict {
+        let text = origin.to_str().unwrap_or("");
+        let Some(origin_norm) = normalise(text) else {
+            return Verdict::Foreign(text.to_string());
+        };
+        if self.is_own(&origin_norm, headers) {
+            return Verdict::Own;
+        }
+        if self.allowed.lists(&origin_norm) {
+            return Verdict::Listed(origin.clone());
+        }
+        Verdict::Foreign(text.to_string())
+    }
+
+    /// The origin names this service as the request's `Host` does.
+    fn is_own(&self, origin: &str, headers: &HeaderMap) -> bool {
+        let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+            return false;
+        };
+        let scheme = origin.split("://").next().unwrap_or("http");
+        let Some(own) = reqwest::Url::parse(&format!("{scheme}://{host}"))
+            .ok()
+            .filter(|u| u.path() == "/")
+        else {
+            return false;
+        };
+        let name = own.host_str().unwrap_or("");
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        own.origin().ascii_serialization() == origin && (loopback || !self.loopback_only)
+    }
+}
+
+/// The middleware: see the module doc.
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        return next.run(req).await;
+    };
+    match state.origins.judge(&origin, req.headers()) {
+        Verdict::Own => next.run(req).await,
+        Verdict::Listed(origin) => {
+            let preflight = req.method() == Method::OPTIONS
+                && req
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+            let mut response = if preflight {
+                preflight_answer(req.headers())
+            } else {
+                next.run(req).await
+            };
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("x-flux-key, x-flux-model, x-flux-wait-ms, retry-after"),
+            );
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+            response
+        }
+        Verdict::Foreign(_) if matches!(*req.method(), Method::GET | Method::HEAD) => {
+            next.run(req).await
+        }
+        Verdict::Foreign(origin) => super::refusal(
+            req.uri().path(),
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "requests from the web page at {origin:?} are refused; list its origin in FLUX_CORS_ORIGINS to allow it"
+                ),
+            ),
+        ),
+    }
+}
+
+/// 204 for a listed origin's preflight: GET and POST, with the headers it asked for.
+fn preflight_answer(request: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("access-control-request-method, access-control-request-headers"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(h: &str) -> HeaderMap {
+        HeaderMap::from_iter([(header::HOST, HeaderValue::from_str(h).unwrap())])
+    }
+
+    fn verdict(policy: &Policy, origin: &str, host_header: &str) -> &'static str {
+        match policy.judge(&HeaderValue::from_str(origin).unwrap(), &host(host_header)) {
+            Verdict::Own => "own",
+            Verdict::Listed(_) => "listed",
+            Verdict::Foreign(_) => "foreign",
+        }
+    }
+
+    #[test]
+    fn only_the_own_origin_and_listed_ones_pass() {
+        let policy = Policy {
+            allowed: Allowed::parse("https://App.example.com:443, http://tools.local:3000")
+                .unwrap(),
+            loopback_only: true,
+        };
+        assert_eq!(
+            verdict(&policy, "http://127.0.0.1:8000", "127.0.0.1:8000"),
+            "own"
+        );
+        assert_eq!(
+            verdict(&policy, "http://localhost:8000", "localhost:8000"),
+            "own"
+        );
+        assert_eq!(
+            verdict(&policy, "https://app.example.com", "127.0.0.1:8000"),
+            "listed"
+        );
+        assert_eq!(
+            verdict(&policy, "http://tools.local:3000", "127.0.0.1:8000"),
+            "listed"
+        );
+        assert_eq!(
+            verdict(&policy, "https://evil.example", "127.0.0.1:8000"),
+            "foreign"
+        );
+        assert_eq!(verdict(&policy, "null", "127.0.0.1:8000"), "foreign");
+        assert_eq!(
+            verdict(&policy, "http://127.0.0.1:8001", "127.0.0.1:8000"),
+            "foreign"
+        );
+        assert_eq!(
+            verdict(
+                &policy,
+                "http://rebound.example:8000",
+                "rebound.example:8000"
+            ),
+            "foreign",
+            "on a loopback bind, a DNS-rebound name is not the service's own"
+        );
+        let public = Policy {
+            allowed: Allowed::default(),
+            loopback_only: false,
+        };
+        assert_eq!(
+            verdict(&public, "http://flux.internal:8000", "flux.internal:8000"),
+            "own"
+        );
+    }
+
+    #[test]
+    fn the_list_takes_origins_or_a_star_and_nothing_else() {
+        assert_eq!(Allowed::parse("").unwrap(), Allowed::default());
+        assert!(Allowed::parse("*").unwrap().lists("https://any.example"));
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/path",
+            "ftp://x",
+            "https://u:p@x",
+        ] {
+            assert!(Allowed::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
