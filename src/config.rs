@@ -253,11 +253,9 @@ impl Settings {
             )));
         }
         let max_wait_s = raw.flux_max_wait_s.unwrap_or(DEFAULT_MAX_WAIT_S);
-        if !(max_wait_s.is_finite() && max_wait_s >= 0.0) {
-            return Err(ConfigError(
-                "FLUX_MAX_WAIT_S must be a non-negative number of seconds".into(),
-            ));
-        }
+        let max_wait = Duration::try_from_secs_f64(max_wait_s).map_err(|_| {
+            ConfigError("FLUX_MAX_WAIT_S must be a non-negative number of seconds".into())
+        })?;
         let base_url = raw
             .gemini_base_url
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
@@ -287,7 +285,7 @@ impl Settings {
             bind,
             models,
             limits,
-            max_wait: Duration::from_secs_f64(max_wait_s),
+            max_wait,
             guard: Duration::from_millis(raw.flux_guard_ms.unwrap_or(250)),
             max_body_bytes: (body_mb as usize).saturating_mul(1024 * 1024),
             upstream_timeout: Duration::from_secs(

@@ -10,7 +10,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
-use crate::scheduler::{Booked, InFlight, PlanError, PlanRequest, Target};
+use crate::scheduler::{Booked, Grant, InFlight, PlanError, PlanRequest, Target};
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, UpstreamError};
 use crate::wire::prompt_tokens;
@@ -87,7 +87,11 @@ impl Settlement {
     pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
         let (input, output) = usage.unwrap_or((self.estimate, 0));
         self.close(outcome, None, (input, output));
-        self.call.settle(input);
+        if outcome == Outcome::Ok {
+            self.call.settle(input);
+        } else {
+            self.call.keep(input);
+        }
     }
 
     /// The call failed in a way the scheduler learns from.
@@ -326,14 +330,17 @@ async fn attempts(state: &AppState, job: Job) -> Result<Served, Failure> {
                     estimate,
                 ));
             }
-            Err(error) if is_the_clients(state, &job, grant.key, &error).await => {
-                settlement.finish(Outcome::ClientError, None);
-                let (status, message, body) = error
-                    .into_client()
-                    .expect("a failure that is the client's carries Gemini's answer");
-                return Err(Failure::refused_upstream(state, status, &message, body));
-            }
             Err(error) => {
+                let error = match judge(state, &job, &grant, error).await {
+                    Ok(to_learn) => to_learn,
+                    Err(clients) => {
+                        settlement.finish(Outcome::ClientError, None);
+                        let (status, message, body) = clients
+                            .into_client()
+                            .expect("a failure that is the client's carries Gemini's answer");
+                        return Err(Failure::refused_upstream(state, status, &message, body));
+                    }
+                };
                 tracing::warn!(
                     key = grant.key + 1,
                     fingerprint = %key.fingerprint(),
@@ -400,29 +407,57 @@ async fn wait_for_slot(state: &AppState, booked: &Booked) -> Result<(), Failure>
     Ok(())
 }
 
-/// Whether a failed call's answer goes back to the client as Gemini gave
-/// it, touching no key and no chain: its own mistake; a retired model it
-/// named itself; a refusal naming the key that one free call on the same key
-/// does not bear out (so the refusal was about this request).
-async fn is_the_clients(state: &AppState, job: &Job, key: usize, error: &UpstreamError) -> bool {
-    match error {
-        UpstreamError::Client { .. } => true,
-        UpstreamError::ModelRetired { .. } => matches!(job.target, Target::Model(_)),
+/// Whose a failed call is. `Err`: the client's, its answer goes back as
+/// Gemini gave it, touching no key and no chain: its own mistake; a retired
+/// model it named itself, or a 404 that names another model than the one
+/// called; a refusal naming the key that one free call on the same key does
+/// not bear out (so the refusal was about this request). `Ok`: the error the
+/// scheduler learns from; a refusal naming the key that the free call could
+/// neither confirm nor clear (it failed for its own reasons) becomes a
+/// transient failure, so the request goes elsewhere and no key is taken out
+/// on one answer alone.
+async fn judge(
+    state: &AppState,
+    job: &Job,
+    grant: &Grant,
+    error: UpstreamError,
+) -> Result<UpstreamError, UpstreamError> {
+    match &error {
+        UpstreamError::Client { .. } => Err(error),
+        UpstreamError::ModelRetired { message, .. } => {
+            let named_by_client = matches!(job.target, Target::Model(_) | Target::ChainFrom(_));
+            let about_this_model = message.contains(&format!("models/{}", grant.model));
+            if named_by_client || !about_this_model {
+                Err(error)
+            } else {
+                Ok(error)
+            }
+        }
         e if e.is_about_the_key() => {
             let check = state
                 .upstream
-                .check_key(&state.keys[key], &state.count_model)
+                .check_key(&state.keys[grant.key], &state.count_model)
                 .await;
-            let confirmed = check.as_ref().is_err_and(UpstreamError::is_about_the_key);
-            if !confirmed {
-                tracing::info!(
-                    key = key + 1,
-                    "a refusal named the key, but the key answers a free call: the request's own"
-                );
+            match check {
+                Err(refused) if refused.is_about_the_key() => Ok(error),
+                Ok(()) => {
+                    tracing::info!(
+                        key = grant.key + 1,
+                        "a refusal named the key, but the key answers a free call: the request's own"
+                    );
+                    Err(error)
+                }
+                Err(other) => Ok(UpstreamError::Transient {
+                    status: None,
+                    message: format!(
+                        "{}; a free check of the key could not tell ({})",
+                        error.summary(),
+                        other.summary()
+                    ),
+                }),
             }
-            !confirmed
         }
-        _ => false,
+        _ => Ok(error),
     }
 }
 

@@ -30,6 +30,7 @@ const REPLICA_TICK: Duration = Duration::from_millis(250);
 pub(super) enum Command {
     Plan(PlanRequest, oneshot::Sender<Result<Grant, PlanError>>),
     Settle(GrantId, u64),
+    Keep(GrantId, u64),
     Release(GrantId),
     Penalise(GrantId, Penalty),
     SetMode(Mode, oneshot::Sender<Result<(), String>>),
@@ -115,6 +116,13 @@ impl Owner {
         }
     }
 
+    async fn keep(&mut self, id: GrantId, tokens: u64, now: Timestamp) {
+        match self {
+            Owner::Alone(core, _) => core.keep(id, tokens),
+            Owner::Replica(r) => r.keep(id, tokens, now).await,
+        }
+    }
+
     async fn release(&mut self, id: GrantId, now: Timestamp) {
         match self {
             Owner::Alone(core, _) => core.release(id),
@@ -159,10 +167,10 @@ impl Owner {
 
     /// Hands what must survive a restart to the journal (a replica has
     /// already written it to Redis).
-    fn journal(&mut self, now: Timestamp) {
+    fn journal(&mut self) {
         if let Owner::Alone(core, journal) = self {
             for change in core.take_changes() {
-                journal.keep(change, now);
+                journal.keep(change);
             }
         }
     }
@@ -187,7 +195,7 @@ pub struct Journal {
 }
 
 impl Journal {
-    fn keep(&self, change: Change, now: Timestamp) {
+    fn keep(&self, change: Change) {
         if let Some(lesson) = change.lesson() {
             tracing::warn!("{lesson}");
         }
@@ -200,12 +208,13 @@ impl Journal {
                 key,
                 model,
                 learned,
+                at,
                 ..
             } => Record::Learned {
                 key_id: self.key_ids[key].clone(),
                 model,
                 learned,
-                at: now,
+                at,
             },
             Change::Mode(mode) => Record::Mode {
                 mode,
@@ -377,6 +386,7 @@ async fn run(
                 }
             }
             Some(Command::Settle(id, tokens)) => owner.settle(id, tokens, now).await,
+            Some(Command::Keep(id, tokens)) => owner.keep(id, tokens, now).await,
             Some(Command::Release(id)) => owner.release(id, now).await,
             Some(Command::Penalise(id, penalty)) => owner.penalise(id, &penalty, now).await,
             Some(Command::SetMode(mode, reply)) => {
@@ -392,7 +402,7 @@ async fn run(
                 let _ = reply.send(owner.core().snapshot(now));
             }
         }
-        owner.journal(now);
+        owner.journal();
         watchers.usable.send_if_modified(|current| {
             let fresh = usable_keys(owner.core());
             let changed = *current != fresh;

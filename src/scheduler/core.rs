@@ -58,7 +58,7 @@ pub struct Grant {
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("the request has {tokens} input tokens, more than any allowed model accepts per minute ({})", describe_tpms(.largest))]
+    #[error("the request has {tokens} input tokens, more than any allowed model accepts in one call ({})", describe_tpms(.largest))]
     TooLarge {
         tokens: u64,
         largest: Vec<(String, u64)>,
@@ -135,6 +135,8 @@ pub enum Change {
         model: String,
         learned: LimitsOverride,
         taught: LimitsOverride,
+        /// When the upstream last enforced `learned` (its week runs from there).
+        at: Timestamp,
     },
     Mode(Mode),
     Retired(Retired),
@@ -157,6 +159,7 @@ impl Change {
                 model,
                 learned,
                 taught,
+                ..
             } if taught.is_empty() => Some(format!(
                 "key {} on {model}: limits in force now {} (learned on its tier)",
                 key + 1,
@@ -167,6 +170,7 @@ impl Change {
                 model,
                 learned,
                 taught,
+                ..
             } => Some(format!(
                 "key {} on {model}: learned {} from a 429 (in force now: {})",
                 key + 1,
@@ -403,7 +407,9 @@ impl Scheduler {
                 let (limits, probe) = match self.zero_check(key, model, today, now) {
                     ZeroCheck::NoZero(limits) => (limits, false),
                     ZeroCheck::Skip => {
-                        any_lane_holds_it = true;
+                        // Out for today; "spent until midnight" only if it could ever hold the request.
+                        let configured = self.layers.resolve_for(key, model).limits();
+                        any_lane_holds_it |= configured.can_ever_admit(request.tokens);
                         continue;
                     }
                     ZeroCheck::Probe(limits) => (limits, true),
@@ -460,9 +466,18 @@ impl Scheduler {
         if any_lane_holds_it {
             return Err(PlanError::ExhaustedUntil(day.ends));
         }
-        let largest = models
+        // The largest call each model takes on any usable key, learned and
+        // per-key limits included.
+        let largest: Vec<(String, u64)> = models
             .iter()
-            .map(|m| (m.clone(), self.model_limits(m).limits().per_call_bound()))
+            .map(|m| {
+                let bound = usable
+                    .iter()
+                    .map(|&k| self.lane_limits(k, m, now).per_call_bound())
+                    .max()
+                    .unwrap_or(0);
+                (m.clone(), bound)
+            })
             .collect();
         Err(PlanError::TooLarge {
             tokens: request.tokens,
@@ -498,33 +513,56 @@ impl Scheduler {
         Some((grant, lane))
     }
 
-    /// The call was made: its booking stays, with the tokens the upstream
-    /// counted. A re-check that got through clears its tier's learned zeros.
+    /// The upstream served the call: its booking stays, with the tokens the
+    /// upstream counted. A re-check that got through clears its tier's
+    /// learned zeros.
     pub fn settle(&mut self, id: GrantId, input_tokens: u64) {
         let Some((grant, lane)) = self.take_grant(id) else {
             return;
         };
-        lane.settle(id, grant.at, input_tokens);
+        lane.settle(id, grant.at, grant.tokens, input_tokens);
         if grant.probe {
             for k in self.tier(grant.key, &grant.model) {
                 let lane = self.lanes.entry((k, grant.model.clone())).or_default();
-                lane.forget_zeros();
-                let learned = lane.learned_limits();
-                self.changes.push(Change::Learned {
-                    key: k,
-                    model: grant.model.clone(),
-                    learned,
-                    taught: LimitsOverride::default(),
-                });
+                if lane.forget_zeros() {
+                    self.changes.push(Change::Learned {
+                        key: k,
+                        model: grant.model.clone(),
+                        learned: lane.learned_limits(),
+                        taught: LimitsOverride::default(),
+                        at: lane.learned_at(),
+                    });
+                }
             }
         }
     }
 
+    /// The call counted upstream (or may have) but was not served (the
+    /// client's own mistake, a transient failure, a client gone mid-answer):
+    /// its booking stays with `input_tokens`. A re-check it was may go again.
+    pub fn keep(&mut self, id: GrantId, input_tokens: u64) {
+        if let Some((grant, lane)) = self.take_grant(id) {
+            lane.keep(id, grant.at, grant.tokens, input_tokens);
+            self.reopen_check(&grant);
+        }
+    }
+
     /// The call was never made (the client left, the service is draining):
-    /// its capacity and its day count go back.
+    /// its capacity and its day count go back, and a re-check it was may go again.
     pub fn release(&mut self, id: GrantId) {
         if let Some((grant, lane)) = self.take_grant(id) {
             lane.release(id, grant.at);
+            self.reopen_check(&grant);
+        }
+    }
+
+    /// A re-check that came to nothing frees its tier's re-check of the day.
+    fn reopen_check(&mut self, grant: &Grant) {
+        if grant.probe {
+            let day = grant.at.pacific_day();
+            for k in self.tier(grant.key, &grant.model) {
+                self.lane_mut(k, &grant.model).uncheck_zero_on(day);
+            }
         }
     }
 
@@ -561,7 +599,7 @@ impl Scheduler {
                 self.learn_quota(&grant, violations, *retry_after, now);
             }
             Penalty::Transient => {
-                self.settle(id, grant.tokens);
+                self.keep(id, grant.tokens);
                 self.lane_mut(grant.key, &grant.model)
                     .strike(now, TRANSIENT_BACKOFF);
             }
@@ -630,13 +668,16 @@ impl Scheduler {
                     } else {
                         LimitsOverride::default()
                     },
+                    at: now,
                 });
             }
         }
         let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
         let span = self.span;
         let lane = self.lane_mut(grant.key, &grant.model);
-        if per_day {
+        // The day the call counted in is spent; if that day is already over
+        // (the answer came after midnight), the new one is untouched.
+        if per_day && grant.at.pacific_day() == today {
             lane.exhaust_day(today);
         }
         match retry_after {

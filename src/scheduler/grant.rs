@@ -1,8 +1,8 @@
 //! A grant's life in a request handler, as types: a [`Booked`] grant waits
 //! for its instant; [`Booked::send`] turns it into an [`InFlight`] call, which
-//! alone can settle or penalise. Dropping either is safe and does the right
-//! thing: a booked grant (the client left while waiting) is released; an
-//! in-flight call (the client left mid-answer) keeps its booking with the
+//! alone can settle, keep or penalise. Dropping either is safe and does the
+//! right thing: a booked grant (the client left while waiting) is released;
+//! an in-flight call (the client left mid-answer) keeps its booking with the
 //! estimate, since the upstream may have counted it.
 
 use super::actor::{Command, SchedulerHandle};
@@ -45,7 +45,7 @@ impl Booked {
         InFlight {
             grant: self.grant.clone(),
             handle: self.handle.clone(),
-            settle_on_drop: true,
+            keep_on_drop: true,
         }
     }
 }
@@ -62,8 +62,8 @@ impl Drop for Booked {
 pub struct InFlight {
     grant: Grant,
     handle: SchedulerHandle,
-    /// Cleared when the call is settled or penalised.
-    settle_on_drop: bool,
+    /// Cleared when the call is settled, kept or penalised.
+    keep_on_drop: bool,
 }
 
 impl InFlight {
@@ -71,26 +71,33 @@ impl InFlight {
         &self.grant
     }
 
-    /// The call reached the upstream: keep the booking with the tokens the
+    /// The upstream served the call: keep the booking with the tokens the
     /// upstream counted.
     pub fn settle(mut self, input_tokens: u64) {
-        self.settle_on_drop = false;
+        self.keep_on_drop = false;
         self.handle
             .tell(Command::Settle(self.grant.id, input_tokens));
     }
 
+    /// The call counted upstream (or may have) but was not served, for
+    /// example the client's own mistake: keep the booking, learn nothing.
+    pub fn keep(mut self, input_tokens: u64) {
+        self.keep_on_drop = false;
+        self.handle.tell(Command::Keep(self.grant.id, input_tokens));
+    }
+
     /// The call failed in a way the scheduler learns from.
     pub fn penalise(mut self, penalty: Penalty) {
-        self.settle_on_drop = false;
+        self.keep_on_drop = false;
         self.handle.tell(Command::Penalise(self.grant.id, penalty));
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.settle_on_drop {
+        if self.keep_on_drop {
             self.handle
-                .tell(Command::Settle(self.grant.id, self.grant.tokens));
+                .tell(Command::Keep(self.grant.id, self.grant.tokens));
         }
     }
 }

@@ -337,16 +337,23 @@ impl Lane {
         (self.learned, self.learned_at) = (learned, at);
     }
 
-    /// Replaces a booking's estimated tokens with what the upstream counted,
-    /// in its window and in its day.
-    pub fn settle(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
-        if let Some(b) = self.find(grant, at) {
-            let estimate = std::mem::replace(&mut self.bookings[b].tokens, tokens);
-            if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
-                day.input_tokens = (day.input_tokens + tokens).saturating_sub(estimate);
-            }
-        }
+    /// The upstream served the call: its booking counts the tokens the
+    /// upstream counted, and the lane's failures are forgotten.
+    pub fn settle(&mut self, grant: GrantId, at: Timestamp, estimate: u64, tokens: u64) {
+        self.keep(grant, at, estimate, tokens);
         self.strikes = 0;
+    }
+
+    /// The call counted upstream (or may have) but was not served: its
+    /// booking counts `tokens` (booked as `estimate`), in its window if it is
+    /// still there and in its day whatever the window has forgotten.
+    pub fn keep(&mut self, grant: GrantId, at: Timestamp, estimate: u64, tokens: u64) {
+        if let Some(b) = self.find(grant, at) {
+            self.bookings[b].tokens = tokens;
+        }
+        if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
+            day.input_tokens = (day.input_tokens + tokens).saturating_sub(estimate);
+        }
     }
 
     /// Frees a booking that never reached the upstream.
@@ -392,7 +399,12 @@ impl Lane {
             self.learned = LimitsOverride::default();
         }
         for q in Quota::ALL {
-            if let Some(v) = taught.get(q).filter(|&v| v < current.get(q)) {
+            // Lowered, or raised from a learned 0 (the quota is back).
+            let from_zero = |v: u64| v > 0 && self.learned.get(q) == Some(0);
+            if let Some(v) = taught
+                .get(q)
+                .filter(|&v| v < current.get(q) || from_zero(v))
+            {
                 self.learned.set(q, v);
             }
         }
@@ -411,13 +423,17 @@ impl Lane {
         self.learned
     }
 
-    /// Forgets learned limits of 0: a re-check found quota there again.
-    pub fn forget_zeros(&mut self) {
-        for q in Quota::ALL {
-            if self.learned.get(q) == Some(0) {
-                self.learned.clear(q);
-            }
+    /// Forgets learned limits of 0 (a re-check found quota there again);
+    /// whether there were any.
+    pub fn forget_zeros(&mut self) -> bool {
+        let zeros: Vec<Quota> = Quota::ALL
+            .into_iter()
+            .filter(|&q| self.learned.get(q) == Some(0))
+            .collect();
+        for &q in &zeros {
+            self.learned.clear(q);
         }
+        !zeros.is_empty()
     }
 
     /// The Pacific day a learned 0 was last confirmed or re-checked.
@@ -427,6 +443,14 @@ impl Lane {
 
     pub fn check_zero_on(&mut self, day: NaiveDate) {
         self.zero_checked = Some(day);
+    }
+
+    /// A re-check booked on `day` came to nothing (released, never reached
+    /// the upstream, or not answered on quota): the day's re-check is free again.
+    pub fn uncheck_zero_on(&mut self, day: NaiveDate) {
+        if self.zero_checked == Some(day) {
+            self.zero_checked = None;
+        }
     }
 
     /// Drops what can no longer affect any decision: bookings whose span ended

@@ -339,6 +339,11 @@ impl Replicated {
             .await;
     }
 
+    pub async fn keep(&mut self, id: GrantId, input_tokens: u64, now: Timestamp) {
+        self.on_grant_lane(id, now, &move |core, id, _| core.keep(id, input_tokens))
+            .await;
+    }
+
     pub async fn release(&mut self, id: GrantId, now: Timestamp) {
         self.on_grant_lane(id, now, &|core, id, _| core.release(id))
             .await;

@@ -912,3 +912,131 @@ fn replicas_planning_at_the_same_time_never_overbook_any_window() {
     assert!(conflicts > 0, "no replica ever had to decide again");
     eprintln!("450 plans from 3 replicas at once: {conflicts} decided again");
 }
+
+/// Pro learned to have no quota on the tier of 3 keys, checked today.
+fn pro_learned_zero() -> Scheduler {
+    let mut s = scheduler(3, &[]);
+    let g = s.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
+    s.penalise(g.id, &quota_429(Quota::RequestsPerDay, 0, None), NOON);
+    s
+}
+
+const TOMORROW: Timestamp = Timestamp(NOON.0 + 86_400_000);
+
+#[test]
+fn a_recheck_that_fails_for_other_reasons_keeps_the_zero_and_may_go_again() {
+    let mut s = pro_learned_zero();
+    let probe = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
+    assert!(probe.probe);
+    // A 503: the quota was not tested. Pro stays out, and today's re-check is free again.
+    s.penalise(probe.id, &Penalty::Transient, TOMORROW);
+    let snapshot = s.snapshot(TOMORROW);
+    assert!(snapshot.keys.iter().all(|k| k.models[PRO].limits.rpd == 0));
+    let again = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
+    assert_eq!((again.model.as_str(), again.probe), (PRO, true));
+    // The client's own mistake (kept, not served) settles nothing either.
+    s.keep(again.id, 10);
+    let third = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
+    assert_eq!((third.model.as_str(), third.probe), (PRO, true));
+    // A re-check released unsent (the client left) frees it too.
+    s.release(third.id);
+    let fourth = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
+    assert!(fourth.probe);
+    // Only a served call brings pro back.
+    s.take_changes();
+    s.settle(fourth.id, 10);
+    let changes = s.take_changes();
+    let cleared = changes
+        .iter()
+        .filter(|c| matches!(c, Change::Learned { .. }))
+        .count();
+    assert_eq!(cleared, 3, "one record per lane whose zero was cleared");
+    assert_eq!(
+        s.plan(&ask(10, Target::Chain(None)), TOMORROW)
+            .unwrap()
+            .model,
+        PRO
+    );
+}
+
+#[test]
+fn a_recheck_told_the_real_limit_takes_it() {
+    let mut s = pro_learned_zero();
+    let probe = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
+    s.penalise(
+        probe.id,
+        &quota_429(Quota::RequestsPerDay, 50, None),
+        TOMORROW,
+    );
+    let snapshot = s.snapshot(TOMORROW);
+    for key in &snapshot.keys {
+        assert_eq!(
+            key.models[PRO].limits.rpd, 50,
+            "a learned 0 is raised to what was said"
+        );
+    }
+}
+
+#[test]
+fn a_per_day_429_answered_after_midnight_leaves_the_new_day_alone() {
+    let mut s = scheduler(1, &[]);
+    let midnight = NOON.next_pacific_midnight();
+    let g = s
+        .plan(&ask(10, model(FLASH)), midnight.plus_millis(-200))
+        .unwrap();
+    s.penalise(
+        g.id,
+        &quota_429(Quota::RequestsPerDay, 20, Some(Duration::ZERO)),
+        midnight.plus_millis(100),
+    );
+    let next = s
+        .plan(&ask(10, model(FLASH)), midnight.plus_millis(100))
+        .unwrap();
+    assert_eq!(next.at, midnight.plus_millis(100));
+}
+
+#[test]
+fn a_call_outliving_its_window_still_corrects_the_days_tokens() {
+    let mut s = scheduler(1, &[(FLASH, 100, 250_000, 1_000, 5_000)]);
+    let long = s.plan(&ask(4_000, model(FLASH)), NOON).unwrap();
+    // 90 s later another plan makes the lane forget the first booking's window.
+    let later = NOON.plus_millis(90_000);
+    let other = s.plan(&ask(500, model(FLASH)), later).unwrap();
+    s.settle(other.id, 500);
+    s.settle(long.id, 1_000);
+    let lane = &s.snapshot(later).keys[0].models[FLASH];
+    assert_eq!(lane.usage.tokens_today, 1_500);
+    assert_eq!(s.plan(&ask(3_000, model(FLASH)), later).unwrap().at, later);
+}
+
+#[test]
+fn a_request_no_model_can_hold_is_413_even_beside_a_zero_quota_model() {
+    let mut s = pro_learned_zero();
+    let err = s
+        .plan(&ask(300_000, Target::Chain(None)), NOON)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            PlanError::TooLarge {
+                tokens: 300_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The bound it names is what the lanes take in one call, learned limits included.
+    let mut s = scheduler(1, &[]);
+    let g = s.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    s.penalise(
+        g.id,
+        &quota_429(Quota::InputTokensPerDay, 5_000, None),
+        NOON,
+    );
+    match s.plan(&ask(6_000, model(FLASH)), NOON) {
+        Err(PlanError::TooLarge { largest, .. }) => {
+            assert_eq!(largest, vec![(FLASH.to_string(), 5_000)]);
+        }
+        other => panic!("{other:?}"),
+    }
+}

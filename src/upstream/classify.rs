@@ -10,7 +10,7 @@
 
 use crate::policy::Quota;
 use crate::scheduler::{Penalty, Violation};
-use crate::wire::{error, parse_duration};
+use crate::wire::{error, parse_duration, seconds};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -280,16 +280,19 @@ fn stated_limits(message: &str) -> Vec<(&str, u64)> {
 }
 
 /// The limit the message gives for the `index`-th of `count` violations:
-/// by position when the message lists as many, else by a metric that only
-/// one listed limit names.
+/// by position when the message lists as many and that one names the same
+/// metric, else by a metric that only one listed limit names.
 fn limit_in_message(
     stated: &[(&str, u64)],
     index: usize,
     count: usize,
     quota: Quota,
 ) -> Option<u64> {
-    if stated.len() == count {
-        return stated.get(index).map(|s| s.1);
+    let same_place = stated
+        .get(index)
+        .filter(|s| stated.len() == count && s.0 == quota.quota_metric());
+    if let Some(&(_, limit)) = same_place {
+        return Some(limit);
     }
     let mut same = stated.iter().filter(|s| s.0 == quota.quota_metric());
     match (same.next(), same.next()) {
@@ -314,7 +317,7 @@ fn delay_in_message(message: &str) -> Option<Duration> {
     } else {
         return None;
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    seconds(secs)
 }
 
 #[cfg(test)]
@@ -447,6 +450,21 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(delay_in_message("Please retry later."), None);
+        assert_eq!(
+            delay_in_message("Please retry in 99999999999999999999s."),
+            Some(crate::wire::error::MAX_DELAY),
+            "an absurd delay is held to a day, not a panic"
+        );
+        // By position only where the metric agrees: an RPD of 20 listed first
+        // is not the TPM of the first violation.
+        let swapped = [
+            (Quota::RequestsPerDay.quota_metric(), 20),
+            (Quota::InputTokensPerMinute.quota_metric(), 250_000),
+        ];
+        assert_eq!(
+            limit_in_message(&swapped, 0, 2, Quota::InputTokensPerMinute),
+            Some(250_000)
+        );
     }
 
     #[test]

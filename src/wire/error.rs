@@ -75,10 +75,20 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses a protobuf `Duration` string (`"39s"`, `"0.5s"`, `"1.000340s"`).
+/// The longest delay an upstream answer is taken at its word for.
+pub const MAX_DELAY: Duration = Duration::from_secs(86_400);
+
+/// Parses a protobuf `Duration` string (`"39s"`, `"0.5s"`, `"1.000340s"`);
+/// a delay beyond [`MAX_DELAY`] is held to it.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    seconds(secs)
+}
+
+/// `secs` as a delay: `None` unless finite and not negative, at most [`MAX_DELAY`].
+pub fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_DELAY.as_secs_f64())))
 }
 
 #[cfg(test)]
@@ -96,6 +106,7 @@ mod tests {
             Some(Duration::from_micros(1_000_340))
         );
         assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), Some(MAX_DELAY));
         assert_eq!(parse_duration("39"), None);
     }
 

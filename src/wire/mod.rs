@@ -8,5 +8,5 @@
 pub mod error;
 pub mod tokens;
 
-pub use error::{envelope, format_duration, parse_duration};
+pub use error::{envelope, format_duration, parse_duration, seconds};
 pub use tokens::prompt_tokens;
