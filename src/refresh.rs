@@ -5,7 +5,7 @@
 //! like any other.
 
 use crate::api::AppState;
-use crate::api::dispatch::{Call, Job, Reply, dispatch};
+use crate::api::dispatch::{self, Job};
 use crate::clock::Timestamp;
 use crate::keys::ApiKey;
 use crate::policy::fetch::{self, CACHE_TTL};
@@ -101,14 +101,10 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
         preferred_key: None,
         max_wait: FETCH_MAX_WAIT,
         retry: true,
-        call: Call::Generate,
         unknown_model: StatusCode::BAD_REQUEST,
     };
-    let answered = match dispatch(state, job).await {
-        Ok(served) => match served.reply {
-            Reply::Generated(generated) => Ok(generated.text()),
-            Reply::Stream(_) => Err("the fetch came back as a stream".to_string()),
-        },
+    let answered = match dispatch::generate(state, job).await {
+        Ok(served) => Ok(served.reply.text()),
         Err(failure) => {
             let (status, message) = failure.status_and_message();
             Err(format!("the fetch call failed: {message} ({status})"))

@@ -29,30 +29,22 @@ pub struct Job {
     pub max_wait: Duration,
     /// Re-plan after a 429 or a failure (the seed's `retry`).
     pub retry: bool,
-    pub call: Call,
     /// The answer's status when the job names a model outside the chain:
     /// 400 on `/generate`, 404 where Gemini itself would say "not found".
     pub unknown_model: StatusCode,
 }
 
-/// Which upstream call a job makes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Call {
-    Generate,
-    Stream,
+/// An accepted stream: its body is yet to be relayed, and its call to be
+/// settled when it ends.
+pub struct Stream {
+    pub response: reqwest::Response,
+    pub settlement: Settlement,
 }
 
-/// The upstream's answer.
-pub enum Reply {
-    Generated(Generated),
-    /// An accepted stream: its body is yet to be relayed, and the call to be
-    /// settled when it ends.
-    Stream(Box<(reqwest::Response, Settlement)>),
-}
-
-/// A served request.
-pub struct Served {
-    pub reply: Reply,
+/// A served request: the upstream's answer (`Generated` or [`Stream`]) and
+/// how it was served.
+pub struct Served<R> {
+    pub reply: R,
     pub meta: Meta,
 }
 
@@ -135,12 +127,6 @@ impl Settlement {
     }
 }
 
-/// What one upstream call returned, before it is settled.
-enum Answer {
-    Generated(Generated),
-    Stream(reqwest::Response),
-}
-
 /// Why a job was not served.
 pub enum Failure {
     /// Gemini refused the request itself; its envelope goes back to the client.
@@ -217,12 +203,26 @@ impl From<ApiError> for Failure {
 /// At most this many upstream calls per request, whatever happens.
 const MAX_ATTEMPTS: u32 = 8;
 
-/// Serves `job` within `FLUX_REQUEST_TIMEOUT_S`, or answers 504. Whatever
-/// was under way is dropped: a grant not yet sent is released, a call
-/// already sent stays counted.
-pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
+/// Serves `job` with one complete answer, within `FLUX_REQUEST_TIMEOUT_S`.
+pub async fn generate(state: &AppState, job: Job) -> Result<Served<Generated>, Failure> {
+    within_request_timeout(state, serve(state, job, Complete)).await
+}
+
+/// Serves `job` as a stream, within `FLUX_REQUEST_TIMEOUT_S` (until the
+/// upstream accepts it; the relay then settles it when it ends).
+pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failure> {
+    within_request_timeout(state, serve(state, job, Streamed)).await
+}
+
+/// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
+/// way is dropped: a grant not yet sent is released, a call already sent
+/// stays counted.
+async fn within_request_timeout<R>(
+    state: &AppState,
+    serving: impl Future<Output = Result<Served<R>, Failure>>,
+) -> Result<Served<R>, Failure> {
     let limit = state.request_timeout;
-    tokio::time::timeout(limit, attempts(state, job))
+    tokio::time::timeout(limit, serving)
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::new(
@@ -236,7 +236,93 @@ pub async fn dispatch(state: &AppState, job: Job) -> Result<Served, Failure> {
         })
 }
 
-async fn attempts(state: &AppState, job: Job) -> Result<Served, Failure> {
+/// One kind of upstream call: how it is made, and what a served one hands
+/// back to the surface (with the input tokens it counted).
+trait Exchange {
+    type Reply;
+    async fn exchange(
+        &self,
+        state: &AppState,
+        grant: &Grant,
+        request: &Value,
+        settlement: Settlement,
+    ) -> Result<(Self::Reply, u64), (UpstreamError, Settlement)>;
+}
+
+/// `generateContent`: settled as soon as it answers.
+struct Complete;
+
+impl Exchange for Complete {
+    type Reply = Generated;
+    async fn exchange(
+        &self,
+        state: &AppState,
+        grant: &Grant,
+        request: &Value,
+        settlement: Settlement,
+    ) -> Result<(Generated, u64), (UpstreamError, Settlement)> {
+        let key = &state.keys[grant.key];
+        match state.upstream.generate(key, &grant.model, request).await {
+            Ok(generated) => {
+                let input = generated.input_tokens.unwrap_or(settlement.estimate);
+                settlement.finish(Outcome::Ok, Some((input, generated.output_tokens)));
+                Ok((generated, input))
+            }
+            Err(error) => Err((error, settlement)),
+        }
+    }
+}
+
+/// `streamGenerateContent`: settled by the relay when the stream ends.
+struct Streamed;
+
+impl Exchange for Streamed {
+    type Reply = Stream;
+    async fn exchange(
+        &self,
+        state: &AppState,
+        grant: &Grant,
+        request: &Value,
+        settlement: Settlement,
+    ) -> Result<(Stream, u64), (UpstreamError, Settlement)> {
+        let key = &state.keys[grant.key];
+        match state
+            .upstream
+            .stream_generate(key, &grant.model, request)
+            .await
+        {
+            Ok(response) => {
+                let estimate = settlement.estimate;
+                Ok((
+                    Stream {
+                        response,
+                        settlement,
+                    },
+                    estimate,
+                ))
+            }
+            Err(error) => Err((error, settlement)),
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt<R> {
+    /// The upstream served it: the reply and the input tokens it counted.
+    Served(R, u64),
+    /// Learned from and worth another plan; the reason, for the final answer.
+    Retry { reason: String, transient: bool },
+    /// The client's own answer, or the service cannot go on.
+    Fail(Failure),
+}
+
+/// Plans and waits, then makes one attempt, until served, failed, or out of
+/// attempts.
+async fn serve<E: Exchange>(
+    state: &AppState,
+    job: Job,
+    exchange: E,
+) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     // No slot beyond the request's own deadline is worth waiting for.
     let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
@@ -245,120 +331,33 @@ async fn attempts(state: &AppState, job: Job) -> Result<Served, Failure> {
     let mut tried: Vec<String> = Vec::new();
 
     for attempt in 1..=MAX_ATTEMPTS {
-        if state.ledger.full() {
-            return Err(ledger_full(state));
-        }
-        let plan = PlanRequest {
-            tokens: estimate,
-            target: job.target.clone(),
-            preferred_key: job.preferred_key,
-            deadline: deadline.max(clock.now()),
-        };
-        let planned = state.scheduler.plan(plan).await.map_err(|_| stopping())?;
-        let booked = planned.map_err(|e| {
-            if let PlanError::SharedStateUnavailable { retry_at, .. } = &e {
-                state
-                    .refused_until
-                    .fetch_max(retry_at.millis(), std::sync::atomic::Ordering::Relaxed);
-            }
-            plan_error(e, clock.now(), &tried, job.unknown_model)
-        })?;
-        let grant = booked.grant().clone();
+        let booked = plan(state, &job, estimate, deadline, &tried).await?;
         let before = clock.now();
         wait_for_slot(state, &booked).await?;
         let wait = clock.now().since(before);
         state.metrics.waited(wait);
         waited += wait;
-
-        let call = booked.send();
-        let key = &state.keys[grant.key];
-        let call_id: CallId = rand::random();
-        let sent_at = clock.now();
-        // On disk before the call leaves: a crash now still counts it.
-        state
-            .ledger
-            .record_sent(Record::CallSent {
-                id: call_id,
-                at: sent_at,
-                key_id: state.key_ids[grant.key].clone(),
-                key_index: grant.key + 1,
-                fingerprint: key.fingerprint(),
-                model: grant.model.clone(),
-                input_tokens: estimate,
-            })
-            .await;
-        let settlement = Settlement {
-            call,
-            state: state.clone(),
-            call_id,
-            sent_at,
-            estimate,
-        };
-        let result = match job.call {
-            Call::Generate => state
-                .upstream
-                .generate(key, &grant.model, &job.request)
-                .await
-                .map(Answer::Generated),
-            Call::Stream => state
-                .upstream
-                .stream_generate(key, &grant.model, &job.request)
-                .await
-                .map(Answer::Stream),
-        };
-        let served = |reply: Reply, input_tokens: u64| Served {
-            reply,
-            meta: Meta {
-                key: grant.key,
-                fingerprint: key.fingerprint(),
-                model: grant.model.clone(),
-                input_tokens,
-                waited,
-                attempts: attempt,
-                retried: attempt > 1,
-            },
-        };
-        match result {
-            Ok(Answer::Generated(generated)) => {
-                let input_tokens = generated.input_tokens.unwrap_or(estimate);
-                settlement.finish(Outcome::Ok, Some((input_tokens, generated.output_tokens)));
-                return Ok(served(Reply::Generated(generated), input_tokens));
-            }
-            Ok(Answer::Stream(response)) => {
-                return Ok(served(
-                    Reply::Stream(Box::new((response, settlement))),
-                    estimate,
-                ));
-            }
-            Err(error) => {
-                let error = match judge(state, &job, &grant, error).await {
-                    Ok(to_learn) => to_learn,
-                    Err(clients) => {
-                        settlement.finish(Outcome::ClientError, None);
-                        let (status, message, body) = clients
-                            .into_client()
-                            .expect("a failure that is the client's carries Gemini's answer");
-                        return Err(Failure::refused_upstream(state, status, &message, body));
-                    }
+        let grant = booked.grant().clone();
+        match one_attempt(state, &job, &exchange, booked, estimate).await {
+            Attempt::Served(reply, input_tokens) => {
+                let meta = Meta {
+                    key: grant.key,
+                    fingerprint: state.keys[grant.key].fingerprint(),
+                    model: grant.model,
+                    input_tokens,
+                    waited,
+                    attempts: attempt,
+                    retried: attempt > 1,
                 };
-                tracing::warn!(
-                    key = grant.key + 1,
-                    fingerprint = %key.fingerprint(),
-                    model = %grant.model,
-                    "upstream: {}",
-                    one_line(&state.scrub(&error.to_string()))
-                );
-                tried.push(format!(
-                    "key {} on {}: {}",
-                    grant.key + 1,
-                    grant.model,
-                    error.summary()
-                ));
-                settlement.fail(&error);
+                return Ok(Served { reply, meta });
+            }
+            Attempt::Fail(failure) => return Err(failure),
+            Attempt::Retry { reason, transient } => {
+                tried.push(reason);
                 if !job.retry {
                     break;
                 }
-                if matches!(error, UpstreamError::Transient { .. }) {
+                if transient {
                     // Jittered so that a burst of failures does not return in lockstep.
                     let backoff = rand::rng().random_range(50..250) * u64::from(attempt);
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
@@ -375,6 +374,109 @@ async fn attempts(state: &AppState, job: Job) -> Result<Served, Failure> {
         ),
     )
     .into())
+}
+
+/// Books a grant for the job, or says why not (in the surface's terms).
+async fn plan(
+    state: &AppState,
+    job: &Job,
+    estimate: u64,
+    deadline: Timestamp,
+    tried: &[String],
+) -> Result<Booked, Failure> {
+    if state.ledger.full() {
+        return Err(ledger_full(state));
+    }
+    let clock = state.scheduler.clock();
+    let request = PlanRequest {
+        tokens: estimate,
+        target: job.target.clone(),
+        preferred_key: job.preferred_key,
+        deadline: deadline.max(clock.now()),
+    };
+    let planned = state
+        .scheduler
+        .plan(request)
+        .await
+        .map_err(|_| stopping())?;
+    planned.map_err(|e| {
+        if let PlanError::SharedStateUnavailable { retry_at, .. } = &e {
+            state
+                .refused_until
+                .fetch_max(retry_at.millis(), std::sync::atomic::Ordering::Relaxed);
+        }
+        plan_error(e, clock.now(), tried, job.unknown_model).into()
+    })
+}
+
+/// Sends the booked call (its "sent" record first, so a crash still counts
+/// it) and settles what it becomes.
+async fn one_attempt<E: Exchange>(
+    state: &AppState,
+    job: &Job,
+    exchange: &E,
+    booked: Booked,
+    estimate: u64,
+) -> Attempt<E::Reply> {
+    let grant = booked.grant().clone();
+    let call = booked.send();
+    let key = &state.keys[grant.key];
+    let call_id: CallId = rand::random();
+    let sent_at = state.scheduler.clock().now();
+    state
+        .ledger
+        .record_sent(Record::CallSent {
+            id: call_id,
+            at: sent_at,
+            key_id: state.key_ids[grant.key].clone(),
+            key_index: grant.key + 1,
+            fingerprint: key.fingerprint(),
+            model: grant.model.clone(),
+            input_tokens: estimate,
+        })
+        .await;
+    let settlement = Settlement {
+        call,
+        state: state.clone(),
+        call_id,
+        sent_at,
+        estimate,
+    };
+    let (error, settlement) = match exchange
+        .exchange(state, &grant, &job.request, settlement)
+        .await
+    {
+        Ok((reply, input_tokens)) => return Attempt::Served(reply, input_tokens),
+        Err(failed) => failed,
+    };
+    let error = match judge(state, job, &grant, error).await {
+        Ok(to_learn) => to_learn,
+        Err(clients) => {
+            settlement.finish(Outcome::ClientError, None);
+            let (status, message, body) = clients
+                .into_client()
+                .expect("a failure that is the client's carries Gemini's answer");
+            return Attempt::Fail(Failure::refused_upstream(state, status, &message, body));
+        }
+    };
+    tracing::warn!(
+        key = grant.key + 1,
+        fingerprint = %key.fingerprint(),
+        model = %grant.model,
+        "upstream: {}",
+        one_line(&state.scrub(&error.to_string()))
+    );
+    let reason = format!(
+        "key {} on {}: {}",
+        grant.key + 1,
+        grant.model,
+        error.summary()
+    );
+    settlement.fail(&error);
+    Attempt::Retry {
+        reason,
+        transient: matches!(error, UpstreamError::Transient { .. }),
+    }
 }
 
 /// Waits for the grant's instant, unless the service starts stopping and the

@@ -2,7 +2,7 @@
 //! the decision (key, model, wait) reported alongside.
 
 use super::AppState;
-use super::dispatch::{Call, Job, Meta, Reply, dispatch};
+use super::dispatch::{self, Job, Meta};
 use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
 use crate::scheduler::Target;
@@ -202,7 +202,6 @@ impl GenerateBody {
             preferred_key,
             max_wait,
             retry: self.retry.unwrap_or(true),
-            call: Call::Generate,
             unknown_model: StatusCode::BAD_REQUEST,
         })
     }
@@ -217,15 +216,8 @@ async fn generate(
         Err(e) => return e.into_response(),
     };
     let request_id = format!("{:016x}", rand::random::<u64>());
-    match dispatch(&state, job).await {
-        Ok(served) => match &served.reply {
-            Reply::Generated(generated) => answer(generated, &served.meta, request_id),
-            Reply::Stream(..) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "a stream came back for a complete answer",
-            )
-            .into_response(),
-        },
+    match dispatch::generate(&state, job).await {
+        Ok(served) => answer(&served.reply, &served.meta, request_id),
         Err(failure) => failure.into_response(),
     }
 }

@@ -7,7 +7,7 @@
 //! usable key and spend no generate quota.
 
 use super::AppState;
-use super::dispatch::{Call, Failure, Job, Reply, dispatch};
+use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
@@ -151,9 +151,9 @@ async fn call_model(
     if !plausible_model(model) {
         return no_such_model(model);
     }
-    let call = match action {
-        "generateContent" => Call::Generate,
-        "streamGenerateContent" => Call::Stream,
+    let streamed = match action {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
         // Passed through as the text that came: no tree of a body that
         // spends no quota (a big one would multiply in memory).
         "countTokens" => return count_tokens(&state, model, body.raw()).await,
@@ -180,30 +180,35 @@ async fn call_model(
         preferred_key: None,
         max_wait: state.max_wait,
         retry: true,
-        call,
         unknown_model: StatusCode::NOT_FOUND,
     };
-    let served = match dispatch(&state, job).await {
-        Ok(served) => served,
-        Err(failure) => return failure.into_response(),
-    };
-    let mut response = match served.reply {
-        Reply::Generated(ref generated) => Json(generated.body.clone()).into_response(),
-        Reply::Stream(stream) => {
-            let (upstream, settlement) = *stream;
-            let sse = query_value(&query, "alt").as_deref() == Some("sse");
-            let (content_type, body) = if sse {
-                ("text/event-stream", relay(upstream, settlement, GeminiSse))
-            } else {
-                (
-                    "application/json",
-                    relay(upstream, settlement, GeminiArray::default()),
-                )
-            };
-            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    let (mut response, meta) = if streamed {
+        let served = match dispatch::stream(&state, job).await {
+            Ok(served) => served,
+            Err(failure) => return failure.into_response(),
+        };
+        let Stream {
+            response: upstream,
+            settlement,
+        } = served.reply;
+        let sse = query_value(&query, "alt").as_deref() == Some("sse");
+        let (content_type, body) = if sse {
+            ("text/event-stream", relay(upstream, settlement, GeminiSse))
+        } else {
+            (
+                "application/json",
+                relay(upstream, settlement, GeminiArray::default()),
+            )
+        };
+        let response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+        (response, served.meta)
+    } else {
+        match dispatch::generate(&state, job).await {
+            Ok(served) => (Json(served.reply.body).into_response(), served.meta),
+            Err(failure) => return failure.into_response(),
         }
     };
-    flux_headers(response.headers_mut(), &served.meta);
+    flux_headers(response.headers_mut(), &meta);
     response
 }
 

@@ -4,7 +4,7 @@
 //! every other call, and translated back; errors come in OpenAI's shape.
 
 use super::AppState;
-use super::dispatch::{Call, Failure, Job, Reply, dispatch};
+use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, set_retry_after, whole_number};
 use super::flux::flux_headers;
 use super::relay::{Framing, Usage, relay};
@@ -314,50 +314,52 @@ async fn chat(
         preferred_key: None,
         max_wait: state.max_wait,
         retry: true,
-        call: if stream { Call::Stream } else { Call::Generate },
         unknown_model: StatusCode::NOT_FOUND,
-    };
-    let served = match dispatch(&state, job).await {
-        Ok(s) => s,
-        Err(failure) => return failure_response(failure),
     };
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
     let created = state.scheduler.clock().now().millis() / 1000;
-    let model = served.meta.model.clone();
-    let mut response = match served.reply {
-        Reply::Generated(ref g) => {
-            let usage = (served.meta.input_tokens, g.output_tokens);
-            Json(json!({
-                "id": id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": g.text()},
-                    "finish_reason": finish_reason(&g.body["candidates"][0]["finishReason"]),
-                }],
-                "usage": usage_json(usage),
-            }))
-            .into_response()
-        }
-        Reply::Stream(stream) => {
-            let (upstream, settlement) = *stream;
-            let framing = ChatChunks {
-                id,
-                created,
-                model,
-                include_usage,
-                sent_role: false,
-            };
-            (
-                [(header::CONTENT_TYPE, "text/event-stream")],
-                relay(upstream, settlement, framing),
-            )
-                .into_response()
-        }
+    let (mut response, meta) = if stream {
+        let served = match dispatch::stream(&state, job).await {
+            Ok(s) => s,
+            Err(failure) => return failure_response(failure),
+        };
+        let framing = ChatChunks {
+            id,
+            created,
+            model: served.meta.model.clone(),
+            include_usage,
+            sent_role: false,
+        };
+        let Stream {
+            response: upstream,
+            settlement,
+        } = served.reply;
+        let body = relay(upstream, settlement, framing);
+        let response = ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+        (response, served.meta)
+    } else {
+        let served = match dispatch::generate(&state, job).await {
+            Ok(s) => s,
+            Err(failure) => return failure_response(failure),
+        };
+        let g = &served.reply;
+        let usage = (served.meta.input_tokens, g.output_tokens);
+        let response = Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": served.meta.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": g.text()},
+                "finish_reason": finish_reason(&g.body["candidates"][0]["finishReason"]),
+            }],
+            "usage": usage_json(usage),
+        }))
+        .into_response();
+        (response, served.meta)
     };
-    flux_headers(response.headers_mut(), &served.meta);
+    flux_headers(response.headers_mut(), &meta);
     response
 }
 
