@@ -7,6 +7,7 @@
 
 use super::actor::{Command, SchedulerHandle};
 use super::core::{Grant, Penalty};
+use super::seam::End;
 
 /// A grant booked for a future instant, not yet sent.
 pub struct Booked {
@@ -53,7 +54,7 @@ impl Booked {
 impl Drop for Booked {
     fn drop(&mut self) {
         if self.release_on_drop {
-            self.handle.tell(Command::Release(self.grant.id));
+            self.handle.tell(Command::End(self.grant.id, End::Release));
         }
     }
 }
@@ -76,21 +77,22 @@ impl InFlight {
     pub fn settle(mut self, input_tokens: u64) {
         self.settle_on_drop = false;
         self.handle
-            .tell(Command::Settle(self.grant.id, input_tokens));
+            .tell(Command::End(self.grant.id, End::Settle(input_tokens)));
     }
 
     /// The call failed in a way the scheduler learns from.
     pub fn penalise(mut self, penalty: Penalty) {
         self.settle_on_drop = false;
-        self.handle.tell(Command::Penalise(self.grant.id, penalty));
+        self.handle
+            .tell(Command::End(self.grant.id, End::Penalise(penalty)));
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.settle_on_drop {
-            self.handle
-                .tell(Command::Settle(self.grant.id, self.grant.tokens));
+            let estimate = End::Settle(self.grant.tokens);
+            self.handle.tell(Command::End(self.grant.id, estimate));
         }
     }
 }
