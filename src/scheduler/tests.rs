@@ -836,6 +836,33 @@ fn three_replicas_planning_in_turn_never_overbook_any_window() {
 }
 
 #[test]
+fn a_429_on_one_replica_teaches_its_tier_on_every_replica() {
+    let mut a = over_redis(2, &[]);
+    let mut b = replica_of(&a.place.clone(), 2, &[]);
+    let g = a.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    assert_eq!(g.key, 0);
+    let tpm = quota_429(
+        Quota::InputTokensPerMinute,
+        4_000,
+        Some(Duration::from_secs(7)),
+    );
+    a.penalise(g.id, &tpm, NOON);
+    // Key 1's lane learned the limit on a, and b reads it from Redis: what
+    // fits goes to key 1 at once (key 0 cools), what does not is refused
+    // rather than sent to key 1 for a second 429.
+    let fits = b.plan(&ask(3_000, model(FLASH)), NOON).unwrap();
+    assert_eq!((fits.key, fits.at), (1, NOON));
+    let too_large = b.plan(&ask(5_000, model(FLASH)), NOON);
+    assert!(
+        matches!(too_large, Err(PlanError::TooLarge { tokens: 5_000, .. })),
+        "{too_large:?}"
+    );
+    let snapshot = b.snapshot(NOON);
+    let limits = &snapshot.keys[1].models[FLASH].limits;
+    assert_eq!((limits.tpm, limits.sources.tpm), (4_000, Source::Learned));
+}
+
+#[test]
 fn a_commit_made_on_a_stale_read_is_refused() {
     let mut a = over_redis(1, &[]);
     let mut b = replica_of(&a.place.clone(), 1, &[]);
