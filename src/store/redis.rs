@@ -1,4 +1,5 @@
-//! Redis: the quota state that replicas holding the same keys agree on.
+//! Redis as the state store of replicas holding the same keys: what lives
+//! there and under which names, and the ledger's Redis backend.
 //!
 //! Everything lives under one prefix (`FLUX_REDIS_PREFIX`, default
 //! `gemini-flux:`), shown here as `P`:
