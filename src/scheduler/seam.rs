@@ -21,7 +21,7 @@ pub type LaneKey = (usize, String);
 
 /// Why the shared quota state cannot take a decision now, and when to ask
 /// again.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Refused {
     pub reason: String,
     pub retry_at: Timestamp,

@@ -382,3 +382,26 @@ impl QuotaState for Replicated {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
+    /// 2026-06-10 12:00 Pacific.
+    const NOON: Timestamp = Timestamp(1_781_118_000_000);
+
+    #[test]
+    fn dropping_what_left_every_window_is_no_change_to_commit() {
+        let mut read = Lane::default();
+        read.book(1, NOON, 1_000);
+        let later = NOON.plus(SPAN);
+        let mut decided = read.clone();
+        assert!(!changed(&read, &decided, later, SPAN), "untouched");
+        decided.forget_before(later, later.pacific_day(), SPAN);
+        assert_ne!(decided, read);
+        assert!(!changed(&read, &decided, later, SPAN), "only dropped");
+        decided.book(2, later, 1_000);
+        assert!(changed(&read, &decided, later, SPAN), "booked");
+    }
+}
