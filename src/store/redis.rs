@@ -17,7 +17,7 @@
 //! reaches Redis. [`RedisStore`] is the [`Store`] the ledger writes through,
 //! on its blocking thread. The lanes are read and committed by the
 //! replicated scheduler (`scheduler::replicated::shared_lanes`), which names
-//! its keys with [`Names`] and shares the few helpers here; the store never
+//! its keys with `Names` and shares the few helpers here; the store never
 //! reads a lane.
 
 use super::{MinuteUsage, PolicyCache, Record, Recovered, Store, StoreError};
