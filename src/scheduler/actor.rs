@@ -1,4 +1,4 @@
-//! The one task that owns the scheduler core in the running service.
+//! The one task that owns the quota state in the running service.
 //!
 //! Handlers never touch quota state: they send a command over a channel and,
 //! where they need one, get the answer on a oneshot. One owner means no locks
@@ -6,18 +6,20 @@
 //! grant as a [`Booked`](super::grant::Booked), then an
 //! [`InFlight`](super::grant::InFlight) call (see `super::grant`).
 //!
-//! The task owns either the core alone (one instance; changes journalled to
-//! the state store) or a [`Replicated`] core (replicas sharing the keys
-//! through Redis; each command reads and commits the shared lanes, and a tick
-//! keeps an idle replica's copy fresh).
+//! The task owns the quota state through the seam ([`QuotaState`]): the core
+//! [`Alone`] (one instance; changes journalled to the state store) or a
+//! [`Replicated`] core (replicas sharing the keys through Redis). Every
+//! command that touches quota state runs as a decision on it; a tick keeps
+//! an idle replica's copy fresh.
 
-use super::core::{Change, Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Snapshot};
+use super::alone::{Alone, Journal};
+use super::core::{Grant, KeyState, PlanError, PlanRequest, Scheduler, Snapshot};
 use super::grant::Booked;
 use super::lane::GrantId;
 use super::replicated::Replicated;
+use super::seam::{End, Plan, Pull, QuotaState, SetKeyState, SetMode, end};
 use crate::clock::{Clock, Timestamp};
 use crate::policy::{LimitsOverride, Mode};
-use crate::store::{Ledger, Record};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,10 +31,7 @@ const REPLICA_TICK: Duration = Duration::from_millis(250);
 
 pub(super) enum Command {
     Plan(PlanRequest, oneshot::Sender<Result<Grant, PlanError>>),
-    Settle(GrantId, u64),
-    Keep(GrantId, u64),
-    Release(GrantId),
-    Penalise(GrantId, Penalty),
+    End(GrantId, End),
     SetMode(Mode, oneshot::Sender<Result<(), String>>),
     SetChain(Vec<String>),
     SetFetched(BTreeMap<String, LimitsOverride>),
@@ -77,160 +76,10 @@ pub struct SharedState {
     pub conflicts: u64,
 }
 
-/// Who holds the quota state. One lives per service, so the variants'
-/// sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-enum Owner {
-    /// This process alone; durable changes go to the journal.
-    Alone(Scheduler, Journal),
-    /// Replicas, through Redis.
-    Replica(Replicated),
-}
-
-impl Owner {
-    fn core(&self) -> &Scheduler {
-        match self {
-            Owner::Alone(core, _) => core,
-            Owner::Replica(r) => r.core(),
-        }
-    }
-
-    fn core_mut(&mut self) -> &mut Scheduler {
-        match self {
-            Owner::Alone(core, _) => core,
-            Owner::Replica(r) => r.core_mut(),
-        }
-    }
-
-    async fn plan(&mut self, request: &PlanRequest, now: Timestamp) -> Result<Grant, PlanError> {
-        match self {
-            Owner::Alone(core, _) => core.plan(request, now),
-            Owner::Replica(r) => r.plan(request, now).await,
-        }
-    }
-
-    async fn settle(&mut self, id: GrantId, tokens: u64, now: Timestamp) {
-        match self {
-            Owner::Alone(core, _) => core.settle(id, tokens),
-            Owner::Replica(r) => r.settle(id, tokens, now).await,
-        }
-    }
-
-    async fn keep(&mut self, id: GrantId, tokens: u64, now: Timestamp) {
-        match self {
-            Owner::Alone(core, _) => core.keep(id, tokens),
-            Owner::Replica(r) => r.keep(id, tokens, now).await,
-        }
-    }
-
-    async fn release(&mut self, id: GrantId, now: Timestamp) {
-        match self {
-            Owner::Alone(core, _) => core.release(id),
-            Owner::Replica(r) => r.release(id, now).await,
-        }
-    }
-
-    async fn penalise(&mut self, id: GrantId, penalty: &Penalty, now: Timestamp) {
-        match self {
-            Owner::Alone(core, _) => core.penalise(id, penalty, now),
-            Owner::Replica(r) => r.penalise(id, penalty, now).await,
-        }
-    }
-
-    async fn set_mode(&mut self, mode: Mode) -> Result<(), String> {
-        match self {
-            Owner::Alone(core, _) => {
-                core.set_mode(mode);
-                Ok(())
-            }
-            Owner::Replica(r) => r.set_mode(mode).await,
-        }
-    }
-
-    async fn set_key_state(
-        &mut self,
-        key: usize,
-        state: KeyState,
-    ) -> Result<Option<KeyState>, String> {
-        match self {
-            Owner::Alone(core, _) => Ok(core.set_key_state(key, state)),
-            Owner::Replica(r) => r.set_key_state(key, state).await,
-        }
-    }
-
-    /// A replica refreshes its copy; one alone has nothing to refresh.
-    async fn pull(&mut self, now: Timestamp) {
-        if let Owner::Replica(r) = self {
-            r.pull(now).await;
-        }
-    }
-
-    /// Hands what must survive a restart to the journal (a replica has
-    /// already written it to Redis).
-    fn journal(&mut self) {
-        if let Owner::Alone(core, journal) = self {
-            for change in core.take_changes() {
-                journal.keep(change);
-            }
-        }
-    }
-
-    /// A replica's Redis problem, if any, and its conflicts so far.
-    fn sharing(&self) -> Option<(Option<String>, u64)> {
-        match self {
-            Owner::Alone(..) => None,
-            Owner::Replica(r) => Some((r.problem().map(str::to_string), r.conflicts())),
-        }
-    }
-}
-
-/// Where the actor sends the changes that must survive a restart.
-pub struct Journal {
-    pub ledger: Ledger,
-    /// Each key's [`crate::keys::ApiKey::stable_id`], by index.
-    pub key_ids: Vec<String>,
-    /// The mode the configuration asked for (a run-time change is kept
-    /// against it, so a changed configuration wins over an old override).
-    pub configured_mode: Mode,
-}
-
-impl Journal {
-    fn keep(&self, change: Change) {
-        if let Some(lesson) = change.lesson() {
-            tracing::warn!("{lesson}");
-        }
-        let record = match change {
-            Change::KeyState(key, state) => Record::KeyState {
-                key_id: self.key_ids[key].clone(),
-                state,
-            },
-            Change::Learned {
-                key,
-                model,
-                learned,
-                at,
-                ..
-            } => Record::Learned {
-                key_id: self.key_ids[key].clone(),
-                model,
-                learned,
-                at,
-            },
-            Change::Mode(mode) => Record::Mode {
-                mode,
-                configured: self.configured_mode,
-            },
-            // Kept for the process's life: after a restart, one call finds it again.
-            Change::Retired(_) => return,
-        };
-        self.ledger.record(record);
-    }
-}
-
 impl SchedulerHandle {
     /// Starts the task that owns `core`. It runs until every handle is dropped.
     pub fn spawn(core: Scheduler, clock: Clock, log_decisions: bool, journal: Journal) -> Self {
-        Self::start(Owner::Alone(core, journal), clock, log_decisions, None)
+        Self::start(Alone::new(core, journal), clock, log_decisions, None)
     }
 
     /// Starts the task that owns a replica's core; `url` (masked) is shown
@@ -241,13 +90,17 @@ impl SchedulerHandle {
         log_decisions: bool,
         url: String,
     ) -> Self {
-        let owner = Owner::Replica(replicated);
-        Self::start(owner, clock, log_decisions, Some(url))
+        Self::start(replicated, clock, log_decisions, Some(url))
     }
 
-    fn start(owner: Owner, clock: Clock, log_decisions: bool, url: Option<String>) -> Self {
+    fn start(
+        state: impl QuotaState,
+        clock: Clock,
+        log_decisions: bool,
+        url: Option<String>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (usable_tx, usable) = watch::channel(usable_keys(owner.core()));
+        let (usable_tx, usable) = watch::channel(usable_keys(state.core()));
         let (shared_tx, shared) = match url {
             Some(url) => {
                 let (tx, rx) = watch::channel(SharedState {
@@ -265,7 +118,7 @@ impl SchedulerHandle {
             usable: usable_tx,
             shared: shared_tx,
         };
-        tokio::spawn(run(owner, clock, rx, watchers, log_decisions));
+        tokio::spawn(run(state, clock, rx, watchers, log_decisions));
         SchedulerHandle {
             tx,
             clock,
@@ -357,13 +210,13 @@ struct Watchers {
 }
 
 async fn run(
-    mut owner: Owner,
+    mut state: impl QuotaState,
     clock: Clock,
     mut rx: mpsc::UnboundedReceiver<Command>,
     watchers: Watchers,
     log_decisions: bool,
 ) {
-    let mut tick = matches!(owner, Owner::Replica(_)).then(|| tokio::time::interval(REPLICA_TICK));
+    let mut tick = (state.sharing().is_some()).then(|| tokio::time::interval(REPLICA_TICK));
     loop {
         let command = tokio::select! {
             command = rx.recv() => match command {
@@ -374,47 +227,44 @@ async fn run(
         };
         let now = clock.now();
         match command {
-            None => owner.pull(now).await,
+            None => state.run(&Pull, now).await,
             Some(Command::Plan(request, reply)) => {
-                let planned = owner.plan(&request, now).await;
+                let planned = state.run(&Plan(&request), now).await;
                 if log_decisions {
-                    log_decision(owner.core(), &request, &planned, now);
+                    log_decision(state.core(), &request, &planned, now);
                 }
                 if let Err(Ok(grant)) = reply.send(planned) {
                     // The handler went away between asking and hearing back.
-                    owner.release(grant.id, now).await;
+                    end(&mut state, grant.id, End::Release, now).await;
                 }
             }
-            Some(Command::Settle(id, tokens)) => owner.settle(id, tokens, now).await,
-            Some(Command::Keep(id, tokens)) => owner.keep(id, tokens, now).await,
-            Some(Command::Release(id)) => owner.release(id, now).await,
-            Some(Command::Penalise(id, penalty)) => owner.penalise(id, &penalty, now).await,
+            Some(Command::End(id, how)) => end(&mut state, id, how, now).await,
             Some(Command::SetMode(mode, reply)) => {
-                let _ = reply.send(owner.set_mode(mode).await);
+                let _ = reply.send(state.run(&SetMode(mode), now).await);
             }
-            Some(Command::SetChain(chain)) => owner.core_mut().set_chain(chain),
-            Some(Command::SetFetched(fetched)) => owner.core_mut().set_fetched(fetched),
-            Some(Command::SetKeyState(key, state, reply)) => {
-                let _ = reply.send(owner.set_key_state(key, state).await);
+            Some(Command::SetChain(chain)) => state.core_mut().set_chain(chain),
+            Some(Command::SetFetched(fetched)) => state.core_mut().set_fetched(fetched),
+            Some(Command::SetKeyState(key, key_state, reply)) => {
+                let _ = reply.send(state.run(&SetKeyState(key, key_state), now).await);
             }
             Some(Command::Snapshot(reply)) => {
-                owner.pull(now).await;
-                let _ = reply.send(owner.core().snapshot(now));
+                state.run(&Pull, now).await;
+                let _ = reply.send(state.core().snapshot(now));
             }
         }
-        owner.journal();
         watchers.usable.send_if_modified(|current| {
-            let fresh = usable_keys(owner.core());
+            let fresh = usable_keys(state.core());
             let changed = *current != fresh;
             *current = fresh;
             changed
         });
-        if let (Some(shared), Some((problem, conflicts))) = (&watchers.shared, owner.sharing()) {
+        if let (Some(shared), Some(sharing)) = (&watchers.shared, state.sharing()) {
             shared.send_if_modified(|current| {
-                let changed = current.error != problem || current.conflicts != conflicts;
-                current.ok = problem.is_none();
-                current.error = problem;
-                current.conflicts = conflicts;
+                let changed =
+                    current.error != sharing.problem || current.conflicts != sharing.conflicts;
+                current.ok = sharing.problem.is_none();
+                current.error = sharing.problem;
+                current.conflicts = sharing.conflicts;
                 changed
             });
         }
@@ -436,7 +286,7 @@ fn log_decision(
     core: &Scheduler,
     request: &PlanRequest,
     planned: &Result<Grant, PlanError>,
-    now: crate::clock::Timestamp,
+    now: Timestamp,
 ) {
     match planned {
         Ok(g) => {

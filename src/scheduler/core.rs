@@ -339,7 +339,7 @@ impl Scheduler {
 
     /// The keys of `key`'s tier on `model` (itself included): keys whose
     /// configured limits there are the same, so what one learns holds for all.
-    fn tier(&self, key: usize, model: &str) -> Vec<usize> {
+    pub fn tier(&self, key: usize, model: &str) -> Vec<usize> {
         let own = self.layers.key_override(key, model);
         (0..self.states.len())
             .filter(|&k| self.layers.key_override(k, model) == own)

@@ -7,6 +7,7 @@
 
 use super::actor::{Command, SchedulerHandle};
 use super::core::{Grant, Penalty};
+use super::seam::End;
 
 /// A grant booked for a future instant, not yet sent.
 pub struct Booked {
@@ -53,7 +54,7 @@ impl Booked {
 impl Drop for Booked {
     fn drop(&mut self) {
         if self.release_on_drop {
-            self.handle.tell(Command::Release(self.grant.id));
+            self.handle.tell(Command::End(self.grant.id, End::Release));
         }
     }
 }
@@ -76,28 +77,30 @@ impl InFlight {
     pub fn settle(mut self, input_tokens: u64) {
         self.keep_on_drop = false;
         self.handle
-            .tell(Command::Settle(self.grant.id, input_tokens));
+            .tell(Command::End(self.grant.id, End::Settle(input_tokens)));
     }
 
     /// The call counted upstream (or may have) but was not served, for
     /// example the client's own mistake: keep the booking, learn nothing.
     pub fn keep(mut self, input_tokens: u64) {
         self.keep_on_drop = false;
-        self.handle.tell(Command::Keep(self.grant.id, input_tokens));
+        self.handle
+            .tell(Command::End(self.grant.id, End::Keep(input_tokens)));
     }
 
     /// The call failed in a way the scheduler learns from.
     pub fn penalise(mut self, penalty: Penalty) {
         self.keep_on_drop = false;
-        self.handle.tell(Command::Penalise(self.grant.id, penalty));
+        self.handle
+            .tell(Command::End(self.grant.id, End::Penalise(penalty)));
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.keep_on_drop {
-            self.handle
-                .tell(Command::Keep(self.grant.id, self.grant.tokens));
+            let estimate = End::Keep(self.grant.tokens);
+            self.handle.tell(Command::End(self.grant.id, estimate));
         }
     }
 }

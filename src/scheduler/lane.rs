@@ -91,7 +91,7 @@ pub struct Lane {
     zero_checked: Option<NaiveDate>,
 }
 
-/// A lane as replicas share it (`crate::store::redis`): integers only, so it
+/// A lane as replicas share it (`super::replicated`): integers only, so it
 /// is small and fast to read on every plan.
 #[derive(Serialize, Deserialize)]
 struct Stored {

@@ -1,16 +1,20 @@
 //! Deciding which key, which model and at what instant.
 //!
 //! [`core`] holds the rules as pure code ([`Scheduler`]); [`lane`] the
-//! arithmetic of one (key, model) lane; [`actor`] the one tokio task that owns
-//! the core in the running service, and the handle everyone else talks to;
-//! [`grant`] a grant's life in a handler (booked, then in flight);
-//! [`replicated`] the same core shared by replicas through Redis.
+//! arithmetic of one (key, model) lane; [`seam`] the one way a decision
+//! reaches the quota state (read, decide, commit), with its two sides:
+//! [`alone`] (one instance, journalled) and [`replicated`] (replicas sharing
+//! the lanes through Redis); [`actor`] the one tokio task that owns the
+//! quota state in the running service, and the handle everyone else talks
+//! to; [`grant`] a grant's life in a handler (booked, then in flight).
 
 pub mod actor;
+pub mod alone;
 pub mod core;
 pub mod grant;
 pub mod lane;
 pub mod replicated;
+pub mod seam;
 
 pub use actor::{SchedulerHandle, SharedState, Unavailable};
 pub use core::{

@@ -1,6 +1,7 @@
 //! Exact scenarios for the scheduler's rules, in simulated time, run twice:
 //! on the core alone and on replicas sharing it through Redis
-//! ([`super::replicated`]), so both backends answer to one set of rules.
+//! ([`super::replicated`], every operation a decision through the seam), so
+//! both backends answer to one set of rules.
 //!
 //! The Redis runs start a `redis-server` of their own for each test (it must
 //! be on the PATH; nothing need be running), or use `FLUX_TEST_REDIS_URL`
@@ -9,11 +10,11 @@
 
 use super::core::*;
 use super::lane::GrantId;
-use super::replicated::Replicated;
+use super::replicated::{Replicated, SharedLanes};
+use super::seam::{Decision, End, Plan, Pull, QuotaState, SetKeyState, SetMode, end};
 use crate::clock::Timestamp;
 use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Source, UNLIMITED};
 use crate::sim::quota::LaneQuota;
-use crate::store::SharedLanes;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -535,31 +536,39 @@ fn replica_of(place: &SharedPlace, keys: usize, overrides: &[Override]) -> OverR
     }
 }
 
+impl OverRedis {
+    fn run<D: Decision>(&mut self, decision: &D, now: Timestamp) -> D::Output {
+        self.runtime.block_on(self.replica.run(decision, now))
+    }
+
+    fn end(&mut self, id: GrantId, how: End, now: Timestamp) {
+        self.runtime.block_on(end(&mut self.replica, id, how, now))
+    }
+}
+
 impl Rules for OverRedis {
     fn plan(&mut self, request: &PlanRequest, now: Timestamp) -> Result<Grant, PlanError> {
-        self.runtime.block_on(self.replica.plan(request, now))
+        self.run(&Plan(request), now)
     }
     fn settle(&mut self, id: GrantId, tokens: u64, now: Timestamp) {
-        self.runtime.block_on(self.replica.settle(id, tokens, now))
+        self.end(id, End::Settle(tokens), now)
     }
     fn release(&mut self, id: GrantId, now: Timestamp) {
-        self.runtime.block_on(self.replica.release(id, now))
+        self.end(id, End::Release, now)
     }
     fn penalise(&mut self, id: GrantId, penalty: &Penalty, now: Timestamp) {
-        self.runtime
-            .block_on(self.replica.penalise(id, penalty, now))
+        self.end(id, End::Penalise(penalty.clone()), now)
     }
     fn set_key_state(&mut self, key: usize, state: KeyState) {
-        self.runtime
-            .block_on(self.replica.set_key_state(key, state))
-            .unwrap();
+        self.run(&SetKeyState(key, state), NOON).unwrap();
     }
     fn set_mode(&mut self, mode: Mode) {
-        self.runtime.block_on(self.replica.set_mode(mode)).unwrap()
+        self.run(&SetMode(mode), NOON).unwrap()
     }
     fn snapshot(&mut self, now: Timestamp) -> Snapshot {
-        self.runtime.block_on(self.replica.pull(now));
-        assert_eq!(self.replica.problem(), None, "Redis answers");
+        self.run(&Pull, now);
+        let sharing = self.replica.sharing().expect("a replica shares");
+        assert_eq!(sharing.problem, None, "Redis answers");
         self.replica.core().snapshot(now)
     }
 }
@@ -606,6 +615,17 @@ fn input_tokens_per_day_fall_to_the_next_model_once_spent<R: Rules>(
     );
 }
 
+/// A 429 naming `quota` with its limit, as in 2026.
+fn quota_429(quota: Quota, limit: u64, retry_after: Option<Duration>) -> Penalty {
+    Penalty::Quota {
+        violations: vec![Violation {
+            quota,
+            limit: Some(limit),
+        }],
+        retry_after,
+    }
+}
+
 /// Each scenario as two tests: `alone::name` and `over_redis::name`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -643,22 +663,13 @@ on_both_backends!(
     a_thousand_concurrent_plans_never_overbook_any_window,
     a_snapshot_counts_every_grant_but_lists_the_soonest,
     input_tokens_per_day_fall_to_the_next_model_once_spent,
+    a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day,
 );
 
-/// A 429 naming the per-day request quota with its limit, as in 2026.
-fn quota_429(quota: Quota, limit: u64, retry_after: Option<Duration>) -> Penalty {
-    Penalty::Quota {
-        violations: vec![Violation {
-            quota,
-            limit: Some(limit),
-        }],
-        retry_after,
-    }
-}
-
-#[test]
-fn a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day() {
-    let mut s = scheduler(3, &[]);
+fn a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day<R: Rules>(
+    new: fn(usize, &[Override]) -> R,
+) {
+    let mut s = new(3, &[]);
     let g = s.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
     assert_eq!(g.model, PRO);
     let zero = quota_429(Quota::RequestsPerDay, 0, Some(Duration::ZERO));
@@ -691,7 +702,7 @@ fn a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day(
     let later = tomorrow.plus_millis(86_400_000);
     let probe = s.plan(&ask(10, Target::Chain(None)), later).unwrap();
     assert_eq!(probe.model, PRO);
-    s.settle(probe.id, 10);
+    s.settle(probe.id, 10, later);
     let served: Vec<(usize, String)> = (0..3)
         .map(|_| {
             let g = s.plan(&ask(10, Target::Chain(None)), later).unwrap();
@@ -825,6 +836,33 @@ fn three_replicas_planning_in_turn_never_overbook_any_window() {
 }
 
 #[test]
+fn a_429_on_one_replica_teaches_its_tier_on_every_replica() {
+    let mut a = over_redis(2, &[]);
+    let mut b = replica_of(&a.place.clone(), 2, &[]);
+    let g = a.plan(&ask(10, model(FLASH)), NOON).unwrap();
+    assert_eq!(g.key, 0);
+    let tpm = quota_429(
+        Quota::InputTokensPerMinute,
+        4_000,
+        Some(Duration::from_secs(7)),
+    );
+    a.penalise(g.id, &tpm, NOON);
+    // Key 1's lane learned the limit on a, and b reads it from Redis: what
+    // fits goes to key 1 at once (key 0 cools), what does not is refused
+    // rather than sent to key 1 for a second 429.
+    let fits = b.plan(&ask(3_000, model(FLASH)), NOON).unwrap();
+    assert_eq!((fits.key, fits.at), (1, NOON));
+    let too_large = b.plan(&ask(5_000, model(FLASH)), NOON);
+    assert!(
+        matches!(too_large, Err(PlanError::TooLarge { tokens: 5_000, .. })),
+        "{too_large:?}"
+    );
+    let snapshot = b.snapshot(NOON);
+    let limits = &snapshot.keys[1].models[FLASH].limits;
+    assert_eq!((limits.tpm, limits.sources.tpm), (4_000, Source::Learned));
+}
+
+#[test]
 fn a_commit_made_on_a_stale_read_is_refused() {
     let mut a = over_redis(1, &[]);
     let mut b = replica_of(&a.place.clone(), 1, &[]);
@@ -840,7 +878,10 @@ fn a_commit_made_on_a_stale_read_is_refused() {
             .await
             .unwrap();
         let lane = ("key0".to_string(), FLASH.to_string());
-        shared.commit(&[(lane, 0)], 0, "{}").await.unwrap()
+        shared
+            .commit(&[(lane, 0)], &[(0, "{}".into())])
+            .await
+            .unwrap()
     });
     assert!(!refused, "version 0 is long gone");
 }
@@ -889,7 +930,7 @@ fn replicas_planning_at_the_same_time_never_overbook_any_window() {
                         replica.plan(&ask(tokens, model(FLASH)), NOON).unwrap()
                     })
                     .collect();
-                (grants, replica.replica.conflicts())
+                (grants, replica.replica.sharing().unwrap().conflicts)
             })
         })
         .collect();

@@ -14,7 +14,7 @@ pub mod redis;
 mod sqlite;
 mod writer;
 
-pub use self::redis::{RedisStore, SharedLanes};
+pub use self::redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use writer::{BATCH_WINDOW, Ledger, RETRY_EVERY};
 

@@ -1,4 +1,5 @@
-//! Redis: the quota state that replicas holding the same keys agree on.
+//! Redis as the state store of replicas holding the same keys: what lives
+//! there and under which names, and the ledger's Redis backend.
 //!
 //! Everything lives under one prefix (`FLUX_REDIS_PREFIX`, default
 //! `gemini-flux:`), shown here as `P`:
@@ -13,17 +14,17 @@
 //! ```
 //!
 //! Key ids are [`crate::keys::ApiKey::stable_id`]: a key's text never
-//! reaches Redis. [`SharedLanes`] is the async side the replicated scheduler
-//! reads and commits through (the commit is one Lua script,
-//! `commit_lane.lua`); [`RedisStore`] is the [`Store`] the ledger writes
-//! through, on its blocking thread.
+//! reaches Redis. [`RedisStore`] is the [`Store`] the ledger writes through,
+//! on its blocking thread. The lanes are read and committed by the
+//! replicated scheduler (`scheduler::replicated::shared_lanes`), which names
+//! its keys with `Names` and shares the few helpers here; the store never
+//! reads a lane.
 
 use super::{MinuteUsage, PolicyCache, Record, Recovered, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::keys::KeyState;
 use crate::policy::{LimitsOverride, Mode};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, RedisError, Value};
+use redis::{Cmd, FromRedisValue, RedisError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -31,8 +32,6 @@ use std::time::Duration;
 /// How long one Redis operation may take before the replica gives up on it
 /// (and refuses the request it was for).
 pub const TIMEOUT: Duration = Duration::from_secs(1);
-/// Lanes outlive their last write by the learned limits' lifetime and a day.
-const LANE_TTL: Duration = Duration::from_secs(8 * 86_400);
 /// The dashboard's per-minute usage is kept two hours.
 const USAGE_TTL: Duration = Duration::from_secs(2 * 3_600);
 
@@ -63,18 +62,24 @@ pub fn forget_prefix(url: &str, prefix: &str) -> Result<usize, RedisError> {
 
 /// Names of the shared state's Redis keys.
 #[derive(Clone, Debug)]
-struct Names {
+pub(crate) struct Names {
     prefix: String,
 }
 
 impl Names {
-    fn lane(&self, lane: &LaneId) -> String {
-        format!("{}lane:{}:{}", self.prefix, lane.0, lane.1)
+    pub(crate) fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+        }
     }
-    fn keys(&self) -> String {
+    /// Lane (key, model), its key named by its stable id.
+    pub(crate) fn lane(&self, key_id: &str, model: &str) -> String {
+        format!("{}lane:{key_id}:{model}", self.prefix)
+    }
+    pub(crate) fn keys(&self) -> String {
         format!("{}keys", self.prefix)
     }
-    fn mode(&self) -> String {
+    pub(crate) fn mode(&self) -> String {
         format!("{}mode", self.prefix)
     }
     fn policy(&self) -> String {
@@ -83,26 +88,23 @@ impl Names {
     fn usage(&self, minute: i64) -> String {
         format!("{}usage:{minute}", self.prefix)
     }
-    fn epoch(&self) -> String {
+    pub(crate) fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
     }
 
-    fn set_key_state(&self, key_id: &str, state: &KeyState) -> Cmd {
+    pub(crate) fn set_key_state(&self, key_id: &str, state: &KeyState) -> Cmd {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(self.keys()).arg(key_id).arg(json(state));
         cmd
     }
 
-    fn set_mode(&self, mode: Mode, configured: Mode) -> Cmd {
+    pub(crate) fn set_mode(&self, mode: Mode, configured: Mode) -> Cmd {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.mode())
             .arg(json(&StoredMode { mode, configured }));
         cmd
     }
 }
-
-/// A lane's name in Redis: (key id, model).
-pub type LaneId = (String, String);
 
 #[derive(Serialize, Deserialize)]
 struct StoredMode {
@@ -118,14 +120,16 @@ struct StoredPolicy {
 }
 
 /// The mode as written by [`Names::set_mode`]: (mode, configured mode).
-fn parse_mode(text: Option<String>) -> Option<(Mode, Mode)> {
+pub(crate) fn parse_mode(text: Option<String>) -> Option<(Mode, Mode)> {
     text.and_then(|text| serde_json::from_str::<StoredMode>(&text).ok())
         .map(|m| (m.mode, m.configured))
 }
 
 /// The key states as written by [`Names::set_key_state`], by key id; an
 /// entry that does not parse is left out.
-fn parse_key_states<C: FromIterator<(String, KeyState)>>(raw: HashMap<String, String>) -> C {
+pub(crate) fn parse_key_states<C: FromIterator<(String, KeyState)>>(
+    raw: HashMap<String, String>,
+) -> C {
     raw.into_iter()
         .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
         .collect()
@@ -135,154 +139,16 @@ fn json(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("plain data serialises")
 }
 
-fn client(url: &str) -> Result<redis::Client, StoreError> {
+pub(crate) fn client(url: &str) -> Result<redis::Client, StoreError> {
     redis::Client::open(url).map_err(|e| unusable(url, &e))
 }
 
-fn unusable(url: &str, e: &RedisError) -> StoreError {
+pub(crate) fn unusable(url: &str, e: &RedisError) -> StoreError {
     StoreError::Unusable {
         path: masked(url),
         problem: format!("Redis cannot be used: {e}"),
         remedy: "Start Redis, or correct FLUX_REDIS_URL (unset it to keep state in SQLite)."
             .to_string(),
-    }
-}
-
-fn parse<T: FromRedisValue>(value: Value) -> Result<T, RedisError> {
-    T::from_redis_value(value).map_err(RedisError::from)
-}
-
-/// What one read of the shared state returns.
-#[derive(Debug)]
-pub struct View {
-    pub epoch: Option<String>,
-    /// (mode, the configured mode it overrode).
-    pub mode: Option<(Mode, Mode)>,
-    pub key_states: HashMap<String, KeyState>,
-    /// The lanes asked for, in order, each with its version (0: never
-    /// written) and its state as the scheduler wrote it (`None`: never written).
-    pub lanes: Vec<(u64, Option<String>)>,
-}
-
-/// The replicated scheduler's connection: reads lanes, commits one lane
-/// against the versions it read, and publishes operator changes.
-pub struct SharedLanes {
-    conn: ConnectionManager,
-    names: Names,
-    commit: redis::Script,
-}
-
-impl SharedLanes {
-    /// Connects (failing at once if Redis does not answer). The connection
-    /// reconnects by itself after Redis comes back.
-    pub async fn connect(url: &str, prefix: &str) -> Result<SharedLanes, StoreError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client(url)?, config)
-            .await
-            .map_err(|e| unusable(url, &e))?;
-        Ok(SharedLanes {
-            conn,
-            names: Names {
-                prefix: prefix.to_string(),
-            },
-            commit: redis::Script::new(include_str!("commit_lane.lua")),
-        })
-    }
-
-    /// Reads the epoch, the mode, the key states and `lanes`, all at one
-    /// instant (one MULTI/EXEC).
-    pub async fn read(&mut self, lanes: &[LaneId]) -> Result<View, RedisError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .get(self.names.epoch())
-            .get(self.names.mode())
-            .hgetall(self.names.keys());
-        for lane in lanes {
-            pipe.cmd("HMGET")
-                .arg(self.names.lane(lane))
-                .arg("v")
-                .arg("state");
-        }
-        let mut values: Vec<Value> = pipe.query_async(&mut self.conn).await?;
-        let lane_values = values.split_off(3);
-        let mut head = values.into_iter();
-        let mut next = || head.next().unwrap_or(Value::Nil);
-        let epoch: Option<String> = parse(next())?;
-        let mode = parse_mode(parse(next())?);
-        let key_states = parse_key_states(parse(next())?);
-        let lanes = lane_values
-            .into_iter()
-            .map(|value| {
-                let (version, state): (Option<u64>, Option<String>) = parse(value)?;
-                Ok((version.unwrap_or(0), state))
-            })
-            .collect::<Result<_, RedisError>>()?;
-        Ok(View {
-            epoch,
-            mode,
-            key_states,
-            lanes,
-        })
-    }
-
-    /// Writes `state` as the new state of lane `read[write].0`, if no lane
-    /// in `read` has moved from the version read. `Ok(false)`: one had.
-    pub async fn commit(
-        &mut self,
-        read: &[(LaneId, u64)],
-        write: usize,
-        state: &str,
-    ) -> Result<bool, RedisError> {
-        let mut call = self.commit.prepare_invoke();
-        for (id, _) in read {
-            call.key(self.names.lane(id));
-        }
-        for (_, version) in read {
-            call.arg(*version);
-        }
-        call.arg(write + 1)
-            .arg(state)
-            .arg(LANE_TTL.as_millis() as u64);
-        let written: i64 = call.invoke_async(&mut self.conn).await?;
-        Ok(written == 1)
-    }
-
-    pub async fn set_key_state(
-        &mut self,
-        key_id: &str,
-        state: &KeyState,
-    ) -> Result<(), RedisError> {
-        self.names
-            .set_key_state(key_id, state)
-            .query_async(&mut self.conn)
-            .await
-    }
-
-    pub async fn set_mode(&mut self, mode: Mode, configured: Mode) -> Result<(), RedisError> {
-        self.names
-            .set_mode(mode, configured)
-            .query_async(&mut self.conn)
-            .await
-    }
-
-    /// Writes a new epoch unless one exists, and returns the one in force.
-    pub async fn claim_epoch(&mut self) -> Result<String, RedisError> {
-        let fresh = format!("{:016x}", rand::random::<u64>());
-        let (epoch,): (String,) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(self.names.epoch())
-            .arg(&fresh)
-            .arg("NX")
-            .ignore()
-            .get(self.names.epoch())
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(epoch)
     }
 }
 
@@ -303,9 +169,7 @@ impl RedisStore {
             client: client(url)?,
             url: url.to_string(),
             conn: None,
-            names: Names {
-                prefix: prefix.to_string(),
-            },
+            names: Names::new(prefix),
         };
         store
             .conn()
