@@ -253,7 +253,6 @@ async fn launch(
         },
         inflight: Budget::new(settings.guards.max_inflight_bytes, settings.max_body_bytes),
         request_timeout: settings.guards.request_timeout,
-        refused_until: std::sync::atomic::AtomicI64::new(i64::MIN),
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(

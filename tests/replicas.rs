@@ -483,3 +483,43 @@ async fn three_replicas_share_the_input_tokens_of_the_day() {
     drop(replicas);
     take_redis_dump(&url, &prefix);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_finds_redis_emptied_is_not_ready_even_without_traffic() {
+    let limits = json!({FLASH: {"rpm": 5, "tpm": 60_000, "rpd": 1_000}});
+    let sim = sim_with(limits.clone()).await;
+    let (url, prefix) = (redis_url(), unique_prefix());
+    let replicas = replicas(1, &sim.base_url(), &url, &prefix, &limits, FLASH).await;
+    let http = client();
+    let readyz = |base: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(readyz(replicas[0].base.clone()).await, 200);
+    // Redis loses everything under the prefix (a restart without persistence).
+    gemini_flux::store::redis::forget_prefix(&url, &prefix).unwrap();
+    // No request is sent: the replica's own tick must notice, within a second.
+    let started = Instant::now();
+    while readyz(replicas[0].base.clone()).await != 503 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still ready after Redis lost its data"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = get_json(&http, &format!("{}/status", replicas[0].base)).await;
+    assert!(
+        status["shared_state"]["holding_until"].is_string(),
+        "{status}"
+    );
+    assert_eq!(sim.stats().calls, 0);
+    drop(replicas);
+    take_redis_dump(&url, &prefix);
+}

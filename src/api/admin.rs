@@ -151,16 +151,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// A key is usable, the store is healthy and, for a replica, Redis answers
-/// and has not refused plans until a later instant (after it lost its data).
+/// and plans are not held (after Redis lost its data).
 fn ready(state: &AppState) -> bool {
-    let now = state.scheduler.clock().now().millis();
+    let now = state.scheduler.clock().now();
     state.scheduler.usable_keys().contains(&true)
         && state.ledger.problem().is_none()
-        && state.scheduler.shared_state().is_none_or(|s| s.ok)
         && state
-            .refused_until
-            .load(std::sync::atomic::Ordering::Relaxed)
-            <= now
+            .scheduler
+            .shared_state()
+            .is_none_or(|s| s.accepts_plans(now))
 }
 
 fn store_health(state: &AppState) -> serde_json::Value {

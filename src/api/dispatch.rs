@@ -399,14 +399,7 @@ async fn plan(
         .plan(request)
         .await
         .map_err(|_| stopping())?;
-    planned.map_err(|e| {
-        if let PlanError::SharedStateUnavailable { retry_at, .. } = &e {
-            state
-                .refused_until
-                .fetch_max(retry_at.millis(), std::sync::atomic::Ordering::Relaxed);
-        }
-        plan_error(e, clock.now(), tried, job.unknown_model).into()
-    })
+    planned.map_err(|e| plan_error(e, clock.now(), tried, job.unknown_model).into())
 }
 
 /// Sends the booked call (its "sent" record first, so a crash still counts

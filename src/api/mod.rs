@@ -65,9 +65,6 @@ pub struct Shared {
     pub inflight: inflight::Budget,
     /// `FLUX_REQUEST_TIMEOUT_S`.
     pub request_timeout: Duration,
-    /// Until when (ms since the epoch) the shared state refuses every plan,
-    /// as the last refusal said: `/readyz` is 503 until then.
-    pub refused_until: std::sync::atomic::AtomicI64,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.

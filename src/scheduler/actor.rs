@@ -74,6 +74,16 @@ pub struct SharedState {
     pub error: Option<String>,
     /// Decisions made again because another replica changed a lane first.
     pub conflicts: u64,
+    /// Plans are refused until then: Redis lost its data, and calls made
+    /// before may still fill the window. `None` when not holding.
+    pub holding_until: Option<Timestamp>,
+}
+
+impl SharedState {
+    /// Whether plans can be made now.
+    pub fn accepts_plans(&self, now: Timestamp) -> bool {
+        self.ok && self.holding_until.is_none_or(|t| t <= now)
+    }
 }
 
 impl SchedulerHandle {
@@ -109,6 +119,7 @@ impl SchedulerHandle {
                     ok: true,
                     error: None,
                     conflicts: 0,
+                    holding_until: None,
                 });
                 (Some(tx), Some(rx))
             }
@@ -259,12 +270,15 @@ async fn run(
             changed
         });
         if let (Some(shared), Some(sharing)) = (&watchers.shared, state.sharing()) {
+            let holding_until = (sharing.holding_until > now).then_some(sharing.holding_until);
             shared.send_if_modified(|current| {
-                let changed =
-                    current.error != sharing.problem || current.conflicts != sharing.conflicts;
+                let changed = current.error != sharing.problem
+                    || current.conflicts != sharing.conflicts
+                    || current.holding_until != holding_until;
                 current.ok = sharing.problem.is_none();
                 current.error = sharing.problem;
                 current.conflicts = sharing.conflicts;
+                current.holding_until = holding_until;
                 changed
             });
         }

@@ -34,6 +34,9 @@ pub struct Sharing {
     pub problem: Option<String>,
     /// Decisions made again because another replica changed a lane first.
     pub conflicts: u64,
+    /// Plans are held until then (Redis lost its data; calls made before
+    /// may still fill the window).
+    pub holding_until: Timestamp,
 }
 
 /// Who holds the quota state, and runs every decision on it.

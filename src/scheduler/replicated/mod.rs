@@ -379,6 +379,7 @@ impl QuotaState for Replicated {
         Some(Sharing {
             problem: self.problem.clone(),
             conflicts: self.conflicts,
+            holding_until: self.hold_until,
         })
     }
 }
