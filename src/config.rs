@@ -61,7 +61,7 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct Guards {
     /// Browser origins allowed besides the service's own (`FLUX_CORS_ORIGINS`).
-    pub cors_origins: crate::api::origin::Allowed,
+    pub cors_origins: Allowed,
     /// Connections served at once (`FLUX_MAX_CONNECTIONS`), before the
     /// descriptor limit lowers it.
     pub max_connections: usize,
@@ -76,9 +76,8 @@ pub struct Guards {
 }
 
 fn guards(raw: &Raw) -> Result<Guards, ConfigError> {
-    let cors_origins =
-        crate::api::origin::Allowed::parse(raw.flux_cors_origins.as_deref().unwrap_or(""))
-            .map_err(|e| ConfigError(format!("FLUX_CORS_ORIGINS: {e}")))?;
+    let cors_origins = Allowed::parse(raw.flux_cors_origins.as_deref().unwrap_or(""))
+        .map_err(|e| ConfigError(format!("FLUX_CORS_ORIGINS: {e}")))?;
     let at_least_one = |name: &str, value: Option<u64>, default: u64| match value {
         None => Ok(default),
         Some(0) => Err(ConfigError(format!("{name} must be at least 1"))),
@@ -357,6 +356,51 @@ fn collect_keys(vars: &[(String, String)], list: Option<&str>) -> Result<Vec<Api
         ));
     }
     Ok(keys.into_iter().map(ApiKey::new).collect())
+}
+
+/// The origins `FLUX_CORS_ORIGINS` allows, normalised (`https://app.example.com`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Allowed {
+    /// `*`: any origin.
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Allowed {
+    /// A comma-separated list of origins (scheme, host, optional port), or `*`.
+    pub fn parse(list: &str) -> Result<Allowed, String> {
+        let mut allowed = Allowed::default();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                allowed.any = true;
+                continue;
+            }
+            let origin = normalise_origin(item).ok_or_else(|| {
+                format!("{item:?} is not an origin like https://app.example.com (scheme, host and port only)")
+            })?;
+            allowed.origins.push(origin);
+        }
+        Ok(allowed)
+    }
+
+    /// Whether `origin` (normalised) is allowed.
+    pub fn lists(&self, origin: &str) -> bool {
+        self.any || self.origins.iter().any(|o| o == origin)
+    }
+}
+
+/// `scheme://host[:port]` as browsers serialise it, or `None` if `text` is
+/// anything else (a path, credentials, the opaque `null`).
+pub fn normalise_origin(text: &str) -> Option<String> {
+    let url = reqwest::Url::parse(text).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    plain.then(|| url.origin().ascii_serialization())
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! gemini-flux: one HTTP endpoint in front of N Gemini API keys.
 //!
 //! Each key comes from its own Google Cloud project and so has its own quota:
-//! requests per minute, input tokens per minute and requests per Pacific day,
-//! per model. gemini-flux decides for every request which key, which model and
+//! requests and input tokens per minute and per Pacific day, per model. gemini-flux decides for every request which key, which model and
 //! at what instant to send it, so that the caller never meets a 429 that could
 //! have been avoided and never waits longer than the quotas force.
 //!
@@ -12,13 +11,14 @@
 //! * [`service`]: start-up (store, discovery, key validation, recovery) and
 //!   the graceful stop; [`listener`]: connections, capped and timed out.
 //! * [`api`]: the HTTP surfaces (`/generate`, Gemini-native, OpenAI, admin,
-//!   dashboard), client auth, and [`api::dispatch`], one request's journey.
+//!   dashboard), client auth, [`api::dispatch`], one request's journey, and
+//!   [`api::refresh`], the run-time policy fetch (an ordinary dispatched call).
 //! * [`scheduler`]: the pure core that decides key, model and instant, and the
 //!   actor that owns it.
 //! * [`upstream`]: the Gemini client and the classification of its errors.
 //! * [`store`]: what survives a restart (SQLite), written by the ledger.
-//! * [`policy`] and [`refresh`]: the limits in layers with their sources, the
-//!   model chain and modes, and the validated policy fetch.
+//! * [`policy`]: the kinds of quota as data, the limits in layers with their
+//!   sources, the model chain and modes, and the policy fetch's validator.
 //! * [`metrics`]: the Prometheus registry.
 //! * [`clock`]: wall-clock timestamps tied to tokio's (pausable) clock, and the
 //!   Pacific day that per-day quotas count against.
@@ -34,7 +34,6 @@ pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
-pub mod refresh;
 pub mod scheduler;
 pub mod service;
 pub mod sim;

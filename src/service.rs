@@ -16,13 +16,13 @@
 use crate::api::auth::Tokens;
 use crate::api::inflight::Budget;
 use crate::api::origin::Policy;
+use crate::api::refresh::{self, FetchStatus};
 use crate::api::{self, AppState, Drain, Shared};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::keys::ApiKey;
 use crate::listener;
 use crate::policy::Layers;
-use crate::refresh::{self, FetchStatus};
 use crate::scheduler::alone::Journal;
 use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};

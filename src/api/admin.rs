@@ -4,8 +4,8 @@
 
 use super::AppState;
 use super::error::{ApiError, JsonBody, whole_number};
+use super::refresh;
 use crate::policy::Mode;
-use crate::refresh;
 use crate::scheduler::{KeyState, Unavailable};
 use axum::Json;
 use axum::Router;

@@ -8,54 +8,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::config::{Allowed, normalise_origin};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-
-/// The origins `FLUX_CORS_ORIGINS` allows, normalised (`https://app.example.com`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Allowed {
-    /// `*`: any origin.
-    any: bool,
-    origins: Vec<String>,
-}
-
-impl Allowed {
-    /// A comma-separated list of origins (scheme, host, optional port), or `*`.
-    pub fn parse(list: &str) -> Result<Allowed, String> {
-        let mut allowed = Allowed::default();
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            if item == "*" {
-                allowed.any = true;
-                continue;
-            }
-            let origin = normalise(item).ok_or_else(|| {
-                format!("{item:?} is not an origin like https://app.example.com (scheme, host and port only)")
-            })?;
-            allowed.origins.push(origin);
-        }
-        Ok(allowed)
-    }
-
-    fn lists(&self, origin: &str) -> bool {
-        self.any || self.origins.iter().any(|o| o == origin)
-    }
-}
-
-/// `scheme://host[:port]` as browsers serialise it, or `None` if `text` is
-/// anything else (a path, credentials, the opaque `null`).
-fn normalise(text: &str) -> Option<String> {
-    let url = reqwest::Url::parse(text).ok()?;
-    let plain = matches!(url.scheme(), "http" | "https")
-        && url.host().is_some()
-        && url.path() == "/"
-        && url.query().is_none()
-        && url.fragment().is_none()
-        && url.username().is_empty()
-        && url.password().is_none();
-    plain.then(|| url.origin().ascii_serialization())
-}
 
 /// Whose pages may call the service.
 #[derive(Clone, Debug)]
@@ -75,7 +32,7 @@ enum Verdict {
 impl Policy {
     fn judge(&self, origin: &HeaderValue, headers: &HeaderMap) -> Verdict {
         let text = origin.to_str().unwrap_or("");
-        let Some(origin_norm) = normalise(text) else {
+        let Some(origin_norm) = normalise_origin(text) else {
             return Verdict::Foreign(text.to_string());
         };
         if self.is_own(&origin_norm, headers) {

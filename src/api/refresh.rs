@@ -4,8 +4,8 @@
 //! why. The fetch is one ordinary call: scheduled, and counted in its lane,
 //! like any other.
 
-use crate::api::AppState;
-use crate::api::dispatch::{self, Job};
+use super::AppState;
+use super::dispatch::{self, Job};
 use crate::clock::Timestamp;
 use crate::keys::ApiKey;
 use crate::policy::fetch::{self, CACHE_TTL};
