@@ -162,9 +162,10 @@ class Api(Generic[R]):
         return self._send(Request("GET", "/health"))
 
     def refresh_policy(self) -> R:
-        """Rediscover the models and ask Gemini for its limits now; the policy
-        in force with its sources, or a `GeminiFluxError` (502) saying why the
-        answer was rejected (the previous policy stays)."""
+        """Rediscover the models and ask Gemini for its limits now: the policy
+        in force with its sources. When Gemini's answer is rejected the
+        previous policy stays, `"refreshed"` is false and `"rejected"` says
+        why (a 200, as the original service answered)."""
         return self._send(Request("POST", "/refresh-policy", admin=True, timeout=REFRESH_TIMEOUT))
 
     def set_mode(self, mode: str) -> R:
