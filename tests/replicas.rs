@@ -2,8 +2,8 @@
 //! in front of one simulator. Real processes, so real time: each test is
 //! built around a single one-minute window.
 //!
-//! Needs `redis-server` on the PATH and a Redis at `FLUX_TEST_REDIS_URL`
-//! (default `redis://127.0.0.1:6379/0`); `.ci/run` makes sure of both.
+//! Needs `redis-server` on the PATH (`scripts/test` installs it): each test
+//! starts a Redis of its own, or uses `FLUX_TEST_REDIS_URL` when that is set.
 
 mod common;
 
@@ -19,8 +19,17 @@ const FLASH: &str = "gemini-2.5-flash";
 const LITE: &str = "gemini-2.5-flash-lite";
 const KEYS: [&str; 2] = ["replica-key-0001", "replica-key-0002"];
 
-fn redis_url() -> String {
-    std::env::var("FLUX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+/// The Redis a test's replicas share: `FLUX_TEST_REDIS_URL` when set, else a
+/// `redis-server` of the test's own (stopped when the first value is dropped).
+fn test_redis() -> (Option<RedisServer>, String) {
+    match std::env::var("FLUX_TEST_REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = RedisServer::ephemeral();
+            let url = server.url.clone();
+            (Some(server), url)
+        }
+    }
 }
 
 fn unique_prefix() -> String {
@@ -93,7 +102,8 @@ async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound()
     // Per key and minute: 5 requests (RPM binds before TPM for 10k requests).
     let limits = json!({FLASH: {"rpm": 5, "tpm": 60_000, "rpd": 1_000}});
     let sim = sim_with(limits.clone()).await;
-    let (url, prefix) = (redis_url(), unique_prefix());
+    let (_redis, url) = test_redis();
+    let prefix = unique_prefix();
     let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, FLASH).await;
     let http = client();
 
@@ -147,6 +157,13 @@ struct RedisServer {
 }
 
 impl RedisServer {
+    /// Keeping nothing on disk.
+    fn ephemeral() -> RedisServer {
+        let port = free_port();
+        let args = format!("--port {port} --bind 127.0.0.1 --appendonly no");
+        RedisServer::start(&args, port, format!("redis://127.0.0.1:{port}/0"))
+    }
+
     /// Persisting every write (AOF, fsync always) in `dir`, so that killing
     /// and restarting it loses nothing.
     fn persistent(dir: &Path) -> RedisServer {
@@ -366,7 +383,8 @@ async fn killing_redis_gives_503s_not_429s_and_service_resumes_by_itself() {
 async fn an_operator_change_on_one_replica_holds_on_all_within_a_second() {
     let limits = json!({FLASH: {"rpm": 10, "tpm": 250_000, "rpd": 250}, LITE: {"rpm": 15, "tpm": 250_000, "rpd": 1_000}});
     let sim = sim_with(limits.clone()).await;
-    let (url, prefix) = (redis_url(), unique_prefix());
+    let (_redis, url) = test_redis();
+    let prefix = unique_prefix();
     let models = format!("{FLASH},{LITE}");
     let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, &models).await;
     let http = client();
@@ -456,7 +474,8 @@ async fn three_replicas_share_the_input_tokens_of_the_day() {
         LITE: {"rpm": 100, "tpm": 250_000, "rpd": 1_000},
     });
     let sim = sim_with(limits.clone()).await;
-    let (url, prefix) = (redis_url(), unique_prefix());
+    let (_redis, url) = test_redis();
+    let prefix = unique_prefix();
     let models = format!("{FLASH},{LITE}");
     let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, &models).await;
     let http = client();
@@ -488,7 +507,8 @@ async fn three_replicas_share_the_input_tokens_of_the_day() {
 async fn a_replica_that_finds_redis_emptied_is_not_ready_even_without_traffic() {
     let limits = json!({FLASH: {"rpm": 5, "tpm": 60_000, "rpd": 1_000}});
     let sim = sim_with(limits.clone()).await;
-    let (url, prefix) = (redis_url(), unique_prefix());
+    let (_redis, url) = test_redis();
+    let prefix = unique_prefix();
     let replicas = replicas(1, &sim.base_url(), &url, &prefix, &limits, FLASH).await;
     let http = client();
     let readyz = |base: String| {
