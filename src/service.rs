@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::keys::ApiKey;
 use crate::listener;
-use crate::policy::Layers;
+use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
 use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
@@ -376,17 +376,18 @@ fn source_name(source: crate::policy::Source) -> String {
 fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
     tracing::info!("mode {}, chain: {}", settings.mode, chain.join(" > "));
     for model in chain {
-        let l = core.model_limits(model);
-        let s = l.sources;
-        tracing::info!(
-            "  {model}: {} rpm ({}), {} tpm ({}), {} rpd ({})",
-            l.rpm,
-            source_name(s.rpm),
-            l.tpm,
-            source_name(s.tpm),
-            l.rpd,
-            source_name(s.rpd)
-        );
+        let resolved = core.model_limits(model);
+        let limits = resolved.limits();
+        // Every quota set or known; a per-day token quota nobody set is left out.
+        let shown: Vec<String> = Quota::ALL
+            .into_iter()
+            .filter(|&q| limits.get(q) != UNLIMITED)
+            .map(|q| {
+                let source = source_name(resolved.sources.get(q));
+                format!("{} {} ({source})", limits.get(q), q.field())
+            })
+            .collect();
+        tracing::info!("  {model}: {}", shown.join(", "));
     }
     for (i, key) in settings.keys.iter().enumerate() {
         let shown = match core.key_state(i).unwrap_or(&KeyState::Healthy) {
