@@ -89,6 +89,51 @@ async fn replicas(
     started
 }
 
+/// `n` replicas sharing [`KEYS`] through a Redis of the test's own (see
+/// [`test_redis`]) under a prefix of their own, in front of one simulator
+/// with `limits`. Dropped, the replicas stop first, then the prefix is cleared.
+struct Cluster {
+    replicas: Vec<ServeProcess>,
+    sim: SimServer,
+    url: String,
+    prefix: String,
+    _redis: Option<RedisServer>,
+}
+
+impl Cluster {
+    async fn start(n: usize, limits: &Value, models: &str) -> Cluster {
+        let sim = sim_with(limits.clone()).await;
+        let (redis, url) = test_redis();
+        let prefix = unique_prefix();
+        let replicas = replicas(n, &sim.base_url(), &url, &prefix, limits, models).await;
+        Cluster {
+            replicas,
+            sim,
+            url,
+            prefix,
+            _redis: redis,
+        }
+    }
+
+    fn base(&self, i: usize) -> String {
+        self.replicas[i % self.replicas.len()].base.clone()
+    }
+
+    /// Stops the replicas (so nothing writes after), then everything under
+    /// the prefix, as text (and deleted).
+    fn dump(mut self) -> String {
+        self.replicas.clear();
+        take_redis_dump(&self.url, &self.prefix)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.replicas.clear();
+        let _ = gemini_flux::store::redis::forget_prefix(&self.url, &self.prefix);
+    }
+}
+
 async fn sim_with(limits: Value) -> SimServer {
     let limits = serde_json::from_value(limits).unwrap();
     let config = SimConfig::new(KEYS).with_limits(limits);
@@ -101,10 +146,7 @@ async fn sim_with(limits: Value) -> SimServer {
 async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound() {
     // Per key and minute: 5 requests (RPM binds before TPM for 10k requests).
     let limits = json!({FLASH: {"rpm": 5, "tpm": 60_000, "rpd": 1_000}});
-    let sim = sim_with(limits.clone()).await;
-    let (_redis, url) = test_redis();
-    let prefix = unique_prefix();
-    let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, FLASH).await;
+    let cluster = Cluster::start(3, &limits, FLASH).await;
     let http = client();
 
     // 20 requests at once, spread over the three: 2 keys x 5 go now, the
@@ -112,7 +154,7 @@ async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound()
     let started = Instant::now();
     let calls: Vec<_> = (0..20)
         .map(|i| {
-            let (http, base) = (http.clone(), replicas[i % 3].base.clone());
+            let (http, base) = (http.clone(), cluster.base(i));
             tokio::spawn(async move {
                 let answer = generate_at(&http, &base, json!({"prompt": prompt_of(10_000)})).await;
                 (answer, started.elapsed())
@@ -125,7 +167,7 @@ async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound()
         assert_eq!(status, 200, "{body}");
         makespan = makespan.max(done);
     }
-    let stats = sim.stats();
+    let stats = cluster.sim.stats();
     assert_eq!(stats.calls, 20);
     assert_eq!(stats.rejected_429, 0, "no replica overran a shared quota");
     for key in 1..=2 {
@@ -140,8 +182,7 @@ async fn three_replicas_sharing_two_keys_draw_no_429_and_finish_near_the_bound()
         "makespan {makespan:?} is {ratio:.3} x the 60 s lower bound"
     );
     // The shared state names keys by stable id and fingerprint, never by text.
-    drop(replicas); // stopped first, so that nothing writes after the dump
-    let dump = take_redis_dump(&url, &prefix);
+    let dump = cluster.dump();
     assert!(dump.contains("lane:"), "{dump}");
     for key in KEYS {
         assert!(!dump.contains(key), "a key's text reached Redis");
@@ -382,29 +423,25 @@ async fn killing_redis_gives_503s_not_429s_and_service_resumes_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_change_on_one_replica_holds_on_all_within_a_second() {
     let limits = json!({FLASH: {"rpm": 10, "tpm": 250_000, "rpd": 250}, LITE: {"rpm": 15, "tpm": 250_000, "rpd": 1_000}});
-    let sim = sim_with(limits.clone()).await;
-    let (_redis, url) = test_redis();
-    let prefix = unique_prefix();
-    let models = format!("{FLASH},{LITE}");
-    let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, &models).await;
+    let cluster = Cluster::start(3, &limits, &format!("{FLASH},{LITE}")).await;
     let http = client();
 
     let (status, _) = post_json(
         &http,
-        &format!("{}/keys/2/disable", replicas[0].base),
+        &format!("{}/keys/2/disable", cluster.base(0)),
         &json!({}),
     )
     .await;
     assert_eq!(status, 200);
     let (status, _) = post_json(
         &http,
-        &format!("{}/mode", replicas[0].base),
+        &format!("{}/mode", cluster.base(0)),
         &json!({"mode": "flash_lite_only"}),
     )
     .await;
     assert_eq!(status, 200);
     let changed = Instant::now();
-    for replica in &replicas[1..] {
+    for replica in &cluster.replicas[1..] {
         loop {
             let status = get_json(&http, &format!("{}/status", replica.base)).await;
             if status["keys"][1]["state"] == "disabled" && status["mode"] == "flash_lite_only" {
@@ -416,17 +453,14 @@ async fn an_operator_change_on_one_replica_holds_on_all_within_a_second() {
     }
     // And they act on it: every call goes to key 1 on flash-lite.
     for i in 0..6 {
-        let (status, _, body) =
-            generate_at(&http, &replicas[i % 3].base, json!({"prompt": "hi"})).await;
+        let (status, _, body) = generate_at(&http, &cluster.base(i), json!({"prompt": "hi"})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             (body["key_used"].as_u64(), body["model_used"].as_str()),
             (Some(1), Some(LITE))
         );
     }
-    assert_eq!(sim.stats().lane(2, LITE).map_or(0, |l| l.calls), 0);
-    drop(replicas);
-    take_redis_dump(&url, &prefix);
+    assert_eq!(cluster.sim.stats().lane(2, LITE).map_or(0, |l| l.calls), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,43 +507,30 @@ async fn three_replicas_share_the_input_tokens_of_the_day() {
         FLASH: {"rpm": 100, "tpm": 250_000, "rpd": 1_000, "tpd": 5_000},
         LITE: {"rpm": 100, "tpm": 250_000, "rpd": 1_000},
     });
-    let sim = sim_with(limits.clone()).await;
-    let (_redis, url) = test_redis();
-    let prefix = unique_prefix();
-    let models = format!("{FLASH},{LITE}");
-    let replicas = replicas(3, &sim.base_url(), &url, &prefix, &limits, &models).await;
+    let cluster = Cluster::start(3, &limits, &format!("{FLASH},{LITE}")).await;
     let http = client();
     let mut served = Vec::new();
     for i in 0..16 {
-        let (status, _, body) = generate_at(
-            &http,
-            &replicas[i % 3].base,
-            json!({"prompt": prompt_of(1_000)}),
-        )
-        .await;
+        let (status, _, body) =
+            generate_at(&http, &cluster.base(i), json!({"prompt": prompt_of(1_000)})).await;
         assert_eq!(status, 200, "{body}");
         served.push(body["model_used"].as_str().unwrap().to_string());
     }
     assert_eq!(served.iter().filter(|m| *m == FLASH).count(), 10);
     assert_eq!(served.iter().filter(|m| *m == LITE).count(), 6);
-    let stats = sim.stats();
+    let stats = cluster.sim.stats();
     assert_eq!(stats.rejected_429, 0, "no replica overspent a day's tokens");
     for key in 1..=2 {
         assert_eq!(stats.lane(key, FLASH).unwrap().tokens_today, 5_000);
     }
-    let status = get_json(&http, &format!("{}/status", replicas[2].base)).await;
+    let status = get_json(&http, &format!("{}/status", cluster.base(2))).await;
     assert_eq!(status["keys"][0]["models"][FLASH]["limits"]["tpd"], 5_000);
-    drop(replicas);
-    take_redis_dump(&url, &prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_finds_redis_emptied_is_not_ready_even_without_traffic() {
     let limits = json!({FLASH: {"rpm": 5, "tpm": 60_000, "rpd": 1_000}});
-    let sim = sim_with(limits.clone()).await;
-    let (_redis, url) = test_redis();
-    let prefix = unique_prefix();
-    let replicas = replicas(1, &sim.base_url(), &url, &prefix, &limits, FLASH).await;
+    let cluster = Cluster::start(1, &limits, FLASH).await;
     let http = client();
     let readyz = |base: String| {
         let http = http.clone();
@@ -522,24 +543,22 @@ async fn a_replica_that_finds_redis_emptied_is_not_ready_even_without_traffic() 
                 .as_u16()
         }
     };
-    assert_eq!(readyz(replicas[0].base.clone()).await, 200);
+    assert_eq!(readyz(cluster.base(0)).await, 200);
     // Redis loses everything under the prefix (a restart without persistence).
-    gemini_flux::store::redis::forget_prefix(&url, &prefix).unwrap();
+    gemini_flux::store::redis::forget_prefix(&cluster.url, &cluster.prefix).unwrap();
     // No request is sent: the replica's own tick must notice, within a second.
     let started = Instant::now();
-    while readyz(replicas[0].base.clone()).await != 503 {
+    while readyz(cluster.base(0)).await != 503 {
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "still ready after Redis lost its data"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = get_json(&http, &format!("{}/status", replicas[0].base)).await;
+    let status = get_json(&http, &format!("{}/status", cluster.base(0))).await;
     assert!(
         status["shared_state"]["holding_until"].is_string(),
         "{status}"
     );
-    assert_eq!(sim.stats().calls, 0);
-    drop(replicas);
-    take_redis_dump(&url, &prefix);
+    assert_eq!(cluster.sim.stats().calls, 0);
 }
