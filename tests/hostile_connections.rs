@@ -45,15 +45,23 @@ fn closed(stream: &mut std::net::TcpStream) -> bool {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn stalled_connections_are_closed_and_healthz_still_answers() {
-    let stack = stack(&[]).await;
+/// `n` stalled connections, the `i`-th with half a header when `half_header(i)`;
+/// each accepted before the next opens (so the backlog never fills).
+async fn open_stalled(
+    stack: &Stack,
+    n: usize,
+    half_header: impl Fn(usize) -> bool,
+) -> Vec<std::net::TcpStream> {
     let mut streams = Vec::new();
-    for i in 0..STALLED {
-        streams.push(stalled(&stack, i % 2 == 0));
-        // Let the service accept before its backlog fills.
+    for i in 0..n {
+        streams.push(stalled(stack, half_header(i)));
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    streams
+}
+
+/// `/healthz` answers 200 at once, not after the stalled connections.
+async fn healthz_answers_at_once(stack: &Stack) {
     let asked = Instant::now();
     let (status, _) = stack.get("/healthz").await;
     assert_eq!(status, 200);
@@ -62,6 +70,13 @@ async fn stalled_connections_are_closed_and_healthz_still_answers() {
         "answered at once, not after the stalled ones: {:?}",
         asked.elapsed()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_connections_are_closed_and_healthz_still_answers() {
+    let stack = stack(&[]).await;
+    let mut streams = open_stalled(&stack, STALLED, |i| i % 2 == 0).await;
+    healthz_answers_at_once(&stack).await;
     tokio::time::sleep(HEADER_TIMEOUT - Duration::from_secs(1)).await;
     let mut early = 0;
     for s in &mut streams {
@@ -100,19 +115,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
 #[tokio::test(start_paused = true)]
 async fn at_the_cap_the_oldest_idle_connection_makes_room() {
     let stack = stack(&[("FLUX_MAX_CONNECTIONS", "5")]).await;
-    let mut streams = Vec::new();
-    for _ in 0..5 {
-        streams.push(stalled(&stack, false));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let asked = Instant::now();
-    let (status, _) = stack.get("/healthz").await;
-    assert_eq!(status, 200);
-    assert!(
-        asked.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        asked.elapsed()
-    );
+    let mut streams = open_stalled(&stack, 5, |_| false).await;
+    healthz_answers_at_once(&stack).await;
     let closed: Vec<bool> = streams.iter_mut().map(closed).collect();
     assert_eq!(
         closed,
