@@ -31,6 +31,9 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// The longest pause after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long an evicted connection may take to finish what it was writing.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
+
 /// The limit on open descriptors (soft, hard), if the platform has one.
 #[cfg(unix)]
 fn descriptor_limits() -> Option<libc::rlimit> {
@@ -260,8 +263,13 @@ pub async fn serve(
             };
             tokio::select! {
                 _ = connection.as_mut() => {}
-                // Evicted: dropping the connection closes it.
-                _ = close.notified() => {}
+                // Evicted: a connection between requests closes now; one whose
+                // answer is still being written (or a request that began as it
+                // was chosen) gets a moment to finish, then is dropped.
+                _ = close.notified() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(EVICTION_GRACE, connection.as_mut()).await;
+                }
                 _ = stopping => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;

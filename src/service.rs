@@ -77,7 +77,18 @@ impl RunningService {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let served = (&mut self.task).await.unwrap_or(Ok(()));
+        // Connections get the drain window to finish; the store's flush runs
+        // whatever they do (a client that never reads its answer must not
+        // keep the ledger from being written).
+        let served = match tokio::time::timeout(self.drain, &mut self.task).await {
+            Ok(joined) => joined.unwrap_or(Ok(())),
+            Err(_) => {
+                tracing::warn!(
+                    "connections still open after the drain window; stopping without them"
+                );
+                Ok(())
+            }
+        };
         self.state.ledger.flush_within(self.drain).await;
         served
     }

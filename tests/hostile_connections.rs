@@ -170,3 +170,19 @@ fn the_cap_stays_below_the_descriptor_limit() {
     );
     assert_eq!(gemini_flux::listener::connection_cap(10), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_for_open_connections_no_longer_than_the_drain_window() {
+    let stack = stack(&[("FLUX_DRAIN_S", "2")]).await;
+    // Half a header: left alone, it would hold a graceful stop for the
+    // whole header timeout.
+    let _stalled = open_stalled(&stack, 1, |_| true).await;
+    let Stack { svc, .. } = stack;
+    let asked = Instant::now();
+    svc.stop().await.unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took < HEADER_TIMEOUT / 2,
+        "the stop took {took:?}, beyond the 2 s drain window"
+    );
+}
