@@ -10,9 +10,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
+use crate::keys::ApiKey;
 use crate::scheduler::{Booked, Grant, InFlight, PlanError, PlanRequest, Target};
 use crate::store::{CallId, Outcome, Record};
-use crate::upstream::{Generated, UpstreamError};
+use crate::upstream::{Generated, Upstream, UpstreamError};
 use crate::wire::prompt_tokens;
 use axum::http::StatusCode;
 use rand::Rng;
@@ -205,13 +206,13 @@ const MAX_ATTEMPTS: u32 = 8;
 
 /// Serves `job` with one complete answer, within `FLUX_REQUEST_TIMEOUT_S`.
 pub async fn generate(state: &AppState, job: Job) -> Result<Served<Generated>, Failure> {
-    within_request_timeout(state, serve(state, job, Complete)).await
+    within_request_timeout(state, serve::<Complete>(state, job)).await
 }
 
 /// Serves `job` as a stream, within `FLUX_REQUEST_TIMEOUT_S` (until the
 /// upstream accepts it; the relay then settles it when it ends).
 pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failure> {
-    within_request_timeout(state, serve(state, job, Streamed)).await
+    within_request_timeout(state, serve::<Streamed>(state, job)).await
 }
 
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
@@ -239,37 +240,35 @@ async fn within_request_timeout<R>(
 /// One kind of upstream call: how it is made, and what a served one hands
 /// back to the surface (with the input tokens it counted).
 trait Exchange {
+    type Answer;
     type Reply;
-    async fn exchange(
-        &self,
-        state: &AppState,
-        grant: &Grant,
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
         request: &Value,
-        settlement: Settlement,
-    ) -> Result<(Self::Reply, u64), (UpstreamError, Settlement)>;
+    ) -> Result<Self::Answer, UpstreamError>;
+    fn served(answer: Self::Answer, settlement: Settlement) -> (Self::Reply, u64);
 }
 
 /// `generateContent`: settled as soon as it answers.
 struct Complete;
 
 impl Exchange for Complete {
+    type Answer = Generated;
     type Reply = Generated;
-    async fn exchange(
-        &self,
-        state: &AppState,
-        grant: &Grant,
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
         request: &Value,
-        settlement: Settlement,
-    ) -> Result<(Generated, u64), (UpstreamError, Settlement)> {
-        let key = &state.keys[grant.key];
-        match state.upstream.generate(key, &grant.model, request).await {
-            Ok(generated) => {
-                let input = generated.input_tokens.unwrap_or(settlement.estimate);
-                settlement.finish(Outcome::Ok, Some((input, generated.output_tokens)));
-                Ok((generated, input))
-            }
-            Err(error) => Err((error, settlement)),
-        }
+    ) -> Result<Generated, UpstreamError> {
+        upstream.generate(key, model, request).await
+    }
+    fn served(generated: Generated, settlement: Settlement) -> (Generated, u64) {
+        let input = generated.input_tokens.unwrap_or(settlement.estimate);
+        settlement.finish(Outcome::Ok, Some((input, generated.output_tokens)));
+        (generated, input)
     }
 }
 
@@ -277,32 +276,23 @@ impl Exchange for Complete {
 struct Streamed;
 
 impl Exchange for Streamed {
+    type Answer = reqwest::Response;
     type Reply = Stream;
-    async fn exchange(
-        &self,
-        state: &AppState,
-        grant: &Grant,
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
         request: &Value,
-        settlement: Settlement,
-    ) -> Result<(Stream, u64), (UpstreamError, Settlement)> {
-        let key = &state.keys[grant.key];
-        match state
-            .upstream
-            .stream_generate(key, &grant.model, request)
-            .await
-        {
-            Ok(response) => {
-                let estimate = settlement.estimate;
-                Ok((
-                    Stream {
-                        response,
-                        settlement,
-                    },
-                    estimate,
-                ))
-            }
-            Err(error) => Err((error, settlement)),
-        }
+    ) -> Result<reqwest::Response, UpstreamError> {
+        upstream.stream_generate(key, model, request).await
+    }
+    fn served(response: reqwest::Response, settlement: Settlement) -> (Stream, u64) {
+        let estimate = settlement.estimate;
+        let stream = Stream {
+            response,
+            settlement,
+        };
+        (stream, estimate)
     }
 }
 
@@ -318,11 +308,7 @@ enum Attempt<R> {
 
 /// Plans and waits, then makes one attempt, until served, failed, or out of
 /// attempts.
-async fn serve<E: Exchange>(
-    state: &AppState,
-    job: Job,
-    exchange: E,
-) -> Result<Served<E::Reply>, Failure> {
+async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     // No slot beyond the request's own deadline is worth waiting for.
     let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
@@ -338,7 +324,7 @@ async fn serve<E: Exchange>(
         state.metrics.waited(wait);
         waited += wait;
         let grant = booked.grant().clone();
-        match one_attempt(state, &job, &exchange, booked, estimate).await {
+        match one_attempt::<E>(state, &job, booked, estimate).await {
             Attempt::Served(reply, input_tokens) => {
                 let meta = Meta {
                     key: grant.key,
@@ -407,7 +393,6 @@ async fn plan(
 async fn one_attempt<E: Exchange>(
     state: &AppState,
     job: &Job,
-    exchange: &E,
     booked: Booked,
     estimate: u64,
 ) -> Attempt<E::Reply> {
@@ -435,12 +420,12 @@ async fn one_attempt<E: Exchange>(
         sent_at,
         estimate,
     };
-    let (error, settlement) = match exchange
-        .exchange(state, &grant, &job.request, settlement)
-        .await
-    {
-        Ok((reply, input_tokens)) => return Attempt::Served(reply, input_tokens),
-        Err(failed) => failed,
+    let error = match E::call(&state.upstream, key, &grant.model, &job.request).await {
+        Ok(answer) => {
+            let (reply, input_tokens) = E::served(answer, settlement);
+            return Attempt::Served(reply, input_tokens);
+        }
+        Err(error) => error,
     };
     let error = match judge(state, job, &grant, error).await {
         Ok(to_learn) => to_learn,
