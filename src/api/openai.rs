@@ -195,12 +195,11 @@ impl ChatRequest {
             return Err("messages must hold at least one user or assistant message".into());
         }
         let mut config = serde_json::Map::new();
-        match self.max_completion_tokens.or(self.max_tokens) {
-            Some(0) => return Err("max_tokens and max_completion_tokens must be at least 1".into()),
-            Some(n) => {
-                config.insert("maxOutputTokens".into(), json!(n));
-            }
-            None => {}
+        if self.max_completion_tokens == Some(0) || self.max_tokens == Some(0) {
+            return Err("max_tokens and max_completion_tokens must be at least 1".into());
+        }
+        if let Some(n) = self.max_completion_tokens.or(self.max_tokens) {
+            config.insert("maxOutputTokens".into(), json!(n));
         }
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
@@ -466,6 +465,8 @@ mod tests {
                 .unwrap_err()
                 .contains("n = 1")
         );
+        let zero = json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 5, "max_tokens": 0});
+        assert!(translate(zero).unwrap_err().contains("at least 1"));
         let url = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]});
         assert!(translate(url).unwrap_err().contains("data: URL"));
     }
