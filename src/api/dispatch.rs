@@ -14,7 +14,7 @@ use crate::keys::ApiKey;
 use crate::scheduler::{Booked, Grant, InFlight, PlanError, PlanRequest, Target};
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
-use crate::wire::prompt_tokens;
+use crate::wire::GenerateRequest;
 use axum::http::StatusCode;
 use rand::Rng;
 use serde_json::Value;
@@ -22,8 +22,9 @@ use std::time::Duration;
 
 /// What a surface asks the dispatcher for.
 pub struct Job {
-    /// A complete `GenerateContentRequest`.
-    pub request: Value,
+    /// A complete `GenerateContentRequest`, as the JSON text sent upstream
+    /// (a native body passed through as it came: never a tree).
+    pub request: GenerateRequest,
     pub target: Target,
     /// 0-based.
     pub preferred_key: Option<usize>,
@@ -246,7 +247,7 @@ trait Exchange {
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<Self::Answer, UpstreamError>;
     fn served(answer: Self::Answer, settlement: Settlement) -> (Self::Reply, u64);
 }
@@ -261,7 +262,7 @@ impl Exchange for Complete {
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<Generated, UpstreamError> {
         upstream.generate(key, model, request).await
     }
@@ -282,7 +283,7 @@ impl Exchange for Streamed {
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
         upstream.stream_generate(key, model, request).await
     }
@@ -610,9 +611,9 @@ fn plan_error(
 /// Counts the request's input tokens with `countTokens` (free of generate
 /// quota), spreading the calls over the usable keys; falls back on the local
 /// estimate when that fails.
-async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+async fn count_tokens(state: &AppState, request: &GenerateRequest) -> u64 {
     if state.token_count == TokenCount::Local {
-        return prompt_tokens(request);
+        return request.local_tokens();
     }
     if let Some(key) = state.next_usable_key() {
         match state
@@ -628,5 +629,5 @@ async fn count_tokens(state: &AppState, request: &Value) -> u64 {
             ),
         }
     }
-    prompt_tokens(request)
+    request.local_tokens()
 }

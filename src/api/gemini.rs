@@ -14,13 +14,13 @@ use super::relay::{GeminiArray, GeminiSse, relay};
 use super::{auth, openai};
 use crate::scheduler::Target;
 use crate::upstream::UpstreamError;
+use crate::wire::GenerateRequest;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::Value;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -156,7 +156,7 @@ async fn call_model(
         "streamGenerateContent" => true,
         // Passed through as the text that came: no tree of a body that
         // spends no quota (a big one would multiply in memory).
-        "countTokens" => return count_tokens(&state, model, body.raw()).await,
+        "countTokens" => return count_tokens(&state, model, body.0).await,
         _ => {
             return ApiError::not_found(format!("method {action:?} is not served")).into_response();
         }
@@ -170,12 +170,13 @@ async fn call_model(
     } else {
         Target::Model(model.to_string())
     };
-    let body: Value = match serde_json::from_slice(&body.0) {
-        Ok(value) => value,
+    // Passed through as the bytes that came, read once without a tree.
+    let request = match GenerateRequest::from_json(body.0) {
+        Ok(request) => request,
         Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
     };
     let job = Job {
-        request: body,
+        request,
         target,
         preferred_key: None,
         max_wait: state.max_wait,
@@ -212,11 +213,7 @@ async fn call_model(
     response
 }
 
-async fn count_tokens(
-    state: &AppState,
-    model: &str,
-    body: &serde_json::value::RawValue,
-) -> Response {
+async fn count_tokens(state: &AppState, model: &str, body: axum::body::Bytes) -> Response {
     let Some(key) = state.next_usable_key() else {
         return no_usable_key();
     };

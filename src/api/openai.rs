@@ -308,7 +308,7 @@ async fn chat(
         Some(m) => Target::Model(m),
     };
     let job = Job {
-        request: gemini,
+        request: crate::wire::GenerateRequest::from_value(&gemini),
         target,
         preferred_key: None,
         max_wait: state.max_wait,

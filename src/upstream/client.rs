@@ -1,7 +1,11 @@
-//! HTTP calls to Gemini: generate, count tokens, list models.
+//! HTTP calls to Gemini: generate, count tokens, list models. Request
+//! bodies go as JSON text (a client's own bytes where it is passed
+//! through), never re-serialised from a tree.
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
+use crate::wire::GenerateRequest;
+use bytes::Bytes;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -63,21 +67,32 @@ impl Upstream {
         format!("{}/{VERSION}/models/{model}:{action}", self.base)
     }
 
+    /// POSTs `body`, JSON text, and reads the JSON answer.
     async fn post(
         &self,
         key: &ApiKey,
         url: String,
-        body: &(impl serde::Serialize + ?Sized),
+        body: impl Into<reqwest::Body>,
     ) -> Result<Value, UpstreamError> {
-        let response = self
-            .http
+        let response = self.send_json(key, url, body).await?;
+        read_json(response).await
+    }
+
+    /// Sends `body`, JSON text, with the key in its header.
+    async fn send_json(
+        &self,
+        key: &ApiKey,
+        url: String,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.http
             .post(url)
             .header("x-goog-api-key", key_header(key))
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
-            .map_err(transport_error)?;
-        read_json(response).await
+            .map_err(transport_error)
     }
 
     /// `:generateContent` with a `GenerateContentRequest` body.
@@ -85,10 +100,10 @@ impl Upstream {
         &self,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<Generated, UpstreamError> {
         let body = self
-            .post(key, self.url(model, "generateContent"), request)
+            .post(key, self.url(model, "generateContent"), request.json())
             .await?;
         Ok(Generated::from_body(body))
     }
@@ -99,19 +114,10 @@ impl Upstream {
         &self,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let response = self
-            .http
-            .post(format!(
-                "{}?alt=sse",
-                self.url(model, "streamGenerateContent")
-            ))
-            .header("x-goog-api-key", key_header(key))
-            .json(request)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let url = format!("{}?alt=sse", self.url(model, "streamGenerateContent"));
+        let response = self.send_json(key, url, request.json()).await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = response.bytes().await.map_err(transport_error)?;
@@ -120,12 +126,13 @@ impl Upstream {
         Ok(response)
     }
 
-    /// `:countTokens` with the caller's own body, answer passed back as is.
+    /// `:countTokens` with the caller's own body (JSON text, passed on as it
+    /// came), answer passed back as is.
     pub async fn count_tokens_raw(
         &self,
         key: &ApiKey,
         model: &str,
-        body: &(impl serde::Serialize + ?Sized),
+        body: Bytes,
     ) -> Result<Value, UpstreamError> {
         self.post(key, self.url(model, "countTokens"), body).await
     }
@@ -147,14 +154,10 @@ impl Upstream {
         &self,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<u64, UpstreamError> {
-        let mut inner = request.clone();
-        inner["model"] = Value::String(format!("models/{model}"));
-        let body = serde_json::json!({ "generateContentRequest": inner });
-        let answer = self
-            .post(key, self.url(model, "countTokens"), &body)
-            .await?;
+        let body = request.count_tokens_body(model);
+        let answer = self.post(key, self.url(model, "countTokens"), body).await?;
         answer["totalTokens"]
             .as_u64()
             .ok_or_else(|| UpstreamError::Transient {
@@ -167,8 +170,9 @@ impl Upstream {
     /// Start-up validates every key with it, and a refusal that names the
     /// key is confirmed with it before the key is taken out.
     pub async fn check_key(&self, key: &ApiKey, model: &str) -> Result<(), UpstreamError> {
-        let probe =
-            serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]});
+        let probe = GenerateRequest::from_value(
+            &serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]}),
+        );
         self.count_tokens(key, model, &probe).await.map(drop)
     }
 
