@@ -262,7 +262,7 @@ async fn launch(
             allowed: settings.guards.cors_origins.clone(),
             loopback_only: settings.bind.ip().is_loopback(),
         },
-        inflight: Budget::new(settings.guards.max_inflight_bytes, settings.max_body_bytes),
+        inflight: Budget::new(settings.guards.max_inflight_bytes),
         request_timeout: settings.guards.request_timeout,
     });
     if settings.api_tokens.is_empty() {

@@ -9,6 +9,7 @@ use common::*;
 use gemini_flux::sim::SimConfig;
 use serde_json::json;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 const FLASH: &str = "gemini-2.5-flash";
 
@@ -52,6 +53,39 @@ async fn body_bytes_held_at_once_stay_within_the_budget() {
         status, 429,
         "admitted again once the first let go (then refused by the quota, not the budget)"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lying_content_length_costs_the_liar_only() {
+    let stack = Stack::start(
+        SimConfig::new(["sim-key-0001"]),
+        quiet_noon(),
+        &[
+            ("FLUX_MODELS", FLASH),
+            ("FLUX_MAX_INFLIGHT_MB", "1"),
+            ("FLUX_TOKEN_COUNT", "local"),
+        ],
+    )
+    .await;
+    // Three clients declare 10 MB bodies each and send 10 bytes: they are
+    // charged the 10 bytes (1 KiB each), not the 10 MB they announced.
+    let mut liars = Vec::new();
+    for _ in 0..3 {
+        let mut liar = tokio::net::TcpStream::connect(stack.svc.addr())
+            .await
+            .unwrap();
+        liar.write_all(
+            b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{\"prompt\":",
+        )
+        .await
+        .unwrap();
+        liars.push(liar);
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // An honest 600 KiB body fits in what is left of the 1 MiB.
+    let (status, _, body) = stack.generate(json!({"prompt": prompt_of(150_000)})).await;
+    assert_eq!(status, 200, "{body}");
+    drop(liars);
 }
 
 /// `VmRSS` or `VmHWM` (peak) of a process, in bytes.
