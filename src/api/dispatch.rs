@@ -311,8 +311,7 @@ enum Attempt<R> {
 /// attempts.
 async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
-    // No slot beyond the request's own deadline is worth waiting for.
-    let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
+    let deadline = clock.now().plus(job.max_wait.min(slot_horizon(state)));
     let estimate = count_tokens(state, &job.request).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
@@ -361,6 +360,15 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
         ),
     )
     .into())
+}
+
+/// How far past a request's arrival a slot is still worth booking: a call
+/// sent later could not finish before `FLUX_REQUEST_TIMEOUT_S` cuts it,
+/// and would spend quota for nothing. So every slot leaves the call
+/// `FLUX_UPSTREAM_TIMEOUT_S`, or half the request timeout if that is less.
+fn slot_horizon(state: &AppState) -> Duration {
+    let margin = state.upstream.timeout().min(state.request_timeout / 2);
+    state.request_timeout.saturating_sub(margin)
 }
 
 /// Books a grant for the job, or says why not (in the surface's terms).

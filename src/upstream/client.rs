@@ -45,6 +45,7 @@ impl Generated {
 pub struct Upstream {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
 
 impl Upstream {
@@ -60,7 +61,13 @@ impl Upstream {
         Upstream {
             http,
             base: base_url.trim_end_matches('/').to_string(),
+            timeout,
         }
+    }
+
+    /// The bound on one call (`FLUX_UPSTREAM_TIMEOUT_S`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn url(&self, model: &str, action: &str) -> String {
