@@ -260,7 +260,6 @@ async fn launch(
         metrics,
         origins: Policy {
             allowed: settings.guards.cors_origins.clone(),
-            loopback_only: settings.bind.ip().is_loopback(),
         },
         inflight: Budget::new(settings.guards.max_inflight_bytes),
         request_timeout: settings.guards.request_timeout,
