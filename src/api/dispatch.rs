@@ -13,7 +13,7 @@ use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::policy::Usage;
 use crate::scheduler::{
-    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Target,
+    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Target,
 };
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
@@ -384,6 +384,7 @@ async fn plan(
         },
         target: job.target.clone(),
         keys: job.keys,
+        priority: Priority::Interactive,
         deadline: deadline.max(clock.now()),
     };
     let planned = state

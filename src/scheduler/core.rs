@@ -9,7 +9,9 @@
 use super::lane::{GrantId, Lane, LaneUsage, WINDOW};
 use crate::clock::{PacificDay, Timestamp};
 pub use crate::keys::{KeyIndex, KeyState};
-use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Resolved, Source, Usage, Window};
+use crate::policy::{
+    Layers, Limits, LimitsOverride, Mode, Quota, Reserve, Resolved, Source, Usage, Window,
+};
 use chrono::NaiveDate;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +45,17 @@ pub enum KeyChoice {
     Only(KeyIndex),
 }
 
+/// Whose call it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// A caller is waiting: book the earliest slot, even a later one.
+    #[default]
+    Interactive,
+    /// Background work (a batch item): booked only for now, never a later
+    /// slot, and only within each window less the interactive reserve.
+    Background,
+}
+
 #[derive(Clone, Debug)]
 pub struct PlanRequest {
     /// What the call will spend: one request (or one per item of a batch of
@@ -50,6 +63,7 @@ pub struct PlanRequest {
     pub cost: Usage,
     pub target: Target,
     pub keys: KeyChoice,
+    pub priority: Priority,
     /// The latest instant the caller accepts; later means "429, retry after".
     pub deadline: Timestamp,
 }
@@ -222,6 +236,8 @@ pub struct Scheduler {
     retired: Vec<Retired>,
     /// The window plus the guard: how long a booking holds capacity.
     span: Duration,
+    /// What background work leaves free for interactive calls.
+    reserve: Reserve,
     changes: Vec<Change>,
 }
 
@@ -246,8 +262,14 @@ impl Scheduler {
             next_grant: 1,
             retired: Vec::new(),
             span: WINDOW + guard,
+            reserve: Reserve::default(),
             changes: Vec::new(),
         }
+    }
+
+    /// Sets what background work leaves free (`FLUX_BATCH_RESERVE`).
+    pub fn set_reserve(&mut self, reserve: Reserve) {
+        self.reserve = reserve;
     }
 
     /// Numbers grants from `first` on (replicas sharing lanes each take
@@ -453,6 +475,12 @@ impl Scheduler {
         let models = self.candidate_models(&request.target)?;
         let usable = self.keys_for(request.keys)?;
         let call = request.cost;
+        let background = request.priority == Priority::Background;
+        let deadline = if background {
+            request.deadline.min(now)
+        } else {
+            request.deadline
+        };
         let day = PacificDay::of(now);
         let today = day.date;
         let mut any_lane_holds_it = false;
@@ -470,6 +498,13 @@ impl Scheduler {
                         continue;
                     }
                     ZeroCheck::Probe(limits) => (limits, true),
+                };
+                // An item too large for the share still goes, when a window is free.
+                let share = limits.less(self.reserve);
+                let limits = if background && share.can_ever_admit(call) {
+                    share
+                } else {
+                    limits
                 };
                 if !limits.can_ever_admit(call) {
                     continue;
@@ -498,11 +533,11 @@ impl Scheduler {
                 continue;
             };
             if let (KeyChoice::Prefer(p), Some(p_at)) = (request.keys, preferred_at)
-                && p_at <= request.deadline
+                && p_at <= deadline
             {
                 (at, key) = (p_at, p);
             }
-            if at > request.deadline {
+            if at > deadline {
                 return Err(PlanError::WaitTooLong {
                     model: model.clone(),
                     at,
