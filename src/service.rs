@@ -24,7 +24,6 @@ use crate::keys::ApiKey;
 use crate::listener;
 use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
-use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
 use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
 use crate::store::redis::masked;
@@ -165,7 +164,7 @@ async fn launch(
         None => crate::metrics::Metrics::default(),
     };
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
-    let recovered = store.recover(clock.now(), WINDOW + settings.guard)?;
+    let recovered = store.recover(clock.now(), Quota::longest_sliding() + settings.guard)?;
     // A fetch accepted less than seven days ago, and the models found with
     // it, are trusted; otherwise discover now and fetch once serving.
     let cache = if settings.policy_fetch {

@@ -415,8 +415,9 @@ mod tests {
             requests: 1,
             input_tokens: 60,
         };
-        assert!(l.admits(Window::Minute, used, Usage::call(40)));
-        assert!(!l.admits(Window::Minute, used, Usage::call(41)));
+        let minute = Window::Sliding(std::time::Duration::from_secs(60));
+        assert!(l.admits(minute, used, Usage::call(40)));
+        assert!(!l.admits(minute, used, Usage::call(41)));
         assert!(l.admits(Window::Day, used, Usage::call(90)));
         assert!(!l.admits(Window::Day, used, Usage::call(91)));
         assert!(l.can_ever_admit(Usage::call(100)));

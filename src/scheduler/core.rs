@@ -6,7 +6,7 @@
 //! through a simulated day in milliseconds. The actor (`super::actor`) is its
 //! only owner in the running service.
 
-use super::lane::{GrantId, Lane, LaneUsage, WINDOW};
+use super::lane::{GrantId, Lane, LaneUsage};
 use crate::clock::{PacificDay, Timestamp};
 pub use crate::keys::{KeyIndex, KeyState};
 use crate::policy::{
@@ -234,8 +234,9 @@ pub struct Scheduler {
     grants: HashMap<GrantId, Grant>,
     next_grant: GrantId,
     retired: Vec<Retired>,
-    /// The window plus the guard: how long a booking holds capacity.
-    span: Duration,
+    /// `FLUX_GUARD_MS`: how much longer than its window a booking holds a
+    /// sliding quota's capacity.
+    guard: Duration,
     /// What background work leaves free for interactive calls.
     reserve: Reserve,
     changes: Vec<Change>,
@@ -261,7 +262,7 @@ impl Scheduler {
             grants: HashMap::new(),
             next_grant: 1,
             retired: Vec::new(),
-            span: WINDOW + guard,
+            guard,
             reserve: Reserve::default(),
             changes: Vec::new(),
         }
@@ -511,11 +512,11 @@ impl Scheduler {
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
-                lane.forget_before(now, today, self.span);
+                lane.forget_before(now, today, self.guard);
                 if !lane.day_admits(limits, today, call) {
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, call, now, day, self.span) else {
+                let Some(at) = lane.earliest(limits, call, now, day, self.guard) else {
                     continue;
                 };
                 if probe {
@@ -805,7 +806,16 @@ impl Scheduler {
             }
         }
         let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
-        let span = self.span;
+        // The longest sliding window among the quotas it names frees it.
+        let sliding = violations
+            .iter()
+            .filter_map(|v| match v.quota.window() {
+                Window::Sliding(length) => Some(length),
+                Window::Day => None,
+            })
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let span = sliding + self.guard;
         let lane = self.lane_mut(grant.key, &grant.model);
         // The day the call counted in is spent; if that day is already over
         // (the answer came after midnight), the new one is untouched.
@@ -816,7 +826,7 @@ impl Scheduler {
             // "0s" on a per-day violation says nothing: the day decides.
             Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
             _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
-            // A per-minute quota with no delay: its window is a minute at most.
+            // A sliding quota with no delay: its window frees it at the latest.
             _ if !per_day => lane.cool_until(now.plus(span)),
             _ => {}
         }
