@@ -11,7 +11,10 @@ use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
-use crate::scheduler::{Booked, Grant, InFlight, PlanError, PlanRequest, Target};
+use crate::policy::Usage;
+use crate::scheduler::{
+    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Target,
+};
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
 use crate::wire::GenerateRequest;
@@ -26,8 +29,9 @@ pub struct Job {
     /// (a native body passed through as it came: never a tree).
     pub request: GenerateRequest,
     pub target: Target,
-    /// 0-based.
-    pub preferred_key: Option<usize>,
+    pub keys: KeyChoice,
+    /// The requests the call counts: 1, or the items of a batch of embeddings.
+    pub requests: u64,
     pub max_wait: Duration,
     /// Re-plan after a 429 or a failure (the seed's `retry`).
     pub retry: bool,
@@ -52,8 +56,7 @@ pub struct Served<R> {
 
 /// How a request was served: what the `x-flux-*` headers and `/generate` report.
 pub struct Meta {
-    /// 0-based.
-    pub key: usize,
+    pub key: KeyIndex,
     pub fingerprint: String,
     pub model: String,
     /// The upstream's count when known, else the estimate.
@@ -384,9 +387,13 @@ async fn plan(
     }
     let clock = state.scheduler.clock();
     let request = PlanRequest {
-        tokens: estimate,
+        cost: Usage {
+            requests: job.requests,
+            input_tokens: estimate,
+        },
         target: job.target.clone(),
-        preferred_key: job.preferred_key,
+        keys: job.keys,
+        priority: Priority::Interactive,
         deadline: deadline.max(clock.now()),
     };
     let planned = state
@@ -416,10 +423,11 @@ async fn one_attempt<E: Exchange>(
             id: call_id,
             at: sent_at,
             key_id: state.key_ids[grant.key].clone(),
-            key_index: grant.key + 1,
+            key_index: grant.key,
             fingerprint: key.fingerprint(),
             model: grant.model.clone(),
             input_tokens: estimate,
+            requests: grant.cost.requests,
         })
         .await;
     let settlement = Settlement {
@@ -447,18 +455,13 @@ async fn one_attempt<E: Exchange>(
         }
     };
     tracing::warn!(
-        key = grant.key + 1,
+        key = %grant.key,
         fingerprint = %key.fingerprint(),
         model = %grant.model,
         "upstream: {}",
         one_line(&state.scrub(&error.to_string()))
     );
-    let reason = format!(
-        "key {} on {}: {}",
-        grant.key + 1,
-        grant.model,
-        error.summary()
-    );
+    let reason = format!("key {} on {}: {}", grant.key, grant.model, error.summary());
     settlement.fail(&error);
     Attempt::Retry {
         reason,
@@ -531,7 +534,7 @@ async fn judge(
                 Err(refused) if refused.is_about_the_key() => Ok(error),
                 Ok(()) => {
                     tracing::info!(
-                        key = grant.key + 1,
+                        key = %grant.key,
                         "a refusal named the key, but the key answers a free call: the request's own"
                     );
                     Err(error)
@@ -601,12 +604,16 @@ fn plan_error(
         message.push_str(&format!(" (after: {})", tried.join("; ")));
     }
     match error {
-        PlanError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message),
+        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+        }
         PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(at.since(now))
         }
-        PlanError::NoUsableKey => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-            .retry_after(Duration::from_secs(60)),
+        PlanError::NoUsableKey | PlanError::KeyOut(..) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .retry_after(Duration::from_secs(60))
+        }
         PlanError::UnknownModel(_) => ApiError::new(unknown_model, message),
         PlanError::NoModelInMode(_) => ApiError::bad_request(message),
         PlanError::SharedStateUnavailable { retry_at, .. } => {
@@ -631,7 +638,7 @@ async fn count_tokens(state: &AppState, request: &GenerateRequest) -> u64 {
         {
             Ok(n) => return n,
             Err(e) => tracing::warn!(
-                key = key + 1,
+                key = %key,
                 "countTokens failed, using the local estimate: {}",
                 state.scrub(&e.to_string())
             ),

@@ -1,22 +1,25 @@
 //! One lane (key, model): its booked calls and the earliest instant a new call
 //! fits under every quota of its [`Limits`] and any cooldown.
 //!
-//! A booking occupies its lane's per-minute capacity from its instant `at`
-//! until `at + span`, where `span` is the upstream's 60-second window plus a
-//! guard (the upstream counts a call when it arrives, a little after we send
-//! it, and jitter can reorder arrivals). A new call `c` (one request, `T`
-//! input tokens) fits at `t` when every window that would contain it stays
-//! within the limit of every quota `q` counted over that window:
+//! A booking occupies a sliding quota's capacity from its instant `at` until
+//! `at + span`, where `span` is the quota's window (60 seconds for Gemini's
+//! per-minute quotas) plus a guard (the upstream counts a call when it
+//! arrives, a little after we send it, and jitter can reorder arrivals). A new call `c` (its [`Usage`]: one
+//! request, or `n` for a batch of `n` embedding items, and `T` input tokens)
+//! fits at `t` when every window that would contain it stays within the
+//! limit of every quota `q` counted over that window:
 //!
 //! ```text
-//!   for every s in [t, t + span):  used_q(s) + c_q <= limit_q   (each per-minute q)
+//!   for every s in [t, t + span_q): used_q(s) + c_q <= limit_q  (each sliding q)
 //!   on the Pacific day of t:       used_q(day) + c_q <= limit_q (each per-day q)
 //! ```
 //!
-//! where `used_q(s)` sums metric `q` over the bookings with `s - span < at <= s`.
+//! where `used_q(s)` sums metric `q` over the bookings with `s - span_q < at <= s`.
 //! The quotas are rows of [`Quota`]; this rule is written once over them. The usage
 //! only rises at a booking's instant, so checking `s = t` and each booked
-//! instant in `(t, t + span)` is enough. Because the check covers windows
+//! instant in `(t, t + span_q)` is enough. Quotas of different window
+//! lengths are met together by moving `t` to the latest instant any one of
+//! them asks for until all agree. Because the check covers windows
 //! *after* `t` too, a small call may be slotted into a gap before calls booked
 //! earlier without delaying any of them (backfilling), and nothing already
 //! granted ever has to move.
@@ -31,8 +34,8 @@ use std::time::Duration;
 /// Identifies a grant for its whole life (plan, wait, send, settle).
 pub type GrantId = u64;
 
-/// The upstream's per-minute window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+/// What `/status` counts as "the last 60 s".
+const LAST_MINUTE: Duration = Duration::from_secs(60);
 
 /// How many gap instants a plan examines before it goes to the end of the
 /// lane's queue. Bounds planning cost when thousands of grants wait; the end
@@ -48,14 +51,8 @@ const MAX_DAYS_AHEAD: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Booking {
     at: Timestamp,
-    tokens: u64,
+    usage: Usage,
     grant: GrantId,
-}
-
-impl Booking {
-    fn usage(&self) -> Usage {
-        Usage::call(self.tokens)
-    }
 }
 
 /// What `/status` shows of a lane at one instant.
@@ -97,6 +94,10 @@ pub struct Lane {
 struct Stored {
     /// (instant in ms, tokens, grant) per booking.
     bookings: Vec<(i64, u64, GrantId)>,
+    /// (grant, requests) of the bookings that count more than one request
+    /// (a batch of embeddings); every other booking is one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    weights: Vec<(GrantId, u64)>,
     /// (days from the common era, requests) per Pacific day.
     per_day: Vec<(i32, u32)>,
     /// (days from the common era, input tokens) per Pacific day.
@@ -117,7 +118,13 @@ impl From<Lane> for Stored {
             bookings: lane
                 .bookings
                 .iter()
-                .map(|b| (b.at.millis(), b.tokens, b.grant))
+                .map(|b| (b.at.millis(), b.usage.input_tokens, b.grant))
+                .collect(),
+            weights: lane
+                .bookings
+                .iter()
+                .filter(|b| b.usage.requests != 1)
+                .map(|b| (b.grant, b.usage.requests))
                 .collect(),
             per_day: lane
                 .per_day
@@ -146,10 +153,16 @@ impl From<Stored> for Lane {
             bookings: s
                 .bookings
                 .into_iter()
-                .map(|(at, tokens, grant)| Booking {
-                    at: Timestamp(at),
-                    tokens,
-                    grant,
+                .map(|(at, tokens, grant)| {
+                    let requests = s.weights.iter().find(|w| w.0 == grant).map_or(1, |w| w.1);
+                    Booking {
+                        at: Timestamp(at),
+                        usage: Usage {
+                            requests,
+                            input_tokens: tokens,
+                        },
+                        grant,
+                    }
                 })
                 .collect(),
             per_day: s
@@ -181,10 +194,9 @@ impl Lane {
         (fresh && self.learned != LimitsOverride::default()).then_some(self.learned)
     }
 
-    /// Whether a call of `tokens` still fits the per-day quotas of `day`.
-    pub fn day_admits(&self, limits: Limits, day: NaiveDate, tokens: u64) -> bool {
-        self.exhausted_day != Some(day)
-            && limits.admits(Window::Day, self.used_on(day), Usage::call(tokens))
+    /// Whether `call` still fits the per-day quotas of `day`.
+    pub fn day_admits(&self, limits: Limits, day: NaiveDate, call: Usage) -> bool {
+        self.exhausted_day != Some(day) && limits.admits(Window::Day, self.used_on(day), call)
     }
 
     pub fn booked_on(&self, day: NaiveDate) -> u32 {
@@ -196,18 +208,18 @@ impl Lane {
         self.per_day.get(&day).copied().unwrap_or_default()
     }
 
-    /// The earliest instant at or after `from` when `tokens` fit, or `None` if
-    /// they never can (more than a quota allows even when empty, or no day
+    /// The earliest instant at or after `from` when `call` fits, or `None` if
+    /// it never can (more than a quota allows even when empty, or no day
     /// left within the horizon). `today` is the Pacific day of `from`.
     pub fn earliest(
         &self,
         limits: Limits,
-        tokens: u64,
+        call: Usage,
         from: Timestamp,
         today: PacificDay,
-        span: Duration,
+        guard: Duration,
     ) -> Option<Timestamp> {
-        if !limits.can_ever_admit(tokens) {
+        if !limits.can_ever_admit(call) {
             return None;
         }
         let (mut from, mut day) = (from, today);
@@ -216,8 +228,8 @@ impl Lane {
             day = PacificDay::of(from);
         }
         for _ in 0..MAX_DAYS_AHEAD {
-            if self.day_admits(limits, day.date, tokens) {
-                let t = self.earliest_in_window(limits, tokens, from, span);
+            if self.day_admits(limits, day.date, call) {
+                let t = self.earliest_in_sliding_windows(limits, call, from, guard);
                 if t < day.ends {
                     return Some(t);
                 }
@@ -228,7 +240,32 @@ impl Lane {
         None
     }
 
-    /// The earliest instant at or after `from` that fits the per-minute limits.
+    /// The earliest instant at or after `from` that fits every sliding
+    /// quota: each window length in turn moves `t` to the earliest instant it
+    /// admits, until none moves it (an instant one length refuses can never
+    /// be the answer, so none is skipped).
+    fn earliest_in_sliding_windows(
+        &self,
+        limits: Limits,
+        call: Usage,
+        from: Timestamp,
+        guard: Duration,
+    ) -> Timestamp {
+        let lengths = Quota::sliding_lengths();
+        let mut t = from;
+        loop {
+            let before = t;
+            for &length in &lengths {
+                t = self.earliest_in_window(limits, call, t, length, length + guard);
+            }
+            if t == before {
+                return t;
+            }
+        }
+    }
+
+    /// The earliest instant at or after `from` that fits the quotas that
+    /// slide over `length` (each booking holding them for `span`).
     ///
     /// Fitting can only begin at `from`, at a booking's instant or at the end
     /// of a booking's span; those candidates are walked in order without
@@ -238,8 +275,9 @@ impl Lane {
     fn earliest_in_window(
         &self,
         limits: Limits,
-        tokens: u64,
+        call: Usage,
         from: Timestamp,
+        length: Duration,
         span: Duration,
     ) -> Timestamp {
         let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
@@ -259,7 +297,7 @@ impl Lane {
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, tokens, t, span) {
+            match self.refusing_window(limits, call, t, length, span) {
                 None => return t,
                 Some(s) => {
                     examined += 1;
@@ -270,18 +308,18 @@ impl Lane {
         }
     }
 
-    /// `None` if `tokens` fit at `t`; else the end of the latest window that
+    /// `None` if `call` fits at `t`; else the end of the latest window that
     /// would go over (at least `t`).
     fn refusing_window(
         &self,
         limits: Limits,
-        tokens: u64,
+        call: Usage,
         t: Timestamp,
+        length: Duration,
         span: Duration,
     ) -> Option<Timestamp> {
-        let call = Usage::call(tokens);
-        let over =
-            |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span), call);
+        let window = Window::Sliding(length);
+        let over = |s: Timestamp| !limits.admits(window, self.usage_ending_at(s, span), call);
         let after = self.bookings.partition_point(|b| b.at <= t);
         let later = self.bookings[after..]
             .iter()
@@ -296,30 +334,27 @@ impl Lane {
     fn usage_ending_at(&self, s: Timestamp, span: Duration) -> Usage {
         let lo = self.bookings.partition_point(|b| b.at.plus(span) <= s);
         let hi = self.bookings.partition_point(|b| b.at <= s);
-        self.bookings[lo..hi.max(lo)]
-            .iter()
-            .map(Booking::usage)
-            .sum()
+        self.bookings[lo..hi.max(lo)].iter().map(|b| b.usage).sum()
     }
 
-    pub fn book(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
+    pub fn book(&mut self, grant: GrantId, at: Timestamp, usage: Usage) {
         let i = self
             .bookings
             .partition_point(|b| (b.at, b.grant) < (at, grant));
-        self.bookings.insert(i, Booking { at, tokens, grant });
+        self.bookings.insert(i, Booking { at, usage, grant });
         let day = self.per_day.entry(at.pacific_day()).or_default();
-        *day = *day + Usage::call(tokens);
+        *day = *day + usage;
     }
 
     /// Puts back a call a previous run made (from the state store): it fills
     /// the window like a booking; its day is counted by [`Lane::restore_day`].
-    pub fn restore_call(&mut self, at: Timestamp, tokens: u64) {
+    pub fn restore_call(&mut self, at: Timestamp, usage: Usage) {
         let i = self.bookings.partition_point(|b| b.at <= at);
         self.bookings.insert(
             i,
             Booking {
                 at,
-                tokens,
+                usage,
                 grant: 0,
             },
         );
@@ -349,7 +384,7 @@ impl Lane {
     /// still there and in its day whatever the window has forgotten.
     pub fn keep(&mut self, grant: GrantId, at: Timestamp, estimate: u64, tokens: u64) {
         if let Some(b) = self.find(grant, at) {
-            self.bookings[b].tokens = tokens;
+            self.bookings[b].usage.input_tokens = tokens;
         }
         if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
             day.input_tokens = (day.input_tokens + tokens).saturating_sub(estimate);
@@ -361,7 +396,7 @@ impl Lane {
         if let Some(b) = self.find(grant, at) {
             let booking = self.bookings.remove(b);
             if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
-                *day = *day - booking.usage();
+                *day = *day - booking.usage;
             }
         }
     }
@@ -453,9 +488,10 @@ impl Lane {
         }
     }
 
-    /// Drops what can no longer affect any decision: bookings whose span ended
-    /// before `now`, day counts of past days.
-    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, span: Duration) {
+    /// Drops what can no longer affect any decision: bookings whose longest
+    /// span ended before `now`, day counts of past days.
+    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, guard: Duration) {
+        let span = Quota::longest_sliding() + guard;
         let gone = self.bookings.partition_point(|b| b.at.plus(span) <= now);
         self.bookings.drain(..gone);
         if self
@@ -468,7 +504,7 @@ impl Lane {
     }
 
     pub fn usage(&self, now: Timestamp) -> LaneUsage {
-        let minute = self.usage_ending_at(now, WINDOW);
+        let minute = self.usage_ending_at(now, LAST_MINUTE);
         let today = self.used_on(now.pacific_day());
         LaneUsage {
             tokens_last_60s: minute.input_tokens,
@@ -486,7 +522,8 @@ impl Lane {
 mod tests {
     use super::*;
 
-    const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
+    const GUARD: Duration = Duration::from_millis(250);
+    const SPAN: Duration = Duration::from_secs(60).saturating_add(GUARD);
     const FLASH: Limits = Limits {
         rpm: 10,
         tpm: 250_000,
@@ -498,7 +535,7 @@ mod tests {
     fn lane_with(bookings: &[(i64, u64)]) -> Lane {
         let mut lane = Lane::default();
         for (i, &(offset, tokens)) in bookings.iter().enumerate() {
-            lane.book(i as GrantId, T0.plus_millis(offset), tokens);
+            lane.book(i as GrantId, T0.plus_millis(offset), Usage::call(tokens));
         }
         lane
     }
@@ -509,10 +546,10 @@ mod tests {
         let t = lane
             .earliest(
                 FLASH,
-                100_000,
+                Usage::call(100_000),
                 T0.plus_millis(10_000),
                 PacificDay::of(T0),
-                SPAN,
+                GUARD,
             )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN));
@@ -523,12 +560,12 @@ mod tests {
         // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
         let lane = lane_with(&[(30_000, 200_000)]);
         assert_eq!(
-            lane.earliest(FLASH, 40_000, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), GUARD),
             Some(T0)
         );
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
-            lane.earliest(FLASH, 60_000, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), GUARD),
             Some(T0.plus_millis(30_000).plus(SPAN))
         );
     }
@@ -537,7 +574,13 @@ mod tests {
     fn rpm_binds_before_tpm_for_small_calls() {
         let lane = lane_with(&(0..10).map(|i| (i * 1_000, 100)).collect::<Vec<_>>());
         let t = lane
-            .earliest(FLASH, 100, T0.plus_millis(10_000), PacificDay::of(T0), SPAN)
+            .earliest(
+                FLASH,
+                Usage::call(100),
+                T0.plus_millis(10_000),
+                PacificDay::of(T0),
+                GUARD,
+            )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN), "the first call's span must end");
     }
@@ -547,12 +590,12 @@ mod tests {
         let mut lane = Lane::default();
         lane.cool_until(T0.plus_millis(39_000));
         assert_eq!(
-            lane.earliest(FLASH, 1, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
             Some(T0.plus_millis(39_000))
         );
         lane.exhaust_day(T0.pacific_day());
         assert_eq!(
-            lane.earliest(FLASH, 1, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
             Some(T0.next_pacific_midnight())
         );
     }
@@ -560,7 +603,7 @@ mod tests {
     #[test]
     fn a_call_larger_than_the_tpm_never_fits() {
         assert_eq!(
-            Lane::default().earliest(FLASH, 250_001, T0, PacificDay::of(T0), SPAN),
+            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), GUARD),
             None
         );
     }
@@ -572,7 +615,7 @@ mod tests {
         lane.release(0, T0);
         assert_eq!(lane.booked_on(T0.pacific_day()), 0);
         assert_eq!(
-            lane.earliest(FLASH, 250_000, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), GUARD),
             Some(T0)
         );
     }

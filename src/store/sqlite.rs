@@ -45,13 +45,25 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: learned input tokens per Pacific day.
     "ALTER TABLE learned_limits ADD COLUMN tpd INTEGER;",
+    // 4: the requests a call counts (a batch of embeddings counts one per item).
+    "ALTER TABLE calls ADD COLUMN requests INTEGER NOT NULL DEFAULT 1;",
 ];
 
-/// Calls are kept this long (for the dashboard's history), then pruned.
-const KEEP_CALLS: Duration = Duration::from_secs(8 * 86_400);
+/// Calls are kept this long, then pruned: recovery needs the last minute and
+/// the current Pacific day (at most 25 hours), the dashboard the last hour.
+const KEEP_CALLS: Duration = Duration::from_secs(2 * 86_400);
 
-/// How often the WAL is folded back into the database file.
+/// How often the WAL is folded back into the database file, and old calls
+/// pruned.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The WAL is truncated back to this size whenever a checkpoint has folded
+/// all of it, so a long-lived instance's state file stays bounded.
+const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Old calls are deleted this many at a time, so that pruning never holds
+/// the write lock long enough to stall a request's "sent" record.
+const PRUNE_CHUNK: i64 = 2_000;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -127,6 +139,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
+            .and_then(|_| conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES))
             .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
             .map_err(|e| unusable(format!("cannot configure it ({e})"), not_a_db))?;
         let mut store = SqliteStore {
@@ -156,9 +169,9 @@ impl SqliteStore {
     }
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own
-/// (a passive checkpoint never blocks the writer), and once more on the way
-/// out, until the returned sender is dropped.
+/// Prunes old calls and checkpoints the WAL every [`CHECKPOINT_EVERY`] on a
+/// connection of its own (a passive checkpoint never blocks the writer), and
+/// once more on the way out, until the returned sender is dropped.
 fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = path.to_path_buf();
@@ -168,7 +181,12 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
             let Ok(conn) = Connection::open(&path) else {
                 return;
             };
+            let _ = conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES);
+            let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
             let checkpoint = || {
+                if let Err(e) = prune_old_calls(&conn) {
+                    tracing::warn!("state store pruning failed: {e}");
+                }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!("state store checkpoint failed: {e}");
                 }
@@ -184,6 +202,27 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
         tracing::warn!("no checkpoint thread ({e}); the WAL will grow until restart");
     }
     stop
+}
+
+/// Deletes the calls older than [`KEEP_CALLS`] before the newest one, in
+/// chunks of [`PRUNE_CHUNK`]. Measured from the newest call rather than a
+/// clock, so a store restored from elsewhere, or a test's virtual day, never
+/// loses the calls it is about to need.
+fn prune_old_calls(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut pruned = 0;
+    loop {
+        let n = conn.execute(
+            "DELETE FROM calls WHERE id IN (
+                 SELECT id FROM calls
+                 WHERE at_ms < (SELECT max(at_ms) FROM calls) - ?1
+                 LIMIT ?2)",
+            params![KEEP_CALLS.as_millis() as i64, PRUNE_CHUNK],
+        )?;
+        pruned += n;
+        if n < PRUNE_CHUNK as usize {
+            return Ok(pruned);
+        }
+    }
 }
 
 fn counted_list() -> String {
@@ -253,7 +292,7 @@ impl Store for SqliteStore {
 
         let mut recent = c
             .prepare(&format!(
-                "SELECT key_id, model, at_ms, input_tokens FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
+                "SELECT key_id, model, at_ms, input_tokens, requests FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
             ))
             .map_err(write_error)?;
         let recent_calls = recent
@@ -263,6 +302,7 @@ impl Store for SqliteStore {
                     model: r.get(1)?,
                     at: Timestamp(r.get(2)?),
                     input_tokens: r.get::<_, i64>(3)? as u64,
+                    requests: r.get::<_, i64>(4)? as u64,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -271,7 +311,7 @@ impl Store for SqliteStore {
         let today = now.pacific_day().to_string();
         let mut days = c
             .prepare(&format!(
-                "SELECT key_id, model, pacific_day, count(*), sum(input_tokens) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
+                "SELECT key_id, model, pacific_day, sum(requests), sum(input_tokens) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
             ))
             .map_err(write_error)?;
         let day_counts = days
@@ -380,10 +420,10 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction().map_err(write_error)?;
         for record in batch {
             match record {
-                Record::CallSent { id, at, key_id, key_index, fingerprint, model, input_tokens } => tx.execute(
-                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sent')",
-                    params![id, at.millis(), at.pacific_day().to_string(), key_id, *key_index as i64, fingerprint, model, *input_tokens as i64],
+                Record::CallSent { id, at, key_id, key_index, fingerprint, model, input_tokens, requests } => tx.execute(
+                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, requests, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'sent')",
+                    params![id, at.millis(), at.pacific_day().to_string(), key_id, key_index.one_based() as i64, fingerprint, model, *input_tokens as i64, *requests as i64],
                 ),
                 Record::CallSettled { id, outcome, input_tokens, output_tokens, latency_ms } => tx.execute(
                     "UPDATE calls SET outcome = ?2, input_tokens = ?3, output_tokens = ?4, latency_ms = ?5 WHERE id = ?1",
@@ -437,15 +477,48 @@ mod tests {
     }
 
     fn sent(id: i64, at: Timestamp, tokens: u64) -> Record {
+        batch(id, at, tokens, 1)
+    }
+
+    /// A call that counts `requests` (a batch of embeddings).
+    fn batch(id: i64, at: Timestamp, tokens: u64, requests: u64) -> Record {
         Record::CallSent {
             id,
             at,
             key_id: "k1".into(),
-            key_index: 1,
+            key_index: crate::keys::KeyIndex::new(0),
             fingerprint: "…0001".into(),
             model: "gemini-2.5-flash".into(),
             input_tokens: tokens,
+            requests,
         }
+    }
+
+    #[test]
+    fn a_long_lived_store_prunes_in_chunks_and_bounds_its_wal() {
+        let path = temp_path("prune");
+        let mut store = SqliteStore::open(&path).unwrap();
+        // 10,000 calls, one every 26 s over three days before NOON.
+        let at = |i: i64| NOON.plus_millis(-(10_000 - i) * 26_000);
+        let calls: Vec<Record> = (0..10_000).map(|i| sent(i, at(i), 10)).collect();
+        store.apply(&calls).unwrap();
+        let count = |s: &SqliteStore| -> i64 {
+            s.conn
+                .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+                .unwrap()
+        };
+        let pruned = prune_old_calls(&store.conn).unwrap();
+        let kept = (0..10_000)
+            .filter(|&i| at(i) >= at(9_999).minus(KEEP_CALLS))
+            .count() as i64;
+        assert_eq!((pruned as i64, count(&store)), (10_000 - kept, kept));
+        assert!(pruned as i64 > PRUNE_CHUNK, "pruned in several chunks");
+        assert_eq!(prune_old_calls(&store.conn).unwrap(), 0);
+        let limit: i64 = store
+            .conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, WAL_LIMIT_BYTES);
     }
 
     #[test]
@@ -455,7 +528,7 @@ mod tests {
         store
             .apply(&[
                 sent(1, NOON.plus_millis(-120_000), 10),
-                sent(2, NOON.plus_millis(-30_000), 20),
+                batch(2, NOON.plus_millis(-30_000), 20, 3),
                 sent(3, NOON.plus_millis(-10_000), 30),
                 sent(4, NOON.plus_millis(-5_000), 40),
                 Record::CallSettled {
@@ -517,7 +590,10 @@ mod tests {
             1,
             "the 429'd call, the one that never reached the upstream and the old one are not in the window"
         );
-        assert_eq!(r.recent_calls[0].input_tokens, 25);
+        assert_eq!(
+            (r.recent_calls[0].input_tokens, r.recent_calls[0].requests),
+            (25, 3)
+        );
         assert_eq!(
             r.day_counts,
             vec![(
@@ -525,7 +601,7 @@ mod tests {
                 "gemini-2.5-flash".into(),
                 NOON.pacific_day(),
                 Usage {
-                    requests: 2,
+                    requests: 4,
                     input_tokens: 35
                 }
             )]
