@@ -188,51 +188,71 @@ async fn read_answer(reader: &mut OwnedReadHalf) -> (u16, serde_json::Value) {
     }
 }
 
-/// Writes `chunk` bytes of `body` every `every` until it is all sent or
-/// the service closes the connection; never returns before that.
-async fn drip(writer: &mut OwnedWriteHalf, body: &[u8], chunk: usize, every: Duration) {
-    for piece in body.chunks(chunk) {
-        if writer.write_all(piece).await.is_err() {
-            break;
+/// `POST /mode` with a body of `length` bytes, sent `chunk` bytes at a
+/// time, the first `first` after the header and the others `every` apart:
+/// the answer (bounded: 20 virtual minutes), and how long after the header
+/// it came.
+async fn dripped(
+    stack: &Stack,
+    length: usize,
+    first: Duration,
+    chunk: usize,
+    every: Duration,
+) -> (u16, serde_json::Value, Duration) {
+    let (mut reader, mut writer) = sent_header(stack, &mode_head(length)).await;
+    let sent = Instant::now();
+    let body = mode_body(length);
+    let dripping = async {
+        tokio::time::sleep(first).await;
+        for piece in body.chunks(chunk) {
+            if writer.write_all(piece).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(every).await;
         }
-        tokio::time::sleep(every).await;
-    }
-    std::future::pending::<()>().await;
+        std::future::pending::<()>().await;
+    };
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(1200), async {
+        tokio::select! {
+            answer = read_answer(&mut reader) => answer,
+            _ = dripping => unreachable!(),
+        }
+    })
+    .await
+    .expect("answered, not held for ever");
+    (status, answer, sent.elapsed())
+}
+
+/// `took` is `at`, to the millisecond.
+fn assert_cut_at(took: Duration, at: Duration) {
+    assert!(
+        (at..at + Duration::from_millis(1)).contains(&took),
+        "cut off at {took:?}, not {at:?}"
+    );
+}
+
+/// The message of a 408.
+fn message(answer: &serde_json::Value) -> &str {
+    answer["error"]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_body_dripped_a_byte_every_29_s_is_cut_at_its_whole_deadline() {
     let stack = stack(&[]).await;
-    let (mut reader, mut writer) = sent_header(&stack, &mode_head(100)).await;
-    let sent = Instant::now();
     // Each byte comes before the 30 s pause runs out: only the deadline
     // of the whole body can end it.
-    let (status, body) = tokio::time::timeout(Duration::from_secs(600), async {
-        tokio::select! {
-            answer = read_answer(&mut reader) => answer,
-            _ = async {
-                tokio::time::sleep(Duration::from_secs(29)).await;
-                drip(&mut writer, &mode_body(100), 1, Duration::from_secs(29)).await
-            } => unreachable!(),
-        }
-    })
-    .await
-    .expect("cut off, not held for ever");
-    let took = sent.elapsed();
+    let second = Duration::from_secs(29);
+    let (status, answer, took) = dripped(&stack, 100, second, 1, second).await;
     // One byte came: it buys 1/32768 s past the 30 s floor.
-    let deadline = HEADER_TIMEOUT + Duration::from_nanos(1_000_000_000 / MIN_BODY_RATE);
-    assert!(
-        (deadline..deadline + Duration::from_millis(1)).contains(&took),
-        "cut off at {took:?}"
+    assert_cut_at(
+        took,
+        HEADER_TIMEOUT + Duration::from_nanos(1_000_000_000 / MIN_BODY_RATE),
     );
-    assert_eq!(status, 408, "{body}");
-    assert_eq!(body["error"]["status"], "DEADLINE_EXCEEDED");
+    assert_eq!(status, 408, "{answer}");
+    assert_eq!(answer["error"]["status"], "DEADLINE_EXCEEDED");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("the request body arrived too slowly: 1 bytes came in 30 s"),
-        "{body}"
+        message(&answer).starts_with("the request body arrived too slowly: 1 bytes came in 30 s"),
+        "{answer}"
     );
     assert_eq!(
         stack.get("/mode").await.1["mode"],
@@ -246,21 +266,12 @@ async fn a_body_that_stops_for_30_s_is_cut_however_much_time_it_has_left() {
     let stack = stack(&[]).await;
     // 1 MiB at once would have 62 s for the whole; it stops 10 bytes short.
     let length = 1024 * 1024;
-    let (mut reader, mut writer) = sent_header(&stack, &mode_head(length)).await;
-    writer
-        .write_all(&mode_body(length)[..length - 10])
-        .await
-        .unwrap();
-    let sent = Instant::now();
-    let (status, body) = read_answer(&mut reader).await;
-    let took = sent.elapsed();
-    assert!(
-        (HEADER_TIMEOUT..HEADER_TIMEOUT + Duration::from_millis(1)).contains(&took),
-        "cut off at {took:?}"
-    );
-    assert_eq!(status, 408, "{body}");
+    let hour = Duration::from_secs(3600);
+    let (status, answer, took) = dripped(&stack, length, Duration::ZERO, length - 10, hour).await;
+    assert_cut_at(took, HEADER_TIMEOUT);
+    assert_eq!(status, 408, "{answer}");
     assert_eq!(
-        body["error"]["message"],
+        message(&answer),
         "the request body stopped arriving for 30 s"
     );
 }
@@ -268,39 +279,26 @@ async fn a_body_that_stops_for_30_s_is_cut_however_much_time_it_has_left() {
 #[tokio::test(start_paused = true)]
 async fn a_body_may_take_30_s_plus_its_size_at_32_kib_a_second() {
     let stack = stack(&[]).await;
+    let pace = |length| {
+        dripped(
+            &stack,
+            length,
+            Duration::ZERO,
+            25 * 1024,
+            Duration::from_secs(1),
+        )
+    };
     // 25 KiB a second, slower than 32 KiB/s: a body of 1 MiB is whole
     // after 41 s, within its 62 s.
-    let small = 1024 * 1024;
-    let (mut reader, mut writer) = sent_header(&stack, &mode_head(small)).await;
-    let body = mode_body(small);
-    let (status, answer) = tokio::select! {
-        answer = read_answer(&mut reader) => answer,
-        _ = drip(&mut writer, &body, 25 * 1024, Duration::from_secs(1)) => unreachable!(),
-    };
+    let (status, answer, _) = pace(1024 * 1024).await;
     assert_eq!((status, &answer["mode"]), (200, &json!("both")), "{answer}");
-
     // At that pace a 4 MiB body falls behind: after the 138th piece (at
     // 137 s) 3,450 KiB have come, which may take 30 s + 107.8125 s.
-    let large = 4 * 1024 * 1024;
-    let (mut reader, mut writer) = sent_header(&stack, &mode_head(large)).await;
-    let sent = Instant::now();
-    let body = mode_body(large);
-    let (status, answer) = tokio::select! {
-        answer = read_answer(&mut reader) => answer,
-        _ = drip(&mut writer, &body, 25 * 1024, Duration::from_secs(1)) => unreachable!(),
-    };
-    let took = sent.elapsed();
-    let deadline = Duration::from_micros(137_812_500);
-    assert!(
-        (deadline..deadline + Duration::from_millis(1)).contains(&took),
-        "cut off at {took:?}"
-    );
+    let (status, answer, took) = pace(4 * 1024 * 1024).await;
+    assert_cut_at(took, Duration::from_micros(137_812_500));
     assert_eq!(status, 408, "{answer}");
     assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("{} bytes came in 137 s", 138 * 25 * 1024)),
+        message(&answer).contains(&format!("{} bytes came in 137 s", 138 * 25 * 1024)),
         "{answer}"
     );
 }

@@ -156,61 +156,37 @@ mod tests {
             allowed: Allowed::parse("https://App.example.com:443, http://tools.local:3000")
                 .unwrap(),
         };
-        assert_eq!(
-            verdict(&policy, "http://127.0.0.1:8000", "127.0.0.1:8000"),
-            "own"
-        );
-        assert_eq!(
-            verdict(&policy, "http://localhost:8000", "localhost:8000"),
-            "own"
-        );
-        assert_eq!(
-            verdict(&policy, "https://app.example.com", "127.0.0.1:8000"),
-            "listed"
-        );
-        assert_eq!(
-            verdict(&policy, "http://tools.local:3000", "127.0.0.1:8000"),
-            "listed"
-        );
-        assert_eq!(
-            verdict(&policy, "https://evil.example", "127.0.0.1:8000"),
-            "foreign"
-        );
-        assert_eq!(verdict(&policy, "null", "127.0.0.1:8000"), "foreign");
-        assert_eq!(
-            verdict(&policy, "http://127.0.0.1:8001", "127.0.0.1:8000"),
-            "foreign"
-        );
-        assert_eq!(verdict(&policy, "http://[::1]:8000", "[::1]:8000"), "own");
-        // Reached at an address on the network (a bind on 0.0.0.0).
-        assert_eq!(
-            verdict(&policy, "http://10.1.2.3:8000", "10.1.2.3:8000"),
-            "own"
-        );
-        assert_eq!(
-            verdict(&policy, "https://10.1.2.3:8443", "10.1.2.3:8443"),
-            "own"
-        );
-        // DNS rebinding: a page at evil.example whose name now resolves to
-        // the service sends an Origin and a Host that agree.
-        assert_eq!(
-            verdict(&policy, "http://evil.example:8000", "evil.example:8000"),
-            "foreign",
-            "a name that agrees with Host is not the service's own"
-        );
-        assert_eq!(
-            verdict(
-                &policy,
+        // (Origin, Host, verdict)
+        let cases = [
+            ("http://127.0.0.1:8000", "127.0.0.1:8000", "own"),
+            ("http://localhost:8000", "localhost:8000", "own"),
+            ("http://[::1]:8000", "[::1]:8000", "own"),
+            // Reached at an address on the network (a bind on 0.0.0.0).
+            ("http://10.1.2.3:8000", "10.1.2.3:8000", "own"),
+            ("https://10.1.2.3:8443", "10.1.2.3:8443", "own"),
+            ("https://app.example.com", "127.0.0.1:8000", "listed"),
+            ("http://tools.local:3000", "127.0.0.1:8000", "listed"),
+            // A name the operator serves the dashboard under is listed.
+            ("http://tools.local:3000", "tools.local:3000", "listed"),
+            ("https://evil.example", "127.0.0.1:8000", "foreign"),
+            ("null", "127.0.0.1:8000", "foreign"),
+            ("http://127.0.0.1:8001", "127.0.0.1:8000", "foreign"),
+            // DNS rebinding: a page at evil.example whose name now resolves
+            // to the service sends an Origin and a Host that agree.
+            ("http://evil.example:8000", "evil.example:8000", "foreign"),
+            (
                 "http://localhost.evil.example:8000",
-                "localhost.evil.example:8000"
+                "localhost.evil.example:8000",
+                "foreign",
             ),
-            "foreign"
-        );
-        // A name the operator serves the dashboard under is listed.
-        assert_eq!(
-            verdict(&policy, "http://tools.local:3000", "tools.local:3000"),
-            "listed"
-        );
+        ];
+        for (origin, host, expected) in cases {
+            assert_eq!(
+                verdict(&policy, origin, host),
+                expected,
+                "{origin} at {host}"
+            );
+        }
     }
 
     #[test]

@@ -77,41 +77,80 @@ impl Tally {
     }
 }
 
-/// A `Visitor` that accepts every JSON scalar and ignores it, so only the
-/// shapes that count need a method; `$expecting` is what it reads.
-macro_rules! ignores_scalars {
-    ($expecting:literal) => {
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str($expecting)
-        }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-    };
+/// How one kind of value counts, by its shape: a string, a list or an
+/// object; a shape it does not name (and every number, boolean or null)
+/// counts as nothing. [`ByShape`] walks a value with it.
+trait Shape: Copy {
+    type Count: Default;
+
+    fn string(self, _text: &str) -> Self::Count {
+        Self::Count::default()
+    }
+
+    fn list<'de, A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Count, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::Count::default())
+    }
+
+    fn object<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Count, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::Count::default())
+    }
 }
 
-/// Drains a sequence nobody counts.
-fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
+/// A [`Shape`] as serde's seed and visitor.
+#[derive(Clone, Copy)]
+struct ByShape<S>(S);
+
+impl<'de, S: Shape> DeserializeSeed<'de> for ByShape<S> {
+    type Value = S::Count;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Count, D::Error> {
+        d.deserialize_any(self)
+    }
 }
 
-/// Drains a map nobody counts.
-fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
+impl<'de, S: Shape> Visitor<'de> for ByShape<S> {
+    type Value = S::Count;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<S::Count, E> {
+        Ok(S::Count::default())
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<S::Count, E> {
+        Ok(S::Count::default())
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<S::Count, E> {
+        Ok(S::Count::default())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<S::Count, E> {
+        Ok(S::Count::default())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<S::Count, E> {
+        Ok(S::Count::default())
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<S::Count, E> {
+        Ok(self.0.string(text))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<S::Count, A::Error> {
+        self.0.list(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<S::Count, A::Error> {
+        self.0.object(map)
+    }
+}
+
+/// Adds up a list whose every element `shape` counts.
+fn sum<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    shape: impl Shape<Count = Tally>,
+) -> Result<Tally, A::Error> {
+    let mut tally = Tally::default();
+    while let Some(one) = seq.next_element_seed(ByShape(shape))? {
+        tally.add(one);
+    }
+    Ok(tally)
 }
 
 /// The member names that matter, read without copying a name.
@@ -171,9 +210,11 @@ impl<'de> Visitor<'de> for RequestVisitor {
         while let Some(name) = map.next_key::<Name>()? {
             empty = false;
             match name {
-                Name::Contents => contents.add(map.next_value_seed(Contents)?),
-                Name::SystemInstruction => camel = Some(map.next_value_seed(Content)?),
-                Name::SystemInstructionSnake => snake = Some(map.next_value_seed(Content)?),
+                Name::Contents => contents.add(map.next_value_seed(ByShape(Contents))?),
+                Name::SystemInstruction => camel = Some(map.next_value_seed(ByShape(Content))?),
+                Name::SystemInstructionSnake => {
+                    snake = Some(map.next_value_seed(ByShape(Content))?)
+                }
                 other => {
                     names_model |= other == Name::Model;
                     map.next_value::<IgnoredAny>()?;
@@ -193,31 +234,19 @@ impl<'de> Visitor<'de> for RequestVisitor {
 #[derive(Clone, Copy)]
 struct Contents;
 
-impl<'de> DeserializeSeed<'de> for Contents {
-    type Value = Tally;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tally, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+impl Shape for Contents {
+    type Count = Tally;
 
-impl<'de> Visitor<'de> for Contents {
-    type Value = Tally;
-    ignores_scalars!("contents");
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tally, A::Error> {
-        let mut tally = Tally::default();
-        while let Some(one) = seq.next_element_seed(Content)? {
-            tally.add(one);
-        }
-        Ok(tally)
+    fn string(self, text: &str) -> Tally {
+        Content.string(text)
     }
 
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Tally, E> {
-        Content.visit_str(text)
+    fn list<'de, A: SeqAccess<'de>>(self, seq: A) -> Result<Tally, A::Error> {
+        sum(seq, Content)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Tally, A::Error> {
-        Content.visit_map(map)
+    fn object<'de, A: MapAccess<'de>>(self, map: A) -> Result<Tally, A::Error> {
+        Content.object(map)
     }
 }
 
@@ -226,34 +255,22 @@ impl<'de> Visitor<'de> for Contents {
 #[derive(Clone, Copy)]
 struct Content;
 
-impl<'de> DeserializeSeed<'de> for Content {
-    type Value = Tally;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tally, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+impl Shape for Content {
+    type Count = Tally;
 
-impl<'de> Visitor<'de> for Content {
-    type Value = Tally;
-    ignores_scalars!("a content");
-
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Tally, E> {
-        Ok(Tally {
+    fn string(self, text: &str) -> Tally {
+        Tally {
             chars: text.chars().count() as u64,
             inline_parts: 0,
-        })
+        }
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Tally, A::Error> {
-        skip_seq(seq).map(|()| Tally::default())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tally, A::Error> {
+    fn object<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Tally, A::Error> {
         let mut parts = None;
         let mut as_part = Tally::default();
         while let Some(name) = map.next_key::<Name>()? {
             match name {
-                Name::Parts => parts = map.next_value_seed(Parts)?.or(parts),
+                Name::Parts => parts = map.next_value_seed(ByShape(Parts))?.or(parts),
                 other => as_part.add(map.next_value_seed(Member(other))?),
             }
         }
@@ -265,31 +282,11 @@ impl<'de> Visitor<'de> for Content {
 #[derive(Clone, Copy)]
 struct Parts;
 
-impl<'de> DeserializeSeed<'de> for Parts {
-    type Value = Option<Tally>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Tally>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+impl Shape for Parts {
+    type Count = Option<Tally>;
 
-impl<'de> Visitor<'de> for Parts {
-    type Value = Option<Tally>;
-    ignores_scalars!("parts");
-
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Option<Tally>, E> {
-        Ok(None)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Tally>, A::Error> {
-        let mut tally = Tally::default();
-        while let Some(one) = seq.next_element_seed(Part)? {
-            tally.add(one);
-        }
-        Ok(Some(tally))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<Tally>, A::Error> {
-        skip_map(map).map(|()| None)
+    fn list<'de, A: SeqAccess<'de>>(self, seq: A) -> Result<Option<Tally>, A::Error> {
+        sum(seq, Part).map(Some)
     }
 }
 
@@ -297,26 +294,10 @@ impl<'de> Visitor<'de> for Parts {
 #[derive(Clone, Copy)]
 struct Part;
 
-impl<'de> DeserializeSeed<'de> for Part {
-    type Value = Tally;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tally, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+impl Shape for Part {
+    type Count = Tally;
 
-impl<'de> Visitor<'de> for Part {
-    type Value = Tally;
-    ignores_scalars!("a part");
-
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Tally, E> {
-        Ok(Tally::default())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Tally, A::Error> {
-        skip_seq(seq).map(|()| Tally::default())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tally, A::Error> {
+    fn object<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Tally, A::Error> {
         let mut tally = Tally::default();
         while let Some(name) = map.next_key::<Name>()? {
             tally.add(map.next_value_seed(Member(name))?);
@@ -334,7 +315,7 @@ impl<'de> DeserializeSeed<'de> for Member {
     type Value = Tally;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tally, D::Error> {
         match self.0 {
-            Name::Text => d.deserialize_any(Text),
+            Name::Text => ByShape(Text).deserialize(d),
             Name::InlineData => {
                 IgnoredAny::deserialize(d)?;
                 Ok(Tally {
@@ -348,22 +329,14 @@ impl<'de> DeserializeSeed<'de> for Member {
 }
 
 /// A `text` member's value: its characters, if it is a string.
+#[derive(Clone, Copy)]
 struct Text;
 
-impl<'de> Visitor<'de> for Text {
-    type Value = Tally;
-    ignores_scalars!("text");
+impl Shape for Text {
+    type Count = Tally;
 
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Tally, E> {
-        Content.visit_str(text)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Tally, A::Error> {
-        skip_seq(seq).map(|()| Tally::default())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Tally, A::Error> {
-        skip_map(map).map(|()| Tally::default())
+    fn string(self, text: &str) -> Tally {
+        Content.string(text)
     }
 }
 
