@@ -1,10 +1,10 @@
 //! A `GenerateContentRequest` as the JSON text that goes upstream: a
 //! client's body passed through as the bytes that came, or one a surface
 //! built and serialised once. What the gateway needs to know of it (the
-//! local token estimate, whether it names a model) is found when it is made,
-//! with a borrowed pass over the text ([`Scan`]): no tree of the body is
-//! ever built, so a request costs about its own size in memory however it
-//! is shaped.
+//! local token estimate, whether it names a model, the files it names) is
+//! found when it is made, with a borrowed pass over the text ([`Scan`]): no
+//! tree of the body is ever built, so a request costs about its own size in
+//! memory however it is shaped.
 
 use super::tokens::Scan;
 use bytes::Bytes;
@@ -50,6 +50,11 @@ impl GenerateRequest {
     /// The local token estimate (`wire::tokens`).
     pub fn local_tokens(&self) -> u64 {
         self.scan.tokens
+    }
+
+    /// The `fileData.fileUri`s it names, in order (see [`Scan`]).
+    pub fn file_uris(&self) -> &[String] {
+        &self.scan.file_uris
     }
 
     /// The body of a `countTokens` call for this request on `model`:
@@ -135,6 +140,7 @@ mod tests {
         let request = GenerateRequest::from_json(Bytes::from_static(text.as_bytes())).unwrap();
         assert_eq!(request.json(), text.as_bytes());
         assert_eq!(request.local_tokens(), 2);
+        assert!(request.file_uris().is_empty());
         let built = GenerateRequest::from_value(&json!({"contents": ["12345678"]}));
         assert_eq!(built.json(), &b"{\"contents\":[\"12345678\"]}"[..]);
         assert_eq!(built.local_tokens(), 2);

@@ -27,7 +27,7 @@ pub fn prompt_tokens(request: &Value) -> u64 {
 
 /// What the gateway needs to know of a `GenerateContentRequest`, found in
 /// one pass over it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scan {
     /// The local token estimate (see the module doc).
     pub tokens: u64,
@@ -35,6 +35,10 @@ pub struct Scan {
     pub names_model: bool,
     /// The object has no member at all (`{}`).
     pub empty: bool,
+    /// Every `fileData.fileUri` (or snake case) of its contents and system
+    /// instruction, and of a `generateContentRequest` it wraps (a
+    /// `countTokens` body), in order: the uploaded files a call names.
+    pub file_uris: Vec<String>,
 }
 
 impl Scan {
@@ -53,17 +57,19 @@ impl Scan {
     }
 }
 
-/// Characters of text and inline-data parts seen so far.
-#[derive(Default, Clone, Copy)]
+/// Characters of text, inline-data parts and file URIs seen so far.
+#[derive(Default, Clone)]
 struct Tally {
     chars: u64,
     inline_parts: u64,
+    file_uris: Vec<String>,
 }
 
 impl Tally {
     fn add(&mut self, other: Tally) {
         self.chars += other.chars;
         self.inline_parts += other.inline_parts;
+        self.file_uris.extend(other.file_uris);
     }
 
     /// What one part adds: inline data counts once, under either spelling.
@@ -163,6 +169,9 @@ enum Name {
     Parts,
     Text,
     InlineData,
+    FileData,
+    FileUri,
+    Wrapped,
     Other,
 }
 
@@ -183,6 +192,9 @@ impl<'de> Deserialize<'de> for Name {
                     "parts" => Name::Parts,
                     "text" => Name::Text,
                     "inlineData" | "inline_data" => Name::InlineData,
+                    "fileData" | "file_data" => Name::FileData,
+                    "fileUri" | "file_uri" => Name::FileUri,
+                    "generateContentRequest" | "generate_content_request" => Name::Wrapped,
                     _ => Name::Other,
                 })
             }
@@ -192,7 +204,8 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 /// The top level: `contents`, the system instruction (camelCase wins over
-/// snake_case when both are there), and whether `model` is named.
+/// snake_case when both are there), whether `model` is named, and the files
+/// of a request it wraps.
 struct RequestVisitor;
 
 impl<'de> Visitor<'de> for RequestVisitor {
@@ -205,6 +218,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scan, A::Error> {
         let mut contents = Tally::default();
         let (mut camel, mut snake) = (None, None);
+        let mut wrapped = Vec::new();
         let mut names_model = false;
         let mut empty = true;
         while let Some(name) = map.next_key::<Name>()? {
@@ -215,6 +229,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
                 Name::SystemInstructionSnake => {
                     snake = Some(map.next_value_seed(ByShape(Content))?)
                 }
+                Name::Wrapped => wrapped.extend(map.next_value_seed(ByShape(Wrapped))?),
                 other => {
                     names_model |= other == Name::Model;
                     map.next_value::<IgnoredAny>()?;
@@ -222,11 +237,26 @@ impl<'de> Visitor<'de> for RequestVisitor {
             }
         }
         contents.add(camel.or(snake).unwrap_or_default());
+        contents.file_uris.extend(wrapped);
         Ok(Scan {
             tokens: contents.tokens(),
             names_model,
             empty,
+            file_uris: contents.file_uris,
         })
+    }
+}
+
+/// `generateContentRequest` in a `countTokens` body: only its files count
+/// (its tokens are the upstream's to count).
+#[derive(Clone, Copy)]
+struct Wrapped;
+
+impl Shape for Wrapped {
+    type Count = Vec<String>;
+
+    fn object<'de, A: MapAccess<'de>>(self, map: A) -> Result<Vec<String>, A::Error> {
+        RequestVisitor.visit_map(map).map(|scan| scan.file_uris)
     }
 }
 
@@ -261,7 +291,7 @@ impl Shape for Content {
     fn string(self, text: &str) -> Tally {
         Tally {
             chars: text.chars().count() as u64,
-            inline_parts: 0,
+            ..Tally::default()
         }
     }
 
@@ -307,7 +337,8 @@ impl Shape for Part {
 }
 
 /// A part's member: `text` counts its characters when it is a string;
-/// inline data counts once, whatever it holds; anything else nothing.
+/// inline data counts once, whatever it holds; file data gives its URI;
+/// anything else nothing.
 #[derive(Clone, Copy)]
 struct Member(Name);
 
@@ -316,11 +347,12 @@ impl<'de> DeserializeSeed<'de> for Member {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tally, D::Error> {
         match self.0 {
             Name::Text => ByShape(Text).deserialize(d),
+            Name::FileData => ByShape(FileData).deserialize(d),
             Name::InlineData => {
                 IgnoredAny::deserialize(d)?;
                 Ok(Tally {
-                    chars: 0,
                     inline_parts: 1,
+                    ..Tally::default()
                 })
             }
             _ => IgnoredAny::deserialize(d).map(|_| Tally::default()),
@@ -340,16 +372,55 @@ impl Shape for Text {
     }
 }
 
+/// `fileData`: its `fileUri`, if that is a string.
+#[derive(Clone, Copy)]
+struct FileData;
+
+impl Shape for FileData {
+    type Count = Tally;
+
+    fn object<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Tally, A::Error> {
+        let mut tally = Tally::default();
+        while let Some(name) = map.next_key::<Name>()? {
+            if name == Name::FileUri {
+                tally.add(map.next_value_seed(ByShape(FileUri))?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(tally)
+    }
+}
+
+/// A `fileUri` member's value.
+#[derive(Clone, Copy)]
+struct FileUri;
+
+impl Shape for FileUri {
+    type Count = Tally;
+
+    fn string(self, uri: &str) -> Tally {
+        Tally {
+            file_uris: vec![uri.to_string()],
+            ..Tally::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The count of `request`, as a `Value` and as text: the two must agree.
-    fn count(request: serde_json::Value) -> u64 {
+    /// The scan of `request`, as a `Value` and as text: the two must agree.
+    fn scan(request: serde_json::Value) -> Scan {
         let from_text = Scan::of_json(request.to_string().as_bytes()).unwrap();
         assert_eq!(Scan::of(&request).unwrap(), from_text, "{request}");
-        from_text.tokens
+        from_text
+    }
+
+    fn count(request: serde_json::Value) -> u64 {
+        scan(request).tokens
     }
 
     #[test]
@@ -420,6 +491,40 @@ mod tests {
         );
         // An escaped string counts its characters once decoded.
         assert_eq!(count(json!({"contents": ["\"\\\n\t\u{1F600}\"\\\n"]})), 2);
+    }
+
+    #[test]
+    fn every_file_a_request_names_is_found_in_order_in_either_case() {
+        let request = json!({
+            "contents": [
+                {"role": "user", "parts": [
+                    {"fileData": {"mimeType": "text/plain", "fileUri": "https://g/v1beta/files/one"}},
+                    {"text": "and"},
+                    {"file_data": {"file_uri": "files/two"}},
+                    {"fileData": {"fileUri": 7}}]},
+                {"fileData": {"fileUri": "files/bare-part"}},
+                {"role": "user", "parts": [{"fileData": {"fileUri": "files/one"}}]}],
+            "system_instruction": {"parts": [{"fileData": {"fileUri": "files/three"}}]}
+        });
+        assert_eq!(
+            scan(request).file_uris,
+            [
+                "https://g/v1beta/files/one",
+                "files/two",
+                "files/bare-part",
+                "files/one",
+                "files/three"
+            ]
+        );
+        let counted = json!({"generateContentRequest": {"model": "models/m", "contents": [
+            {"parts": [{"fileData": {"fileUri": "files/four"}}]}]}});
+        let counted = scan(counted);
+        assert_eq!(counted.file_uris, ["files/four"]);
+        assert_eq!(
+            counted.tokens, 1,
+            "a wrapped request's tokens are the upstream's to count"
+        );
+        assert!(scan(json!({"contents": "just text"})).file_uris.is_empty());
     }
 
     #[test]
