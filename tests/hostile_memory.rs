@@ -1,7 +1,8 @@
 //! Big bodies: the request-body bytes held in memory at once stay within
 //! `FLUX_MAX_INFLIGHT_MB`; past it a request gets 503 with `Retry-After` at
-//! once, and bodiless requests are never refused for it. One big body
-//! raises the peak memory by less than three times its size.
+//! once, bodiless requests are never refused for it, and a lying
+//! `Content-Length` costs only the liar. One big body raises the peak
+//! memory by less than three times its size.
 
 mod common;
 
