@@ -115,6 +115,8 @@ fn main() -> ExitCode {
     if let Some(limit) = gemini_flux::listener::raise_descriptor_limit() {
         tracing::debug!("open descriptors allowed: {limit}");
     }
+    // A spike of big bodies is given back once they are gone.
+    gemini_flux::api::inflight::return_big_buffers();
     if demo {
         runtime.block_on(run_demo(settings))
     } else {

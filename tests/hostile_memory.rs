@@ -137,7 +137,8 @@ async fn served_process() -> (gemini_flux::sim::SimServer, ServeProcess) {
 
 /// The issue's reproduction and its kin: one 19.5 MB body on each route that
 /// takes one raises the service's peak memory by less than three times the
-/// body (the issue asks under about 60 MB). A fresh `gemini-flux serve`
+/// body (the issue asks under about 60 MB), and a second later the service
+/// is back near its idle size. A fresh `gemini-flux serve`
 /// process for each, since a peak never comes down; its own `/proc` figures.
 /// The simulator refuses bodies over 2 MB (while it reads, or after), so the
 /// answers are the upstream's refusal or the service's own 413.
@@ -185,13 +186,21 @@ async fn one_big_body_raises_the_peak_by_less_than_three_times_its_size() {
         let peak = memory_of(pid, "VmHWM:");
         let raised = peak.saturating_sub(idle);
         eprintln!(
-            "{path}: {size} bytes raised the peak by {:.1} MB ({:.2}x)",
+            "{path}: {size} bytes raised the peak by {:.1} MB ({:.2}x) over {:.1} MB idle",
             raised as f64 / 1e6,
-            raised as f64 / size as f64
+            raised as f64 / size as f64,
+            idle as f64 / 1e6
         );
         assert!(
             raised < 3 * size,
             "{path}: a body of {size} bytes raised the peak by {raised} bytes"
+        );
+        // Once the body is gone, so is the memory it took.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let kept = memory_of(pid, "VmRSS:").saturating_sub(idle);
+        assert!(
+            kept < size / 4,
+            "{path}: {kept} bytes were still held a second after a body of {size}"
         );
     }
 }

@@ -9,6 +9,9 @@
 //! The same watch on the body answers one the listener cut off for its pace
 //! ([`BodyTooSlow`]) with 408. Both answers are in the envelope of the
 //! request's surface, whatever the handler made of the broken body.
+//!
+//! Bytes let go go back to the system ([`return_big_buffers`]), so a spike
+//! of big bodies does not leave the process that large.
 
 use super::AppState;
 use super::error::ApiError;
@@ -23,6 +26,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Makes the allocator give every large buffer (a body and its copies)
+/// back to the system when it is freed. glibc's malloc otherwise raises its
+/// mmap threshold after the first big buffer is freed and keeps later ones
+/// for reuse: one 19.5 MB `/generate` body left the process 37 MB larger.
+/// Called once at start; nothing to do with other allocators.
+pub fn return_big_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, under its lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
 
 /// Body bytes the service may hold, counted in KiB.
 pub struct Budget {
