@@ -308,11 +308,12 @@ enum Attempt<R> {
 
 /// Plans and waits, then makes one attempt, until served, failed, or out of
 /// attempts.
-async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
+async fn serve<E: Exchange>(state: &AppState, mut job: Job) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     // No slot beyond the request's own deadline is worth waiting for.
     let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
-    let estimate = count_tokens(state, &job.request).await;
+    let file_owner = pin_to_file_owner(state, &mut job).await?;
+    let estimate = count_tokens(state, &job.request, file_owner).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
@@ -360,6 +361,17 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
         ),
     )
     .into())
+}
+
+/// A request that names uploaded files is served by the key whose project
+/// owns them, and by no other (its tokens are counted there too): `Some`
+/// of that key. A file the service does not know pins nothing.
+async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<usize>, Failure> {
+    let owner = super::files::pinned_key(state, &job.request).await?;
+    if owner.is_some() {
+        job.preferred_key = owner;
+    }
+    Ok(owner)
 }
 
 /// Books a grant for the job, or says why not (in the surface's terms).
@@ -608,13 +620,13 @@ fn plan_error(
 }
 
 /// Counts the request's input tokens with `countTokens` (free of generate
-/// quota), spreading the calls over the usable keys; falls back on the local
-/// estimate when that fails.
-async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+/// quota) on `key`, else spreading the calls over the usable keys; falls
+/// back on the local estimate when that fails.
+async fn count_tokens(state: &AppState, request: &Value, key: Option<usize>) -> u64 {
     if state.token_count == TokenCount::Local {
         return prompt_tokens(request);
     }
-    if let Some(key) = state.next_usable_key() {
+    if let Some(key) = key.or_else(|| state.next_usable_key()) {
         match state
             .upstream
             .count_tokens(&state.keys[key], &state.count_model, request)

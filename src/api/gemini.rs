@@ -4,7 +4,8 @@
 //! answers, plus `x-flux-*` headers. The path's model is honoured; falling
 //! down the chain is allowed only with `x-flux-fallback: true` (or
 //! `FLUX_NATIVE_FALLBACK=true`). `countTokens` and the model list go to any
-//! usable key and spend no generate quota.
+//! usable key (a body naming an uploaded file to its key) and spend no
+//! generate quota.
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Stream};
@@ -66,7 +67,7 @@ fn query_value(query: &Option<String>, name: &str) -> Option<String> {
 
 /// Answers an upstream error: the client's own mistake as Gemini said it,
 /// anything else as a 502 that says what happened.
-fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
+pub(super) fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     match error {
         UpstreamError::Client {
             status,
@@ -79,7 +80,7 @@ fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     }
 }
 
-fn no_usable_key() -> Response {
+pub(super) fn no_usable_key() -> Response {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no key is usable")
         .retry_after(std::time::Duration::from_secs(60))
         .into_response()
@@ -217,8 +218,15 @@ async fn count_tokens(
     model: &str,
     body: &serde_json::value::RawValue,
 ) -> Response {
-    let Some(key) = state.next_usable_key() else {
-        return no_usable_key();
+    // A body naming an uploaded file is counted by the file's key: no
+    // other key's project may read it.
+    let key = match super::files::pinned_key_of_text(state, body.get()).await {
+        Ok(Some(key)) => key,
+        Ok(None) => match state.next_usable_key() {
+            Some(key) => key,
+            None => return no_usable_key(),
+        },
+        Err(e) => return e.into_response(),
     };
     match state
         .upstream

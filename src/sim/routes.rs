@@ -1,5 +1,6 @@
-//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`,
-//! plus `/__sim/stats` and `/__sim/faults` for tests.
+//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`
+//! (the Files API's in `files`), plus `/__sim/stats` and `/__sim/faults`
+//! for tests.
 
 use super::{Faults, SimState};
 use crate::policy::{Limits, Window};
@@ -18,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-type Shared = Arc<SimState>;
-type Params = Query<HashMap<String, String>>;
+pub(super) type Shared = Arc<SimState>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
 /// Every model advertises Gemini's real context sizes.
 const INPUT_TOKEN_LIMIT: u64 = 1_048_576;
@@ -34,6 +35,7 @@ pub(super) fn router(state: Shared) -> Router {
             "/{version}/models/{target}",
             get(get_model).post(call_model),
         )
+        .merge(super::files::routes())
         .route("/__sim/stats", get(stats))
         .route("/__sim/faults", get(get_faults).post(set_faults))
         .fallback(|| async { not_found("no such route").into_response() })
@@ -41,7 +43,7 @@ pub(super) fn router(state: Shared) -> Router {
 }
 
 /// An error answer in Gemini's envelope.
-struct Failure {
+pub(super) struct Failure {
     code: StatusCode,
     status: &'static str,
     message: String,
@@ -55,7 +57,12 @@ impl IntoResponse for Failure {
     }
 }
 
-fn fail(code: StatusCode, status: &'static str, message: &str, details: Vec<Value>) -> Failure {
+pub(super) fn fail(
+    code: StatusCode,
+    status: &'static str,
+    message: &str,
+    details: Vec<Value>,
+) -> Failure {
     Failure {
         code,
         status,
@@ -68,13 +75,13 @@ fn not_found(message: &str) -> Failure {
     fail(StatusCode::NOT_FOUND, "NOT_FOUND", message, vec![])
 }
 
-fn invalid_argument(message: &str) -> Failure {
+pub(super) fn invalid_argument(message: &str) -> Failure {
     fail(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message, vec![])
 }
 
 /// Finds the caller's key (header first, then `?key=`) and answers as Google
 /// does when it is missing, unknown or blocked.
-fn authenticate(
+pub(super) fn authenticate(
     state: &SimState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -116,7 +123,7 @@ fn authenticate(
     }
 }
 
-fn check_version(version: &str) -> Result<(), Failure> {
+pub(super) fn check_version(version: &str) -> Result<(), Failure> {
     match version {
         "v1" | "v1beta" => Ok(()),
         _ => Err(not_found(&format!("API version {version} is not served"))),
@@ -370,40 +377,19 @@ async fn generate(
     Ok(answer.respond(stream, sse))
 }
 
-/// Every file a request names (`fileData.fileUri`, or snake case) must
-/// belong to the caller's project: otherwise the real 403.
+/// Every uploaded file a request names (`fileData.fileUri`, or snake case)
+/// must belong to the caller's project: otherwise the real 403.
 fn check_files(
     state: &SimState,
     key_index: usize,
     model: &str,
     request: &Value,
 ) -> Result<(), Failure> {
-    let contents = request
-        .get("contents")
-        .or_else(|| request.pointer("/generateContentRequest/contents"));
-    let parts = contents
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["parts"].as_array())
-        .flatten();
-    for part in parts {
-        let data = part.get("fileData").or_else(|| part.get("file_data"));
-        let Some(uri) = data
-            .and_then(|d| d.get("fileUri").or_else(|| d.get("file_uri")))
-            .and_then(Value::as_str)
-        else {
-            continue;
-        };
-        let id = uri.rsplit_once("files/").map_or(uri, |(_, id)| id);
-        if state.files.get(id) != Some(&key_index) {
+    let now = state.clock.now();
+    for id in wire::files::file_ids(request) {
+        if state.files().owner(id, now) != Some(key_index) {
             state.count_refusal(key_index, model, |s| &mut s.foreign_file_403);
-            return Err(fail(
-                StatusCode::FORBIDDEN,
-                "PERMISSION_DENIED",
-                &format!("You do not have permission to access the File {id} or it may not exist."),
-                vec![],
-            ));
+            return Err(super::files::no_permission(id));
         }
     }
     Ok(())

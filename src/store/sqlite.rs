@@ -45,6 +45,12 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: learned input tokens per Pacific day.
     "ALTER TABLE learned_limits ADD COLUMN tpd INTEGER;",
+    // 4: which key (by stable id) owns each uploaded file, until it expires.
+    "CREATE TABLE files (
+        name TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Calls are kept this long (for the dashboard's history), then pruned.
@@ -242,12 +248,28 @@ impl Store for SqliteStore {
             .map_err(write_error)
     }
 
+    fn file_owner(&mut self, name: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT key_id FROM files WHERE name = ?1 AND expires_at_ms > ?2",
+                params![name, now.millis()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(write_error)
+    }
+
     fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError> {
         let counted = counted_list();
         let c = &self.conn;
         c.execute(
             "DELETE FROM calls WHERE at_ms < ?1",
             params![now.minus(KEEP_CALLS).millis()],
+        )
+        .map_err(write_error)?;
+        c.execute(
+            "DELETE FROM files WHERE expires_at_ms <= ?1",
+            params![now.millis()],
         )
         .map_err(write_error)?;
 
@@ -416,6 +438,13 @@ impl Store for SqliteStore {
                     "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis(), learned.tpd.map(|t| t as i64)],
                 ),
+                Record::FileOwned { name, key_id, expires } => tx.execute(
+                    "INSERT OR REPLACE INTO files (name, key_id, expires_at_ms) VALUES (?1, ?2, ?3)",
+                    params![name, key_id, expires.millis()],
+                ),
+                Record::FileDeleted { name } => {
+                    tx.execute("DELETE FROM files WHERE name = ?1", params![name])
+                }
             }
             .map_err(write_error)?;
         }
@@ -565,6 +594,43 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn a_file_is_owned_until_it_expires_or_is_deleted_across_a_reopen() {
+        let path = temp_path("files");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let owned = |name: &str, key_id: &str, hours: i64| Record::FileOwned {
+            name: name.into(),
+            key_id: key_id.into(),
+            expires: NOON.plus_millis(hours * 3_600_000),
+        };
+        store
+            .apply(&[
+                owned("kept", "k2", 48),
+                owned("deleted", "k1", 48),
+                owned("expiring", "k3", 1),
+                Record::FileDeleted {
+                    name: "deleted".into(),
+                },
+            ])
+            .unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(&path).unwrap();
+        let owner = |store: &mut SqliteStore, name: &str, at: Timestamp| {
+            store.file_owner(name, at).unwrap()
+        };
+        assert_eq!(owner(&mut store, "kept", NOON), Some("k2".into()));
+        assert_eq!(owner(&mut store, "deleted", NOON), None);
+        assert_eq!(owner(&mut store, "expiring", NOON), Some("k3".into()));
+        let later = NOON.plus_millis(3_600_000);
+        assert_eq!(owner(&mut store, "expiring", later), None, "expired");
+        store.recover(later, Duration::from_secs(60)).unwrap();
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1, "recovery prunes the expired file");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! HTTP calls to Gemini: generate, count tokens, list models.
+//! HTTP calls to Gemini: generate, count tokens, list models, and the Files
+//! API (uploads, get, list, delete).
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
@@ -200,6 +201,83 @@ impl Upstream {
             }
         }
         Ok(models)
+    }
+}
+
+/// An answer of the upstream's Files API relayed as it came (the upload
+/// protocol's answers carry what the client needs in their headers, errors
+/// included: `X-Goog-Upload-Status`, `X-Goog-Upload-Size-Received`).
+#[derive(Debug)]
+pub struct Relayed {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// The Files API. Its calls spend no generate quota, so they are not
+/// scheduled: they go straight to the key they are for.
+impl Upstream {
+    /// Where a resumable upload starts.
+    pub fn upload_start_url(&self) -> String {
+        format!("{}/upload/{VERSION}/files", self.base)
+    }
+
+    /// Whether `url` (an `X-Goog-Upload-URL` the upstream gave) is on the
+    /// upstream itself: a key is never sent anywhere else.
+    pub fn is_upstream_url(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// One call of the resumable upload protocol (the start, or a chunk)
+    /// to `url` on `key`, its answer relayed whatever its status.
+    pub async fn upload(
+        &self,
+        key: &ApiKey,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Relayed, UpstreamError> {
+        if !self.is_upstream_url(url) {
+            return Err(UpstreamError::Transient {
+                status: None,
+                message: "the upstream named an upload URL that is not its own".into(),
+            });
+        }
+        let response = self
+            .http
+            .post(url)
+            .headers(headers)
+            .header("x-goog-api-key", key_header(key))
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok(Relayed {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `GET` or `DELETE /v1beta/files{path}` (`path` with its query), as is.
+    pub async fn files(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<Value, UpstreamError> {
+        let response = self
+            .http
+            .request(method, format!("{}/{VERSION}/files{path}", self.base))
+            .header("x-goog-api-key", key_header(key))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        read_json(response).await
     }
 }
 

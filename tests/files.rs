@@ -1,0 +1,564 @@
+//! The Files API through gemini-flux, on a paused clock: google-genai's
+//! resumable upload, each file pinned to the key that uploaded it (through
+//! a restart and a reordering of the keys), get, list and delete on the
+//! owner, a clear answer when the owner cannot serve; and the simulator's
+//! own strictness about the upload protocol and its 48 hours.
+
+mod common;
+
+use common::*;
+use gemini_flux::clock::Clock;
+use gemini_flux::service::{self, RunningService};
+use gemini_flux::sim::{SimConfig, SimServer, SimStats};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const FLASH: &str = "gemini-2.5-flash";
+const KEYS: [&str; 3] = ["files-key-0001", "files-key-0002", "files-key-0003"];
+const CHUNK: usize = 8 * 1024 * 1024;
+
+fn sim_config(rpm: u32) -> SimConfig {
+    SimConfig::new(KEYS).with_limits(limits(FLASH, rpm, 1_000_000, 1_000))
+}
+
+/// `FLUX_LIMITS` saying what [`sim_config`] enforces.
+fn flux_limits(rpm: u32) -> String {
+    json!({FLASH: {"rpm": rpm, "tpm": 1_000_000, "rpd": 1_000}}).to_string()
+}
+
+/// Uses of a file by a key whose project does not own it, as the simulator
+/// counted them (generate and countTokens calls, gets and deletes).
+fn cross_key_uses(stats: &SimStats) -> u64 {
+    stats.files.foreign_file_403
+        + stats
+            .lanes
+            .iter()
+            .map(|l| l.stats.foreign_file_403)
+            .sum::<u64>()
+}
+
+/// An answer: status, headers, JSON body (`Null` when empty or not JSON).
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    async fn of(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `x-flux-key`: the key (1-based) that served it.
+    fn key(&self) -> usize {
+        self.header("x-flux-key").unwrap().parse().unwrap()
+    }
+}
+
+/// google-genai's upload: `start` with the file's metadata, then 8 MiB
+/// chunks to the `X-Goog-Upload-URL` (no key on them), the last with
+/// `finalize`. `extra` headers go on the start. The finalize's answer.
+async fn upload(base: &str, bytes: &[u8], extra: &[(&str, &str)]) -> Answer {
+    let http = client();
+    let mut start = http
+        .post(format!("{base}/upload/v1beta/files"))
+        .header("X-Goog-Upload-Protocol", "resumable")
+        .header("X-Goog-Upload-Command", "start")
+        .header("X-Goog-Upload-Header-Content-Length", bytes.len().to_string())
+        .header("X-Goog-Upload-Header-Content-Type", "text/plain")
+        .json(&json!({"file": {"displayName": "notes.txt", "mimeType": "text/plain", "sizeBytes": bytes.len().to_string()}}));
+    for (name, value) in extra {
+        start = start.header(*name, *value);
+    }
+    let started = Answer::of(start.send().await.unwrap()).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_eq!(started.header("x-goog-upload-status"), Some("active"));
+    let url = started.header("x-goog-upload-url").unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{base}/upload/v1beta/files?upload_id=")),
+        "the upload goes on through gemini-flux: {url}"
+    );
+    let mut offset = 0;
+    loop {
+        let end = (offset + CHUNK).min(bytes.len());
+        let command = if end == bytes.len() {
+            "upload, finalize"
+        } else {
+            "upload"
+        };
+        let answer = Answer::of(
+            http.post(&url)
+                .header("X-Goog-Upload-Command", command)
+                .header("X-Goog-Upload-Offset", offset.to_string())
+                .body(bytes[offset..end].to_vec())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        offset = end;
+        if command == "upload, finalize" || answer.status != 200 {
+            return answer;
+        }
+        assert_eq!(answer.header("x-goog-upload-status"), Some("active"));
+    }
+}
+
+/// A generate request that names `file` (its `uri`) and asks about it.
+fn about(file: &Value) -> Value {
+    json!({"contents": [{"role": "user", "parts": [
+        {"fileData": {"fileUri": file["uri"], "mimeType": "text/plain"}},
+        {"text": "What does it say?"}]}]})
+}
+
+fn file_id(file: &Value) -> String {
+    file["name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("files/")
+        .to_string()
+}
+
+async fn post(base: &str, path: &str, body: &Value) -> Answer {
+    Answer::of(
+        client()
+            .post(format!("{base}{path}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn get(base: &str, path: &str) -> Answer {
+    Answer::of(client().get(format!("{base}{path}")).send().await.unwrap()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
+    // 3 keys at 3 requests a minute: 9 calls spread over them would all go
+    // at once; pinned to the file's key they take three windows.
+    let stack = Stack::start(
+        sim_config(3),
+        quiet_noon(),
+        &[("FLUX_MODELS", FLASH), ("FLUX_LIMITS", &flux_limits(3))],
+    )
+    .await;
+    let base = stack.svc.base_url();
+    let uploaded = upload(&base, b"The quarterly numbers are up.", &[]).await;
+    assert_eq!(uploaded.status, 200, "{}", uploaded.body);
+    assert_eq!(uploaded.header("x-goog-upload-status"), Some("final"));
+    let file = uploaded.body["file"].clone();
+    let owner = uploaded.key();
+    assert_eq!(stack.sim.file_owner(&file_id(&file)), Some(owner));
+    assert_eq!(file["sizeBytes"], "29");
+
+    let path = format!("/v1beta/models/{FLASH}:generateContent");
+    let started = tokio::time::Instant::now();
+    let body = about(&file);
+    let calls = (0..9).map(|_| post(&base, &path, &body));
+    let answers = futures::future::join_all(calls).await;
+    assert_eq!(
+        answers
+            .iter()
+            .map(|a| (a.status, a.key()))
+            .collect::<Vec<_>>(),
+        vec![(200, owner); 9]
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(2 * 60_250));
+
+    // A stream and a countTokens that name it go to the owner too.
+    let stream = post(
+        &base,
+        &format!("/v1beta/models/{FLASH}:streamGenerateContent"),
+        &about(&file),
+    )
+    .await;
+    assert_eq!((stream.status, stream.key()), (200, owner));
+    let counted = post(
+        &base,
+        &format!("/v1beta/models/{FLASH}:countTokens"),
+        &about(&file),
+    )
+    .await;
+    assert_eq!(counted.status, 200, "{}", counted.body);
+
+    let stats = stack.sim_stats();
+    assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 10);
+    assert_eq!(stats.calls, 10, "no other key was called");
+    assert_eq!(cross_key_uses(&stats), 0, "{stats:#?}");
+    assert_eq!(stats.rejected_429, 0);
+    assert_eq!(stats.files.uploaded, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
+    let stack = Stack::start(
+        sim_config(10),
+        quiet_noon(),
+        &[("FLUX_MODELS", FLASH), ("FLUX_API_TOKENS", "tok")],
+    )
+    .await;
+    let base = stack.svc.base_url();
+    let token = [("x-goog-api-key", "tok")];
+    let mut owners = Vec::new();
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        let uploaded = upload(&base, text.as_bytes(), &token).await;
+        assert_eq!(uploaded.status, 200, "{}", uploaded.body);
+        owners.push(uploaded.key());
+        ids.push(file_id(&uploaded.body["file"]));
+    }
+    owners.sort();
+    assert_eq!(owners, vec![1, 2, 3], "equal room: one file a key");
+
+    let http = client();
+    let with_token = |r: reqwest::RequestBuilder| r.header("x-goog-api-key", "tok");
+    // The list: a page per key, each with a token that goes on from there.
+    let mut listed = Vec::new();
+    let mut pages = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = Answer::of(
+            with_token(http.get(format!(
+                "{base}/v1beta/files?pageSize=10&pageToken={page_token}"
+            )))
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        pages += 1;
+        for f in page.body["files"].as_array().unwrap() {
+            listed.push(file_id(f));
+        }
+        match page.body["nextPageToken"].as_str() {
+            Some(t) => page_token = t.to_string(),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.sort();
+    listed.sort();
+    assert_eq!((pages, listed), (3, expected));
+
+    for id in &ids {
+        let file = Answer::of(
+            with_token(http.get(format!("{base}/v1/files/{id}")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(file.status, 200, "{}", file.body);
+        assert_eq!(Some(file.key()), stack.sim.file_owner(id));
+        assert_eq!(file.body["name"], format!("files/{id}"));
+    }
+    let owner = stack.sim.file_owner(&ids[0]).unwrap();
+    let deleted = Answer::of(
+        with_token(http.delete(format!("{base}/v1beta/files/{}", ids[0])))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((deleted.status, deleted.key()), (200, owner));
+    assert_eq!(stack.sim.file_owner(&ids[0]), None);
+    let stats = stack.sim_stats();
+    assert_eq!((stats.files.deleted, stats.files.live), (1, 2));
+    assert_eq!(cross_key_uses(&stats), 0);
+
+    // Without the token nothing starts; a page token of nobody's is refused.
+    let refused = Answer::of(
+        http.post(format!("{base}/upload/v1beta/files"))
+            .header("X-Goog-Upload-Protocol", "resumable")
+            .header("X-Goog-Upload-Command", "start")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    let stranger = Answer::of(
+        with_token(http.get(format!("{base}/v1beta/files?pageToken=bm9ib2R5")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stranger.status, 400, "{}", stranger.body);
+}
+
+async fn serve(
+    sim: &SimServer,
+    keys: &[&str],
+    state: &std::path::Path,
+    clock: Clock,
+) -> RunningService {
+    let settings = settings(
+        &sim.base_url(),
+        &keys.join(","),
+        state,
+        &[("FLUX_POLICY_FETCH", "false"), ("FLUX_MODELS", FLASH)],
+    );
+    service::start(settings, clock)
+        .await
+        .expect("service starts")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
+    let clock = Clock::starting_at(quiet_noon());
+    let sim = SimServer::start(sim_config(10), clock, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let state = fresh_state_path();
+    let svc = serve(&sim, &KEYS, &state, clock).await;
+    let uploaded = upload(&svc.base_url(), b"kept across restarts", &[]).await;
+    let file = uploaded.body["file"].clone();
+    let owner = sim.file_owner(&file_id(&file)).unwrap();
+    svc.stop().await.unwrap();
+
+    // Same state file, keys in the opposite order: key N is now key 4 - N.
+    let reversed: Vec<&str> = KEYS.iter().rev().copied().collect();
+    let svc = serve(&sim, &reversed, &state, clock).await;
+    let base = svc.base_url();
+    for _ in 0..3 {
+        let answer = post(
+            &base,
+            &format!("/v1beta/models/{FLASH}:generateContent"),
+            &about(&file),
+        )
+        .await;
+        assert_eq!(
+            (answer.status, answer.key()),
+            (200, 4 - owner),
+            "{}",
+            answer.body
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 3);
+    assert_eq!(cross_key_uses(&stats), 0);
+
+    // 48 hours on, the file and its record are gone: the call goes to any
+    // key, and the upstream's 403 is the client's answer.
+    tokio::time::sleep(Duration::from_secs(48 * 3_600)).await;
+    let late = post(
+        &base,
+        &format!("/v1beta/models/{FLASH}:generateContent"),
+        &about(&file),
+    )
+    .await;
+    assert_eq!(late.status, 403, "{}", late.body);
+    assert!(
+        late.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("or it may not exist")
+    );
+    let (_, status) = (200, get(&base, "/status").await.body);
+    for key in status["keys"].as_array().unwrap() {
+        assert_eq!(key["state"], "healthy", "{key}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
+    let stack = Stack::start(sim_config(10), quiet_noon(), &[("FLUX_MODELS", FLASH)]).await;
+    let base = stack.svc.base_url();
+    let uploaded = upload(&base, b"pinned", &[("x-flux-key", "2")]).await;
+    assert_eq!(uploaded.key(), 2, "x-flux-key chooses the upload's key");
+    let file = uploaded.body["file"].clone();
+    let id = file_id(&file);
+    assert_eq!(post(&base, "/keys/2/disable", &json!({})).await.status, 200);
+
+    for action in ["generateContent", "streamGenerateContent", "countTokens"] {
+        let answer = post(
+            &base,
+            &format!("/v1beta/models/{FLASH}:{action}"),
+            &about(&file),
+        )
+        .await;
+        assert_eq!(answer.status, 503, "{action}: {}", answer.body);
+        assert_eq!(answer.body["error"]["status"], "UNAVAILABLE");
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("files/{id} belongs to key 2, which is disabled")),
+            "{message}"
+        );
+    }
+    assert_eq!(get(&base, &format!("/v1beta/files/{id}")).await.status, 503);
+    let stats = stack.sim_stats();
+    assert_eq!((stats.calls, cross_key_uses(&stats)), (0, 0));
+
+    // Files of two keys cannot be read by one call: said before any is sent.
+    let other = upload(&base, b"elsewhere", &[("x-flux-key", "3")])
+        .await
+        .body["file"]
+        .clone();
+    assert_eq!(post(&base, "/keys/2/enable", &json!({})).await.status, 200);
+    let mut both = about(&file);
+    both["contents"][0]["parts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"fileData": {"fileUri": other["uri"]}}));
+    let mixed = post(
+        &base,
+        &format!("/v1beta/models/{FLASH}:generateContent"),
+        &both,
+    )
+    .await;
+    assert_eq!(mixed.status, 400, "{}", mixed.body);
+    assert!(
+        mixed.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "files/{id} belongs to key 2 and files/{} to key 3",
+                file_id(&other)
+            ))
+    );
+    assert_eq!(stack.sim_stats().calls, 0);
+}
+
+/// The simulator alone, spoken to as google-genai does.
+struct SimFiles {
+    sim: SimServer,
+}
+
+impl SimFiles {
+    async fn start() -> SimFiles {
+        SimFiles {
+            sim: start_sim(sim_config(10), quiet_noon()).await,
+        }
+    }
+
+    async fn start_upload(&self, key: &str, size: usize) -> Answer {
+        Answer::of(
+            client()
+                .post(format!("{}/upload/v1beta/files", self.sim.base_url()))
+                .header("x-goog-api-key", key)
+                .header("X-Goog-Upload-Protocol", "resumable")
+                .header("X-Goog-Upload-Command", "start")
+                .header("X-Goog-Upload-Header-Content-Length", size.to_string())
+                .json(&json!({"file": {"mimeType": "text/plain"}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn chunk(url: &str, command: &str, offset: usize, bytes: Vec<u8>) -> Answer {
+        Answer::of(
+            client()
+                .post(url)
+                .header("X-Goog-Upload-Command", command)
+                .header("X-Goog-Upload-Offset", offset.to_string())
+                .body(bytes)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_simulator_holds_the_upload_protocol_to_its_word() {
+    let s = SimFiles::start().await;
+    let no_protocol = Answer::of(
+        client()
+            .post(format!("{}/upload/v1beta/files", s.sim.base_url()))
+            .header("x-goog-api-key", KEYS[0])
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(no_protocol.status, 400);
+
+    let size = CHUNK + 10;
+    let started = s.start_upload(KEYS[0], size).await;
+    assert_eq!(
+        started.header("x-goog-upload-chunk-granularity"),
+        Some("8388608")
+    );
+    let url = started.header("x-goog-upload-url").unwrap().to_string();
+    // A chunk that does not finalize is a whole multiple of 8 MiB.
+    let short = SimFiles::chunk(&url, "upload", 0, vec![b'x'; 10]).await;
+    assert_eq!(
+        (short.status, short.header("x-goog-upload-size-received")),
+        (400, Some("0"))
+    );
+    let first = SimFiles::chunk(&url, "upload", 0, vec![b'x'; CHUNK]).await;
+    assert_eq!(
+        (first.status, first.header("x-goog-upload-status")),
+        (200, Some("active"))
+    );
+    // An offset that is not what arrived is refused, and says what did.
+    let wrong = SimFiles::chunk(&url, "upload, finalize", 0, vec![b'x'; 10]).await;
+    assert_eq!(
+        (wrong.status, wrong.header("x-goog-upload-size-received")),
+        (400, Some("8388608"))
+    );
+    // Fewer bytes than declared do not make a file.
+    let early = SimFiles::chunk(&url, "upload, finalize", CHUNK, vec![b'x'; 9]).await;
+    assert_eq!(early.status, 400, "{}", early.body);
+    let last = SimFiles::chunk(&url, "upload, finalize", CHUNK, vec![b'x'; 10]).await;
+    assert_eq!(
+        (last.status, last.header("x-goog-upload-status")),
+        (200, Some("final"))
+    );
+    assert_eq!(last.body["file"]["sizeBytes"], (CHUNK + 10).to_string());
+    let id = file_id(&last.body["file"]);
+    assert_eq!(s.sim.file_owner(&id), Some(1));
+    // The session is over.
+    let again = SimFiles::chunk(&url, "upload, finalize", size, vec![]).await;
+    assert_eq!(again.status, 404);
+
+    // Another project's key: 403 for get and delete, counted.
+    let base = s.sim.base_url();
+    let foreign = |method: reqwest::Method| {
+        client()
+            .request(method, format!("{base}/v1beta/files/{id}"))
+            .header("x-goog-api-key", KEYS[1])
+    };
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let answer = Answer::of(foreign(method).send().await.unwrap()).await;
+        assert_eq!(answer.status, 403, "{}", answer.body);
+    }
+    let listed = Answer::of(
+        client()
+            .get(format!("{base}/v1beta/files"))
+            .header("x-goog-api-key", KEYS[1])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed.body, json!({}), "key 2 owns no file");
+    assert_eq!(s.sim.stats().files.foreign_file_403, 2);
+
+    // 48 hours on the simulator's clock, the file is gone.
+    tokio::time::sleep(Duration::from_secs(48 * 3_600 - 1)).await;
+    assert_eq!(s.sim.file_owner(&id), Some(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.sim.file_owner(&id), None);
+    assert_eq!(s.sim.stats().files.live, 0);
+}
