@@ -542,21 +542,32 @@ fn read_page_token(token: &str, keys: usize) -> Option<(usize, String)> {
         .then(|| (key - 1, upstream.to_string()))
 }
 
-/// `GET /v1beta/files`: every usable key's files, a page from one key at a
-/// time (keys in order), with a `nextPageToken` that goes on from there.
+/// Files a list page holds when the caller does not say, and at most.
+const PAGE_SIZE: usize = 10;
+const MAX_PAGE_SIZE: usize = 100;
+
+/// `GET /v1beta/files`: every usable key's files, keys in order. A page is
+/// filled from one key after another; its `nextPageToken` (ours) names the
+/// key and the upstream's token to go on from, and is given only when more
+/// files follow (google-genai's pager fails on an empty last page).
 async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let page_size = query_value(query.as_deref(), "pageSize");
-    if let Some(size) = &page_size
-        && !size.parse::<u32>().is_ok_and(|n| (1..=100).contains(&n))
-    {
-        return ApiError::bad_request("pageSize must be a whole number from 1 to 100")
-            .into_response();
-    }
+    let size = match query_value(query.as_deref(), "pageSize") {
+        None => PAGE_SIZE,
+        Some(size) => match size.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return ApiError::bad_request(format!(
+                    "pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}"
+                ))
+                .into_response();
+            }
+        },
+    };
     let usable = state.scheduler.usable_keys();
-    let (first, mut upstream_token) =
+    let (first, mut token) =
         match query_value(query.as_deref(), "pageToken").filter(|t| !t.is_empty()) {
             None => (0, String::new()),
-            Some(token) => match read_page_token(&token, usable.len()) {
+            Some(given) => match read_page_token(&given, usable.len()) {
                 Some(start) => start,
                 None => {
                     return ApiError::bad_request("pageToken is not one this service gave")
@@ -564,48 +575,81 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
                 }
             },
         };
-    for key in (first..usable.len()).filter(|&k| usable[k]) {
-        let paging: Vec<(&str, &str)> = [
-            ("pageSize", page_size.as_deref()),
-            ("pageToken", Some(upstream_token.as_str())),
-        ]
-        .into_iter()
-        .filter_map(|(name, v)| Some((name, v.filter(|v| !v.is_empty())?)))
-        .collect();
-        let path = match serde_urlencoded::to_string(&paging) {
-            Ok(q) if !q.is_empty() => format!("?{q}"),
-            _ => String::new(),
-        };
-        let mut page = match state
-            .upstream
-            .files(&state.keys[key], Method::GET, &path)
-            .await
-        {
+    let keys: Vec<usize> = (first..usable.len()).filter(|&k| usable[k]).collect();
+    let mut files: Vec<Value> = Vec::new();
+    let mut next = None;
+    for (i, &key) in keys.iter().enumerate() {
+        let room = size - files.len();
+        let page = match list_page(&state, key, room, &std::mem::take(&mut token)).await {
             Ok(page) => page,
-            Err(e) => return upstream_failure(&state, e),
+            Err(refused) => return refused,
         };
-        upstream_token.clear();
-        let files = page["files"].as_array().map_or(0, Vec::len);
-        let next = match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
-            Some(t) => Some(page_token(key, t)),
-            None => (key + 1..usable.len())
-                .find(|&k| usable[k])
-                .map(|k| page_token(k, "")),
-        };
-        if files == 0 && page["nextPageToken"].as_str().is_none_or(str::is_empty) {
-            continue;
+        files.extend(page.files);
+        if let Some(more) = page.next {
+            next = Some(page_token(key, &more));
+            break;
         }
-        match next {
-            Some(next) => page["nextPageToken"] = Value::String(next),
-            None => {
-                if let Some(o) = page.as_object_mut() {
-                    o.remove("nextPageToken");
-                }
-            }
+        if files.len() == size {
+            next = match first_with_files(&state, &keys[i + 1..]).await {
+                Ok(k) => k.map(|k| page_token(k, "")),
+                Err(refused) => return refused,
+            };
+            break;
         }
-        return Json(page).into_response();
     }
-    Json(serde_json::json!({})).into_response()
+    let mut body = serde_json::json!({});
+    if !files.is_empty() {
+        body["files"] = Value::Array(files);
+    }
+    if let Some(next) = next {
+        body["nextPageToken"] = Value::String(next);
+    }
+    Json(body).into_response()
+}
+
+/// One page of one key's files, and the upstream's token for the next.
+struct Page {
+    files: Vec<Value>,
+    next: Option<String>,
+}
+
+async fn list_page(
+    state: &AppState,
+    key: usize,
+    size: usize,
+    token: &str,
+) -> Result<Page, Response> {
+    let size = size.to_string();
+    let mut paging = vec![("pageSize", size.as_str())];
+    if !token.is_empty() {
+        paging.push(("pageToken", token));
+    }
+    let query = serde_urlencoded::to_string(&paging).unwrap_or_default();
+    let mut page = state
+        .upstream
+        .files(&state.keys[key], Method::GET, &format!("?{query}"))
+        .await
+        .map_err(|e| upstream_failure(state, e))?;
+    Ok(Page {
+        files: match page["files"].take() {
+            Value::Array(files) => files,
+            _ => Vec::new(),
+        },
+        next: page["nextPageToken"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
+    })
+}
+
+/// The first of `keys` that has a file.
+async fn first_with_files(state: &AppState, keys: &[usize]) -> Result<Option<usize>, Response> {
+    for &key in keys {
+        if !list_page(state, key, 1, "").await?.files.is_empty() {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
 }
 
 /// The key a call about one file goes to: its owner, else (a file the
