@@ -11,7 +11,10 @@ use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
-use crate::scheduler::{Booked, Grant, InFlight, PlanError, PlanRequest, Target};
+use crate::policy::Usage;
+use crate::scheduler::{
+    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Target,
+};
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
 use crate::wire::prompt_tokens;
@@ -25,8 +28,9 @@ pub struct Job {
     /// A complete `GenerateContentRequest`.
     pub request: Value,
     pub target: Target,
-    /// 0-based.
-    pub preferred_key: Option<usize>,
+    pub keys: KeyChoice,
+    /// The requests the call counts: 1, or the items of a batch of embeddings.
+    pub requests: u64,
     pub max_wait: Duration,
     /// Re-plan after a 429 or a failure (the seed's `retry`).
     pub retry: bool,
@@ -51,8 +55,7 @@ pub struct Served<R> {
 
 /// How a request was served: what the `x-flux-*` headers and `/generate` report.
 pub struct Meta {
-    /// 0-based.
-    pub key: usize,
+    pub key: KeyIndex,
     pub fingerprint: String,
     pub model: String,
     /// The upstream's count when known, else the estimate.
@@ -366,10 +369,10 @@ async fn serve<E: Exchange>(state: &AppState, mut job: Job) -> Result<Served<E::
 /// A request that names uploaded files is served by the key whose project
 /// owns them, and by no other (its tokens are counted there too): `Some`
 /// of that key. A file the service does not know pins nothing.
-async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<usize>, Failure> {
+async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<KeyIndex>, Failure> {
     let owner = super::files::pinned_key(state, &job.request).await?;
-    if owner.is_some() {
-        job.preferred_key = owner;
+    if let Some(key) = owner {
+        job.keys = KeyChoice::Only(key);
     }
     Ok(owner)
 }
@@ -387,9 +390,13 @@ async fn plan(
     }
     let clock = state.scheduler.clock();
     let request = PlanRequest {
-        tokens: estimate,
+        cost: Usage {
+            requests: job.requests,
+            input_tokens: estimate,
+        },
         target: job.target.clone(),
-        preferred_key: job.preferred_key,
+        keys: job.keys,
+        priority: Priority::Interactive,
         deadline: deadline.max(clock.now()),
     };
     let planned = state
@@ -419,10 +426,11 @@ async fn one_attempt<E: Exchange>(
             id: call_id,
             at: sent_at,
             key_id: state.key_ids[grant.key].clone(),
-            key_index: grant.key + 1,
+            key_index: grant.key,
             fingerprint: key.fingerprint(),
             model: grant.model.clone(),
             input_tokens: estimate,
+            requests: grant.cost.requests,
         })
         .await;
     let settlement = Settlement {
@@ -450,18 +458,13 @@ async fn one_attempt<E: Exchange>(
         }
     };
     tracing::warn!(
-        key = grant.key + 1,
+        key = %grant.key,
         fingerprint = %key.fingerprint(),
         model = %grant.model,
         "upstream: {}",
         one_line(&state.scrub(&error.to_string()))
     );
-    let reason = format!(
-        "key {} on {}: {}",
-        grant.key + 1,
-        grant.model,
-        error.summary()
-    );
+    let reason = format!("key {} on {}: {}", grant.key, grant.model, error.summary());
     settlement.fail(&error);
     Attempt::Retry {
         reason,
@@ -534,7 +537,7 @@ async fn judge(
                 Err(refused) if refused.is_about_the_key() => Ok(error),
                 Ok(()) => {
                     tracing::info!(
-                        key = grant.key + 1,
+                        key = %grant.key,
                         "a refusal named the key, but the key answers a free call: the request's own"
                     );
                     Err(error)
@@ -604,12 +607,16 @@ fn plan_error(
         message.push_str(&format!(" (after: {})", tried.join("; ")));
     }
     match error {
-        PlanError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message),
+        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+        }
         PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(at.since(now))
         }
-        PlanError::NoUsableKey => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-            .retry_after(Duration::from_secs(60)),
+        PlanError::NoUsableKey | PlanError::KeyOut(..) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .retry_after(Duration::from_secs(60))
+        }
         PlanError::UnknownModel(_) => ApiError::new(unknown_model, message),
         PlanError::NoModelInMode(_) => ApiError::bad_request(message),
         PlanError::SharedStateUnavailable { retry_at, .. } => {
@@ -622,7 +629,7 @@ fn plan_error(
 /// Counts the request's input tokens with `countTokens` (free of generate
 /// quota) on `key`, else spreading the calls over the usable keys; falls
 /// back on the local estimate when that fails.
-async fn count_tokens(state: &AppState, request: &Value, key: Option<usize>) -> u64 {
+async fn count_tokens(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
     if state.token_count == TokenCount::Local {
         return prompt_tokens(request);
     }
@@ -634,7 +641,7 @@ async fn count_tokens(state: &AppState, request: &Value, key: Option<usize>) -> 
         {
             Ok(n) => return n,
             Err(e) => tracing::warn!(
-                key = key + 1,
+                key = %key,
                 "countTokens failed, using the local estimate: {}",
                 state.scrub(&e.to_string())
             ),

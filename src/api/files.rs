@@ -16,7 +16,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::gemini::{no_usable_key, upstream_failure};
 use crate::clock::Timestamp;
-use crate::keys::KeyState;
+use crate::keys::{KeyIndex, KeyState};
 use crate::store::Record;
 use crate::upstream::Relayed;
 use crate::wire::files::{
@@ -71,7 +71,7 @@ pub struct Files {
 
 /// An upload the upstream has started: our id stands for its URL.
 struct Upload {
-    key: usize,
+    key: KeyIndex,
     upstream_url: String,
     started: Timestamp,
 }
@@ -102,7 +102,7 @@ impl Files {
         uploads.insert(id, upload);
     }
 
-    fn upload(&self, id: &str) -> Option<(usize, String)> {
+    fn upload(&self, id: &str) -> Option<(KeyIndex, String)> {
         lock(&self.uploads)
             .get(id)
             .map(|u| (u.key, u.upstream_url.clone()))
@@ -147,17 +147,17 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// `x-flux-key: N` on an answer served by key N (1-based).
-fn with_key(mut response: Response, key: usize) -> Response {
+/// `x-flux-key: N` on an answer served by key N.
+fn with_key(mut response: Response, key: KeyIndex) -> Response {
     response
         .headers_mut()
-        .insert("x-flux-key", HeaderValue::from(key + 1));
+        .insert("x-flux-key", HeaderValue::from(key.one_based()));
     response
 }
 
-/// The key (0-based) that owns file `name`, if the service knows the file;
-/// an error that names the file when that key cannot serve it now.
-async fn owner_of(state: &AppState, name: &str) -> Result<Option<usize>, ApiError> {
+/// The key that owns file `name`, if the service knows the file; an error
+/// that names the file when that key cannot serve it now.
+async fn owner_of(state: &AppState, name: &str) -> Result<Option<KeyIndex>, ApiError> {
     let now = state.scheduler.clock().now();
     let key_id = match state.files.known_owner(name, now) {
         Some(id) => id,
@@ -175,7 +175,12 @@ async fn owner_of(state: &AppState, name: &str) -> Result<Option<usize>, ApiErro
             }
         },
     };
-    let Some(key) = state.key_ids.iter().position(|id| *id == key_id) else {
+    let Some(key) = state
+        .key_ids
+        .iter()
+        .position(|id| *id == key_id)
+        .map(KeyIndex::new)
+    else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -186,7 +191,7 @@ async fn owner_of(state: &AppState, name: &str) -> Result<Option<usize>, ApiErro
     if !state
         .scheduler
         .usable_keys()
-        .get(key)
+        .get(key.get())
         .copied()
         .unwrap_or(false)
     {
@@ -196,13 +201,12 @@ async fn owner_of(state: &AppState, name: &str) -> Result<Option<usize>, ApiErro
 }
 
 /// 503 naming the file and why its key cannot serve it.
-async fn owner_unusable(state: &AppState, name: &str, key: usize) -> ApiError {
+async fn owner_unusable(state: &AppState, name: &str, key: KeyIndex) -> ApiError {
     let why = match state.scheduler.snapshot().await {
-        Ok(snapshot) => match snapshot.keys.get(key).map(|k| &k.state) {
-            Some(KeyState::Disabled) => format!(
-                "disabled by an operator (POST /keys/{}/enable brings it back)",
-                key + 1
-            ),
+        Ok(snapshot) => match snapshot.keys.get(key.get()).map(|k| &k.state) {
+            Some(KeyState::Disabled) => {
+                format!("disabled by an operator (POST /keys/{key}/enable brings it back)")
+            }
             Some(KeyState::Invalid(why)) => format!("not valid: {}", state.scrub(why)),
             Some(KeyState::Blocked(why)) => format!("refused: {}", state.scrub(why)),
             _ => "not usable".to_string(),
@@ -212,22 +216,21 @@ async fn owner_unusable(state: &AppState, name: &str, key: usize) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "files/{name} belongs to key {}, which is {why}; only that key's project can read the file, so no other key is tried",
-            key + 1
+            "files/{name} belongs to key {key}, which is {why}; only that key's project can read the file, so no other key is tried"
         ),
     )
     .retry_after(Duration::from_secs(60))
 }
 
-/// The key (0-based) that must serve `request`: the one that owns the
+/// The key that must serve `request`: the one that owns the
 /// uploaded files it names. `None` when it names none the service knows:
 /// such a call goes wherever the scheduler sends it, and the upstream's
 /// 403 for a file not its project's is the client's answer.
 pub(crate) async fn pinned_key(
     state: &AppState,
     request: &Value,
-) -> Result<Option<usize>, ApiError> {
-    let mut pinned: Option<(usize, &str)> = None;
+) -> Result<Option<KeyIndex>, ApiError> {
+    let mut pinned: Option<(KeyIndex, &str)> = None;
     for name in file_ids(request) {
         let Some(key) = owner_of(state, name).await? else {
             continue;
@@ -235,9 +238,7 @@ pub(crate) async fn pinned_key(
         match pinned {
             Some((first_key, first)) if first_key != key => {
                 return Err(ApiError::bad_request(format!(
-                    "files/{first} belongs to key {} and files/{name} to key {}: one call can read the files of one key's project only. Upload them with one key (x-flux-key: N on the upload's start)",
-                    first_key + 1,
-                    key + 1
+                    "files/{first} belongs to key {first_key} and files/{name} to key {key}: one call can read the files of one key's project only. Upload them with one key (x-flux-key: N on the upload's start)"
                 )));
             }
             _ => pinned = Some((key, name)),
@@ -251,7 +252,7 @@ pub(crate) async fn pinned_key(
 pub(crate) async fn pinned_key_of_text(
     state: &AppState,
     body: &str,
-) -> Result<Option<usize>, ApiError> {
+) -> Result<Option<KeyIndex>, ApiError> {
     if !body.contains("files/") {
         return Ok(None);
     }
@@ -264,20 +265,20 @@ pub(crate) async fn pinned_key_of_text(
 /// The key for a new upload: the one asked for with `x-flux-key`, else a
 /// usable key with the most requests left today over the chain (in turn
 /// among equals), which is where the calls naming the file will go.
-async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<usize, Response> {
+async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<KeyIndex, Response> {
     let usable = state.scheduler.usable_keys();
     if let Some(asked) = headers.get("x-flux-key") {
         let key = asked
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| (1..=usable.len()).contains(&n))
-            .map(|n| n - 1);
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .and_then(KeyIndex::from_one_based)
+            .filter(|k| k.get() < usable.len());
         return match key {
             Some(k) if usable[k] => Ok(k),
             Some(k) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("x-flux-key: key {} is not usable now", k + 1),
+                format!("x-flux-key: key {k} is not usable now"),
             )
             .into_response()),
             None => Err(ApiError::bad_request(format!(
@@ -290,7 +291,7 @@ async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<usize, Resp
     let Ok(snapshot) = state.scheduler.snapshot().await else {
         return state.next_usable_key().ok_or_else(no_usable_key);
     };
-    let room: Vec<(usize, u64)> = snapshot
+    let room: Vec<(KeyIndex, u64)> = snapshot
         .keys
         .iter()
         .enumerate()
@@ -302,11 +303,11 @@ async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<usize, Resp
                 .filter(|lane| !lane.usage.exhausted_today)
                 .map(|lane| u64::from(lane.limits.rpd.saturating_sub(lane.usage.requests_today)))
                 .sum();
-            (k, left)
+            (KeyIndex::new(k), left)
         })
         .collect();
     let most = room.iter().map(|r| r.1).max().ok_or_else(no_usable_key)?;
-    let best: Vec<usize> = room.iter().filter(|r| r.1 == most).map(|r| r.0).collect();
+    let best: Vec<KeyIndex> = room.iter().filter(|r| r.1 == most).map(|r| r.0).collect();
     let turn = state
         .count_turn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -488,7 +489,7 @@ async fn chunk(state: &AppState, id: &str, headers: &HeaderMap, body: Bytes) -> 
 
 /// Records which key owns the file a finished upload made, durably, before
 /// the client hears of the file.
-async fn record_upload(state: &AppState, key: usize, body: &[u8]) {
+async fn record_upload(state: &AppState, key: KeyIndex, body: &[u8]) {
     let file: Value = serde_json::from_slice(body).unwrap_or_default();
     let Some(name) = file["file"]["name"]
         .as_str()
@@ -496,7 +497,7 @@ async fn record_upload(state: &AppState, key: usize, body: &[u8]) {
         .filter(|n| valid_file_id(n))
     else {
         tracing::warn!(
-            key = key + 1,
+            key = key.one_based(),
             "a finished upload named no file; it is not pinned to its key"
         );
         return;
@@ -521,25 +522,22 @@ async fn record_upload(state: &AppState, key: usize, body: &[u8]) {
         })
         .await;
     tracing::info!(
-        key = key + 1,
-        "files/{name} uploaded, pinned to key {} until {expires}",
-        key + 1
+        key = key.one_based(),
+        "files/{name} uploaded, pinned to key {key} until {expires}"
     );
 }
 
-/// A page token of ours: the key (1-based) a page comes from and the
+/// A page token of ours: the key a page goes on from (1-based) and the
 /// upstream's own token for it.
-fn page_token(key: usize, upstream: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}.{upstream}", key + 1))
+fn page_token(key: KeyIndex, upstream: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{key}.{upstream}"))
 }
 
-fn read_page_token(token: &str, keys: usize) -> Option<(usize, String)> {
+fn read_page_token(token: &str, keys: usize) -> Option<(KeyIndex, String)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
     let (key, upstream) = text.split_once('.')?;
-    let key: usize = key.parse().ok()?;
-    (1..=keys)
-        .contains(&key)
-        .then(|| (key - 1, upstream.to_string()))
+    let key = KeyIndex::from_one_based(key.parse().ok()?)?;
+    (key.get() < keys).then(|| (key, upstream.to_string()))
 }
 
 /// Files a list page holds when the caller does not say, and at most.
@@ -566,7 +564,7 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
     let usable = state.scheduler.usable_keys();
     let (first, mut token) =
         match query_value(query.as_deref(), "pageToken").filter(|t| !t.is_empty()) {
-            None => (0, String::new()),
+            None => (KeyIndex::new(0), String::new()),
             Some(given) => match read_page_token(&given, usable.len()) {
                 Some(start) => start,
                 None => {
@@ -575,7 +573,9 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
                 }
             },
         };
-    let keys: Vec<usize> = (first..usable.len()).filter(|&k| usable[k]).collect();
+    let keys: Vec<KeyIndex> = KeyIndex::all(usable.len())
+        .filter(|&k| k >= first && usable[k])
+        .collect();
     let mut files: Vec<Value> = Vec::new();
     let mut next = None;
     for (i, &key) in keys.iter().enumerate() {
@@ -615,7 +615,7 @@ struct Page {
 
 async fn list_page(
     state: &AppState,
-    key: usize,
+    key: KeyIndex,
     size: usize,
     token: &str,
 ) -> Result<Page, Response> {
@@ -643,7 +643,10 @@ async fn list_page(
 }
 
 /// The first of `keys` that has a file.
-async fn first_with_files(state: &AppState, keys: &[usize]) -> Result<Option<usize>, Response> {
+async fn first_with_files(
+    state: &AppState,
+    keys: &[KeyIndex],
+) -> Result<Option<KeyIndex>, Response> {
     for &key in keys {
         if !list_page(state, key, 1, "").await?.files.is_empty() {
             return Ok(Some(key));
@@ -654,7 +657,7 @@ async fn first_with_files(state: &AppState, keys: &[usize]) -> Result<Option<usi
 
 /// The key a call about one file goes to: its owner, else (a file the
 /// service does not know) any usable key, whose answer is the client's.
-async fn file_key(state: &AppState, id: &str) -> Result<usize, Response> {
+async fn file_key(state: &AppState, id: &str) -> Result<KeyIndex, Response> {
     if !valid_file_id(id) {
         return Err(ApiError::bad_request(format!(
             "files/{id} is not a file name: lowercase letters, digits and dashes, at most 40"
@@ -710,11 +713,16 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_strangers_are_refused() {
-        let token = page_token(2, "CgZhYmMxMjM=");
-        assert_eq!(read_page_token(&token, 3), Some((2, "CgZhYmMxMjM=".into())));
+        let third = KeyIndex::new(2);
+        let token = page_token(third, "CgZhYmMxMjM=");
         assert_eq!(
-            read_page_token(&page_token(0, ""), 3),
-            Some((0, String::new()))
+            read_page_token(&token, 3),
+            Some((third, "CgZhYmMxMjM=".into()))
+        );
+        let first = KeyIndex::new(0);
+        assert_eq!(
+            read_page_token(&page_token(first, ""), 3),
+            Some((first, String::new()))
         );
         assert_eq!(read_page_token(&token, 2), None, "no key 3 among 2");
         assert_eq!(read_page_token("not-ours", 3), None);

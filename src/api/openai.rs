@@ -8,7 +8,7 @@ use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, set_retry_after, whole_number};
 use super::flux::flux_headers;
 use super::relay::{Framing, Usage, relay};
-use crate::scheduler::Target;
+use crate::scheduler::{KeyChoice, Target};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -310,7 +310,8 @@ async fn chat(
     let job = Job {
         request: gemini,
         target,
-        preferred_key: None,
+        keys: KeyChoice::Any,
+        requests: 1,
         max_wait: state.max_wait,
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,

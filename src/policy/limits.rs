@@ -45,9 +45,8 @@ impl Limits {
             .all(|&q| used.of(q.metric()).saturating_add(call.of(q.metric())) <= self.get(q))
     }
 
-    /// Whether one call of `tokens` can ever fit (an empty window admits it).
-    pub fn can_ever_admit(&self, tokens: u64) -> bool {
-        let call = Usage::call(tokens);
+    /// Whether `call` can ever fit (an empty window admits it).
+    pub fn can_ever_admit(&self, call: Usage) -> bool {
         Quota::ALL
             .iter()
             .all(|&q| call.of(q.metric()) <= self.get(q))
@@ -66,6 +65,62 @@ impl Limits {
     /// The kinds whose limit is 0: the model has no quota at all there.
     pub fn zeros(&self) -> impl Iterator<Item = Quota> + '_ {
         Quota::ALL.into_iter().filter(|&q| self.get(q) == 0)
+    }
+
+    /// What background work may use of these limits: each window less the
+    /// reserve kept for interactive calls.
+    pub fn less(&self, reserve: Reserve) -> Limits {
+        let mut kept = LimitsOverride::default();
+        for q in Quota::ALL {
+            let limit = self.get(q);
+            if limit == UNLIMITED {
+                continue;
+            }
+            let held = match q.metric() {
+                // Never the last request: a limit of 1 stays usable.
+                Metric::Requests => reserve.requests.min(limit.saturating_sub(1)),
+                Metric::InputTokens => limit * u64::from(reserve.token_percent) / 100,
+            };
+            kept.set(q, limit - held);
+        }
+        kept.apply(*self)
+    }
+}
+
+/// What background work (batch items) leaves free in every window of every
+/// lane, so that an interactive call arriving meanwhile finds room at once
+/// (`FLUX_BATCH_RESERVE`, written `requests,percent%`: `1,10%` keeps one
+/// request and a tenth of the tokens of each window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserve {
+    pub requests: u64,
+    pub token_percent: u8,
+}
+
+impl Default for Reserve {
+    /// One request and 10 % of the tokens: one interactive call of an
+    /// ordinary size always fits at once, and a busy batch loses little.
+    fn default() -> Self {
+        Reserve {
+            requests: 1,
+            token_percent: 10,
+        }
+    }
+}
+
+impl std::str::FromStr for Reserve {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{text:?} is not a reserve: write requests,percent% (for example 1,10%)");
+        let (requests, percent) = text.split_once(',').ok_or_else(bad)?;
+        let percent = percent.trim().trim_end_matches('%').trim();
+        let requests = requests.trim().parse().map_err(|_| bad())?;
+        let token_percent = percent.parse().ok().filter(|p| *p < 100).ok_or_else(bad)?;
+        Ok(Reserve {
+            requests,
+            token_percent,
+        })
     }
 }
 
@@ -91,13 +146,18 @@ pub enum Family {
     Pro,
     Flash,
     FlashLite,
+    /// Embedding models: never in the generate chain, planned on their own
+    /// lanes when a surface names one.
+    Embedding,
 }
 
 impl Family {
     /// Infers the family from a model name; an unknown name is treated as
     /// `Pro`, the family with the tightest limits.
     pub fn of(model: &str) -> Family {
-        if model.contains("flash-lite") {
+        if model.contains("embedding") {
+            Family::Embedding
+        } else if model.contains("flash-lite") {
             Family::FlashLite
         } else if model.contains("flash") {
             Family::Flash
@@ -132,6 +192,15 @@ impl Family {
             Family::FlashLite => Limits {
                 rpm: 15,
                 tpm: 250_000,
+                rpd: 1_000,
+                tpd: UNLIMITED,
+            },
+            // About 100 requests a minute (unconfirmed); 30,000 tokens a
+            // minute and 1,000 requests a day as commonly reported. Each item
+            // of a `batchEmbedContents` counts as one request.
+            Family::Embedding => Limits {
+                rpm: 100,
+                tpm: 30_000,
                 rpd: 1_000,
                 tpd: UNLIMITED,
             },
@@ -350,12 +419,43 @@ mod tests {
         assert!(!l.admits(Window::Minute, used, Usage::call(41)));
         assert!(l.admits(Window::Day, used, Usage::call(90)));
         assert!(!l.admits(Window::Day, used, Usage::call(91)));
-        assert!(l.can_ever_admit(100));
-        assert!(!l.can_ever_admit(101));
+        assert!(l.can_ever_admit(Usage::call(100)));
+        assert!(!l.can_ever_admit(Usage::call(101)));
+        let batch = |n| Usage {
+            requests: n,
+            input_tokens: 10,
+        };
+        assert!(l.can_ever_admit(batch(2)) && !l.can_ever_admit(batch(3)));
         assert_eq!(l.zeros().count(), 0);
         assert_eq!(
             Limits { rpd: 0, ..l }.zeros().collect::<Vec<_>>(),
             vec![Quota::RequestsPerDay]
         );
+    }
+
+    #[test]
+    fn background_work_leaves_the_reserve_in_every_window() {
+        let flash = Limits {
+            rpm: 10,
+            tpm: 250_000,
+            rpd: 1,
+            tpd: UNLIMITED,
+        };
+        let reserve: Reserve = "1,10%".parse().unwrap();
+        assert_eq!(reserve, Reserve::default());
+        assert_eq!(
+            flash.less(reserve),
+            Limits {
+                rpm: 9,
+                tpm: 225_000,
+                rpd: 1,
+                tpd: UNLIMITED
+            },
+            "a limit of 1 stays usable; an unlimited one stays unlimited"
+        );
+        assert_eq!(flash.less("0, 0".parse().unwrap()), flash);
+        for bad in ["1", "x,10%", "1,100%", "1,-5"] {
+            assert!(bad.parse::<Reserve>().is_err(), "{bad}");
+        }
     }
 }
