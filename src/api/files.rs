@@ -323,10 +323,39 @@ async fn upload(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    if let Err(e) = check_protocol(&headers, query.as_deref()) {
+        return e.into_response();
+    }
     match query_value(query.as_deref(), "upload_id") {
         Some(id) => chunk(&state, &id, &headers, body).await,
         None => start(&state, uri.path(), &headers, body).await,
     }
+}
+
+/// The upload protocol's headers that are there say what they must: the
+/// resumable protocol, sizes and offsets in whole bytes.
+fn check_protocol(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+    let resumable = |v: &str| v.eq_ignore_ascii_case("resumable");
+    if !header_text(headers, UPLOAD_PROTOCOL).is_none_or(resumable)
+        || !query_value(query, "upload_protocol").is_none_or(|v| resumable(&v))
+    {
+        return Err(ApiError::bad_request(
+            "gemini-flux takes resumable uploads only (X-Goog-Upload-Protocol: resumable)",
+        ));
+    }
+    for name in [UPLOAD_OFFSET, UPLOAD_HEADER_CONTENT_LENGTH] {
+        if headers.get(name).is_some_and(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_none()
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be a whole number of bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The request headers of the upload protocol that go upstream as they came.
@@ -341,7 +370,7 @@ fn forwarded(headers: &HeaderMap, names: &[&'static str]) -> HeaderMap {
 }
 
 async fn start(state: &AppState, path: &str, headers: &HeaderMap, body: Bytes) -> Response {
-    if !header_text(headers, UPLOAD_PROTOCOL).is_some_and(|p| p.eq_ignore_ascii_case("resumable")) {
+    if header_text(headers, UPLOAD_PROTOCOL).is_none() {
         return ApiError::bad_request(
             "uploads use the resumable protocol: X-Goog-Upload-Protocol: resumable, then X-Goog-Upload-Command: start",
         )
@@ -419,9 +448,14 @@ async fn start(state: &AppState, path: &str, headers: &HeaderMap, body: Bytes) -
         "{}{path}?upload_id={id}&upload_protocol=resumable",
         origin(headers)
     );
-    let mut response = relay(&answer, &[UPLOAD_STATUS, UPLOAD_CHUNK_GRANULARITY]);
-    *response.body_mut() = axum::body::Body::empty();
-    response.headers_mut().remove(header::CONTENT_TYPE);
+    // The upstream's start answers an empty body; an empty JSON object says
+    // the same and keeps the answer JSON like every other.
+    let mut response = Json(serde_json::json!({})).into_response();
+    for name in [UPLOAD_STATUS, UPLOAD_CHUNK_GRANULARITY] {
+        if let Some(value) = answer.headers.get(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&ours) {
         response.headers_mut().insert(UPLOAD_URL, value);
     }
