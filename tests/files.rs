@@ -9,13 +9,12 @@ mod common;
 use common::*;
 use gemini_flux::clock::Clock;
 use gemini_flux::service::{self, RunningService};
-use gemini_flux::sim::{SimConfig, SimServer, SimStats};
+use gemini_flux::sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const FLASH: &str = "gemini-2.5-flash";
 const KEYS: [&str; 3] = ["files-key-0001", "files-key-0002", "files-key-0003"];
-const CHUNK: usize = 8 * 1024 * 1024;
 
 fn sim_config(rpm: u32) -> SimConfig {
     SimConfig::new(KEYS).with_limits(limits(FLASH, rpm, 1_000_000, 1_000))
@@ -24,110 +23,6 @@ fn sim_config(rpm: u32) -> SimConfig {
 /// `FLUX_LIMITS` saying what [`sim_config`] enforces.
 fn flux_limits(rpm: u32) -> String {
     json!({FLASH: {"rpm": rpm, "tpm": 1_000_000, "rpd": 1_000}}).to_string()
-}
-
-/// Uses of a file by a key whose project does not own it, as the simulator
-/// counted them (generate and countTokens calls, gets and deletes).
-fn cross_key_uses(stats: &SimStats) -> u64 {
-    stats.files.foreign_file_403
-        + stats
-            .lanes
-            .iter()
-            .map(|l| l.stats.foreign_file_403)
-            .sum::<u64>()
-}
-
-/// An answer: status, headers, JSON body (`Null` when empty or not JSON).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    async fn of(response: reqwest::Response) -> Answer {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.unwrap();
-        Answer {
-            status,
-            headers,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// `x-flux-key`: the key (1-based) that served it.
-    fn key(&self) -> usize {
-        self.header("x-flux-key").unwrap().parse().unwrap()
-    }
-}
-
-/// google-genai's upload: `start` with the file's metadata, then 8 MiB
-/// chunks to the `X-Goog-Upload-URL` (no key on them), the last with
-/// `finalize`. `extra` headers go on the start. The finalize's answer.
-async fn upload(base: &str, bytes: &[u8], extra: &[(&str, &str)]) -> Answer {
-    let http = client();
-    let mut start = http
-        .post(format!("{base}/upload/v1beta/files"))
-        .header("X-Goog-Upload-Protocol", "resumable")
-        .header("X-Goog-Upload-Command", "start")
-        .header("X-Goog-Upload-Header-Content-Length", bytes.len().to_string())
-        .header("X-Goog-Upload-Header-Content-Type", "text/plain")
-        .json(&json!({"file": {"displayName": "notes.txt", "mimeType": "text/plain", "sizeBytes": bytes.len().to_string()}}));
-    for (name, value) in extra {
-        start = start.header(*name, *value);
-    }
-    let started = Answer::of(start.send().await.unwrap()).await;
-    assert_eq!(started.status, 200, "{}", started.body);
-    assert_eq!(started.header("x-goog-upload-status"), Some("active"));
-    let url = started.header("x-goog-upload-url").unwrap().to_string();
-    assert!(
-        url.starts_with(&format!("{base}/upload/v1beta/files?upload_id=")),
-        "the upload goes on through gemini-flux: {url}"
-    );
-    let mut offset = 0;
-    loop {
-        let end = (offset + CHUNK).min(bytes.len());
-        let command = if end == bytes.len() {
-            "upload, finalize"
-        } else {
-            "upload"
-        };
-        let answer = Answer::of(
-            http.post(&url)
-                .header("X-Goog-Upload-Command", command)
-                .header("X-Goog-Upload-Offset", offset.to_string())
-                .body(bytes[offset..end].to_vec())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        offset = end;
-        if command == "upload, finalize" || answer.status != 200 {
-            return answer;
-        }
-        assert_eq!(answer.header("x-goog-upload-status"), Some("active"));
-    }
-}
-
-/// A generate request that names `file` (its `uri`) and asks about it.
-fn about(file: &Value) -> Value {
-    json!({"contents": [{"role": "user", "parts": [
-        {"fileData": {"fileUri": file["uri"], "mimeType": "text/plain"}},
-        {"text": "What does it say?"}]}]})
-}
-
-fn file_id(file: &Value) -> String {
-    file["name"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("files/")
-        .to_string()
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> Answer {
@@ -157,7 +52,7 @@ async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
     )
     .await;
     let base = stack.svc.base_url();
-    let uploaded = upload(&base, b"The quarterly numbers are up.", &[]).await;
+    let uploaded = upload_file(&base, b"The quarterly numbers are up.", &[]).await;
     assert_eq!(uploaded.status, 200, "{}", uploaded.body);
     assert_eq!(uploaded.header("x-goog-upload-status"), Some("final"));
     let file = uploaded.body["file"].clone();
@@ -167,7 +62,7 @@ async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
 
     let path = format!("/v1beta/models/{FLASH}:generateContent");
     let started = tokio::time::Instant::now();
-    let body = about(&file);
+    let body = about_file(&file);
     let calls = (0..9).map(|_| post(&base, &path, &body));
     let answers = futures::future::join_all(calls).await;
     assert_eq!(
@@ -183,14 +78,14 @@ async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
     let stream = post(
         &base,
         &format!("/v1beta/models/{FLASH}:streamGenerateContent"),
-        &about(&file),
+        &about_file(&file),
     )
     .await;
     assert_eq!((stream.status, stream.key()), (200, owner));
     let counted = post(
         &base,
         &format!("/v1beta/models/{FLASH}:countTokens"),
-        &about(&file),
+        &about_file(&file),
     )
     .await;
     assert_eq!(counted.status, 200, "{}", counted.body);
@@ -198,7 +93,7 @@ async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
     let stats = stack.sim_stats();
     assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 10);
     assert_eq!(stats.calls, 10, "no other key was called");
-    assert_eq!(cross_key_uses(&stats), 0, "{stats:#?}");
+    assert_eq!(cross_key_file_uses(&stats), 0, "{stats:#?}");
     assert_eq!(stats.rejected_429, 0);
     assert_eq!(stats.files.uploaded, 1);
 }
@@ -216,7 +111,7 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
     let mut owners = Vec::new();
     let mut ids = Vec::new();
     for text in ["one", "two", "three"] {
-        let uploaded = upload(&base, text.as_bytes(), &token).await;
+        let uploaded = upload_file(&base, text.as_bytes(), &token).await;
         assert_eq!(uploaded.status, 200, "{}", uploaded.body);
         owners.push(uploaded.key());
         ids.push(file_id(&uploaded.body["file"]));
@@ -285,7 +180,7 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
     assert_eq!(stack.sim.file_owner(&ids[0]), None);
     let stats = stack.sim_stats();
     assert_eq!((stats.files.deleted, stats.files.live), (1, 2));
-    assert_eq!(cross_key_uses(&stats), 0);
+    assert_eq!(cross_key_file_uses(&stats), 0);
 
     // Without the token nothing starts; a page token of nobody's is refused.
     let refused = Answer::of(
@@ -333,7 +228,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
         .unwrap();
     let state = fresh_state_path();
     let svc = serve(&sim, &KEYS, &state, clock).await;
-    let uploaded = upload(&svc.base_url(), b"kept across restarts", &[]).await;
+    let uploaded = upload_file(&svc.base_url(), b"kept across restarts", &[]).await;
     let file = uploaded.body["file"].clone();
     let owner = sim.file_owner(&file_id(&file)).unwrap();
     svc.stop().await.unwrap();
@@ -346,7 +241,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
         let answer = post(
             &base,
             &format!("/v1beta/models/{FLASH}:generateContent"),
-            &about(&file),
+            &about_file(&file),
         )
         .await;
         assert_eq!(
@@ -358,7 +253,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
     }
     let stats = sim.stats();
     assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 3);
-    assert_eq!(cross_key_uses(&stats), 0);
+    assert_eq!(cross_key_file_uses(&stats), 0);
 
     // 48 hours on, the file and its record are gone: the call goes to any
     // key, and the upstream's 403 is the client's answer.
@@ -366,7 +261,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
     let late = post(
         &base,
         &format!("/v1beta/models/{FLASH}:generateContent"),
-        &about(&file),
+        &about_file(&file),
     )
     .await;
     assert_eq!(late.status, 403, "{}", late.body);
@@ -386,7 +281,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
 async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
     let stack = Stack::start(sim_config(10), quiet_noon(), &[("FLUX_MODELS", FLASH)]).await;
     let base = stack.svc.base_url();
-    let uploaded = upload(&base, b"pinned", &[("x-flux-key", "2")]).await;
+    let uploaded = upload_file(&base, b"pinned", &[("x-flux-key", "2")]).await;
     assert_eq!(uploaded.key(), 2, "x-flux-key chooses the upload's key");
     let file = uploaded.body["file"].clone();
     let id = file_id(&file);
@@ -396,7 +291,7 @@ async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
         let answer = post(
             &base,
             &format!("/v1beta/models/{FLASH}:{action}"),
-            &about(&file),
+            &about_file(&file),
         )
         .await;
         assert_eq!(answer.status, 503, "{action}: {}", answer.body);
@@ -409,15 +304,15 @@ async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
     }
     assert_eq!(get(&base, &format!("/v1beta/files/{id}")).await.status, 503);
     let stats = stack.sim_stats();
-    assert_eq!((stats.calls, cross_key_uses(&stats)), (0, 0));
+    assert_eq!((stats.calls, cross_key_file_uses(&stats)), (0, 0));
 
     // Files of two keys cannot be read by one call: said before any is sent.
-    let other = upload(&base, b"elsewhere", &[("x-flux-key", "3")])
+    let other = upload_file(&base, b"elsewhere", &[("x-flux-key", "3")])
         .await
         .body["file"]
         .clone();
     assert_eq!(post(&base, "/keys/2/enable", &json!({})).await.status, 200);
-    let mut both = about(&file);
+    let mut both = about_file(&file);
     both["contents"][0]["parts"]
         .as_array_mut()
         .unwrap()
@@ -499,7 +394,7 @@ async fn the_simulator_holds_the_upload_protocol_to_its_word() {
     .await;
     assert_eq!(no_protocol.status, 400);
 
-    let size = CHUNK + 10;
+    let size = UPLOAD_CHUNK + 10;
     let started = s.start_upload(KEYS[0], size).await;
     assert_eq!(
         started.header("x-goog-upload-chunk-granularity"),
@@ -512,7 +407,7 @@ async fn the_simulator_holds_the_upload_protocol_to_its_word() {
         (short.status, short.header("x-goog-upload-size-received")),
         (400, Some("0"))
     );
-    let first = SimFiles::chunk(&url, "upload", 0, vec![b'x'; CHUNK]).await;
+    let first = SimFiles::chunk(&url, "upload", 0, vec![b'x'; UPLOAD_CHUNK]).await;
     assert_eq!(
         (first.status, first.header("x-goog-upload-status")),
         (200, Some("active"))
@@ -524,14 +419,17 @@ async fn the_simulator_holds_the_upload_protocol_to_its_word() {
         (400, Some("8388608"))
     );
     // Fewer bytes than declared do not make a file.
-    let early = SimFiles::chunk(&url, "upload, finalize", CHUNK, vec![b'x'; 9]).await;
+    let early = SimFiles::chunk(&url, "upload, finalize", UPLOAD_CHUNK, vec![b'x'; 9]).await;
     assert_eq!(early.status, 400, "{}", early.body);
-    let last = SimFiles::chunk(&url, "upload, finalize", CHUNK, vec![b'x'; 10]).await;
+    let last = SimFiles::chunk(&url, "upload, finalize", UPLOAD_CHUNK, vec![b'x'; 10]).await;
     assert_eq!(
         (last.status, last.header("x-goog-upload-status")),
         (200, Some("final"))
     );
-    assert_eq!(last.body["file"]["sizeBytes"], (CHUNK + 10).to_string());
+    assert_eq!(
+        last.body["file"]["sizeBytes"],
+        (UPLOAD_CHUNK + 10).to_string()
+    );
     let id = file_id(&last.body["file"]);
     assert_eq!(s.sim.file_owner(&id), Some(1));
     // The session is over.
