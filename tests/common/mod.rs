@@ -295,9 +295,11 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// `x-flux-key`: the key (1-based) that served it.
+    /// `x-flux-key`: the key (1-based) that served it; 0 when none did.
     pub fn key(&self) -> usize {
-        self.header("x-flux-key").unwrap().parse().unwrap()
+        self.header("x-flux-key")
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(0)
     }
 }
 
