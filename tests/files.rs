@@ -156,7 +156,9 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
         (3, None)
     );
 
-    for id in &ids {
+    // Each from its owner (asked in the opposite order to the uploads, so
+    // that no turn over the keys can answer for the owner by chance).
+    for id in ids.iter().rev() {
         let file = Answer::of(
             with_token(http.get(format!("{base}/v1/files/{id}")))
                 .send()
@@ -168,16 +170,30 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
         assert_eq!(Some(file.key()), stack.sim.file_owner(id));
         assert_eq!(file.body["name"], format!("files/{id}"));
     }
-    let owner = stack.sim.file_owner(&ids[0]).unwrap();
+    // Key 3's file goes; the list is then two files and no token, though a
+    // key follows the last one listed.
+    let last = ids
+        .iter()
+        .find(|id| stack.sim.file_owner(id) == Some(3))
+        .unwrap()
+        .clone();
     let deleted = Answer::of(
-        with_token(http.delete(format!("{base}/v1beta/files/{}", ids[0])))
+        with_token(http.delete(format!("{base}/v1beta/files/{last}")))
             .send()
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!((deleted.status, deleted.key()), (200, owner));
-    assert_eq!(stack.sim.file_owner(&ids[0]), None);
+    assert_eq!((deleted.status, deleted.key()), (200, 3));
+    assert_eq!(stack.sim.file_owner(&last), None);
+    let two = list("pageSize=2".into()).await.body;
+    assert_eq!(
+        (
+            two["files"].as_array().unwrap().len(),
+            two.get("nextPageToken")
+        ),
+        (2, None)
+    );
     let stats = stack.sim_stats();
     assert_eq!((stats.files.deleted, stats.files.live), (1, 2));
     assert_eq!(cross_key_file_uses(&stats), 0);

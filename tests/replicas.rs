@@ -587,7 +587,12 @@ async fn a_file_uploaded_through_one_replica_is_read_by_its_key_through_another(
             .unwrap(),
         )
         .await;
-        assert_eq!((answer.status, answer.key()), (200, owner), "{}", answer.body);
+        assert_eq!(
+            (answer.status, answer.key()),
+            (200, owner),
+            "{}",
+            answer.body
+        );
     }
     let stats = cluster.sim.stats();
     assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 4);
