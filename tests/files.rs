@@ -247,6 +247,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
     let uploaded = upload_file(&svc.base_url(), b"kept across restarts", &[]).await;
     let file = uploaded.body["file"].clone();
     let owner = sim.file_owner(&file_id(&file)).unwrap();
+    assert_ne!(owner, 2, "reversing the keys moves the owner");
     svc.stop().await.unwrap();
 
     // Same state file, keys in the opposite order: key N is now key 4 - N.
