@@ -26,19 +26,22 @@ fn flux_limits(rpm: u32) -> String {
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> Answer {
-    Answer::of(
-        client()
-            .post(format!("{base}{path}"))
-            .json(body)
-            .send()
-            .await
-            .unwrap(),
+    Answer::to(client().post(format!("{base}{path}")).json(body)).await
+}
+
+/// `{FLASH}:{action}` (generateContent, streamGenerateContent, countTokens)
+/// about an uploaded `file`.
+async fn about(base: &str, action: &str, file: &Value) -> Answer {
+    post(
+        base,
+        &format!("/v1beta/models/{FLASH}:{action}"),
+        &about_file(file),
     )
     .await
 }
 
 async fn get(base: &str, path: &str) -> Answer {
-    Answer::of(client().get(format!("{base}{path}")).send().await.unwrap()).await
+    Answer::to(client().get(format!("{base}{path}"))).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -75,19 +78,9 @@ async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
     assert_eq!(started.elapsed(), Duration::from_millis(2 * 60_250));
 
     // A stream and a countTokens that name it go to the owner too.
-    let stream = post(
-        &base,
-        &format!("/v1beta/models/{FLASH}:streamGenerateContent"),
-        &about_file(&file),
-    )
-    .await;
+    let stream = about(&base, "streamGenerateContent", &file).await;
     assert_eq!((stream.status, stream.key()), (200, owner));
-    let counted = post(
-        &base,
-        &format!("/v1beta/models/{FLASH}:countTokens"),
-        &about_file(&file),
-    )
-    .await;
+    let counted = about(&base, "countTokens", &file).await;
     assert_eq!(counted.status, 200, "{}", counted.body);
 
     let stats = stack.sim_stats();
@@ -126,7 +119,7 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
     let list = |query: String| {
         let http = http.clone();
         let url = format!("{base}/v1beta/files?{query}");
-        async move { Answer::of(with_token(http.get(url)).send().await.unwrap()).await }
+        async move { Answer::to(with_token(http.get(url))).await }
     };
     let mut listed = Vec::new();
     let mut pages = 0;
@@ -159,13 +152,7 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
     // Each from its owner (asked in the opposite order to the uploads, so
     // that no turn over the keys can answer for the owner by chance).
     for id in ids.iter().rev() {
-        let file = Answer::of(
-            with_token(http.get(format!("{base}/v1/files/{id}")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let file = Answer::to(with_token(http.get(format!("{base}/v1/files/{id}")))).await;
         assert_eq!(file.status, 200, "{}", file.body);
         assert_eq!(Some(file.key()), stack.sim.file_owner(id));
         assert_eq!(file.body["name"], format!("files/{id}"));
@@ -177,12 +164,9 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
         .find(|id| stack.sim.file_owner(id) == Some(3))
         .unwrap()
         .clone();
-    let deleted = Answer::of(
-        with_token(http.delete(format!("{base}/v1beta/files/{last}")))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let deleted = Answer::to(with_token(
+        http.delete(format!("{base}/v1beta/files/{last}")),
+    ))
     .await;
     assert_eq!((deleted.status, deleted.key()), (200, 3));
     assert_eq!(stack.sim.file_owner(&last), None);
@@ -199,22 +183,16 @@ async fn uploads_spread_over_keys_and_get_list_delete_go_to_each_files_owner() {
     assert_eq!(cross_key_file_uses(&stats), 0);
 
     // Without the token nothing starts; a page token of nobody's is refused.
-    let refused = Answer::of(
+    let refused = Answer::to(
         http.post(format!("{base}/upload/v1beta/files"))
             .header("X-Goog-Upload-Protocol", "resumable")
-            .header("X-Goog-Upload-Command", "start")
-            .send()
-            .await
-            .unwrap(),
+            .header("X-Goog-Upload-Command", "start"),
     )
     .await;
     assert_eq!(refused.status, 401);
-    let stranger = Answer::of(
-        with_token(http.get(format!("{base}/v1beta/files?pageToken=bm9ib2R5")))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let stranger = Answer::to(with_token(
+        http.get(format!("{base}/v1beta/files?pageToken=bm9ib2R5")),
+    ))
     .await;
     assert_eq!(stranger.status, 400, "{}", stranger.body);
 }
@@ -255,12 +233,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
     let svc = serve(&sim, &reversed, &state, clock).await;
     let base = svc.base_url();
     for _ in 0..3 {
-        let answer = post(
-            &base,
-            &format!("/v1beta/models/{FLASH}:generateContent"),
-            &about_file(&file),
-        )
-        .await;
+        let answer = about(&base, "generateContent", &file).await;
         assert_eq!(
             (answer.status, answer.key()),
             (200, 4 - owner),
@@ -275,12 +248,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
     // 48 hours on, the file and its record are gone: the call goes to any
     // key, and the upstream's 403 is the client's answer.
     tokio::time::sleep(Duration::from_secs(48 * 3_600)).await;
-    let late = post(
-        &base,
-        &format!("/v1beta/models/{FLASH}:generateContent"),
-        &about_file(&file),
-    )
-    .await;
+    let late = about(&base, "generateContent", &file).await;
     assert_eq!(late.status, 403, "{}", late.body);
     assert!(
         late.body["error"]["message"]
@@ -305,12 +273,7 @@ async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
     assert_eq!(post(&base, "/keys/2/disable", &json!({})).await.status, 200);
 
     for action in ["generateContent", "streamGenerateContent", "countTokens"] {
-        let answer = post(
-            &base,
-            &format!("/v1beta/models/{FLASH}:{action}"),
-            &about_file(&file),
-        )
-        .await;
+        let answer = about(&base, action, &file).await;
         assert_eq!(answer.status, 503, "{action}: {}", answer.body);
         assert_eq!(answer.body["error"]["status"], "UNAVAILABLE");
         let message = answer.body["error"]["message"].as_str().unwrap();
@@ -366,31 +329,25 @@ impl SimFiles {
     }
 
     async fn start_upload(&self, key: &str, size: usize) -> Answer {
-        Answer::of(
+        Answer::to(
             client()
                 .post(format!("{}/upload/v1beta/files", self.sim.base_url()))
                 .header("x-goog-api-key", key)
                 .header("X-Goog-Upload-Protocol", "resumable")
                 .header("X-Goog-Upload-Command", "start")
                 .header("X-Goog-Upload-Header-Content-Length", size.to_string())
-                .json(&json!({"file": {"mimeType": "text/plain"}}))
-                .send()
-                .await
-                .unwrap(),
+                .json(&json!({"file": {"mimeType": "text/plain"}})),
         )
         .await
     }
 
     async fn chunk(url: &str, command: &str, offset: usize, bytes: Vec<u8>) -> Answer {
-        Answer::of(
+        Answer::to(
             client()
                 .post(url)
                 .header("X-Goog-Upload-Command", command)
                 .header("X-Goog-Upload-Offset", offset.to_string())
-                .body(bytes)
-                .send()
-                .await
-                .unwrap(),
+                .body(bytes),
         )
         .await
     }
@@ -399,14 +356,11 @@ impl SimFiles {
 #[tokio::test(start_paused = true)]
 async fn the_simulator_holds_the_upload_protocol_to_its_word() {
     let s = SimFiles::start().await;
-    let no_protocol = Answer::of(
+    let no_protocol = Answer::to(
         client()
             .post(format!("{}/upload/v1beta/files", s.sim.base_url()))
             .header("x-goog-api-key", KEYS[0])
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({})),
     )
     .await;
     assert_eq!(no_protocol.status, 400);
@@ -461,16 +415,13 @@ async fn the_simulator_holds_the_upload_protocol_to_its_word() {
             .header("x-goog-api-key", KEYS[1])
     };
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
-        let answer = Answer::of(foreign(method).send().await.unwrap()).await;
+        let answer = Answer::to(foreign(method)).await;
         assert_eq!(answer.status, 403, "{}", answer.body);
     }
-    let listed = Answer::of(
+    let listed = Answer::to(
         client()
             .get(format!("{base}/v1beta/files"))
-            .header("x-goog-api-key", KEYS[1])
-            .send()
-            .await
-            .unwrap(),
+            .header("x-goog-api-key", KEYS[1]),
     )
     .await;
     assert_eq!(listed.body, json!({}), "key 2 owns no file");

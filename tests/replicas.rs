@@ -576,15 +576,12 @@ async fn a_file_uploaded_through_one_replica_is_read_by_its_key_through_another(
     // The other replica never saw the upload: Redis tells it the owner.
     let http = client();
     for _ in 0..4 {
-        let answer = Answer::of(
+        let answer = Answer::to(
             http.post(format!(
                 "{}/v1beta/models/{FLASH}:generateContent",
                 cluster.base(1)
             ))
-            .json(&about_file(&file))
-            .send()
-            .await
-            .unwrap(),
+            .json(&about_file(&file)),
         )
         .await;
         assert_eq!(

@@ -44,8 +44,8 @@ pub fn routes() -> Router<AppState> {
         .route("/upload/v1/files", post(upload))
         .route("/v1beta/files", get(list))
         .route("/v1/files", get(list))
-        .route("/v1beta/files/{id}", get(get_file).delete(delete_file))
-        .route("/v1/files/{id}", get(get_file).delete(delete_file))
+        .route("/v1beta/files/{id}", get(one_file).delete(one_file))
+        .route("/v1/files/{id}", get(one_file).delete(one_file))
 }
 
 /// An upload's chunks carry no key (google-genai sends none: the upload URL
@@ -705,7 +705,12 @@ async fn file_key(state: &AppState, id: &str) -> Result<KeyIndex, Response> {
     }
 }
 
-async fn get_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// `GET` or `DELETE /v1beta/files/{id}`, on the key that owns the file.
+async fn one_file(
+    State(state): State<AppState>,
+    method: Method,
+    Path(id): Path<String>,
+) -> Response {
     let key = match file_key(&state, &id).await {
         Ok(key) => key,
         Err(refused) => return refused,
@@ -713,28 +718,14 @@ async fn get_file(State(state): State<AppState>, Path(id): Path<String>) -> Resp
     let path = format!("/{id}");
     match state
         .upstream
-        .files(&state.keys[key], Method::GET, &path)
-        .await
-    {
-        Ok(file) => with_key(Json(file).into_response(), key),
-        Err(e) => with_key(upstream_failure(&state, e), key),
-    }
-}
-
-async fn delete_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let key = match file_key(&state, &id).await {
-        Ok(key) => key,
-        Err(refused) => return refused,
-    };
-    let path = format!("/{id}");
-    match state
-        .upstream
-        .files(&state.keys[key], Method::DELETE, &path)
+        .files(&state.keys[key], method.clone(), &path)
         .await
     {
         Ok(answer) => {
-            state.files.forget(&id);
-            state.ledger.record(Record::FileDeleted { name: id });
+            if method == Method::DELETE {
+                state.files.forget(&id);
+                state.ledger.record(Record::FileDeleted { name: id });
+            }
             with_key(Json(answer).into_response(), key)
         }
         Err(e) => with_key(upstream_failure(&state, e), key),

@@ -7,7 +7,9 @@
 //! A file's bytes are counted, not kept: nothing the simulator answers
 //! depends on them.
 
-use super::routes::{Failure, Params, Shared, authenticate, check_version, fail, invalid_argument};
+use super::routes::{
+    Failure, Paging, Params, Shared, authenticate, check_version, fail, invalid_argument,
+};
 use crate::clock::Timestamp;
 use crate::wire::files::{
     CHUNK_GRANULARITY, FILE_LIFETIME, UPLOAD_CHUNK_GRANULARITY, UPLOAD_COMMAND,
@@ -18,7 +20,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::Rng;
@@ -42,7 +44,7 @@ pub(super) fn routes() -> Router<Shared> {
             post(upload).layer(axum::extract::DefaultBodyLimit::max(MAX_CHUNK_BYTES)),
         )
         .route("/{version}/files", get(list))
-        .route("/{version}/files/{id}", get(get_file).delete(delete_file))
+        .route("/{version}/files/{id}", get(one_file).delete(one_file))
 }
 
 /// What `/__sim/stats` reports about files.
@@ -479,17 +481,7 @@ async fn list(
 ) -> Result<Response, Failure> {
     check_version(&version)?;
     let key_index = authenticate(&state, &headers, &params)?;
-    let size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
-        None | Some(Ok(0)) => PAGE_SIZE,
-        Some(Ok(n)) => n.min(MAX_PAGE_SIZE),
-        Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
-    };
-    let start = match params.get("pageToken").filter(|t| !t.is_empty()) {
-        None => 0,
-        Some(t) => t
-            .parse::<usize>()
-            .map_err(|_| invalid_argument("Invalid page token."))?,
-    };
+    let paging = Paging::of(&params, PAGE_SIZE, MAX_PAGE_SIZE)?;
     let now = state.clock.now();
     let mut registry = state.files();
     registry.files.retain(|_, f| f.expires > now);
@@ -499,25 +491,26 @@ async fn list(
         .filter(|(_, f)| f.key_index == key_index)
         .collect();
     mine.sort_by(|a, b| b.1.created.cmp(&a.1.created).then(a.0.cmp(b.0)));
-    let page: Vec<Value> = mine
-        .iter()
-        .skip(start)
-        .take(size)
-        .map(|(id, f)| file_json(id, f, &version))
-        .collect();
+    let (page, next) = paging.page(&mine);
     // Like the real API, an empty list is an empty object.
     let mut body = json!({});
     if !page.is_empty() {
-        body["files"] = json!(page);
+        let files: Vec<Value> = page
+            .iter()
+            .map(|(id, f)| file_json(id, f, &version))
+            .collect();
+        body["files"] = json!(files);
     }
-    if start + size < mine.len() {
-        body["nextPageToken"] = json!((start + size).to_string());
+    if let Some(next) = next {
+        body["nextPageToken"] = json!(next);
     }
     Ok(Json(body).into_response())
 }
 
-async fn get_file(
+/// `GET` or `DELETE /{version}/files/{id}` of a file the caller's project owns.
+async fn one_file(
     State(state): State<Shared>,
+    method: Method,
     Path((version, id)): Path<(String, String)>,
     headers: HeaderMap,
     Query(params): Params,
@@ -526,21 +519,14 @@ async fn get_file(
     let key_index = authenticate(&state, &headers, &params)?;
     checked_id(&id)?;
     let mut registry = state.files();
-    let file = registry.own(&id, key_index, state.clock.now())?;
-    Ok(Json(file_json(&id, file, &version)).into_response())
-}
-
-async fn delete_file(
-    State(state): State<Shared>,
-    Path((version, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Result<Response, Failure> {
-    check_version(&version)?;
-    let key_index = authenticate(&state, &headers, &params)?;
-    checked_id(&id)?;
-    let mut registry = state.files();
-    registry.own(&id, key_index, state.clock.now())?;
+    let file = file_json(
+        &id,
+        registry.own(&id, key_index, state.clock.now())?,
+        &version,
+    );
+    if method != Method::DELETE {
+        return Ok(Json(file).into_response());
+    }
     registry.files.remove(&id);
     registry.stats.deleted += 1;
     Ok(Json(json!({})).into_response())

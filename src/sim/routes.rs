@@ -160,32 +160,50 @@ async fn list_models(
 ) -> Result<Response, Failure> {
     check_version(&version)?;
     authenticate(&state, &headers, &params)?;
-    let page_size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
-        None => 50,
-        Some(Ok(n)) => n.clamp(1, 1000),
-        Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
-    };
-    let start = match params
-        .get("pageToken")
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<usize>())
-    {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return Err(invalid_argument("Invalid page token.")),
-    };
     let names = model_names(&state);
-    let page: Vec<Value> = names
-        .iter()
-        .skip(start)
-        .take(page_size)
-        .map(|n| model_json(n))
-        .collect();
-    let mut body = json!({ "models": page });
-    if start + page_size < names.len() {
-        body["nextPageToken"] = json!((start + page_size).to_string());
+    let (page, next) = Paging::of(&params, 50, 1_000)?.page(&names);
+    let mut body = json!({ "models": page.iter().map(|n| model_json(n)).collect::<Vec<_>>() });
+    if let Some(next) = next {
+        body["nextPageToken"] = json!(next);
     }
     Ok(Json(body).into_response())
+}
+
+/// Where a list's page starts and how long it is: `pageSize` (`default`
+/// when absent or 0, at most `max`) and `pageToken` (the offset it goes on
+/// from, as the simulator writes its tokens).
+pub(super) struct Paging {
+    start: usize,
+    size: usize,
+}
+
+impl Paging {
+    pub(super) fn of(
+        params: &HashMap<String, String>,
+        default: usize,
+        max: usize,
+    ) -> Result<Paging, Failure> {
+        let size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
+            None | Some(Ok(0)) => default,
+            Some(Ok(n)) => n.min(max),
+            Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
+        };
+        let start = match params.get("pageToken").filter(|t| !t.is_empty()) {
+            None => 0,
+            Some(t) => t
+                .parse::<usize>()
+                .map_err(|_| invalid_argument("Invalid page token."))?,
+        };
+        Ok(Paging { start, size })
+    }
+
+    /// This page of `items`, and the token of the next when there is one.
+    pub(super) fn page<'a, T>(&self, items: &'a [T]) -> (&'a [T], Option<String>) {
+        let start = self.start.min(items.len());
+        let end = (start + self.size).min(items.len());
+        let next = (end < items.len()).then(|| end.to_string());
+        (&items[start..end], next)
+    }
 }
 
 async fn get_model(

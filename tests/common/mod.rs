@@ -291,6 +291,11 @@ impl Answer {
         }
     }
 
+    /// Sends `request` and reads its answer.
+    pub async fn to(request: reqwest::RequestBuilder) -> Answer {
+        Answer::of(request.send().await.unwrap()).await
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
