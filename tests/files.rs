@@ -60,6 +60,8 @@ async fn an_uploaded_file_is_read_by_its_key_alone_at_that_keys_pace() {
     assert_eq!(uploaded.header("x-goog-upload-status"), Some("final"));
     let file = uploaded.body["file"].clone();
     let owner = uploaded.key();
+    let answered = format!("{:?} {}", uploaded.headers, uploaded.body);
+    assert!(KEYS.iter().all(|key| !answered.contains(key)));
     assert_eq!(stack.sim.file_owner(&file_id(&file)), Some(owner));
     assert_eq!(file["sizeBytes"], "29");
 
