@@ -519,7 +519,7 @@ async fn judge(
         e if e.is_about_the_key() => {
             let check = state
                 .upstream
-                .check_key(&state.keys[grant.key], &state.count_model)
+                .check_key(&state.keys[grant.key], &state.count_model())
                 .await;
             match check {
                 Err(refused) if refused.is_about_the_key() => Ok(error),
@@ -624,7 +624,7 @@ async fn count_tokens(state: &AppState, request: &Value) -> u64 {
     if let Some(key) = state.next_usable_key() {
         match state
             .upstream
-            .count_tokens(&state.keys[key], &state.count_model, request)
+            .count_tokens(&state.keys[key], &state.count_model(), request)
             .await
         {
             Ok(n) => return n,

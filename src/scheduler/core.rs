@@ -6,7 +6,7 @@
 //! through a simulated day in milliseconds. The actor (`super::actor`) is its
 //! only owner in the running service.
 
-use super::lane::{GrantId, Lane, LaneUsage};
+use super::lane::{GrantId, LEARNED_TTL, Lane, LaneUsage};
 use crate::clock::{PacificDay, Timestamp};
 pub use crate::keys::{KeyIndex, KeyState};
 use crate::policy::{
@@ -845,6 +845,19 @@ impl Scheduler {
         };
         self.retired.push(retired.clone());
         self.changes.push(Change::Retired(retired));
+    }
+
+    /// Puts back a model a previous run found retired at `at`, unless that
+    /// is more than [`LEARNED_TTL`] before `now` (then one call checks again).
+    pub fn restore_retired(&mut self, model: &str, at: Timestamp, message: &str, now: Timestamp) {
+        if now < at.plus(LEARNED_TTL) && !self.retired.iter().any(|r| r.model == model) {
+            self.chain.retain(|m| m != model);
+            self.retired.push(Retired {
+                model: model.to_string(),
+                at,
+                message: message.to_string(),
+            });
+        }
     }
 
     /// The models the upstream said are retired, oldest first.

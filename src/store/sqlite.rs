@@ -406,6 +406,21 @@ impl Store for SqliteStore {
                 })
             });
 
+        let mut retired_q = c
+            .prepare("SELECT name, value FROM settings WHERE name LIKE 'retired:%' ORDER BY name")
+            .map_err(write_error)?;
+        let retired = retired_q
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let model = name.strip_prefix("retired:")?.to_string();
+                let (at, message) = value.split_once(' ')?;
+                Some((model, Timestamp(at.parse().ok()?), message.to_string()))
+            })
+            .collect();
+
         Ok(Recovered {
             recent_calls,
             day_counts,
@@ -413,6 +428,7 @@ impl Store for SqliteStore {
             mode,
             learned,
             policy_cache,
+            retired,
         })
     }
 
@@ -451,6 +467,10 @@ impl Store for SqliteStore {
                         serde_json::to_string(&cache.models).unwrap_or_default(),
                         cache.at.millis()
                     ],
+                ),
+                Record::Retired { model, at, message } => tx.execute(
+                    "INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)",
+                    params![format!("retired:{model}"), format!("{} {message}", at.millis())],
                 ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
                     "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
