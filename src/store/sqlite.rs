@@ -62,8 +62,11 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10)
 const WAL_LIMIT_BYTES: i64 = 64 << 20;
 
 /// Old calls are deleted this many at a time, so that pruning never holds
-/// the write lock long enough to stall a request's "sent" record.
+/// the write lock long enough to stall a request's "sent" record, and at
+/// most this many chunks a round (a backlog drains over several rounds
+/// rather than starving the writer).
 const PRUNE_CHUNK: i64 = 2_000;
+const PRUNE_CHUNKS_PER_ROUND: usize = 10;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -184,7 +187,8 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
             let _ = conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES);
             let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
             let checkpoint = || {
-                if let Err(e) = prune_old_calls(&conn) {
+                let now = Timestamp::wall_now();
+                if let Err(e) = prune_old_calls(&conn, now) {
                     tracing::warn!("state store pruning failed: {e}");
                 }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -204,25 +208,28 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
     stop
 }
 
-/// Deletes the calls older than [`KEEP_CALLS`] before the newest one, in
-/// chunks of [`PRUNE_CHUNK`]. Measured from the newest call rather than a
-/// clock, so a store restored from elsewhere, or a test's virtual day, never
+/// Deletes the calls older than [`KEEP_CALLS`] before the newest one (or
+/// before `now`, if the newest lies ahead of it: a clock stepped back must
+/// not take today's calls), in at most [`PRUNE_CHUNKS_PER_ROUND`] chunks of
+/// [`PRUNE_CHUNK`]. Measured from the newest call rather than from `now`
+/// alone, so a store restored from elsewhere, or a test's virtual day, never
 /// loses the calls it is about to need.
-fn prune_old_calls(conn: &Connection) -> rusqlite::Result<usize> {
+fn prune_old_calls(conn: &Connection, now: Timestamp) -> rusqlite::Result<usize> {
     let mut pruned = 0;
-    loop {
+    for _ in 0..PRUNE_CHUNKS_PER_ROUND {
         let n = conn.execute(
             "DELETE FROM calls WHERE id IN (
                  SELECT id FROM calls
-                 WHERE at_ms < (SELECT max(at_ms) FROM calls) - ?1
+                 WHERE at_ms < min((SELECT max(at_ms) FROM calls), ?3) - ?1
                  LIMIT ?2)",
-            params![KEEP_CALLS.as_millis() as i64, PRUNE_CHUNK],
+            params![KEEP_CALLS.as_millis() as i64, PRUNE_CHUNK, now.millis()],
         )?;
         pruned += n;
         if n < PRUNE_CHUNK as usize {
-            return Ok(pruned);
+            break;
         }
     }
+    Ok(pruned)
 }
 
 fn counted_list() -> String {
@@ -527,13 +534,20 @@ mod tests {
                 .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
                 .unwrap()
         };
-        let pruned = prune_old_calls(&store.conn).unwrap();
+        let pruned = prune_old_calls(&store.conn, at(9_999)).unwrap();
         let kept = (0..10_000)
             .filter(|&i| at(i) >= at(9_999).minus(KEEP_CALLS))
             .count() as i64;
         assert_eq!((pruned as i64, count(&store)), (10_000 - kept, kept));
         assert!(pruned as i64 > PRUNE_CHUNK, "pruned in several chunks");
-        assert_eq!(prune_old_calls(&store.conn).unwrap(), 0);
+        assert_eq!(prune_old_calls(&store.conn, at(9_999)).unwrap(), 0);
+        // A call stamped three days ahead (a clock that jumped and came
+        // back) does not make today's calls look old.
+        store
+            .apply(&[sent(20_000, at(9_999).plus_millis(3 * 86_400_000), 10)])
+            .unwrap();
+        assert_eq!(prune_old_calls(&store.conn, at(9_999)).unwrap(), 0);
+        assert_eq!(count(&store), kept + 1);
         let limit: i64 = store
             .conn
             .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
