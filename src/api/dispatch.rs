@@ -531,7 +531,7 @@ async fn judge(
         e if e.is_about_the_key() => {
             let check = state
                 .upstream
-                .check_key(&state.keys[grant.key], &state.count_model)
+                .check_key(&state.keys[grant.key], &state.count_model())
                 .await;
             match check {
                 Err(refused) if refused.is_about_the_key() => Ok(error),
@@ -636,7 +636,7 @@ async fn count_tokens(state: &AppState, request: &Value, key: Option<KeyIndex>) 
     if let Some(key) = key.or_else(|| state.next_usable_key()) {
         match state
             .upstream
-            .count_tokens(&state.keys[key], &state.count_model, request)
+            .count_tokens(&state.keys[key], &state.count_model(), request)
             .await
         {
             Ok(n) => return n,

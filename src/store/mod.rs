@@ -109,6 +109,12 @@ pub enum Record {
         at: Timestamp,
     },
     PolicyCache(PolicyCache),
+    /// The upstream said `model` is retired for this project.
+    Retired {
+        model: String,
+        at: Timestamp,
+        message: String,
+    },
     /// A file uploaded through key `key_id`: the calls that name it go to
     /// that key until `expires` (the upstream deletes it then).
     FileOwned {
@@ -153,6 +159,8 @@ pub struct Recovered {
     /// (key id, model, learned limits, when last enforced).
     pub learned: Vec<(String, String, LimitsOverride, Timestamp)>,
     pub policy_cache: Option<PolicyCache>,
+    /// (model, when the upstream said so, its message) of retired models.
+    pub retired: Vec<(String, Timestamp, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]

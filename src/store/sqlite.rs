@@ -55,11 +55,24 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// Calls are kept this long (for the dashboard's history), then pruned.
-const KEEP_CALLS: Duration = Duration::from_secs(8 * 86_400);
+/// Calls are kept this long, then pruned: recovery needs the last minute and
+/// the current Pacific day (at most 25 hours), the dashboard the last hour.
+const KEEP_CALLS: Duration = Duration::from_secs(2 * 86_400);
 
-/// How often the WAL is folded back into the database file.
+/// How often the WAL is folded back into the database file, and old calls
+/// pruned.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The WAL is truncated back to this size whenever a checkpoint has folded
+/// all of it, so a long-lived instance's state file stays bounded.
+const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Old calls are deleted this many at a time, so that pruning never holds
+/// the write lock long enough to stall a request's "sent" record, and at
+/// most this many chunks a round (a backlog drains over several rounds
+/// rather than starving the writer).
+const PRUNE_CHUNK: i64 = 2_000;
+const PRUNE_CHUNKS_PER_ROUND: usize = 10;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -135,6 +148,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
+            .and_then(|_| conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES))
             .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
             .map_err(|e| unusable(format!("cannot configure it ({e})"), not_a_db))?;
         let mut store = SqliteStore {
@@ -164,9 +178,9 @@ impl SqliteStore {
     }
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own
-/// (a passive checkpoint never blocks the writer), and once more on the way
-/// out, until the returned sender is dropped.
+/// Prunes old calls and checkpoints the WAL every [`CHECKPOINT_EVERY`] on a
+/// connection of its own (a passive checkpoint never blocks the writer), and
+/// once more on the way out, until the returned sender is dropped.
 fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = path.to_path_buf();
@@ -176,7 +190,13 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
             let Ok(conn) = Connection::open(&path) else {
                 return;
             };
+            let _ = conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES);
+            let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
             let checkpoint = || {
+                let now = Timestamp::wall_now();
+                if let Err(e) = prune_old_calls(&conn, now) {
+                    tracing::warn!("state store pruning failed: {e}");
+                }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!("state store checkpoint failed: {e}");
                 }
@@ -192,6 +212,30 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
         tracing::warn!("no checkpoint thread ({e}); the WAL will grow until restart");
     }
     stop
+}
+
+/// Deletes the calls older than [`KEEP_CALLS`] before the newest one (or
+/// before `now`, if the newest lies ahead of it: a clock stepped back must
+/// not take today's calls), in at most [`PRUNE_CHUNKS_PER_ROUND`] chunks of
+/// [`PRUNE_CHUNK`]. Measured from the newest call rather than from `now`
+/// alone, so a store restored from elsewhere, or a test's virtual day, never
+/// loses the calls it is about to need.
+fn prune_old_calls(conn: &Connection, now: Timestamp) -> rusqlite::Result<usize> {
+    let mut pruned = 0;
+    for _ in 0..PRUNE_CHUNKS_PER_ROUND {
+        let n = conn.execute(
+            "DELETE FROM calls WHERE id IN (
+                 SELECT id FROM calls
+                 WHERE at_ms < min((SELECT max(at_ms) FROM calls), ?3) - ?1
+                 LIMIT ?2)",
+            params![KEEP_CALLS.as_millis() as i64, PRUNE_CHUNK, now.millis()],
+        )?;
+        pruned += n;
+        if n < PRUNE_CHUNK as usize {
+            break;
+        }
+    }
+    Ok(pruned)
 }
 
 fn counted_list() -> String {
@@ -391,6 +435,21 @@ impl Store for SqliteStore {
                 })
             });
 
+        let mut retired_q = c
+            .prepare("SELECT name, value FROM settings WHERE name LIKE 'retired:%' ORDER BY name")
+            .map_err(write_error)?;
+        let retired = retired_q
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let model = name.strip_prefix("retired:")?.to_string();
+                let (at, message) = value.split_once(' ')?;
+                Some((model, Timestamp(at.parse().ok()?), message.to_string()))
+            })
+            .collect();
+
         Ok(Recovered {
             recent_calls,
             day_counts,
@@ -398,6 +457,7 @@ impl Store for SqliteStore {
             mode,
             learned,
             policy_cache,
+            retired,
         })
     }
 
@@ -436,6 +496,10 @@ impl Store for SqliteStore {
                         serde_json::to_string(&cache.models).unwrap_or_default(),
                         cache.at.millis()
                     ],
+                ),
+                Record::Retired { model, at, message } => tx.execute(
+                    "INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)",
+                    params![format!("retired:{model}"), format!("{} {message}", at.millis())],
                 ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
                     "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -484,6 +548,40 @@ mod tests {
             input_tokens: tokens,
             requests,
         }
+    }
+
+    #[test]
+    fn a_long_lived_store_prunes_in_chunks_and_bounds_its_wal() {
+        let path = temp_path("prune");
+        let mut store = SqliteStore::open(&path).unwrap();
+        // 10,000 calls, one every 26 s over three days before NOON.
+        let at = |i: i64| NOON.plus_millis(-(10_000 - i) * 26_000);
+        let calls: Vec<Record> = (0..10_000).map(|i| sent(i, at(i), 10)).collect();
+        store.apply(&calls).unwrap();
+        let count = |s: &SqliteStore| -> i64 {
+            s.conn
+                .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+                .unwrap()
+        };
+        let pruned = prune_old_calls(&store.conn, at(9_999)).unwrap();
+        let kept = (0..10_000)
+            .filter(|&i| at(i) >= at(9_999).minus(KEEP_CALLS))
+            .count() as i64;
+        assert_eq!((pruned as i64, count(&store)), (10_000 - kept, kept));
+        assert!(pruned as i64 > PRUNE_CHUNK, "pruned in several chunks");
+        assert_eq!(prune_old_calls(&store.conn, at(9_999)).unwrap(), 0);
+        // A call stamped three days ahead (a clock that jumped and came
+        // back) does not make today's calls look old.
+        store
+            .apply(&[sent(20_000, at(9_999).plus_millis(3 * 86_400_000), 10)])
+            .unwrap();
+        assert_eq!(prune_old_calls(&store.conn, at(9_999)).unwrap(), 0);
+        assert_eq!(count(&store), kept + 1);
+        let limit: i64 = store
+            .conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, WAL_LIMIT_BYTES);
     }
 
     #[test]
