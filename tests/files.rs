@@ -217,7 +217,7 @@ async fn serve(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
+async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner_and_never_elsewhere() {
     let clock = Clock::starting_at(quiet_noon());
     let sim = SimServer::start(sim_config(10), clock, "127.0.0.1:0".parse().unwrap())
         .await
@@ -246,6 +246,31 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
     let stats = sim.stats();
     assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 3);
     assert_eq!(cross_key_file_uses(&stats), 0);
+    svc.stop().await.unwrap();
+
+    // Without the owner's key no other key is tried: 409, naming the file.
+    let others: Vec<&str> = KEYS
+        .iter()
+        .copied()
+        .filter(|k| *k != KEYS[owner - 1])
+        .collect();
+    let svc = serve(&sim, &others, &state, clock).await;
+    let base = svc.base_url();
+    let orphan = about(&base, "generateContent", &file).await;
+    assert_eq!(
+        (orphan.status, orphan.body["error"]["status"].as_str()),
+        (409, Some("FAILED_PRECONDITION"))
+    );
+    assert!(
+        orphan.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "files/{} was uploaded with a key that is no longer configured",
+                file_id(&file)
+            ))
+    );
+    assert_eq!(sim.stats().calls, 3);
 
     // 48 hours on, the file and its record are gone: the call goes to any
     // key, and the upstream's 403 is the client's answer.
@@ -258,7 +283,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner() {
             .unwrap()
             .contains("or it may not exist")
     );
-    let (_, status) = (200, get(&base, "/status").await.body);
+    let status = get(&base, "/status").await.body;
     for key in status["keys"].as_array().unwrap() {
         assert_eq!(key["state"], "healthy", "{key}");
     }

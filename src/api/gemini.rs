@@ -60,8 +60,9 @@ pub fn fallback_header(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-fn query_value(query: &Option<String>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref()?).ok()?;
+/// The value of `name` in a query string, decoded.
+pub(super) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
@@ -88,7 +89,7 @@ pub(super) fn no_usable_key() -> Response {
 
 /// Forwards `GET /v1beta/models…` on a usable key (only paging passes through).
 async fn forward_models(state: &AppState, path: &str, query: &Option<String>) -> Response {
-    if let Some(size) = query_value(query, "pageSize")
+    if let Some(size) = query_value(query.as_deref(), "pageSize")
         && !size.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n))
     {
         return ApiError::bad_request("pageSize must be a whole number from 1 to 1000")
@@ -99,7 +100,7 @@ async fn forward_models(state: &AppState, path: &str, query: &Option<String>) ->
     };
     let paging: Vec<(&str, String)> = ["pageSize", "pageToken"]
         .into_iter()
-        .filter_map(|name| Some((name, query_value(query, name)?)))
+        .filter_map(|name| Some((name, query_value(query.as_deref(), name)?)))
         .collect();
     let suffix = match serde_urlencoded::to_string(&paging) {
         Ok(q) if !q.is_empty() => format!("{path}?{q}"),
@@ -193,7 +194,7 @@ async fn call_model(
             response: upstream,
             settlement,
         } = served.reply;
-        let sse = query_value(&query, "alt").as_deref() == Some("sse");
+        let sse = query_value(query.as_deref(), "alt").as_deref() == Some("sse");
         let (content_type, body) = if sse {
             ("text/event-stream", relay(upstream, settlement, GeminiSse))
         } else {

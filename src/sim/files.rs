@@ -14,7 +14,7 @@ use crate::clock::Timestamp;
 use crate::wire::files::{
     CHUNK_GRANULARITY, FILE_LIFETIME, UPLOAD_CHUNK_GRANULARITY, UPLOAD_COMMAND,
     UPLOAD_HEADER_CONTENT_LENGTH, UPLOAD_HEADER_CONTENT_TYPE, UPLOAD_OFFSET, UPLOAD_PROTOCOL,
-    UPLOAD_SIZE_RECEIVED, UPLOAD_STATUS, UPLOAD_URL, valid_file_id,
+    UPLOAD_SIZE_RECEIVED, UPLOAD_STATUS, UPLOAD_URL, header_text, valid_file_id,
 };
 use axum::Json;
 use axum::Router;
@@ -172,13 +172,6 @@ fn file_json(id: &str, f: &StoredFile, version: &str) -> Value {
         file["displayName"] = json!(name);
     }
     file
-}
-
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
 }
 
 fn random_text(len: usize, alphabet: &[u8]) -> String {

@@ -24,6 +24,14 @@ pub const UPLOAD_HEADER_CONTENT_TYPE: &str = "x-goog-upload-header-content-type"
 /// Every chunk but the last is a whole multiple of this many bytes.
 pub const CHUNK_GRANULARITY: u64 = 8 * 1024 * 1024;
 
+/// A header's value as trimmed text, if it is there and is text.
+pub fn header_text<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
 /// A file id (the part after `files/`): lowercase letters, digits and
 /// dashes, at most 40 characters, neither starting nor ending with a dash.
 pub fn valid_file_id(id: &str) -> bool {
