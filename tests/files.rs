@@ -261,15 +261,10 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner_and
         (orphan.status, orphan.body["error"]["status"].as_str()),
         (409, Some("FAILED_PRECONDITION"))
     );
-    assert!(
-        orphan.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!(
-                "files/{} was uploaded with a key that is no longer configured",
-                file_id(&file)
-            ))
-    );
+    assert!(orphan.message().contains(&format!(
+        "files/{} was uploaded with a key that is no longer configured",
+        file_id(&file)
+    )));
     assert_eq!(sim.stats().calls, 3);
 
     // 48 hours on, the file and its record are gone: the call goes to any
@@ -277,12 +272,7 @@ async fn a_restart_with_the_keys_reordered_still_sends_the_file_to_its_owner_and
     tokio::time::sleep(Duration::from_secs(48 * 3_600)).await;
     let late = about(&base, "generateContent", &file).await;
     assert_eq!(late.status, 403, "{}", late.body);
-    assert!(
-        late.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("or it may not exist")
-    );
+    assert!(late.message().contains("or it may not exist"));
     let status = get(&base, "/status").await.body;
     for key in status["keys"].as_array().unwrap() {
         assert_eq!(key["state"], "healthy", "{key}");
@@ -303,7 +293,7 @@ async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
         let answer = about(&base, action, &file).await;
         assert_eq!(answer.status, 503, "{action}: {}", answer.body);
         assert_eq!(answer.body["error"]["status"], "UNAVAILABLE");
-        let message = answer.body["error"]["message"].as_str().unwrap();
+        let message = answer.message();
         assert!(
             message.contains(&format!("files/{id} belongs to key 2, which is disabled")),
             "{message}"
@@ -331,15 +321,10 @@ async fn a_file_whose_key_is_out_gets_a_clear_503_and_no_other_key_is_tried() {
     )
     .await;
     assert_eq!(mixed.status, 400, "{}", mixed.body);
-    assert!(
-        mixed.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!(
-                "files/{id} belongs to key 2 and files/{} to key 3",
-                file_id(&other)
-            ))
-    );
+    assert!(mixed.message().contains(&format!(
+        "files/{id} belongs to key 2 and files/{} to key 3",
+        file_id(&other)
+    )));
     assert_eq!(stack.sim_stats().calls, 0);
 }
 

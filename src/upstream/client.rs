@@ -131,16 +131,27 @@ impl Upstream {
         self.post(key, self.url(model, "countTokens"), body).await
     }
 
-    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
-    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+    /// `method url` without a body, on `key`: its JSON answer.
+    async fn bodiless(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        url: String,
+    ) -> Result<Value, UpstreamError> {
         let response = self
             .http
-            .get(format!("{}/{VERSION}/models{path}", self.base))
+            .request(method, url)
             .header("x-goog-api-key", key_header(key))
             .send()
             .await
             .map_err(transport_error)?;
         read_json(response).await
+    }
+
+    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
+    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/models{path}", self.base);
+        self.bodiless(key, reqwest::Method::GET, url).await
     }
 
     /// `:countTokens` for a whole `GenerateContentRequest` (free of generate quota).
@@ -270,14 +281,8 @@ impl Upstream {
         method: reqwest::Method,
         path: &str,
     ) -> Result<Value, UpstreamError> {
-        let response = self
-            .http
-            .request(method, format!("{}/{VERSION}/files{path}", self.base))
-            .header("x-goog-api-key", key_header(key))
-            .send()
-            .await
-            .map_err(transport_error)?;
-        read_json(response).await
+        let url = format!("{}/{VERSION}/files{path}", self.base);
+        self.bodiless(key, method, url).await
     }
 }
 

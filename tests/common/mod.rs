@@ -300,6 +300,11 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The error's message (Gemini's envelope); empty when there is none.
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
     /// `x-flux-key`: the key (1-based) that served it; 0 when none did.
     pub fn key(&self) -> usize {
         self.header("x-flux-key")
