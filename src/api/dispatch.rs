@@ -312,10 +312,11 @@ enum Attempt<R> {
 
 /// Plans and waits, then makes one attempt, until served, failed, or out of
 /// attempts.
-async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
+async fn serve<E: Exchange>(state: &AppState, mut job: Job) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     let deadline = clock.now().plus(job.max_wait.min(slot_horizon(state)));
-    let estimate = count_tokens(state, &job.request).await;
+    let file_owner = pin_to_file_owner(state, &mut job).await?;
+    let estimate = count_tokens(state, &job.request, file_owner).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
@@ -372,6 +373,17 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
 fn slot_horizon(state: &AppState) -> Duration {
     let margin = state.upstream.timeout().min(state.request_timeout / 2);
     state.request_timeout.saturating_sub(margin)
+}
+
+/// A request that names uploaded files is served by the key whose project
+/// owns them, and by no other (its tokens are counted there too): `Some`
+/// of that key. A file the service does not know pins nothing.
+async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<KeyIndex>, Failure> {
+    let owner = super::files::pinned_key(state, job.request.file_uris()).await?;
+    if let Some(key) = owner {
+        job.keys = KeyChoice::Only(key);
+    }
+    Ok(owner)
 }
 
 /// Books a grant for the job, or says why not (in the surface's terms).
@@ -528,7 +540,7 @@ async fn judge(
         e if e.is_about_the_key() => {
             let check = state
                 .upstream
-                .check_key(&state.keys[grant.key], &state.count_model)
+                .check_key(&state.keys[grant.key], &state.count_model())
                 .await;
             match check {
                 Err(refused) if refused.is_about_the_key() => Ok(error),
@@ -624,16 +636,16 @@ fn plan_error(
 }
 
 /// Counts the request's input tokens with `countTokens` (free of generate
-/// quota), spreading the calls over the usable keys; falls back on the local
-/// estimate when that fails.
-async fn count_tokens(state: &AppState, request: &GenerateRequest) -> u64 {
+/// quota) on `key`, else spreading the calls over the usable keys; falls
+/// back on the local estimate when that fails.
+async fn count_tokens(state: &AppState, request: &GenerateRequest, key: Option<KeyIndex>) -> u64 {
     if state.token_count == TokenCount::Local {
         return request.local_tokens();
     }
-    if let Some(key) = state.next_usable_key() {
+    if let Some(key) = key.or_else(|| state.next_usable_key()) {
         match state
             .upstream
-            .count_tokens(&state.keys[key], &state.count_model, request)
+            .count_tokens(&state.keys[key], &state.count_model(), request)
             .await
         {
             Ok(n) => return n,

@@ -1,6 +1,7 @@
 //! The HTTP surfaces, one file each: `flux` (`/generate`), `gemini`
-//! (Gemini-native), `openai` (OpenAI-compatible), `admin` (status, mode,
-//! keys, health, the seed's routes). Handlers stay thin: they validate,
+//! (Gemini-native), `files` (the Files API, each file pinned to its key),
+//! `openai` (OpenAI-compatible), `admin` (status, mode, keys, health, the
+//! seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
 //! through `relay`. `auth` guards them all; `origin` keeps other web pages
 //! out, `inflight` bounds the body bytes held in memory.
@@ -10,6 +11,7 @@ pub mod auth;
 mod dashboard;
 pub mod dispatch;
 pub mod error;
+pub mod files;
 mod flux;
 pub mod gemini;
 pub mod inflight;
@@ -46,8 +48,9 @@ pub struct Shared {
     pub key_ids: Vec<String>,
     pub ledger: Ledger,
     pub token_count: TokenCount,
-    /// The model `countTokens` is asked about (the chain's first).
-    pub count_model: String,
+    /// The model of free calls when the chain has none left (the chain's
+    /// first at start).
+    pub fallback_count_model: String,
     /// Spreads pass-through calls (countTokens, model lists) over the keys.
     pub count_turn: AtomicUsize,
     /// `FLUX_MAX_WAIT_S`.
@@ -66,6 +69,8 @@ pub struct Shared {
     pub inflight: inflight::Budget,
     /// `FLUX_REQUEST_TIMEOUT_S`.
     pub request_timeout: Duration,
+    /// Uploads under way and the owners of files seen (the store keeps them all).
+    pub files: files::Files,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.
@@ -88,7 +93,15 @@ impl Drain {
 }
 
 impl Shared {
-    /// A usable key (0-based) for a call that spends no generate quota, in turn.
+    /// The model `countTokens` and the key check ask about: the chain's
+    /// first now, so a model retired upstream is never asked again.
+    pub fn count_model(&self) -> String {
+        self.scheduler
+            .first_model()
+            .unwrap_or_else(|| self.fallback_count_model.clone())
+    }
+
+    /// A usable key for a call that spends no generate quota, in turn.
     pub fn next_usable_key(&self) -> Option<KeyIndex> {
         let usable = self.scheduler.usable_keys();
         let healthy: Vec<KeyIndex> = KeyIndex::all(usable.len()).filter(|&k| usable[k]).collect();
@@ -140,6 +153,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(admin::routes())
         .merge(dashboard::routes())
         .merge(gemini::routes())
+        .merge(files::routes())
         .merge(openai::routes())
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })
         .method_not_allowed_fallback(|| async {

@@ -1,6 +1,7 @@
-//! HTTP calls to Gemini: generate, count tokens, list models. Request
-//! bodies go as JSON text (a client's own bytes where it is passed
-//! through), never re-serialised from a tree.
+//! HTTP calls to Gemini: generate, count tokens, list models, and the Files
+//! API (uploads, get, list, delete). Request bodies go as JSON text (a
+//! client's own bytes where it is passed through), never re-serialised from
+//! a tree.
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
@@ -144,16 +145,27 @@ impl Upstream {
         self.post(key, self.url(model, "countTokens"), body).await
     }
 
-    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
-    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+    /// `method url` without a body, on `key`: its JSON answer.
+    async fn bodiless(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        url: String,
+    ) -> Result<Value, UpstreamError> {
         let response = self
             .http
-            .get(format!("{}/{VERSION}/models{path}", self.base))
+            .request(method, url)
             .header("x-goog-api-key", key_header(key))
             .send()
             .await
             .map_err(transport_error)?;
         read_json(response).await
+    }
+
+    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
+    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/models{path}", self.base);
+        self.bodiless(key, reqwest::Method::GET, url).await
     }
 
     /// `:countTokens` for a whole `GenerateContentRequest` (free of generate quota).
@@ -211,6 +223,77 @@ impl Upstream {
             }
         }
         Ok(models)
+    }
+}
+
+/// An answer of the upstream's Files API relayed as it came (the upload
+/// protocol's answers carry what the client needs in their headers, errors
+/// included: `X-Goog-Upload-Status`, `X-Goog-Upload-Size-Received`).
+#[derive(Debug)]
+pub struct Relayed {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// The Files API. Its calls spend no generate quota, so they are not
+/// scheduled: they go straight to the key they are for.
+impl Upstream {
+    /// Where a resumable upload starts.
+    pub fn upload_start_url(&self) -> String {
+        format!("{}/upload/{VERSION}/files", self.base)
+    }
+
+    /// Whether `url` (an `X-Goog-Upload-URL` the upstream gave) is on the
+    /// upstream itself: a key is never sent anywhere else.
+    pub fn is_upstream_url(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// One call of the resumable upload protocol (the start, or a chunk)
+    /// to `url` on `key`, its answer relayed whatever its status.
+    pub async fn upload(
+        &self,
+        key: &ApiKey,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Relayed, UpstreamError> {
+        if !self.is_upstream_url(url) {
+            return Err(UpstreamError::Transient {
+                status: None,
+                message: "the upstream named an upload URL that is not its own".into(),
+            });
+        }
+        let response = self
+            .http
+            .post(url)
+            .headers(headers)
+            .header("x-goog-api-key", key_header(key))
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok(Relayed {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `GET` or `DELETE /v1beta/files{path}` (`path` with its query), as is.
+    pub async fn files(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/files{path}", self.base);
+        self.bodiless(key, method, url).await
     }
 }
 
