@@ -16,6 +16,7 @@
 //! tests prove "never over quota" from the upstream's side.
 
 mod faults;
+mod openai;
 pub mod quota;
 mod routes;
 
