@@ -157,6 +157,9 @@ async fn call_model(
         // Passed through as the text that came: no tree of a body that
         // spends no quota (a big one would multiply in memory).
         "countTokens" => return count_tokens(&state, model, body.raw()).await,
+        "embedContent" | "batchEmbedContents" => {
+            return super::embed::native(&state, model, action, &body.0).await;
+        }
         _ => {
             return ApiError::not_found(format!("method {action:?} is not served")).into_response();
         }

@@ -1,7 +1,10 @@
-//! HTTP calls to Gemini: generate, count tokens, list models.
+//! HTTP calls to Gemini: generate, count tokens, list models, embed, and the
+//! OpenAI-compatible layer's chat completions and embeddings (forwarded as
+//! the client wrote them, with the chosen model and key).
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -63,21 +66,44 @@ impl Upstream {
         format!("{}/{VERSION}/models/{model}:{action}", self.base)
     }
 
-    async fn post(
+    /// The OpenAI-compatible layer's `path` (`chat/completions`, `embeddings`).
+    fn openai_url(&self, path: &str) -> String {
+        format!("{}/{VERSION}/openai/{path}", self.base)
+    }
+
+    /// Sends `body` to `url` with the key as `auth` says; an answer that is
+    /// not a success is classified.
+    async fn send(
         &self,
         key: &ApiKey,
+        auth: Auth,
         url: String,
-        body: &(impl serde::Serialize + ?Sized),
-    ) -> Result<Value, UpstreamError> {
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let (name, value) = key_header(key, auth);
         let response = self
             .http
             .post(url)
-            .header("x-goog-api-key", key_header(key))
+            .header(name, value)
             .json(body)
             .send()
             .await
             .map_err(transport_error)?;
-        read_json(response).await
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            return Err(classify(status, &bytes));
+        }
+        Ok(response)
+    }
+
+    async fn post(
+        &self,
+        key: &ApiKey,
+        url: String,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<Value, UpstreamError> {
+        read_json(self.send(key, Auth::Goog, url, body).await?).await
     }
 
     /// `:generateContent` with a `GenerateContentRequest` body.
@@ -101,23 +127,63 @@ impl Upstream {
         model: &str,
         request: &Value,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let response = self
-            .http
-            .post(format!(
-                "{}?alt=sse",
-                self.url(model, "streamGenerateContent")
-            ))
-            .header("x-goog-api-key", key_header(key))
-            .json(request)
-            .send()
+        let url = format!("{}?alt=sse", self.url(model, "streamGenerateContent"));
+        self.send(key, Auth::Goog, url, request).await
+    }
+
+    /// `:embedContent` (a body with `content`) or `:batchEmbedContents` (a
+    /// body with `requests`), answer as is.
+    pub async fn embed(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        let action = if request.get("requests").is_some() {
+            "batchEmbedContents"
+        } else {
+            "embedContent"
+        };
+        self.post(key, self.url(model, action), request).await
+    }
+
+    /// The OpenAI-compatible layer's `chat/completions` with the client's
+    /// body on `model`, answer as is.
+    pub async fn openai_chat(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        body: &Value,
+    ) -> Result<Value, UpstreamError> {
+        let body = OnModel { model, body };
+        let url = self.openai_url("chat/completions");
+        read_json(self.send(key, Auth::Bearer, url, &body).await?).await
+    }
+
+    /// The same, for a body with `"stream": true`: once the upstream has
+    /// accepted the call, the response whose body is the event stream.
+    pub async fn openai_chat_stream(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let body = OnModel { model, body };
+        self.send(key, Auth::Bearer, self.openai_url("chat/completions"), &body)
             .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let bytes = response.bytes().await.map_err(transport_error)?;
-            return Err(classify(status, &bytes));
-        }
-        Ok(response)
+    }
+
+    /// The OpenAI-compatible layer's `embeddings` with the client's body on
+    /// `model`, answer as is.
+    pub async fn openai_embeddings(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        body: &Value,
+    ) -> Result<Value, UpstreamError> {
+        let body = OnModel { model, body };
+        let url = self.openai_url("embeddings");
+        read_json(self.send(key, Auth::Bearer, url, &body).await?).await
     }
 
     /// `:countTokens` with the caller's own body, answer passed back as is.
@@ -135,7 +201,7 @@ impl Upstream {
         let response = self
             .http
             .get(format!("{}/{VERSION}/models{path}", self.base))
-            .header("x-goog-api-key", key_header(key))
+            .header("x-goog-api-key", key_header(key, Auth::Goog).1)
             .send()
             .await
             .map_err(transport_error)?;
@@ -181,7 +247,7 @@ impl Upstream {
                 .http
                 .get(format!("{}/{VERSION}/models", self.base))
                 .query(&[("pageSize", "1000"), ("pageToken", page_token.as_str())])
-                .header("x-goog-api-key", key_header(key))
+                .header("x-goog-api-key", key_header(key, Auth::Goog).1)
                 .send()
                 .await
                 .map_err(transport_error)?;
@@ -203,15 +269,52 @@ impl Upstream {
     }
 }
 
-/// The key as a header value marked sensitive, so that HTTP-level debug
-/// output shows `Sensitive` in its place.
-fn key_header(key: &ApiKey) -> reqwest::header::HeaderValue {
-    let mut value = reqwest::header::HeaderValue::from_str(key.expose())
-        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid-key-characters"));
-    value.set_sensitive(true);
-    value
+/// How a call presents the key: Gemini's own header, or the bearer token
+/// the OpenAI-compatible layer reads.
+#[derive(Clone, Copy)]
+enum Auth {
+    Goog,
+    Bearer,
 }
 
+/// The key as a header (name and value), the value marked sensitive so
+/// that HTTP-level debug output shows `Sensitive` in its place.
+fn key_header(key: &ApiKey, auth: Auth) -> (&'static str, reqwest::header::HeaderValue) {
+    use reqwest::header::HeaderValue;
+    let (name, value) = match auth {
+        Auth::Goog => ("x-goog-api-key", HeaderValue::from_str(key.expose())),
+        Auth::Bearer => (
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+        ),
+    };
+    let mut value =
+        value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
+    value.set_sensitive(true);
+    (name, value)
+}
+
+/// A client's OpenAI-format body with `model` set to the one planned: its
+/// own `model` is left out and every other field passes as it came.
+struct OnModel<'a> {
+    model: &'a str,
+    body: &'a Value,
+}
+
+impl Serialize for OnModel<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model", self.model)?;
+        for (name, value) in self.body.as_object().into_iter().flatten() {
+            if name != "model" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The JSON body of an answer; a non-success is classified.
 async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(transport_error)?;
