@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gemini_flux::clock::Timestamp;
-use gemini_flux::policy::{Layers, Mode, SEED_CHAIN};
-use gemini_flux::scheduler::{PlanRequest, Scheduler, Target};
+use gemini_flux::policy::{Layers, Mode, SEED_CHAIN, Usage};
+use gemini_flux::scheduler::{KeyChoice, PlanRequest, Scheduler, Target};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -23,9 +23,9 @@ fn scheduler(keys: usize) -> Scheduler {
 
 fn request(tokens: u64) -> PlanRequest {
     PlanRequest {
-        tokens,
+        cost: Usage::call(tokens),
         target: Target::Chain(None),
-        preferred_key: None,
+        keys: KeyChoice::Any,
         deadline: Timestamp(i64::MAX),
     }
 }

@@ -247,7 +247,7 @@ impl Settings {
         if let Some(i) = beyond(&key_limits).or(beyond(&policy_file.keys)) {
             return Err(ConfigError(format!(
                 "per-key limits name key {}, but {} key(s) are configured",
-                i + 1,
+                crate::keys::KeyIndex::new(i),
                 keys.len()
             )));
         }

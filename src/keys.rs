@@ -24,6 +24,77 @@ pub enum KeyState {
     Blocked(String),
 }
 
+/// Which key: counted from 0 inside the service, and from 1 wherever people
+/// read it (the API, logs, metrics, the ledger's rows). `Display` and
+/// `Serialize` write it 1-based, so the `+ 1` is written once, here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyIndex(usize);
+
+impl KeyIndex {
+    /// The key at position `zero_based` of the configuration.
+    pub const fn new(zero_based: usize) -> Self {
+        KeyIndex(zero_based)
+    }
+
+    /// A key as people number it (`1` is the first); `None` for 0.
+    pub fn from_one_based(n: u64) -> Option<Self> {
+        let n = usize::try_from(n).ok()?;
+        n.checked_sub(1).map(KeyIndex)
+    }
+
+    /// Its position in the configuration (0-based).
+    pub const fn get(self) -> usize {
+        self.0
+    }
+
+    /// How people number it (1-based).
+    pub const fn one_based(self) -> usize {
+        self.0 + 1
+    }
+
+    /// Every key of a configuration of `count` keys, in order.
+    pub fn all(count: usize) -> impl Iterator<Item = KeyIndex> {
+        (0..count).map(KeyIndex)
+    }
+}
+
+impl fmt::Display for KeyIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.one_based())
+    }
+}
+
+impl Serialize for KeyIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.one_based() as u64)
+    }
+}
+
+impl<T> std::ops::Index<KeyIndex> for [T] {
+    type Output = T;
+    fn index(&self, key: KeyIndex) -> &T {
+        &self[key.0]
+    }
+}
+
+impl<T> std::ops::Index<KeyIndex> for Vec<T> {
+    type Output = T;
+    fn index(&self, key: KeyIndex) -> &T {
+        &self[key.0]
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyState::Healthy => f.write_str("healthy"),
+            KeyState::Disabled => f.write_str("disabled"),
+            KeyState::Invalid(why) => write!(f, "invalid: {why}"),
+            KeyState::Blocked(why) => write!(f, "blocked: {why}"),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
 
@@ -75,6 +146,16 @@ impl fmt::Display for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_index_is_written_one_based() {
+        let third = KeyIndex::new(2);
+        assert_eq!(third.to_string(), "3");
+        assert_eq!(serde_json::to_string(&third).unwrap(), "3");
+        assert_eq!(KeyIndex::from_one_based(3), Some(third));
+        assert_eq!(KeyIndex::from_one_based(0), None);
+        assert_eq!(["a", "b", "c"][third], "c");
+    }
 
     #[test]
     fn formatting_never_shows_the_key() {

@@ -4,7 +4,7 @@
 //! `/metrics` is scraped. Keys appear as index and fingerprint, never as text.
 
 use crate::policy::{Quota, UNLIMITED};
-use crate::scheduler::{KeyState, SharedState, Snapshot};
+use crate::scheduler::{KeyIndex, KeyState, SharedState, Snapshot};
 use crate::store::Outcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -185,14 +185,14 @@ impl Metrics {
     /// One upstream call ended; `tokens` is (input, output) when it was served.
     pub fn upstream_call(
         &self,
-        key: usize,
+        key: KeyIndex,
         fingerprint: &str,
         model: &str,
         outcome: String,
         tokens: Option<(u64, u64)>,
     ) {
         let lane = LaneLabels {
-            key: (key + 1).to_string(),
+            key: key.to_string(),
             fingerprint: fingerprint.into(),
             model: model.into(),
         };
@@ -313,9 +313,9 @@ mod tests {
         let noon = Timestamp(1_781_118_000_000);
         for _ in 0..500 {
             let request = PlanRequest {
-                tokens: 10,
+                cost: crate::policy::Usage::call(10),
                 target: Target::Chain(None),
-                preferred_key: None,
+                keys: crate::scheduler::KeyChoice::Any,
                 deadline: Timestamp(i64::MAX),
             };
             core.plan(&request, noon).unwrap();

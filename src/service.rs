@@ -26,7 +26,7 @@ use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
 use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
-use crate::scheduler::{KeyState, Scheduler, SchedulerHandle};
+use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
 use crate::store::redis::masked;
 use crate::store::{Ledger, Recovered, RedisStore, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -310,10 +310,14 @@ fn restore(
     validated: Vec<KeyState>,
     configured: crate::policy::Mode,
 ) {
-    let index = |id: &str| key_ids.iter().position(|k| k == id);
+    let index = |id: &str| key_ids.iter().position(|k| k == id).map(KeyIndex::new);
     for call in &recovered.recent_calls {
         if let Some(k) = index(&call.key_id) {
-            core.restore_call(k, &call.model, call.at, call.input_tokens);
+            let used = crate::policy::Usage {
+                requests: call.requests,
+                input_tokens: call.input_tokens,
+            };
+            core.restore_call(k, &call.model, call.at, used);
         }
     }
     for (id, model, day, used) in &recovered.day_counts {
@@ -326,13 +330,13 @@ fn restore(
             core.restore_learned(k, model, *learned, *at);
         }
     }
-    let disabled: Vec<usize> = recovered
+    let disabled: Vec<KeyIndex> = recovered
         .key_states
         .iter()
         .filter(|(_, s)| *s == KeyState::Disabled)
         .filter_map(|(id, _)| index(id))
         .collect();
-    for (key, state) in validated.into_iter().enumerate() {
+    for (key, state) in KeyIndex::all(validated.len()).zip(validated) {
         let state = if disabled.contains(&key) {
             KeyState::Disabled
         } else {
@@ -400,13 +404,13 @@ fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
             .collect();
         tracing::info!("  {model}: {}", shown.join(", "));
     }
-    for (i, key) in settings.keys.iter().enumerate() {
+    for (i, key) in KeyIndex::all(settings.keys.len()).zip(&settings.keys) {
         let shown = match core.key_state(i).unwrap_or(&KeyState::Healthy) {
             KeyState::Healthy => "healthy".to_string(),
             KeyState::Disabled => "disabled".to_string(),
             KeyState::Invalid(why) => format!("INVALID: {why}"),
             KeyState::Blocked(why) => format!("BLOCKED: {why}"),
         };
-        tracing::info!("  key {:>2} {}  {shown}", i + 1, key.fingerprint());
+        tracing::info!("  key {:>2} {}  {shown}", i.to_string(), key.fingerprint());
     }
 }

@@ -6,7 +6,7 @@ use super::AppState;
 use super::error::{ApiError, JsonBody, whole_number};
 use super::refresh;
 use crate::policy::Mode;
-use crate::scheduler::{KeyState, Unavailable};
+use crate::scheduler::{KeyIndex, KeyState, Unavailable};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -107,18 +107,18 @@ async fn set_key(
             state.keys.len()
         )));
     }
-    if index == 0 || index > state.keys.len() {
-        return Err(unknown());
-    }
+    let key = KeyIndex::from_one_based(index as u64)
+        .filter(|k| k.get() < state.keys.len())
+        .ok_or_else(unknown)?;
     state
         .scheduler
-        .set_key_state(index - 1, new_state.clone())
+        .set_key_state(key, new_state.clone())
         .await
         .map_err(unavailable)?
         .ok_or_else(unknown)?;
-    let fingerprint = state.keys[index - 1].fingerprint();
-    tracing::info!(key = index, %fingerprint, "key {done} by an operator");
-    let mut body = json!({"index": index, "fingerprint": fingerprint});
+    let fingerprint = state.keys[key].fingerprint();
+    tracing::info!(key = %key, %fingerprint, "key {done} by an operator");
+    let mut body = json!({"index": key, "fingerprint": fingerprint});
     body.as_object_mut().unwrap().extend(
         serde_json::to_value(&new_state)
             .unwrap()
@@ -198,9 +198,8 @@ async fn config(
         .transpose()
         .map_err(ApiError::bad_request)?;
     let index = |n: u64| {
-        (1..=state.keys.len() as u64)
-            .contains(&n)
-            .then(|| n as usize - 1)
+        KeyIndex::from_one_based(n)
+            .filter(|k| k.get() < state.keys.len())
             .ok_or_else(|| {
                 ApiError::not_found(format!(
                     "no key {n}: keys are numbered 1 to {}",
@@ -226,8 +225,7 @@ async fn config(
                 .await
                 .map_err(unavailable)?;
             changes.push(format!(
-                "key {} ({}) {done}",
-                key + 1,
+                "key {key} ({}) {done}",
                 state.keys[key].fingerprint()
             ));
         }

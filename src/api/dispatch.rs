@@ -11,10 +11,13 @@ use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
-use crate::scheduler::{Booked, Grant, InFlight, PlanError, PlanRequest, Target};
+use crate::policy::Usage;
+use crate::scheduler::{
+    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Target,
+};
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
-use crate::wire::prompt_tokens;
+use crate::wire::{openai, prompt_tokens};
 use axum::http::StatusCode;
 use rand::Rng;
 use serde_json::Value;
@@ -25,8 +28,9 @@ pub struct Job {
     /// A complete `GenerateContentRequest`.
     pub request: Value,
     pub target: Target,
-    /// 0-based.
-    pub preferred_key: Option<usize>,
+    pub keys: KeyChoice,
+    /// The requests the call counts: 1, or the items of a batch of embeddings.
+    pub requests: u64,
     pub max_wait: Duration,
     /// Re-plan after a 429 or a failure (the seed's `retry`).
     pub retry: bool,
@@ -51,8 +55,7 @@ pub struct Served<R> {
 
 /// How a request was served: what the `x-flux-*` headers and `/generate` report.
 pub struct Meta {
-    /// 0-based.
-    pub key: usize,
+    pub key: KeyIndex,
     pub fingerprint: String,
     pub model: String,
     /// The upstream's count when known, else the estimate.
@@ -136,6 +139,9 @@ pub enum Failure {
         body: Value,
     },
     Flux(ApiError),
+    /// A batch of more items than one window of any lane admits (`most`):
+    /// the surface splits it, or answers `error` (413).
+    TooManyItems { most: u64, error: ApiError },
 }
 
 impl Failure {
@@ -169,7 +175,9 @@ impl Failure {
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
-            Failure::Flux(e) => (e.status, e.message.clone()),
+            Failure::Flux(e) | Failure::TooManyItems { error: e, .. } => {
+                (e.status, e.message.clone())
+            }
             Failure::Client { status, body } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
                 body["error"]["message"]
@@ -185,7 +193,7 @@ impl Failure {
 impl axum::response::IntoResponse for Failure {
     fn into_response(self) -> axum::response::Response {
         match self {
-            Failure::Flux(e) => e.into_response(),
+            Failure::Flux(e) | Failure::TooManyItems { error: e, .. } => e.into_response(),
             Failure::Client { status, body } => (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
                 axum::Json(body),
@@ -215,6 +223,30 @@ pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failur
     within_request_timeout(state, serve::<Streamed>(state, job)).await
 }
 
+/// Serves `job` (an OpenAI-format chat body) on the upstream's
+/// OpenAI-compatible layer: its answer, as it came.
+pub async fn openai_chat(state: &AppState, job: Job) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<OpenAiChat>(state, job)).await
+}
+
+/// The same for a streamed chat (`"stream": true`): the relay settles it
+/// from the stream's last `usage`.
+pub async fn openai_chat_stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failure> {
+    within_request_timeout(state, serve::<OpenAiChatStream>(state, job)).await
+}
+
+/// Serves `job` (a native `embedContent` or `batchEmbedContents` body, one
+/// request an item) with the upstream's answer as it came.
+pub async fn embed(state: &AppState, job: Job) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<Embed>(state, job)).await
+}
+
+/// Serves `job` (an OpenAI-format embeddings body) on the upstream's
+/// OpenAI-compatible layer.
+pub async fn openai_embed(state: &AppState, job: Job) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<OpenAiEmbed>(state, job)).await
+}
+
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
 /// way is dropped: a grant not yet sent is released, a call already sent
 /// stays counted.
@@ -237,11 +269,16 @@ async fn within_request_timeout<R>(
         })
 }
 
-/// One kind of upstream call: how it is made, and what a served one hands
-/// back to the surface (with the input tokens it counted).
+/// One kind of upstream call: what its request's input tokens are
+/// estimated at, how it is made, and what a served one hands back to the
+/// surface (with the input tokens it counted).
 trait Exchange {
     type Answer;
     type Reply;
+    /// A `GenerateContentRequest`'s count ([`count_tokens`]).
+    async fn estimate(state: &AppState, request: &Value) -> u64 {
+        count_tokens(state, request).await
+    }
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
@@ -296,6 +333,120 @@ impl Exchange for Streamed {
     }
 }
 
+/// A JSON answer that reports its `usage` (input, output), or not: settled
+/// with it, else with the estimate.
+fn settled(body: Value, usage: Option<(u64, u64)>, settlement: Settlement) -> (Value, u64) {
+    let (input, output) = usage.unwrap_or((settlement.estimate, 0));
+    settlement.finish(Outcome::Ok, Some((input, output)));
+    (body, input)
+}
+
+/// The OpenAI-compatible layer's `chat/completions`, estimated over the
+/// messages' text and images, settled from the answer's `usage`.
+struct OpenAiChat;
+
+impl Exchange for OpenAiChat {
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(state: &AppState, request: &Value) -> u64 {
+        count_tokens(state, &openai::chat_countable(request)).await
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        upstream.openai_chat(key, model, request).await
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        let usage = openai::usage(&body);
+        settled(body, usage, settlement)
+    }
+}
+
+/// The same, streamed: settled by the relay from the last chunk's `usage`.
+struct OpenAiChatStream;
+
+impl Exchange for OpenAiChatStream {
+    type Answer = reqwest::Response;
+    type Reply = Stream;
+    async fn estimate(state: &AppState, request: &Value) -> u64 {
+        OpenAiChat::estimate(state, request).await
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        upstream.openai_chat_stream(key, model, request).await
+    }
+    fn served(response: reqwest::Response, settlement: Settlement) -> (Stream, u64) {
+        Streamed::served(response, settlement)
+    }
+}
+
+/// The input tokens of a batch of embeddings: each item's text (a native
+/// request's `content`, each of its `requests`' contents, or each OpenAI
+/// `input` text), counted locally (the upstream's answer states none).
+fn embedding_tokens(request: &Value) -> u64 {
+    if let Some(items) = request["requests"].as_array() {
+        items.iter().map(|i| openai::item_tokens(&i["content"])).sum()
+    } else if let Some(texts) = openai::embedding_inputs(&request["input"]) {
+        texts.iter().map(|t| openai::item_tokens(&Value::from(*t))).sum()
+    } else {
+        openai::item_tokens(&request["content"])
+    }
+}
+
+/// Native `:embedContent` / `:batchEmbedContents`: settled with the
+/// estimate, which is the count.
+struct Embed;
+
+impl Exchange for Embed {
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(_: &AppState, request: &Value) -> u64 {
+        embedding_tokens(request)
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        upstream.embed(key, model, request).await
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        settled(body, None, settlement)
+    }
+}
+
+/// The OpenAI-compatible layer's `embeddings`: settled from its `usage`
+/// when it states one.
+struct OpenAiEmbed;
+
+impl Exchange for OpenAiEmbed {
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(_: &AppState, request: &Value) -> u64 {
+        embedding_tokens(request)
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        upstream.openai_embeddings(key, model, request).await
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        let usage = openai::usage(&body).filter(|&(input, _)| input > 0);
+        settled(body, usage, settlement)
+    }
+}
+
 /// How one attempt ended.
 enum Attempt<R> {
     /// The upstream served it: the reply and the input tokens it counted.
@@ -312,7 +463,7 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
     let clock = state.scheduler.clock();
     // No slot beyond the request's own deadline is worth waiting for.
     let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
-    let estimate = count_tokens(state, &job.request).await;
+    let estimate = E::estimate(state, &job.request).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
@@ -375,9 +526,12 @@ async fn plan(
     }
     let clock = state.scheduler.clock();
     let request = PlanRequest {
-        tokens: estimate,
+        cost: Usage {
+            requests: job.requests,
+            input_tokens: estimate,
+        },
         target: job.target.clone(),
-        preferred_key: job.preferred_key,
+        keys: job.keys,
         deadline: deadline.max(clock.now()),
     };
     let planned = state
@@ -385,7 +539,17 @@ async fn plan(
         .plan(request)
         .await
         .map_err(|_| stopping())?;
-    planned.map_err(|e| plan_error(e, clock.now(), tried, job.unknown_model).into())
+    planned.map_err(|e| {
+        let most = match e {
+            PlanError::TooManyItems { most, .. } => Some(most),
+            _ => None,
+        };
+        let error = plan_error(e, clock.now(), tried, job.unknown_model);
+        match most {
+            Some(most) => Failure::TooManyItems { most, error },
+            None => error.into(),
+        }
+    })
 }
 
 /// Sends the booked call (its "sent" record first, so a crash still counts
@@ -407,10 +571,11 @@ async fn one_attempt<E: Exchange>(
             id: call_id,
             at: sent_at,
             key_id: state.key_ids[grant.key].clone(),
-            key_index: grant.key + 1,
+            key_index: grant.key,
             fingerprint: key.fingerprint(),
             model: grant.model.clone(),
             input_tokens: estimate,
+            requests: grant.cost.requests,
         })
         .await;
     let settlement = Settlement {
@@ -438,18 +603,13 @@ async fn one_attempt<E: Exchange>(
         }
     };
     tracing::warn!(
-        key = grant.key + 1,
+        key = %grant.key,
         fingerprint = %key.fingerprint(),
         model = %grant.model,
         "upstream: {}",
         one_line(&state.scrub(&error.to_string()))
     );
-    let reason = format!(
-        "key {} on {}: {}",
-        grant.key + 1,
-        grant.model,
-        error.summary()
-    );
+    let reason = format!("key {} on {}: {}", grant.key, grant.model, error.summary());
     settlement.fail(&error);
     Attempt::Retry {
         reason,
@@ -522,7 +682,7 @@ async fn judge(
                 Err(refused) if refused.is_about_the_key() => Ok(error),
                 Ok(()) => {
                     tracing::info!(
-                        key = grant.key + 1,
+                        key = %grant.key,
                         "a refusal named the key, but the key answers a free call: the request's own"
                     );
                     Err(error)
@@ -592,12 +752,16 @@ fn plan_error(
         message.push_str(&format!(" (after: {})", tried.join("; ")));
     }
     match error {
-        PlanError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message),
+        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+        }
         PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(at.since(now))
         }
-        PlanError::NoUsableKey => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-            .retry_after(Duration::from_secs(60)),
+        PlanError::NoUsableKey | PlanError::KeyOut(..) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .retry_after(Duration::from_secs(60))
+        }
         PlanError::UnknownModel(_) => ApiError::new(unknown_model, message),
         PlanError::NoModelInMode(_) => ApiError::bad_request(message),
         PlanError::SharedStateUnavailable { retry_at, .. } => {
@@ -622,7 +786,7 @@ async fn count_tokens(state: &AppState, request: &Value) -> u64 {
         {
             Ok(n) => return n,
             Err(e) => tracing::warn!(
-                key = key + 1,
+                key = %key,
                 "countTokens failed, using the local estimate: {}",
                 state.scrub(&e.to_string())
             ),

@@ -4,10 +4,13 @@
 //! OpenAI-compatible layer. Each item counts as one request on the model's
 //! lanes (the upstream charges a batch per item), and its text's tokens.
 //!
-//! A batch larger than one call may hold (what one window of a lane admits,
-//! and the upstream's 100 items) is split, in order, into sub-batches that
-//! are planned and dispatched at once, so they spread over keys and
-//! windows; their answers are joined, in input order, into one response.
+//! A batch larger than one call may hold is split, in order, into
+//! sub-batches that are planned and dispatched at once, so they spread over
+//! keys and windows; their answers are joined, in input order, into one
+//! response. One call holds at most the upstream's 100 items, and at most
+//! what one window of a lane admits: the scheduler says how many when it
+//! refuses a batch as too large, and halves are tried when the items were
+//! not what did not fit (their tokens were).
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Meta, Served};
@@ -15,13 +18,15 @@ use super::error::ApiError;
 use super::flux::flux_headers;
 use super::openai;
 use crate::scheduler::{KeyChoice, Target};
-use crate::wire::openai::{embedding_inputs, item_tokens};
+use crate::wire::openai::embedding_inputs;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use std::ops::Range;
 
@@ -39,7 +44,7 @@ pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[
         if !body.get("content").is_some_and(Value::is_object) {
             return ApiError::bad_request("content must be a Content object").into_response();
         }
-        return match dispatch::embed(state, job(state, model, Value::Object(body))).await {
+        return match dispatch::embed(state, job(state, model, Value::Object(body), 1)).await {
             Ok(served) => answer(served.reply, &[&served.meta]),
             Err(failure) => failure.into_response(),
         };
@@ -53,20 +58,13 @@ pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[
             .into_response();
         }
     };
-    let tokens: Vec<u64> = items.iter().map(|i| item_tokens(&i["content"])).collect();
-    let runs = match per_call(state, model).await {
-        Ok(bound) => split(&tokens, bound),
-        Err(failure) => return failure.into_response(),
-    };
-    let calls = runs.iter().map(|run| {
-        let batch = json!({"requests": &items[run.clone()]});
-        dispatch::embed(state, job(state, model, batch))
-    });
-    match futures::future::try_join_all(calls).await {
+    let batch = |run: Range<usize>| json!({"requests": &items[run]});
+    let call = |job| dispatch::embed(state, job).boxed();
+    match serve(state, model, items.len(), &batch, &call).await {
         Ok(served) => {
             let embeddings: Vec<Value> = served
                 .iter()
-                .flat_map(|s| s.reply["embeddings"].as_array().cloned().unwrap_or_default())
+                .flat_map(|(_, s)| s.reply["embeddings"].as_array().cloned().unwrap_or_default())
                 .collect();
             answer(json!({ "embeddings": embeddings }), &metas(&served))
         }
@@ -91,7 +89,10 @@ pub(super) async fn openai(
         .filter(|m| !m.is_empty())
         .map(|m| m.trim_start_matches("models/").to_string())
     else {
-        return openai::error_response(StatusCode::BAD_REQUEST, "model must name an embedding model");
+        return openai::error_response(
+            StatusCode::BAD_REQUEST,
+            "model must name an embedding model",
+        );
     };
     let input = body.remove("input").unwrap_or(Value::Null);
     let Some(texts) = embedding_inputs(&input) else {
@@ -100,109 +101,131 @@ pub(super) async fn openai(
             "input must be a string or a list of at least one string",
         );
     };
-    let tokens: Vec<u64> = texts.iter().map(|t| item_tokens(&json!(t))).collect();
-    let bound = match per_call(&state, &model).await {
-        Ok(bound) => bound,
-        Err(failure) => return openai::failure_response(failure),
-    };
-    let runs = split(&tokens, bound);
-    let calls = runs.iter().map(|run| {
+    let part = |run: Range<usize>| {
         let mut part = body.clone();
-        part.insert("input".into(), json!(&texts[run.clone()]));
-        dispatch::openai_embed(&state, job(&state, &model, Value::Object(part)))
-    });
-    // Every sub-batch at once (each planned on its own, so they spread over
-    // keys and windows); the first failure drops the rest, releasing what
-    // was not yet sent.
-    let served = match futures::future::try_join_all(calls).await {
+        part.insert("input".into(), json!(&texts[run]));
+        Value::Object(part)
+    };
+    let call = |job| dispatch::openai_embed(&state, job).boxed();
+    let served = match serve(&state, &model, texts.len(), &part, &call).await {
         Ok(served) => served,
         Err(failure) => return openai::failure_response(failure),
     };
     let mut data = Vec::with_capacity(texts.len());
     let (mut prompt, mut total) = (0, 0);
-    for (s, run) in served.iter().zip(&runs) {
-        for (offset, mut item) in s.reply["data"].as_array().cloned().unwrap_or_default().into_iter().enumerate() {
+    for (run, s) in &served {
+        let vectors = s.reply["data"].as_array().cloned().unwrap_or_default();
+        for (offset, mut item) in vectors.into_iter().enumerate() {
             item["index"] = json!(run.start + offset);
             data.push(item);
         }
         prompt += s.reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
         total += s.reply["usage"]["total_tokens"].as_u64().unwrap_or(0);
     }
-    let mut joined = served[0].reply.clone();
+    let mut joined = served[0].1.reply.clone();
     joined["data"] = Value::Array(data);
     joined["usage"] = json!({"prompt_tokens": prompt, "total_tokens": total});
     answer(joined, &metas(&served))
 }
 
-/// The job of one (sub-)request on `model`'s lanes: one request an item.
-fn job(state: &AppState, model: &str, request: Value) -> Job {
+/// The job of one (sub-)request of `items` items on `model`'s lanes.
+fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job {
     Job {
-        requests: items_of(&request),
         request,
         target: Target::Model(model.to_string()),
         keys: KeyChoice::Any,
         max_wait: state.max_wait,
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,
+        requests: items as u64,
     }
 }
 
-fn metas(served: &[Served<Value>]) -> Vec<&Meta> {
-    served.iter().map(|s| &s.meta).collect()
+/// How one sub-request is sent: `dispatch::embed` or `dispatch::openai_embed`.
+type Call<'a> = dyn Fn(Job) -> BoxFuture<'a, Result<Served<Value>, Failure>> + Sync + 'a;
+
+/// Serves the `count` items of a batch, `make` building the request of a
+/// run of them: in runs of at most [`MAX_BATCH_ITEMS`], all at once; each
+/// answer with its run, in input order.
+async fn serve<'a>(
+    state: &'a AppState,
+    model: &'a str,
+    count: usize,
+    make: &'a (dyn Fn(Range<usize>) -> Value + Sync),
+    call: &'a Call<'a>,
+) -> Result<Vec<(Range<usize>, Served<Value>)>, Failure> {
+    let runs = runs(0..count, MAX_BATCH_ITEMS);
+    let served = futures::future::try_join_all(
+        runs.into_iter()
+            .map(|run| serve_run(state, model, run, make, call)),
+    )
+    .await?;
+    Ok(served.into_iter().flatten().collect())
 }
 
-/// How many items a (sub-)request holds.
-fn items_of(request: &Value) -> u64 {
-    if let Some(items) = request.get("requests").and_then(Value::as_array) {
-        items.len() as u64
-    } else if let Some(texts) = request.get("input").and_then(embedding_inputs) {
-        texts.len() as u64
-    } else {
-        1
-    }
-}
-
-/// The most items, and input tokens, one call of `model` may hold.
-async fn per_call(state: &AppState, model: &str) -> Result<(usize, u64), Failure> {
-    let _ = (state, model);
-    Ok((MAX_BATCH_ITEMS, u64::MAX))
-}
-
-/// Consecutive runs of the items (whose tokens are `tokens`), in order, each
-/// within `(max_items, max_tokens)`; an item alone above `max_tokens` is a
-/// run of its own (its plan then says it can never fit).
-fn split(tokens: &[u64], (max_items, max_tokens): (usize, u64)) -> Vec<Range<usize>> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    let mut sum = 0u64;
-    for (i, &t) in tokens.iter().enumerate() {
-        let full = i - start == max_items.max(1) || (i > start && sum.saturating_add(t) > max_tokens);
-        if full {
-            runs.push(start..i);
-            start = i;
-            sum = 0;
+/// Serves one run of items as one call; when the scheduler says one window
+/// of a lane never holds that many, as runs of the most it does (halves,
+/// when the run was within that and its tokens were what did not fit), all
+/// at once. The first failure drops the rest, releasing what was not sent.
+fn serve_run<'a>(
+    state: &'a AppState,
+    model: &'a str,
+    run: Range<usize>,
+    make: &'a (dyn Fn(Range<usize>) -> Value + Sync),
+    call: &'a Call<'a>,
+) -> BoxFuture<'a, Result<Vec<(Range<usize>, Served<Value>)>, Failure>> {
+    async move {
+        let items = run.len();
+        match call(job(state, model, make(run.clone()), items)).await {
+            Ok(served) => Ok(vec![(run, served)]),
+            Err(Failure::TooManyItems { most, .. }) if items > 1 => {
+                let size = match usize::try_from(most) {
+                    Ok(most) if most >= 1 && most < items => most,
+                    _ => items.div_ceil(2),
+                };
+                let parts = runs(run, size)
+                    .into_iter()
+                    .map(|part| serve_run(state, model, part, make, call));
+                let served = futures::future::try_join_all(parts).await?;
+                Ok(served.into_iter().flatten().collect())
+            }
+            Err(failure) => Err(failure),
         }
-        sum = sum.saturating_add(t);
     }
-    if start < tokens.len() {
-        runs.push(start..tokens.len());
-    }
-    runs
+    .boxed()
 }
 
-/// The joined answer with the `x-flux-*` headers: the first sub-batch's, with
-/// every key used (in input order) and the longest wait when it was split.
+/// `range` cut, in order, into runs of at most `size`.
+fn runs(range: Range<usize>, size: usize) -> Vec<Range<usize>> {
+    let size = size.max(1);
+    range
+        .clone()
+        .step_by(size)
+        .map(|start| start..(start + size).min(range.end))
+        .collect()
+}
+
+fn metas(served: &[(Range<usize>, Served<Value>)]) -> Vec<&Meta> {
+    served.iter().map(|(_, s)| &s.meta).collect()
+}
+
+/// The joined answer with the `x-flux-*` headers: the first call's, and,
+/// when the batch was split, every key used (in input order) and the
+/// longest wait.
 fn answer(body: Value, metas: &[&Meta]) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     flux_headers(headers, metas[0]);
     if metas.len() > 1 {
-        let keys: Vec<String> = metas.iter().map(|m| (m.key + 1).to_string()).collect();
+        let keys: Vec<String> = metas.iter().map(|m| m.key.to_string()).collect();
         if let Ok(v) = HeaderValue::from_str(&keys.join(",")) {
             headers.insert("x-flux-key", v);
         }
         let waited = metas.iter().map(|m| m.waited).max().unwrap_or_default();
-        headers.insert("x-flux-wait-ms", HeaderValue::from(waited.as_millis() as u64));
+        headers.insert(
+            "x-flux-wait-ms",
+            HeaderValue::from(waited.as_millis() as u64),
+        );
     }
     response
 }
@@ -212,11 +235,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_splits_in_order_by_items_and_tokens() {
-        assert_eq!(split(&[1; 7], (3, u64::MAX)), vec![0..3, 3..6, 6..7]);
-        assert_eq!(split(&[1; 3], (3, u64::MAX)), vec![0..3]);
-        assert_eq!(split(&[4, 4, 4, 1], (10, 8)), vec![0..2, 2..4]);
-        // An item too large alone is alone.
-        assert_eq!(split(&[2, 20, 2], (10, 8)), vec![0..1, 1..2, 2..3]);
+    fn runs_cut_in_order() {
+        assert_eq!(runs(0..7, 3), vec![0..3, 3..6, 6..7]);
+        assert_eq!(runs(3..6, 5), vec![3..6]);
+        assert_eq!(runs(2..4, 1), vec![2..3, 3..4]);
     }
 }

@@ -5,7 +5,7 @@ use super::AppState;
 use super::dispatch::{self, Job, Meta};
 use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
-use crate::scheduler::Target;
+use crate::scheduler::{KeyChoice, KeyIndex, Target};
 use crate::upstream::Generated;
 use axum::Json;
 use axum::Router;
@@ -150,15 +150,17 @@ impl GenerateBody {
             }
             (None, None) => Target::Chain(None),
         };
-        let preferred_key = match self.preferred_key {
-            None => None,
-            Some(n) if n >= 1 && n as usize <= state.keys.len() => Some(n as usize - 1),
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "preferred_key {n} does not exist: keys are numbered 1 to {}",
-                    state.keys.len()
-                )));
-            }
+        let keys = match self.preferred_key {
+            None => KeyChoice::Any,
+            Some(n) => match KeyIndex::from_one_based(n).filter(|k| k.get() < state.keys.len()) {
+                Some(key) => KeyChoice::Prefer(key),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "preferred_key {n} does not exist: keys are numbered 1 to {}",
+                        state.keys.len()
+                    )));
+                }
+            },
         };
         let mut config = serde_json::Map::new();
         match self.max_tokens {
@@ -199,7 +201,8 @@ impl GenerateBody {
         Ok(Job {
             request,
             target,
-            preferred_key,
+            keys,
+            requests: 1,
             max_wait,
             retry: self.retry.unwrap_or(true),
             unknown_model: StatusCode::BAD_REQUEST,
@@ -226,7 +229,7 @@ fn answer(generated: &Generated, o: &Meta, request_id: String) -> Response {
     let candidate = &generated.body["candidates"][0];
     let body = json!({
         "response": generated.text(),
-        "key_used": o.key + 1,
+        "key_used": o.key,
         "key_fingerprint": o.fingerprint,
         "model_used": o.model,
         "tokens_used": o.input_tokens + generated.output_tokens,
@@ -246,7 +249,7 @@ fn answer(generated: &Generated, o: &Meta, request_id: String) -> Response {
 
 /// `x-flux-key`, `x-flux-model`, `x-flux-wait-ms` on every proxied answer.
 pub fn flux_headers(headers: &mut HeaderMap, o: &Meta) {
-    headers.insert("x-flux-key", HeaderValue::from(o.key + 1));
+    headers.insert("x-flux-key", HeaderValue::from(o.key.one_based()));
     if let Ok(model) = HeaderValue::from_str(&o.model) {
         headers.insert("x-flux-model", model);
     }

@@ -12,7 +12,7 @@ use super::error::{ApiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
 use super::{auth, openai};
-use crate::scheduler::Target;
+use crate::scheduler::{KeyChoice, Target};
 use crate::upstream::UpstreamError;
 use axum::Json;
 use axum::Router;
@@ -180,7 +180,8 @@ async fn call_model(
     let job = Job {
         request: body,
         target,
-        preferred_key: None,
+        keys: KeyChoice::Any,
+        requests: 1,
         max_wait: state.max_wait,
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,

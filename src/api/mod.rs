@@ -20,7 +20,7 @@ pub mod refresh;
 mod relay;
 
 use crate::config::TokenCount;
-use crate::keys::ApiKey;
+use crate::keys::{ApiKey, KeyIndex};
 use crate::scheduler::SchedulerHandle;
 use crate::store::Ledger;
 use crate::upstream::Upstream;
@@ -90,9 +90,9 @@ impl Drain {
 
 impl Shared {
     /// A usable key (0-based) for a call that spends no generate quota, in turn.
-    pub fn next_usable_key(&self) -> Option<usize> {
+    pub fn next_usable_key(&self) -> Option<KeyIndex> {
         let usable = self.scheduler.usable_keys();
-        let healthy: Vec<usize> = (0..usable.len()).filter(|&k| usable[k]).collect();
+        let healthy: Vec<KeyIndex> = KeyIndex::all(usable.len()).filter(|&k| usable[k]).collect();
         let turn = self
             .count_turn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

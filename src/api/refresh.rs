@@ -10,7 +10,7 @@ use crate::clock::Timestamp;
 use crate::keys::ApiKey;
 use crate::policy::fetch::{self, CACHE_TTL};
 use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
-use crate::scheduler::Target;
+use crate::scheduler::{KeyChoice, Target};
 use crate::store::{PolicyCache, Record};
 use crate::upstream::Upstream;
 use axum::http::StatusCode;
@@ -98,7 +98,8 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
     let job = Job {
         request: fetch::request(&chain),
         target: Target::Chain(None),
-        preferred_key: None,
+        keys: KeyChoice::Any,
+        requests: 1,
         max_wait: FETCH_MAX_WAIT,
         retry: true,
         unknown_model: StatusCode::BAD_REQUEST,

@@ -45,9 +45,8 @@ impl Limits {
             .all(|&q| used.of(q.metric()).saturating_add(call.of(q.metric())) <= self.get(q))
     }
 
-    /// Whether one call of `tokens` can ever fit (an empty window admits it).
-    pub fn can_ever_admit(&self, tokens: u64) -> bool {
-        let call = Usage::call(tokens);
+    /// Whether `call` can ever fit (an empty window admits it).
+    pub fn can_ever_admit(&self, call: Usage) -> bool {
         Quota::ALL
             .iter()
             .all(|&q| call.of(q.metric()) <= self.get(q))
@@ -91,13 +90,18 @@ pub enum Family {
     Pro,
     Flash,
     FlashLite,
+    /// Embedding models: never in the generate chain, planned on their own
+    /// lanes when a surface names one.
+    Embedding,
 }
 
 impl Family {
     /// Infers the family from a model name; an unknown name is treated as
     /// `Pro`, the family with the tightest limits.
     pub fn of(model: &str) -> Family {
-        if model.contains("flash-lite") {
+        if model.contains("embedding") {
+            Family::Embedding
+        } else if model.contains("flash-lite") {
             Family::FlashLite
         } else if model.contains("flash") {
             Family::Flash
@@ -132,6 +136,15 @@ impl Family {
             Family::FlashLite => Limits {
                 rpm: 15,
                 tpm: 250_000,
+                rpd: 1_000,
+                tpd: UNLIMITED,
+            },
+            // About 100 requests a minute (unconfirmed); 30,000 tokens a
+            // minute and 1,000 requests a day as commonly reported. Each item
+            // of a `batchEmbedContents` counts as one request.
+            Family::Embedding => Limits {
+                rpm: 100,
+                tpm: 30_000,
                 rpd: 1_000,
                 tpd: UNLIMITED,
             },
@@ -350,8 +363,13 @@ mod tests {
         assert!(!l.admits(Window::Minute, used, Usage::call(41)));
         assert!(l.admits(Window::Day, used, Usage::call(90)));
         assert!(!l.admits(Window::Day, used, Usage::call(91)));
-        assert!(l.can_ever_admit(100));
-        assert!(!l.can_ever_admit(101));
+        assert!(l.can_ever_admit(Usage::call(100)));
+        assert!(!l.can_ever_admit(Usage::call(101)));
+        let batch = |n| Usage {
+            requests: n,
+            input_tokens: 10,
+        };
+        assert!(l.can_ever_admit(batch(2)) && !l.can_ever_admit(batch(3)));
         assert_eq!(l.zeros().count(), 0);
         assert_eq!(
             Limits { rpd: 0, ..l }.zeros().collect::<Vec<_>>(),

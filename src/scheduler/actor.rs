@@ -13,7 +13,7 @@
 //! an idle replica's copy fresh.
 
 use super::alone::{Alone, Journal};
-use super::core::{Grant, KeyState, PlanError, PlanRequest, Scheduler, Snapshot};
+use super::core::{Grant, KeyIndex, KeyState, PlanError, PlanRequest, Scheduler, Snapshot};
 use super::grant::Booked;
 use super::lane::GrantId;
 use super::replicated::Replicated;
@@ -36,7 +36,7 @@ pub(super) enum Command {
     SetChain(Vec<String>),
     SetFetched(BTreeMap<String, LimitsOverride>),
     SetKeyState(
-        usize,
+        KeyIndex,
         KeyState,
         oneshot::Sender<Result<Option<KeyState>, String>>,
     ),
@@ -195,7 +195,7 @@ impl SchedulerHandle {
     /// Changes key `key`'s (0-based) state; `None` if there is no such key.
     pub async fn set_key_state(
         &self,
-        key: usize,
+        key: KeyIndex,
         state: KeyState,
     ) -> Result<Option<KeyState>, Unavailable> {
         self.ask(|reply| Command::SetKeyState(key, state, reply))
@@ -209,7 +209,7 @@ impl SchedulerHandle {
 }
 
 fn usable_keys(core: &Scheduler) -> Vec<bool> {
-    (0..core.key_count())
+    KeyIndex::all(core.key_count())
         .map(|k| core.key_state(k) == Some(&KeyState::Healthy))
         .collect()
 }
@@ -308,16 +308,17 @@ fn log_decision(
             tracing::info!(
                 target: "gemini_flux::decision",
                 grant = g.id,
-                key = g.key + 1,
+                key = %g.key,
                 fingerprint = %fingerprint,
                 model = %g.model,
-                tokens = g.tokens,
+                requests = g.cost.requests,
+                tokens = g.cost.input_tokens,
                 wait_ms = g.at.since(now).as_millis() as u64,
                 "granted"
             );
         }
         Err(e) => {
-            tracing::info!(target: "gemini_flux::decision", tokens = request.tokens, "refused: {e}")
+            tracing::info!(target: "gemini_flux::decision", tokens = request.cost.input_tokens, "refused: {e}")
         }
     }
 }

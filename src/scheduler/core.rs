@@ -8,7 +8,7 @@
 
 use super::lane::{GrantId, Lane, LaneUsage, WINDOW};
 use crate::clock::{PacificDay, Timestamp};
-pub use crate::keys::KeyState;
+pub use crate::keys::{KeyIndex, KeyState};
 use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Resolved, Source, Usage, Window};
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -25,32 +25,44 @@ const TRANSIENT_BACKOFF: Duration = Duration::from_secs(1);
 pub enum Target {
     /// The chain, filtered by this mode (the service's mode when `None`).
     Chain(Option<Mode>),
-    /// Exactly this model.
+    /// Exactly this model: one of the chain, or a model outside it whose
+    /// limits the policy knows (an embedding model).
     Model(String),
     /// This model first, then the models after it in the chain that the
     /// service's mode allows (a client that opted into fallback).
     ChainFrom(String),
 }
 
+/// Which keys a request may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyChoice {
+    Any,
+    /// This key when it can serve by the deadline, else any.
+    Prefer(KeyIndex),
+    /// This key alone (a file its project owns), on any model the target allows.
+    Only(KeyIndex),
+}
+
 #[derive(Clone, Debug)]
 pub struct PlanRequest {
-    /// Input tokens the call will spend.
-    pub tokens: u64,
+    /// What the call will spend: one request (or one per item of a batch of
+    /// embeddings) and its input tokens.
+    pub cost: Usage,
     pub target: Target,
-    /// A key (0-based) to use when it can serve by `deadline`.
-    pub preferred_key: Option<usize>,
+    pub keys: KeyChoice,
     /// The latest instant the caller accepts; later means "429, retry after".
     pub deadline: Timestamp,
 }
 
-/// A booked instant on a lane. Keys are 0-based here; the API shows them 1-based.
+/// A booked instant on a lane.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grant {
     pub id: GrantId,
-    pub key: usize,
+    pub key: KeyIndex,
     pub model: String,
     pub at: Timestamp,
-    pub tokens: u64,
+    /// What it booked: requests, and the input tokens estimated.
+    pub cost: Usage,
     /// The call re-checks a model learned to have no quota (limit 0) on
     /// this key's tier: its success clears that.
     pub probe: bool,
@@ -63,12 +75,26 @@ pub enum PlanError {
         tokens: u64,
         largest: Vec<(String, u64)>,
     },
+    /// A batch of more items than one window of any allowed lane admits:
+    /// the caller splits it.
+    #[error("the batch has {requests} items, more than one window of {model} admits ({most})")]
+    TooManyItems {
+        requests: u64,
+        model: String,
+        most: u64,
+    },
     #[error("the earliest slot is on {model} at {at}, beyond the request's wait ceiling")]
     WaitTooLong { model: String, at: Timestamp },
     #[error("every allowed model's daily quota is spent, or has none on any usable key, until {0}")]
     ExhaustedUntil(Timestamp),
     #[error("no key is usable")]
     NoUsableKey,
+    /// The request can go to one key alone (it names a file that key's
+    /// project owns), and that key is out.
+    #[error(
+        "key {0} is the only key the request can use (it owns a file the request names), and it is {1}"
+    )]
+    KeyOut(KeyIndex, KeyState),
     #[error("model {0:?} is not in the chain")]
     UnknownModel(String),
     #[error("mode {0} allows no model of the chain")]
@@ -127,11 +153,11 @@ pub struct Retired {
 /// them ([`Scheduler::take_changes`]) and hands them to the state store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    KeyState(usize, KeyState),
+    KeyState(KeyIndex, KeyState),
     /// A lane's learned limits after a change; `taught` is what the upstream
     /// said this time (empty when a lane only takes what a sibling learned).
     Learned {
-        key: usize,
+        key: KeyIndex,
         model: String,
         learned: LimitsOverride,
         taught: LimitsOverride,
@@ -144,7 +170,7 @@ pub enum Change {
 
 impl Change {
     /// What the upstream taught, as one log line (operator changes are
-    /// logged where the operator made them). Keys are 1-based here.
+    /// logged where the operator made them).
     pub fn lesson(&self) -> Option<String> {
         let limits = |o: &LimitsOverride| {
             Quota::ALL
@@ -161,8 +187,7 @@ impl Change {
                 taught,
                 ..
             } if taught.is_empty() => Some(format!(
-                "key {} on {model}: limits in force now {} (learned on its tier)",
-                key + 1,
+                "key {key} on {model}: limits in force now {} (learned on its tier)",
                 limits(learned)
             )),
             Change::Learned {
@@ -172,8 +197,7 @@ impl Change {
                 taught,
                 ..
             } => Some(format!(
-                "key {} on {model}: learned {} from a 429 (in force now: {})",
-                key + 1,
+                "key {key} on {model}: learned {} from a 429 (in force now: {})",
                 limits(taught),
                 limits(learned)
             )),
@@ -192,7 +216,7 @@ pub struct Scheduler {
     chain: Vec<String>,
     layers: Layers,
     mode: Mode,
-    lanes: HashMap<(usize, String), Lane>,
+    lanes: HashMap<(KeyIndex, String), Lane>,
     grants: HashMap<GrantId, Grant>,
     next_grant: GrantId,
     retired: Vec<Retired>,
@@ -233,7 +257,7 @@ impl Scheduler {
     }
 
     /// A copy of lane (key, model), empty if it has never been used.
-    pub fn lane(&self, key: usize, model: &str) -> Lane {
+    pub fn lane(&self, key: KeyIndex, model: &str) -> Lane {
         self.lanes
             .get(&(key, model.to_string()))
             .cloned()
@@ -242,7 +266,7 @@ impl Scheduler {
 
     /// Replaces lane (key, model) with the shared truth (replicas read it
     /// before every decision).
-    pub fn put_lane(&mut self, key: usize, model: &str, lane: Lane) {
+    pub fn put_lane(&mut self, key: KeyIndex, model: &str, lane: Lane) {
         self.lanes.insert((key, model.to_string()), lane);
     }
 
@@ -258,8 +282,8 @@ impl Scheduler {
     }
 
     /// Takes a key state another replica decided, without journalling it.
-    pub fn adopt_key_state(&mut self, key: usize, state: KeyState) {
-        if let Some(slot) = self.states.get_mut(key) {
+    pub fn adopt_key_state(&mut self, key: KeyIndex, state: KeyState) {
+        if let Some(slot) = self.states.get_mut(key.get()) {
             *slot = state;
         }
     }
@@ -275,15 +299,15 @@ impl Scheduler {
     }
 
     /// Puts back a call a previous run made within the window.
-    pub fn restore_call(&mut self, key: usize, model: &str, at: Timestamp, tokens: u64) {
+    pub fn restore_call(&mut self, key: KeyIndex, model: &str, at: Timestamp, used: Usage) {
         self.lanes
             .entry((key, model.to_string()))
             .or_default()
-            .restore_call(at, tokens);
+            .restore_call(at, used);
     }
 
     /// Puts back what a previous run's calls spent on a Pacific day.
-    pub fn restore_day(&mut self, key: usize, model: &str, day: chrono::NaiveDate, used: Usage) {
+    pub fn restore_day(&mut self, key: KeyIndex, model: &str, day: chrono::NaiveDate, used: Usage) {
         self.lanes
             .entry((key, model.to_string()))
             .or_default()
@@ -293,7 +317,7 @@ impl Scheduler {
     /// Puts back limits a previous run learned at `at`.
     pub fn restore_learned(
         &mut self,
-        key: usize,
+        key: KeyIndex,
         model: &str,
         learned: LimitsOverride,
         at: Timestamp,
@@ -310,8 +334,8 @@ impl Scheduler {
     }
 
     /// A lane's limits in force at `now`: the key's tier's, with what the lane learned.
-    fn lane_resolved(&self, key: usize, model: &str, now: Timestamp) -> Resolved {
-        let base = self.layers.resolve_for(key, model);
+    fn lane_resolved(&self, key: KeyIndex, model: &str, now: Timestamp) -> Resolved {
+        let base = self.layers.resolve_for(key.get(), model);
         match self
             .lanes
             .get(&(key, model.to_string()))
@@ -322,7 +346,7 @@ impl Scheduler {
         }
     }
 
-    fn lane_limits(&self, key: usize, model: &str, now: Timestamp) -> Limits {
+    fn lane_limits(&self, key: KeyIndex, model: &str, now: Timestamp) -> Limits {
         self.lane_resolved(key, model, now).limits()
     }
 
@@ -339,21 +363,23 @@ impl Scheduler {
 
     /// The keys of `key`'s tier on `model` (itself included): keys whose
     /// configured limits there are the same, so what one learns holds for all.
-    pub fn tier(&self, key: usize, model: &str) -> Vec<usize> {
-        let own = self.layers.key_override(key, model);
-        (0..self.states.len())
-            .filter(|&k| self.layers.key_override(k, model) == own)
+    pub fn tier(&self, key: KeyIndex, model: &str) -> Vec<KeyIndex> {
+        let own = self.layers.key_override(key.get(), model);
+        KeyIndex::all(self.states.len())
+            .filter(|&k| self.layers.key_override(k.get(), model) == own)
             .collect()
     }
 
-    fn usable(&self, key: usize) -> bool {
+    fn usable(&self, key: KeyIndex) -> bool {
         self.states[key] == KeyState::Healthy
     }
 
     /// The models a target allows, in chain order.
     fn candidate_models(&self, target: &Target) -> Result<Vec<String>, PlanError> {
         match target {
-            Target::Model(m) if self.chain.contains(m) => Ok(vec![m.clone()]),
+            Target::Model(m) if self.chain.contains(m) || outside_the_chain(m) => {
+                Ok(vec![m.clone()])
+            }
             Target::Model(m) => Err(PlanError::UnknownModel(m.clone())),
             Target::ChainFrom(m) => {
                 let start = self
@@ -383,6 +409,39 @@ impl Scheduler {
         }
     }
 
+    /// Every lane a plan for `target` may look at: each key on each model
+    /// the target allows (the whole chain when it allows none, so that the
+    /// refusal is read from the same state).
+    pub fn lanes_to_plan(&self, target: &Target) -> Vec<(KeyIndex, String)> {
+        let models = self
+            .candidate_models(target)
+            .unwrap_or_else(|_| self.chain.clone());
+        models
+            .into_iter()
+            .flat_map(|m| KeyIndex::all(self.states.len()).map(move |k| (k, m.clone())))
+            .collect()
+    }
+
+    /// The usable keys a request may go to.
+    fn keys_for(&self, choice: KeyChoice) -> Result<Vec<KeyIndex>, PlanError> {
+        let keys: Vec<KeyIndex> = match choice {
+            KeyChoice::Only(key) if key.get() >= self.states.len() => {
+                return Err(PlanError::NoUsableKey);
+            }
+            KeyChoice::Only(key) if !self.usable(key) => {
+                return Err(PlanError::KeyOut(key, self.states[key].clone()));
+            }
+            KeyChoice::Only(key) => vec![key],
+            KeyChoice::Any | KeyChoice::Prefer(_) => KeyIndex::all(self.states.len())
+                .filter(|&k| self.usable(k))
+                .collect(),
+        };
+        if keys.is_empty() {
+            return Err(PlanError::NoUsableKey);
+        }
+        Ok(keys)
+    }
+
     /// Chooses a lane and an instant for a request and books it at once, so no
     /// later plan can take the same capacity.
     ///
@@ -392,15 +451,13 @@ impl Scheduler {
     /// with the fewest requests today, spreading the day's load).
     pub fn plan(&mut self, request: &PlanRequest, now: Timestamp) -> Result<Grant, PlanError> {
         let models = self.candidate_models(&request.target)?;
-        let usable: Vec<usize> = (0..self.states.len()).filter(|&k| self.usable(k)).collect();
-        if usable.is_empty() {
-            return Err(PlanError::NoUsableKey);
-        }
+        let usable = self.keys_for(request.keys)?;
+        let call = request.cost;
         let day = PacificDay::of(now);
         let today = day.date;
         let mut any_lane_holds_it = false;
         for model in &models {
-            let mut best: Option<(Timestamp, u32, usize)> = None;
+            let mut best: Option<(Timestamp, u32, KeyIndex)> = None;
             let mut preferred_at = None;
             let mut probes = Vec::new();
             for &key in &usable {
@@ -408,28 +465,28 @@ impl Scheduler {
                     ZeroCheck::NoZero(limits) => (limits, false),
                     ZeroCheck::Skip => {
                         // Out for today; "spent until midnight" only if it could ever hold the request.
-                        let configured = self.layers.resolve_for(key, model).limits();
-                        any_lane_holds_it |= configured.can_ever_admit(request.tokens);
+                        let configured = self.layers.resolve_for(key.get(), model).limits();
+                        any_lane_holds_it |= configured.can_ever_admit(call);
                         continue;
                     }
                     ZeroCheck::Probe(limits) => (limits, true),
                 };
-                if !limits.can_ever_admit(request.tokens) {
+                if !limits.can_ever_admit(call) {
                     continue;
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
                 lane.forget_before(now, today, self.span);
-                if !lane.day_admits(limits, today, request.tokens) {
+                if !lane.day_admits(limits, today, call) {
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, request.tokens, now, day, self.span) else {
+                let Some(at) = lane.earliest(limits, call, now, day, self.span) else {
                     continue;
                 };
                 if probe {
                     probes.push(key);
                 }
-                if request.preferred_key == Some(key) {
+                if request.keys == KeyChoice::Prefer(key) {
                     preferred_at = Some(at);
                 }
                 let rank = (at, lane.booked_on(today), key);
@@ -440,7 +497,7 @@ impl Scheduler {
             let Some((mut at, _, mut key)) = best else {
                 continue;
             };
-            if let (Some(p), Some(p_at)) = (request.preferred_key, preferred_at)
+            if let (KeyChoice::Prefer(p), Some(p_at)) = (request.keys, preferred_at)
                 && p_at <= request.deadline
             {
                 (at, key) = (p_at, p);
@@ -455,20 +512,50 @@ impl Scheduler {
             if probe {
                 // One re-check a day for the whole tier.
                 for k in self.tier(key, model) {
-                    self.lanes
-                        .entry((k, model.clone()))
-                        .or_default()
-                        .check_zero_on(today);
+                    self.lane_mut(k, model).check_zero_on(today);
                 }
             }
-            return Ok(self.book(key, model, at, request.tokens, probe));
+            return Ok(self.book(key, model, at, call, probe));
         }
         if any_lane_holds_it {
             return Err(PlanError::ExhaustedUntil(day.ends));
         }
-        // The largest call each model takes on any usable key, learned and
-        // per-key limits included.
-        let largest: Vec<(String, u64)> = models
+        Err(self.never_fits(call, &models, &usable, now))
+    }
+
+    /// Why no lane can ever hold `call`: too many items for one window, or
+    /// too many tokens for one call (with the largest call each model takes
+    /// on any usable key, learned and per-key limits included).
+    fn never_fits(
+        &self,
+        call: Usage,
+        models: &[String],
+        usable: &[KeyIndex],
+        now: Timestamp,
+    ) -> PlanError {
+        let lanes = || {
+            models.iter().flat_map(move |m| {
+                usable
+                    .iter()
+                    .map(move |&k| (m, self.lane_limits(k, m, now)))
+            })
+        };
+        let one_item = Usage {
+            requests: 1,
+            ..call
+        };
+        if call.requests > 1 && lanes().any(|(_, l)| l.can_ever_admit(one_item)) {
+            let (model, most) = lanes()
+                .map(|(m, l)| (m, l.rpm.min(l.rpd) as u64))
+                .max_by_key(|&(_, most)| most)
+                .expect("at least one lane admits one item");
+            return PlanError::TooManyItems {
+                requests: call.requests,
+                model: model.clone(),
+                most,
+            };
+        }
+        let largest = models
             .iter()
             .map(|m| {
                 let bound = usable
@@ -479,25 +566,29 @@ impl Scheduler {
                 (m.clone(), bound)
             })
             .collect();
-        Err(PlanError::TooLarge {
-            tokens: request.tokens,
+        PlanError::TooLarge {
+            tokens: call.input_tokens,
             largest,
-        })
+        }
     }
 
-    fn book(&mut self, key: usize, model: &str, at: Timestamp, tokens: u64, probe: bool) -> Grant {
+    fn book(
+        &mut self,
+        key: KeyIndex,
+        model: &str,
+        at: Timestamp,
+        cost: Usage,
+        probe: bool,
+    ) -> Grant {
         let id = self.next_grant;
         self.next_grant += 1;
-        self.lanes
-            .entry((key, model.to_string()))
-            .or_default()
-            .book(id, at, tokens);
+        self.lane_mut(key, model).book(id, at, cost);
         let grant = Grant {
             id,
             key,
             model: model.to_string(),
             at,
-            tokens,
+            cost,
             probe,
         };
         self.grants.insert(id, grant.clone());
@@ -520,7 +611,7 @@ impl Scheduler {
         let Some((grant, lane)) = self.take_grant(id) else {
             return;
         };
-        lane.settle(id, grant.at, grant.tokens, input_tokens);
+        lane.settle(id, grant.at, grant.cost.input_tokens, input_tokens);
         if grant.probe {
             for k in self.tier(grant.key, &grant.model) {
                 let lane = self.lanes.entry((k, grant.model.clone())).or_default();
@@ -542,7 +633,7 @@ impl Scheduler {
     /// its booking stays with `input_tokens`. A re-check it was may go again.
     pub fn keep(&mut self, id: GrantId, input_tokens: u64) {
         if let Some((grant, lane)) = self.take_grant(id) {
-            lane.keep(id, grant.at, grant.tokens, input_tokens);
+            lane.keep(id, grant.at, grant.cost.input_tokens, input_tokens);
             self.reopen_check(&grant);
         }
     }
@@ -568,7 +659,13 @@ impl Scheduler {
 
     /// Whether lane (key, model) has a learned limit of 0 and, if so,
     /// whether today's one re-check may go (with the limits it had before).
-    fn zero_check(&self, key: usize, model: &str, today: NaiveDate, now: Timestamp) -> ZeroCheck {
+    fn zero_check(
+        &self,
+        key: KeyIndex,
+        model: &str,
+        today: NaiveDate,
+        now: Timestamp,
+    ) -> ZeroCheck {
         let limits = self.lane_limits(key, model, now);
         if limits.zeros().next().is_none() {
             return ZeroCheck::NoZero(limits);
@@ -580,7 +677,7 @@ impl Scheduler {
         if checked >= Some(today) {
             ZeroCheck::Skip
         } else {
-            ZeroCheck::Probe(self.layers.resolve_for(key, model).limits())
+            ZeroCheck::Probe(self.layers.resolve_for(key.get(), model).limits())
         }
     }
 
@@ -599,7 +696,7 @@ impl Scheduler {
                 self.learn_quota(&grant, violations, *retry_after, now);
             }
             Penalty::Transient => {
-                self.keep(id, grant.tokens);
+                self.keep(id, grant.cost.input_tokens);
                 self.lane_mut(grant.key, &grant.model)
                     .strike(now, TRANSIENT_BACKOFF);
             }
@@ -623,7 +720,7 @@ impl Scheduler {
         }
     }
 
-    fn lane_mut(&mut self, key: usize, model: &str) -> &mut Lane {
+    fn lane_mut(&mut self, key: KeyIndex, model: &str) -> &mut Lane {
         self.lanes.entry((key, model.to_string())).or_default()
     }
 
@@ -723,8 +820,8 @@ impl Scheduler {
         &self.chain
     }
 
-    /// How operators tell key `key` (0-based) apart: `…abcd`.
-    pub fn fingerprint(&self, key: usize) -> &str {
+    /// How operators tell key `key` apart: `…abcd`.
+    pub fn fingerprint(&self, key: KeyIndex) -> &str {
         &self.fingerprints[key]
     }
 
@@ -732,13 +829,13 @@ impl Scheduler {
         self.states.len()
     }
 
-    pub fn key_state(&self, key: usize) -> Option<&KeyState> {
-        self.states.get(key)
+    pub fn key_state(&self, key: KeyIndex) -> Option<&KeyState> {
+        self.states.get(key.get())
     }
 
     /// Sets a key's state (operator enable/disable, start-up validation).
-    pub fn set_key_state(&mut self, key: usize, state: KeyState) -> Option<KeyState> {
-        let slot = self.states.get_mut(key)?;
+    pub fn set_key_state(&mut self, key: KeyIndex, state: KeyState) -> Option<KeyState> {
+        let slot = self.states.get_mut(key.get())?;
         if *slot != state {
             *slot = state.clone();
             self.changes.push(Change::KeyState(key, state.clone()));
@@ -748,18 +845,30 @@ impl Scheduler {
 
     /// Whether at least one key can serve.
     pub fn ready(&self) -> bool {
-        (0..self.states.len()).any(|k| self.usable(k))
+        KeyIndex::all(self.states.len()).any(|k| self.usable(k))
+    }
+
+    /// The models `/status` shows: the chain, then any model outside it a
+    /// request has used (an embedding model).
+    fn models_shown(&self) -> Vec<String> {
+        let outside: std::collections::BTreeSet<&String> = self
+            .lanes
+            .keys()
+            .map(|(_, m)| m)
+            .filter(|m| !self.chain.contains(m) && outside_the_chain(m))
+            .collect();
+        self.chain.iter().chain(outside).cloned().collect()
     }
 
     /// Everything `/status` shows, as of `now`.
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
-        let keys = (0..self.states.len())
+        let models = self.models_shown();
+        let keys = KeyIndex::all(self.states.len())
             .map(|key| KeySnapshot {
-                index: key + 1,
+                index: key,
                 fingerprint: self.fingerprints[key].clone(),
                 state: self.states[key].clone(),
-                models: self
-                    .chain
+                models: models
                     .iter()
                     .map(|model| {
                         let lane = self.lanes.get(&(key, model.clone()));
@@ -782,10 +891,11 @@ impl Scheduler {
             .values()
             .map(|g| GrantSnapshot {
                 id: g.id,
-                key: g.key + 1,
+                key: g.key,
                 model: g.model.clone(),
                 at: g.at,
-                tokens: g.tokens,
+                tokens: g.cost.input_tokens,
+                requests: g.cost.requests,
                 waiting: g.at > now,
             })
             .collect();
@@ -795,8 +905,7 @@ impl Scheduler {
             mode: self.mode,
             chain: self.chain.clone(),
             retired: self.retired.clone(),
-            limits: self
-                .chain
+            limits: models
                 .iter()
                 .map(|m| (m.clone(), self.model_limits(m)))
                 .collect(),
@@ -808,6 +917,11 @@ impl Scheduler {
             grants,
         }
     }
+}
+
+/// A model planned on its own lanes though never in the generate chain.
+fn outside_the_chain(model: &str) -> bool {
+    crate::policy::Family::of(model) == crate::policy::Family::Embedding
 }
 
 /// What [`Scheduler::zero_check`] found on a lane.
@@ -845,7 +959,7 @@ pub struct QueueCounts {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct KeySnapshot {
-    pub index: usize,
+    pub index: KeyIndex,
     pub fingerprint: String,
     #[serde(flatten)]
     pub state: KeyState,
@@ -866,9 +980,11 @@ pub struct LaneSnapshot {
 #[derive(Clone, Debug, Serialize)]
 pub struct GrantSnapshot {
     pub id: GrantId,
-    pub key: usize,
+    pub key: KeyIndex,
     pub model: String,
     pub at: Timestamp,
     pub tokens: u64,
+    /// More than one for a batch of embeddings.
+    pub requests: u64,
     pub waiting: bool,
 }

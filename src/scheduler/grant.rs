@@ -99,7 +99,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.keep_on_drop {
-            let estimate = End::Keep(self.grant.tokens);
+            let estimate = End::Keep(self.grant.cost.input_tokens);
             self.handle.tell(Command::End(self.grant.id, estimate));
         }
     }

@@ -4,9 +4,10 @@
 //! A booking occupies its lane's per-minute capacity from its instant `at`
 //! until `at + span`, where `span` is the upstream's 60-second window plus a
 //! guard (the upstream counts a call when it arrives, a little after we send
-//! it, and jitter can reorder arrivals). A new call `c` (one request, `T`
-//! input tokens) fits at `t` when every window that would contain it stays
-//! within the limit of every quota `q` counted over that window:
+//! it, and jitter can reorder arrivals). A new call `c` (its [`Usage`]: one
+//! request, or `n` for a batch of `n` embedding items, and `T` input tokens)
+//! fits at `t` when every window that would contain it stays within the
+//! limit of every quota `q` counted over that window:
 //!
 //! ```text
 //!   for every s in [t, t + span):  used_q(s) + c_q <= limit_q   (each per-minute q)
@@ -48,14 +49,8 @@ const MAX_DAYS_AHEAD: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Booking {
     at: Timestamp,
-    tokens: u64,
+    usage: Usage,
     grant: GrantId,
-}
-
-impl Booking {
-    fn usage(&self) -> Usage {
-        Usage::call(self.tokens)
-    }
 }
 
 /// What `/status` shows of a lane at one instant.
@@ -97,6 +92,10 @@ pub struct Lane {
 struct Stored {
     /// (instant in ms, tokens, grant) per booking.
     bookings: Vec<(i64, u64, GrantId)>,
+    /// (grant, requests) of the bookings that count more than one request
+    /// (a batch of embeddings); every other booking is one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    weights: Vec<(GrantId, u64)>,
     /// (days from the common era, requests) per Pacific day.
     per_day: Vec<(i32, u32)>,
     /// (days from the common era, input tokens) per Pacific day.
@@ -117,7 +116,13 @@ impl From<Lane> for Stored {
             bookings: lane
                 .bookings
                 .iter()
-                .map(|b| (b.at.millis(), b.tokens, b.grant))
+                .map(|b| (b.at.millis(), b.usage.input_tokens, b.grant))
+                .collect(),
+            weights: lane
+                .bookings
+                .iter()
+                .filter(|b| b.usage.requests != 1)
+                .map(|b| (b.grant, b.usage.requests))
                 .collect(),
             per_day: lane
                 .per_day
@@ -146,10 +151,16 @@ impl From<Stored> for Lane {
             bookings: s
                 .bookings
                 .into_iter()
-                .map(|(at, tokens, grant)| Booking {
-                    at: Timestamp(at),
-                    tokens,
-                    grant,
+                .map(|(at, tokens, grant)| {
+                    let requests = s.weights.iter().find(|w| w.0 == grant).map_or(1, |w| w.1);
+                    Booking {
+                        at: Timestamp(at),
+                        usage: Usage {
+                            requests,
+                            input_tokens: tokens,
+                        },
+                        grant,
+                    }
                 })
                 .collect(),
             per_day: s
@@ -181,10 +192,9 @@ impl Lane {
         (fresh && self.learned != LimitsOverride::default()).then_some(self.learned)
     }
 
-    /// Whether a call of `tokens` still fits the per-day quotas of `day`.
-    pub fn day_admits(&self, limits: Limits, day: NaiveDate, tokens: u64) -> bool {
-        self.exhausted_day != Some(day)
-            && limits.admits(Window::Day, self.used_on(day), Usage::call(tokens))
+    /// Whether `call` still fits the per-day quotas of `day`.
+    pub fn day_admits(&self, limits: Limits, day: NaiveDate, call: Usage) -> bool {
+        self.exhausted_day != Some(day) && limits.admits(Window::Day, self.used_on(day), call)
     }
 
     pub fn booked_on(&self, day: NaiveDate) -> u32 {
@@ -196,18 +206,18 @@ impl Lane {
         self.per_day.get(&day).copied().unwrap_or_default()
     }
 
-    /// The earliest instant at or after `from` when `tokens` fit, or `None` if
-    /// they never can (more than a quota allows even when empty, or no day
+    /// The earliest instant at or after `from` when `call` fits, or `None` if
+    /// it never can (more than a quota allows even when empty, or no day
     /// left within the horizon). `today` is the Pacific day of `from`.
     pub fn earliest(
         &self,
         limits: Limits,
-        tokens: u64,
+        call: Usage,
         from: Timestamp,
         today: PacificDay,
         span: Duration,
     ) -> Option<Timestamp> {
-        if !limits.can_ever_admit(tokens) {
+        if !limits.can_ever_admit(call) {
             return None;
         }
         let (mut from, mut day) = (from, today);
@@ -216,8 +226,8 @@ impl Lane {
             day = PacificDay::of(from);
         }
         for _ in 0..MAX_DAYS_AHEAD {
-            if self.day_admits(limits, day.date, tokens) {
-                let t = self.earliest_in_window(limits, tokens, from, span);
+            if self.day_admits(limits, day.date, call) {
+                let t = self.earliest_in_window(limits, call, from, span);
                 if t < day.ends {
                     return Some(t);
                 }
@@ -238,7 +248,7 @@ impl Lane {
     fn earliest_in_window(
         &self,
         limits: Limits,
-        tokens: u64,
+        call: Usage,
         from: Timestamp,
         span: Duration,
     ) -> Timestamp {
@@ -259,7 +269,7 @@ impl Lane {
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, tokens, t, span) {
+            match self.refusing_window(limits, call, t, span) {
                 None => return t,
                 Some(s) => {
                     examined += 1;
@@ -270,16 +280,15 @@ impl Lane {
         }
     }
 
-    /// `None` if `tokens` fit at `t`; else the end of the latest window that
+    /// `None` if `call` fits at `t`; else the end of the latest window that
     /// would go over (at least `t`).
     fn refusing_window(
         &self,
         limits: Limits,
-        tokens: u64,
+        call: Usage,
         t: Timestamp,
         span: Duration,
     ) -> Option<Timestamp> {
-        let call = Usage::call(tokens);
         let over =
             |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span), call);
         let after = self.bookings.partition_point(|b| b.at <= t);
@@ -296,30 +305,27 @@ impl Lane {
     fn usage_ending_at(&self, s: Timestamp, span: Duration) -> Usage {
         let lo = self.bookings.partition_point(|b| b.at.plus(span) <= s);
         let hi = self.bookings.partition_point(|b| b.at <= s);
-        self.bookings[lo..hi.max(lo)]
-            .iter()
-            .map(Booking::usage)
-            .sum()
+        self.bookings[lo..hi.max(lo)].iter().map(|b| b.usage).sum()
     }
 
-    pub fn book(&mut self, grant: GrantId, at: Timestamp, tokens: u64) {
+    pub fn book(&mut self, grant: GrantId, at: Timestamp, usage: Usage) {
         let i = self
             .bookings
             .partition_point(|b| (b.at, b.grant) < (at, grant));
-        self.bookings.insert(i, Booking { at, tokens, grant });
+        self.bookings.insert(i, Booking { at, usage, grant });
         let day = self.per_day.entry(at.pacific_day()).or_default();
-        *day = *day + Usage::call(tokens);
+        *day = *day + usage;
     }
 
     /// Puts back a call a previous run made (from the state store): it fills
     /// the window like a booking; its day is counted by [`Lane::restore_day`].
-    pub fn restore_call(&mut self, at: Timestamp, tokens: u64) {
+    pub fn restore_call(&mut self, at: Timestamp, usage: Usage) {
         let i = self.bookings.partition_point(|b| b.at <= at);
         self.bookings.insert(
             i,
             Booking {
                 at,
-                tokens,
+                usage,
                 grant: 0,
             },
         );
@@ -349,7 +355,7 @@ impl Lane {
     /// still there and in its day whatever the window has forgotten.
     pub fn keep(&mut self, grant: GrantId, at: Timestamp, estimate: u64, tokens: u64) {
         if let Some(b) = self.find(grant, at) {
-            self.bookings[b].tokens = tokens;
+            self.bookings[b].usage.input_tokens = tokens;
         }
         if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
             day.input_tokens = (day.input_tokens + tokens).saturating_sub(estimate);
@@ -361,7 +367,7 @@ impl Lane {
         if let Some(b) = self.find(grant, at) {
             let booking = self.bookings.remove(b);
             if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
-                *day = *day - booking.usage();
+                *day = *day - booking.usage;
             }
         }
     }
@@ -498,7 +504,7 @@ mod tests {
     fn lane_with(bookings: &[(i64, u64)]) -> Lane {
         let mut lane = Lane::default();
         for (i, &(offset, tokens)) in bookings.iter().enumerate() {
-            lane.book(i as GrantId, T0.plus_millis(offset), tokens);
+            lane.book(i as GrantId, T0.plus_millis(offset), Usage::call(tokens));
         }
         lane
     }
@@ -509,7 +515,7 @@ mod tests {
         let t = lane
             .earliest(
                 FLASH,
-                100_000,
+                Usage::call(100_000),
                 T0.plus_millis(10_000),
                 PacificDay::of(T0),
                 SPAN,
@@ -523,12 +529,12 @@ mod tests {
         // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
         let lane = lane_with(&[(30_000, 200_000)]);
         assert_eq!(
-            lane.earliest(FLASH, 40_000, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), SPAN),
             Some(T0)
         );
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
-            lane.earliest(FLASH, 60_000, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), SPAN),
             Some(T0.plus_millis(30_000).plus(SPAN))
         );
     }
@@ -537,7 +543,13 @@ mod tests {
     fn rpm_binds_before_tpm_for_small_calls() {
         let lane = lane_with(&(0..10).map(|i| (i * 1_000, 100)).collect::<Vec<_>>());
         let t = lane
-            .earliest(FLASH, 100, T0.plus_millis(10_000), PacificDay::of(T0), SPAN)
+            .earliest(
+                FLASH,
+                Usage::call(100),
+                T0.plus_millis(10_000),
+                PacificDay::of(T0),
+                SPAN,
+            )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN), "the first call's span must end");
     }
@@ -547,12 +559,12 @@ mod tests {
         let mut lane = Lane::default();
         lane.cool_until(T0.plus_millis(39_000));
         assert_eq!(
-            lane.earliest(FLASH, 1, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), SPAN),
             Some(T0.plus_millis(39_000))
         );
         lane.exhaust_day(T0.pacific_day());
         assert_eq!(
-            lane.earliest(FLASH, 1, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), SPAN),
             Some(T0.next_pacific_midnight())
         );
     }
@@ -560,7 +572,7 @@ mod tests {
     #[test]
     fn a_call_larger_than_the_tpm_never_fits() {
         assert_eq!(
-            Lane::default().earliest(FLASH, 250_001, T0, PacificDay::of(T0), SPAN),
+            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), SPAN),
             None
         );
     }
@@ -572,7 +584,7 @@ mod tests {
         lane.release(0, T0);
         assert_eq!(lane.booked_on(T0.pacific_day()), 0);
         assert_eq!(
-            lane.earliest(FLASH, 250_000, T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), SPAN),
             Some(T0)
         );
     }

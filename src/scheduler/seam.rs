@@ -10,14 +10,14 @@
 //! Redis, committed with compare-and-set, and decided again on a conflict.
 //! The actor is generic over the two and never asks which one it has.
 
-use super::core::{Grant, KeyState, Penalty, PlanError, PlanRequest, Scheduler};
+use super::core::{Grant, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Scheduler};
 use super::lane::GrantId;
 use crate::clock::Timestamp;
 use crate::policy::Mode;
 use std::future::Future;
 
 /// A lane of the core: (key, model).
-pub type LaneKey = (usize, String);
+pub type LaneKey = (KeyIndex, String);
 
 /// Why the shared quota state cannot take a decision now, and when to ask
 /// again.
@@ -96,7 +96,7 @@ pub trait Decision: Sync {
 fn every_lane(core: &Scheduler) -> Vec<LaneKey> {
     core.chain()
         .iter()
-        .flat_map(|m| (0..core.key_count()).map(move |k| (k, m.clone())))
+        .flat_map(|m| KeyIndex::all(core.key_count()).map(move |k| (k, m.clone())))
         .collect()
 }
 
@@ -107,7 +107,7 @@ impl Decision for Plan<'_> {
     type Output = Result<Grant, PlanError>;
 
     fn reads(&self, core: &Scheduler) -> Option<Vec<LaneKey>> {
-        Some(every_lane(core))
+        Some(core.lanes_to_plan(&self.0.target))
     }
 
     fn books(&self) -> bool {
@@ -237,7 +237,7 @@ impl Decision for SetMode {
 
 /// Sets a key's (0-based) state everywhere, like [`SetMode`]; answers
 /// `None` if there is no such key.
-pub struct SetKeyState(pub usize, pub KeyState);
+pub struct SetKeyState(pub KeyIndex, pub KeyState);
 
 impl Decision for SetKeyState {
     type Output = Result<Option<KeyState>, String>;

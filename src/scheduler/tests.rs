@@ -13,7 +13,7 @@ use super::lane::GrantId;
 use super::replicated::{Replicated, SharedLanes};
 use super::seam::{Decision, End, Plan, Pull, QuotaState, SetKeyState, SetMode, end};
 use crate::clock::Timestamp;
-use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Source, UNLIMITED};
+use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Source, UNLIMITED, Usage};
 use crate::sim::quota::LaneQuota;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -70,9 +70,9 @@ fn scheduler_with(keys: usize, layers: Layers) -> Scheduler {
 
 fn ask(tokens: u64, target: Target) -> PlanRequest {
     PlanRequest {
-        tokens,
+        cost: Usage::call(tokens),
         target,
-        preferred_key: None,
+        keys: KeyChoice::Any,
         deadline: Timestamp(i64::MAX),
     }
 }
@@ -106,7 +106,7 @@ fn rpm_binds_before_tpm_on_small_requests<R: Rules>(new: fn(usize, &[Override]) 
 fn the_earliest_key_wins_and_load_spreads_over_keys<R: Rules>(new: fn(usize, &[Override]) -> R) {
     let mut s = new(3, &[]);
     let keys: Vec<usize> = (0..30)
-        .map(|_| s.plan(&ask(10, model(FLASH)), NOON).unwrap().key)
+        .map(|_| s.plan(&ask(10, model(FLASH)), NOON).unwrap().key.get())
         .collect();
     for k in 0..3 {
         assert_eq!(keys.iter().filter(|&&x| x == k).count(), 10);
@@ -239,7 +239,7 @@ fn unusable_keys_get_nothing<R: Rules>(new: fn(usize, &[Override]) -> R) {
     s.set_key_state(0, KeyState::Disabled);
     s.set_key_state(2, KeyState::Invalid("API key not valid".into()));
     for _ in 0..25 {
-        assert_eq!(s.plan(&ask(10, model(LITE)), NOON).unwrap().key, 1);
+        assert_eq!(s.plan(&ask(10, model(LITE)), NOON).unwrap().key.get(), 1);
     }
     s.set_key_state(1, KeyState::Blocked("403".into()));
     assert_eq!(
@@ -259,12 +259,12 @@ fn a_preferred_key_is_honoured_within_the_deadline_only<R: Rules>(
 ) {
     let mut s = new(2, &[]);
     let mut req = ask(200_000, model(FLASH));
-    req.preferred_key = Some(1);
-    assert_eq!(s.plan(&req, NOON).unwrap().key, 1);
+    req.keys = KeyChoice::Prefer(KeyIndex::new(1));
+    assert_eq!(s.plan(&req, NOON).unwrap().key.get(), 1);
     // Key 2 is now busy for a minute: with a 10 s ceiling, key 1 serves instead.
     req.deadline = NOON.plus_millis(10_000);
     let g = s.plan(&req, NOON).unwrap();
-    assert_eq!((g.key, g.at), (0, NOON));
+    assert_eq!((g.key.get(), g.at), (0, NOON));
 }
 
 fn a_429_teaches_the_lane_its_real_limit_and_cools_it<R: Rules>(new: fn(usize, &[Override]) -> R) {
@@ -351,14 +351,14 @@ fn upstream_rejections(
         .map(|g| (g.at.plus_millis(rng.random_range(0..GUARD_MS)), g))
         .collect();
     arrivals.sort_by_key(|(t, g)| (*t, g.id));
-    let mut lanes: HashMap<(usize, &str), LaneQuota> = HashMap::new();
+    let mut lanes: HashMap<(KeyIndex, &str), LaneQuota> = HashMap::new();
     arrivals
         .iter()
         .filter(|(t, g)| {
             lanes
                 .entry((g.key, &g.model))
                 .or_default()
-                .admit(&limits(&g.model), g.tokens, *t)
+                .admit(&limits(&g.model), g.cost.input_tokens, *t)
                 .is_err()
         })
         .count()
@@ -431,7 +431,7 @@ impl Rules for Scheduler {
         Scheduler::penalise(self, id, penalty, now)
     }
     fn set_key_state(&mut self, key: usize, state: KeyState) {
-        Scheduler::set_key_state(self, key, state);
+        Scheduler::set_key_state(self, KeyIndex::new(key), state);
     }
     fn set_mode(&mut self, mode: Mode) {
         Scheduler::set_mode(self, mode)
@@ -560,7 +560,8 @@ impl Rules for OverRedis {
         self.end(id, End::Penalise(penalty.clone()), now)
     }
     fn set_key_state(&mut self, key: usize, state: KeyState) {
-        self.run(&SetKeyState(key, state), NOON).unwrap();
+        self.run(&SetKeyState(KeyIndex::new(key), state), NOON)
+            .unwrap();
     }
     fn set_mode(&mut self, mode: Mode) {
         self.run(&SetMode(mode), NOON).unwrap()
@@ -664,7 +665,86 @@ on_both_backends!(
     a_snapshot_counts_every_grant_but_lists_the_soonest,
     input_tokens_per_day_fall_to_the_next_model_once_spent,
     a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day,
+    a_request_pinned_to_one_key_waits_there_on_the_chain,
+    each_item_of_an_embedding_batch_counts_as_a_request,
 );
+
+fn a_request_pinned_to_one_key_waits_there_on_the_chain<R: Rules>(
+    new: fn(usize, &[Override]) -> R,
+) {
+    let mut s = new(3, &[]);
+    let mut pinned = ask(10, Target::Chain(None));
+    pinned.keys = KeyChoice::Only(KeyIndex::new(1));
+    // Pro has 5 a minute: the pinned key serves them in windows, while two
+    // other keys sit idle, because only key 2's project owns the file.
+    let grants: Vec<(usize, String, i64)> = (0..12)
+        .map(|_| {
+            let g = s.plan(&pinned, NOON).unwrap();
+            (g.key.get(), g.model, g.at.since(NOON).as_millis() as i64)
+        })
+        .collect();
+    assert!(
+        grants.iter().all(|(k, m, _)| *k == 1 && m == PRO),
+        "{grants:?}"
+    );
+    let at: Vec<i64> = grants.iter().map(|g| g.2).collect();
+    assert_eq!(
+        at,
+        [[0; 5], [SPAN; 5]]
+            .concat()
+            .into_iter()
+            .chain([2 * SPAN; 2])
+            .collect::<Vec<_>>()
+    );
+    // An unpinned request still goes to the idle keys at once.
+    assert_ne!(s.plan(&ask(10, model(PRO)), NOON).unwrap().key.get(), 1);
+    s.set_key_state(1, KeyState::Disabled);
+    assert_eq!(
+        s.plan(&pinned, NOON),
+        Err(PlanError::KeyOut(KeyIndex::new(1), KeyState::Disabled))
+    );
+}
+
+fn each_item_of_an_embedding_batch_counts_as_a_request<R: Rules>(new: fn(usize, &[Override]) -> R) {
+    const EMBED: &str = "gemini-embedding-001";
+    let mut s = new(3, &[(EMBED, 5, 30_000, 1_000, UNLIMITED)]);
+    let batch = |items: u64| PlanRequest {
+        cost: Usage {
+            requests: items,
+            input_tokens: 30 * items,
+        },
+        ..ask(0, model(EMBED))
+    };
+    // Six batches of 3 on 3 keys at 5 a minute: one batch per key per
+    // window (3 + 3 > 5), so the second three wait exactly one window.
+    let at: Vec<(usize, i64)> = (0..6)
+        .map(|_| {
+            let g = s.plan(&batch(3), NOON).unwrap();
+            (g.key.get(), g.at.since(NOON).as_millis() as i64)
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [(0, 0), (1, 0), (2, 0), (0, SPAN), (1, SPAN), (2, SPAN)]
+    );
+    // The embedding model is outside the chain, yet `/status` shows its lanes.
+    let lane = &s.snapshot(NOON).keys[0].models[EMBED];
+    assert_eq!((lane.usage.requests_last_60s, lane.limits.rpm), (3, 5));
+    // More items than a window ever admits: the caller must split.
+    assert_eq!(
+        s.plan(&batch(6), NOON),
+        Err(PlanError::TooManyItems {
+            requests: 6,
+            model: EMBED.into(),
+            most: 5
+        })
+    );
+    // A model outside the chain that is no embedding model stays unknown.
+    assert_eq!(
+        s.plan(&ask(10, model("gemini-0-nano")), NOON),
+        Err(PlanError::UnknownModel("gemini-0-nano".into()))
+    );
+}
 
 fn a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day<R: Rules>(
     new: fn(usize, &[Override]) -> R,
@@ -706,7 +786,7 @@ fn a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day<
     let served: Vec<(usize, String)> = (0..3)
         .map(|_| {
             let g = s.plan(&ask(10, Target::Chain(None)), later).unwrap();
-            (g.key, g.model)
+            (g.key.get(), g.model)
         })
         .collect();
     assert!(served.iter().all(|(_, m)| m == PRO), "{served:?}");
@@ -722,7 +802,7 @@ fn learning_spreads_within_a_tier_and_never_across_tiers() {
     };
     let mut s = scheduler_with(3, layers);
     let g = s.plan(&ask(10, model(FLASH)), NOON).unwrap();
-    assert_eq!(g.key, 0);
+    assert_eq!(g.key.get(), 0);
     let learned = quota_429(
         Quota::InputTokensPerMinute,
         4_000,
@@ -761,7 +841,7 @@ fn a_per_day_429_with_a_zero_delay_spends_the_day_and_cools_nothing() {
     assert_eq!(lane.usage.cooldown_until, None);
     // The other key serves now; the spent one only after midnight.
     let other = s.plan(&ask(10, model(FLASH)), NOON).unwrap();
-    assert_eq!((other.key, other.at), (1 - g.key, NOON));
+    assert_eq!((other.key.get(), other.at), (1 - g.key.get(), NOON));
 }
 
 #[test]
@@ -830,7 +910,7 @@ fn three_replicas_planning_in_turn_never_overbook_any_window() {
     let first_minute: u64 = grants
         .iter()
         .filter(|g| g.at < NOON.plus_millis(SPAN))
-        .map(|g| g.tokens)
+        .map(|g| g.cost.input_tokens)
         .sum();
     assert!(first_minute <= 2 * 250_000, "{first_minute}");
 }
@@ -840,7 +920,7 @@ fn a_429_on_one_replica_teaches_its_tier_on_every_replica() {
     let mut a = over_redis(2, &[]);
     let mut b = replica_of(&a.place.clone(), 2, &[]);
     let g = a.plan(&ask(10, model(FLASH)), NOON).unwrap();
-    assert_eq!(g.key, 0);
+    assert_eq!(g.key.get(), 0);
     let tpm = quota_429(
         Quota::InputTokensPerMinute,
         4_000,
@@ -851,7 +931,7 @@ fn a_429_on_one_replica_teaches_its_tier_on_every_replica() {
     // fits goes to key 1 at once (key 0 cools), what does not is refused
     // rather than sent to key 1 for a second 429.
     let fits = b.plan(&ask(3_000, model(FLASH)), NOON).unwrap();
-    assert_eq!((fits.key, fits.at), (1, NOON));
+    assert_eq!((fits.key.get(), fits.at), (1, NOON));
     let too_large = b.plan(&ask(5_000, model(FLASH)), NOON);
     assert!(
         matches!(too_large, Err(PlanError::TooLarge { tokens: 5_000, .. })),

@@ -19,7 +19,7 @@ pub use sqlite::SqliteStore;
 pub use writer::{BATCH_WINDOW, Ledger, RETRY_EVERY};
 
 use crate::clock::Timestamp;
-use crate::keys::KeyState;
+use crate::keys::{KeyIndex, KeyState};
 use crate::policy::{LimitsOverride, Mode, Usage};
 use chrono::NaiveDate;
 use std::collections::BTreeMap;
@@ -76,10 +76,12 @@ pub enum Record {
         id: CallId,
         at: Timestamp,
         key_id: String,
-        key_index: usize,
+        key_index: KeyIndex,
         fingerprint: String,
         model: String,
         input_tokens: u64,
+        /// 1, or the items of a batch of embeddings.
+        requests: u64,
     },
     CallSettled {
         id: CallId,
@@ -121,6 +123,8 @@ pub struct RecentCall {
     pub model: String,
     pub at: Timestamp,
     pub input_tokens: u64,
+    /// 1, or the items of a batch of embeddings.
+    pub requests: u64,
 }
 
 /// Everything needed to rebuild the scheduler.

@@ -45,6 +45,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: learned input tokens per Pacific day.
     "ALTER TABLE learned_limits ADD COLUMN tpd INTEGER;",
+    // 4: the requests a call counts (a batch of embeddings counts one per item).
+    "ALTER TABLE calls ADD COLUMN requests INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// Calls are kept this long (for the dashboard's history), then pruned.
@@ -253,7 +255,7 @@ impl Store for SqliteStore {
 
         let mut recent = c
             .prepare(&format!(
-                "SELECT key_id, model, at_ms, input_tokens FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
+                "SELECT key_id, model, at_ms, input_tokens, requests FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
             ))
             .map_err(write_error)?;
         let recent_calls = recent
@@ -263,6 +265,7 @@ impl Store for SqliteStore {
                     model: r.get(1)?,
                     at: Timestamp(r.get(2)?),
                     input_tokens: r.get::<_, i64>(3)? as u64,
+                    requests: r.get::<_, i64>(4)? as u64,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -271,7 +274,7 @@ impl Store for SqliteStore {
         let today = now.pacific_day().to_string();
         let mut days = c
             .prepare(&format!(
-                "SELECT key_id, model, pacific_day, count(*), sum(input_tokens) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
+                "SELECT key_id, model, pacific_day, sum(requests), sum(input_tokens) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
             ))
             .map_err(write_error)?;
         let day_counts = days
@@ -380,10 +383,10 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction().map_err(write_error)?;
         for record in batch {
             match record {
-                Record::CallSent { id, at, key_id, key_index, fingerprint, model, input_tokens } => tx.execute(
-                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sent')",
-                    params![id, at.millis(), at.pacific_day().to_string(), key_id, *key_index as i64, fingerprint, model, *input_tokens as i64],
+                Record::CallSent { id, at, key_id, key_index, fingerprint, model, input_tokens, requests } => tx.execute(
+                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, requests, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'sent')",
+                    params![id, at.millis(), at.pacific_day().to_string(), key_id, key_index.one_based() as i64, fingerprint, model, *input_tokens as i64, *requests as i64],
                 ),
                 Record::CallSettled { id, outcome, input_tokens, output_tokens, latency_ms } => tx.execute(
                     "UPDATE calls SET outcome = ?2, input_tokens = ?3, output_tokens = ?4, latency_ms = ?5 WHERE id = ?1",
@@ -437,14 +440,20 @@ mod tests {
     }
 
     fn sent(id: i64, at: Timestamp, tokens: u64) -> Record {
+        batch(id, at, tokens, 1)
+    }
+
+    /// A call that counts `requests` (a batch of embeddings).
+    fn batch(id: i64, at: Timestamp, tokens: u64, requests: u64) -> Record {
         Record::CallSent {
             id,
             at,
             key_id: "k1".into(),
-            key_index: 1,
+            key_index: crate::keys::KeyIndex::new(0),
             fingerprint: "…0001".into(),
             model: "gemini-2.5-flash".into(),
             input_tokens: tokens,
+            requests,
         }
     }
 
@@ -455,7 +464,7 @@ mod tests {
         store
             .apply(&[
                 sent(1, NOON.plus_millis(-120_000), 10),
-                sent(2, NOON.plus_millis(-30_000), 20),
+                batch(2, NOON.plus_millis(-30_000), 20, 3),
                 sent(3, NOON.plus_millis(-10_000), 30),
                 sent(4, NOON.plus_millis(-5_000), 40),
                 Record::CallSettled {
@@ -517,7 +526,10 @@ mod tests {
             1,
             "the 429'd call, the one that never reached the upstream and the old one are not in the window"
         );
-        assert_eq!(r.recent_calls[0].input_tokens, 25);
+        assert_eq!(
+            (r.recent_calls[0].input_tokens, r.recent_calls[0].requests),
+            (25, 3)
+        );
         assert_eq!(
             r.day_counts,
             vec![(
@@ -525,7 +537,7 @@ mod tests {
                 "gemini-2.5-flash".into(),
                 NOON.pacific_day(),
                 Usage {
-                    requests: 2,
+                    requests: 4,
                     input_tokens: 35
                 }
             )]

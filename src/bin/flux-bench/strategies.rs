@@ -4,9 +4,9 @@
 use crate::traces::Request;
 use crate::world::{Agenda, Served, World, latency_ms};
 use gemini_flux::clock::Timestamp;
-use gemini_flux::policy::{Layers, LimitsOverride, Mode};
+use gemini_flux::policy::{Layers, LimitsOverride, Mode, Usage};
 use gemini_flux::scheduler::{
-    Grant, Penalty, PlanError, PlanRequest, Scheduler, Target, Violation,
+    Grant, KeyChoice, Penalty, PlanError, PlanRequest, Scheduler, Target, Violation,
 };
 use gemini_flux::sim::quota::Rejection;
 
@@ -115,9 +115,9 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
         match ev {
             Ev::Plan(i) => {
                 let request = PlanRequest {
-                    tokens: out[i].tokens,
+                    cost: Usage::call(out[i].tokens),
                     target: Target::Model(MODEL.into()),
-                    preferred_key: None,
+                    keys: KeyChoice::Any,
                     deadline: Timestamp(i64::MAX),
                 };
                 match core.plan(&request, now) {
@@ -131,7 +131,7 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
                     Err(e) => panic!("every trace request fits the free tier: {e}"),
                 }
             }
-            Ev::Counted(i, grant) => match world.admit(grant.key, out[i].tokens, now) {
+            Ev::Counted(i, grant) => match world.admit(grant.key.get(), out[i].tokens, now) {
                 Ok(()) => agenda.push(
                     now.plus_millis(latency_ms(out[i].tokens)),
                     Ev::Done(i, grant),

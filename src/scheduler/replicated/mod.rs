@@ -24,7 +24,7 @@ mod shared_lanes;
 
 pub use shared_lanes::{LaneId, SharedLanes};
 
-use super::core::{Change, KeyState, Scheduler};
+use super::core::{Change, KeyIndex, KeyState, Scheduler};
 use super::lane::{Lane, WINDOW};
 use super::seam::{Decision, LaneKey, QuotaState, Refused, Sharing};
 use crate::clock::Timestamp;
@@ -118,7 +118,7 @@ impl Found {
         Found {
             lanes,
             mode: core.mode(),
-            key_states: (0..core.key_count())
+            key_states: KeyIndex::all(core.key_count())
                 .filter_map(|k| core.key_state(k).cloned())
                 .collect(),
         }
@@ -129,7 +129,7 @@ impl Found {
             core.put_lane(key, &model, lane);
         }
         core.adopt_mode(self.mode);
-        for (key, state) in self.key_states.into_iter().enumerate() {
+        for (key, state) in KeyIndex::all(self.key_states.len()).zip(self.key_states) {
             core.adopt_key_state(key, state);
         }
     }
@@ -203,7 +203,7 @@ impl Replicated {
         {
             self.core.adopt_mode(mode);
         }
-        for (key, id) in self.key_ids.iter().enumerate() {
+        for (key, id) in KeyIndex::all(self.key_ids.len()).zip(&self.key_ids) {
             if let Some(state) = view.key_states.get(id) {
                 self.core.adopt_key_state(key, state.clone());
             }
@@ -387,6 +387,7 @@ impl QuotaState for Replicated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Usage;
 
     const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
     /// 2026-06-10 12:00 Pacific.
@@ -395,14 +396,14 @@ mod tests {
     #[test]
     fn dropping_what_left_every_window_is_no_change_to_commit() {
         let mut read = Lane::default();
-        read.book(1, NOON, 1_000);
+        read.book(1, NOON, Usage::call(1_000));
         let later = NOON.plus(SPAN);
         let mut decided = read.clone();
         assert!(!changed(&read, &decided, later, SPAN), "untouched");
         decided.forget_before(later, later.pacific_day(), SPAN);
         assert_ne!(decided, read);
         assert!(!changed(&read, &decided, later, SPAN), "only dropped");
-        decided.book(2, later, 1_000);
+        decided.book(2, later, Usage::call(1_000));
         assert!(changed(&read, &decided, later, SPAN), "booked");
     }
 }
