@@ -141,7 +141,10 @@ pub enum Failure {
     Flux(ApiError),
     /// A batch of more items than one window of any lane admits (`most`):
     /// the surface splits it, or answers `error` (413).
-    TooManyItems { most: u64, error: ApiError },
+    TooManyItems {
+        most: u64,
+        error: ApiError,
+    },
 }
 
 impl Failure {
@@ -392,9 +395,15 @@ impl Exchange for OpenAiChatStream {
 /// `input` text), counted locally (the upstream's answer states none).
 fn embedding_tokens(request: &Value) -> u64 {
     if let Some(items) = request["requests"].as_array() {
-        items.iter().map(|i| openai::item_tokens(&i["content"])).sum()
+        items
+            .iter()
+            .map(|i| openai::item_tokens(&i["content"]))
+            .sum()
     } else if let Some(texts) = openai::embedding_inputs(&request["input"]) {
-        texts.iter().map(|t| openai::item_tokens(&Value::from(*t))).sum()
+        texts
+            .iter()
+            .map(|t| openai::item_tokens(&Value::from(*t)))
+            .sum()
     } else {
         openai::item_tokens(&request["content"])
     }

@@ -64,7 +64,12 @@ pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[
         Ok(served) => {
             let embeddings: Vec<Value> = served
                 .iter()
-                .flat_map(|(_, s)| s.reply["embeddings"].as_array().cloned().unwrap_or_default())
+                .flat_map(|(_, s)| {
+                    s.reply["embeddings"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .collect();
             answer(json!({ "embeddings": embeddings }), &metas(&served))
         }

@@ -97,7 +97,8 @@ pub(super) fn read_object(
     if let Err(e) = super::error::json_content_type(headers) {
         return Err(error_response(e.status, &e.message));
     }
-    let body = body.map_err(|rejection| error_response(rejection.status(), &rejection.body_text()))?;
+    let body =
+        body.map_err(|rejection| error_response(rejection.status(), &rejection.body_text()))?;
     match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(error_response(
@@ -232,8 +233,16 @@ mod tests {
         assert_eq!(check(ok), Ok(false));
         let streamed = json!({"messages": [{"role": "user", "content": "x"}], "stream": true});
         assert_eq!(check(streamed), Ok(true));
-        assert!(check(json!({"messages": []})).unwrap_err().contains("at least one"));
-        assert!(check(json!({"messages": [{"content": "x"}]})).unwrap_err().contains("messages[0]"));
+        assert!(
+            check(json!({"messages": []}))
+                .unwrap_err()
+                .contains("at least one")
+        );
+        assert!(
+            check(json!({"messages": [{"content": "x"}]}))
+                .unwrap_err()
+                .contains("messages[0]")
+        );
         let zero = json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 5, "max_tokens": 0});
         assert!(check(zero).unwrap_err().contains("max_tokens"));
         let stream = json!({"messages": [{"role": "user", "content": "x"}], "stream": "yes"});

@@ -6,7 +6,9 @@
 //! (an embedding item as one request), and every error is Gemini's envelope
 //! inside a one-element array, as the real layer answers.
 //!
-//! The answers are predictable: a chat says `ok:<prompt tokens>`; with tools
+//! The answers are predictable: a chat counts its messages' text and images
+//! as [`chat_countable`] does, plus its tool declarations' text, and says
+//! `ok:<prompt tokens>`; with tools
 //! and the user's message last, it calls the first tool (or the one
 //! `tool_choice` names) with arguments made from its parameters' schema; an
 //! embedding is [`routes::embedding_of`] its text.
@@ -91,7 +93,7 @@ async fn chat_answer(
     let model = model_of(&body)?;
     let limits = routes::served_limits(state, key_index, &model, "v1beta", "generateContent")?;
     let chat = read_chat(&body, &model)?;
-    let tokens = prompt_tokens(&chat_countable(&Value::Object(body)));
+    let tokens = chat_tokens(&Value::Object(body));
     let admitted = routes::admit(state, key_index, &model, &limits, Usage::call(tokens)).await?;
     let answer = Reply {
         text: match (&admitted.json_answer, chat.json) {
@@ -105,6 +107,19 @@ async fn chat_answer(
         admitted,
     };
     Ok(answer.respond())
+}
+
+/// What a chat's prompt counts: the messages (as the gateway estimates
+/// them, [`chat_countable`]) and, as the real model counts them too, the
+/// tool declarations' text.
+fn chat_tokens(body: &Value) -> u64 {
+    let mut countable = chat_countable(body);
+    if let Some(tools) = body.get("tools").filter(|t| t.is_array()) {
+        if let Some(contents) = countable["contents"].as_array_mut() {
+            contents.push(json!({"role": "user", "parts": [{"text": tools.to_string()}]}));
+        }
+    }
+    prompt_tokens(&countable)
 }
 
 /// What a valid chat request asks of the answer.

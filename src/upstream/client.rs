@@ -169,8 +169,13 @@ impl Upstream {
         body: &Value,
     ) -> Result<reqwest::Response, UpstreamError> {
         let body = OnModel { model, body };
-        self.send(key, Auth::Bearer, self.openai_url("chat/completions"), &body)
-            .await
+        self.send(
+            key,
+            Auth::Bearer,
+            self.openai_url("chat/completions"),
+            &body,
+        )
+        .await
     }
 
     /// The OpenAI-compatible layer's `embeddings` with the client's body on
@@ -288,8 +293,7 @@ fn key_header(key: &ApiKey, auth: Auth) -> (&'static str, reqwest::header::Heade
             HeaderValue::from_str(&format!("Bearer {}", key.expose())),
         ),
     };
-    let mut value =
-        value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
+    let mut value = value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
     value.set_sensitive(true);
     (name, value)
 }
