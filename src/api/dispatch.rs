@@ -139,10 +139,12 @@ pub enum Failure {
         body: Value,
     },
     Flux(ApiError),
-    /// A batch of more items than one window of any lane admits (`most`):
-    /// the surface splits it, or answers `error` (413).
-    TooManyItems {
-        most: u64,
+    /// A batch (more than one item) that one call can never hold: more
+    /// items than one window of any lane admits (`most` is how many it
+    /// does), or more tokens (`most` is `None`). The surface splits it, or
+    /// answers `error` (413).
+    BatchTooLarge {
+        most: Option<u64>,
         error: ApiError,
     },
 }
@@ -178,7 +180,7 @@ impl Failure {
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
-            Failure::Flux(e) | Failure::TooManyItems { error: e, .. } => {
+            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => {
                 (e.status, e.message.clone())
             }
             Failure::Client { status, body } => (
@@ -196,7 +198,7 @@ impl Failure {
 impl axum::response::IntoResponse for Failure {
     fn into_response(self) -> axum::response::Response {
         match self {
-            Failure::Flux(e) | Failure::TooManyItems { error: e, .. } => e.into_response(),
+            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => e.into_response(),
             Failure::Client { status, body } => (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
                 axum::Json(body),
@@ -549,13 +551,14 @@ async fn plan(
         .await
         .map_err(|_| stopping())?;
     planned.map_err(|e| {
-        let most = match e {
-            PlanError::TooManyItems { most, .. } => Some(most),
+        let batch = match e {
+            PlanError::TooManyItems { most, .. } => Some(Some(most)),
+            PlanError::TooLarge { .. } if job.requests > 1 => Some(None),
             _ => None,
         };
         let error = plan_error(e, clock.now(), tried, job.unknown_model);
-        match most {
-            Some(most) => Failure::TooManyItems { most, error },
+        match batch {
+            Some(most) => Failure::BatchTooLarge { most, error },
             None => error.into(),
         }
     })

@@ -8,9 +8,9 @@
 //! sub-batches that are planned and dispatched at once, so they spread over
 //! keys and windows; their answers are joined, in input order, into one
 //! response. One call holds at most the upstream's 100 items, and at most
-//! what one window of a lane admits: the scheduler says how many when it
-//! refuses a batch as too large, and halves are tried when the items were
-//! not what did not fit (their tokens were).
+//! what one window of a lane admits: the scheduler says how many items when
+//! it refuses a batch as too large, and halves are tried when the batch's
+//! tokens were what did not fit.
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Meta, Served};
@@ -168,10 +168,9 @@ async fn serve<'a>(
     Ok(served.into_iter().flatten().collect())
 }
 
-/// Serves one run of items as one call; when the scheduler says one window
-/// of a lane never holds that many, as runs of the most it does (halves,
-/// when the run was within that and its tokens were what did not fit), all
-/// at once. The first failure drops the rest, releasing what was not sent.
+/// Serves one run of items as one call; when the scheduler says one call
+/// never holds it, as runs of the most items one window admits, or halves
+/// when its tokens were what did not fit, all at once. The first failure drops the rest, releasing what was not sent.
 fn serve_run<'a>(
     state: &'a AppState,
     model: &'a str,
@@ -183,9 +182,9 @@ fn serve_run<'a>(
         let items = run.len();
         match call(job(state, model, make(run.clone()), items)).await {
             Ok(served) => Ok(vec![(run, served)]),
-            Err(Failure::TooManyItems { most, .. }) if items > 1 => {
-                let size = match usize::try_from(most) {
-                    Ok(most) if most >= 1 && most < items => most,
+            Err(Failure::BatchTooLarge { most, .. }) if items > 1 => {
+                let size = match most.and_then(|m| usize::try_from(m).ok()) {
+                    Some(most) if most >= 1 && most < items => most,
                     _ => items.div_ceil(2),
                 };
                 let parts = runs(run, size)
