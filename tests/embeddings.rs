@@ -164,7 +164,8 @@ async fn a_batch_larger_than_a_window_is_split_over_keys_and_windows_in_order() 
     assert_eq!(resp.status(), 200);
     // Five on each key now, the last two in the next window.
     assert_eq!(started.elapsed(), NEXT_WINDOW);
-    assert_eq!(resp.headers()["x-flux-key"], "1,2,1");
+    assert_eq!(resp.headers()["x-flux-key"], "1");
+    assert_eq!(resp.headers()["x-flux-keys"], "1,2,1");
     assert_eq!(resp.headers()["x-flux-wait-ms"], "60250");
     let answer: Value = resp.json().await.unwrap();
     let stats = stack.sim_stats();
@@ -275,5 +276,37 @@ async fn refusals_come_in_each_surfaces_envelope() {
     );
     let (s, v) = stack.post("/v1/embeddings", json!({"input": "x"})).await;
     assert_eq!(s, 400, "{v}");
+    // An embedding model does not chat or generate, nor another model embed:
+    // refused before any lane is booked.
+    let (s, v) = stack
+        .post("/v1/embeddings", json!({"model": "gemini-2.5-flash", "input": "x"}))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let (s, v) = stack
+        .post(
+            "/v1/chat/completions",
+            json!({"model": EMBED, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let (s, _) = stack
+        .post(
+            &format!("/v1beta/models/{EMBED}:generateContent"),
+            json!({"contents": [{"parts": [{"text": "x"}]}]}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = stack
+        .post(
+            "/v1beta/models/gemini-2.5-flash:embedContent",
+            json!({"content": content("x")}),
+        )
+        .await;
+    assert_eq!(s, 404);
     assert_eq!(stack.sim_stats().calls, 0);
+    let (_, status) = stack.get("/status").await;
+    for model in [EMBED, "gemini-2.5-flash"] {
+        let booked = &status["keys"][0]["models"][model]["requests_today"];
+        assert_eq!(booked.as_u64().unwrap_or(0), 0, "{model}: {status}");
+    }
 }

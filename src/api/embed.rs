@@ -17,6 +17,7 @@ use super::dispatch::{self, Failure, Job, Meta, Served};
 use super::error::ApiError;
 use super::flux::flux_headers;
 use super::openai;
+use crate::policy::Family;
 use crate::scheduler::{KeyChoice, Target};
 use crate::wire::openai::embedding_inputs;
 use axum::Json;
@@ -36,6 +37,9 @@ const MAX_BATCH_ITEMS: usize = 100;
 /// `POST …/models/{model}:embedContent` or `:batchEmbedContents`: `body` is
 /// the client's object, passed through (split when a batch is too large).
 pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[u8]) -> Response {
+    if !embeds(model) {
+        return ApiError::not_found(not_an_embedding_model(model)).into_response();
+    }
     let body: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(body) => body,
         Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
@@ -99,6 +103,9 @@ pub(super) async fn openai(
             "model must name an embedding model",
         );
     };
+    if !embeds(&model) {
+        return openai::error_response(StatusCode::NOT_FOUND, &not_an_embedding_model(&model));
+    }
     let input = body.remove("input").unwrap_or(Value::Null);
     let Some(texts) = embedding_inputs(&input) else {
         return openai::error_response(
@@ -131,6 +138,16 @@ pub(super) async fn openai(
     joined["data"] = Value::Array(data);
     joined["usage"] = json!({"prompt_tokens": prompt, "total_tokens": total});
     answer(joined, &metas(&served))
+}
+
+/// Whether `model` is an embedding model: no other embeds, and an
+/// embedding call on one would book its lanes only to be refused.
+pub(super) fn embeds(model: &str) -> bool {
+    Family::of(model) == Family::Embedding
+}
+
+fn not_an_embedding_model(model: &str) -> String {
+    format!("models/{model} is not an embedding model (gemini-embedding-001 is one)")
 }
 
 /// The job of one (sub-)request of `items` items on `model`'s lanes.
@@ -214,8 +231,8 @@ fn metas(served: &[(Range<usize>, Served<Value>)]) -> Vec<&Meta> {
 }
 
 /// The joined answer with the `x-flux-*` headers: the first call's, and,
-/// when the batch was split, every key used (in input order) and the
-/// longest wait.
+/// when the batch was split, `x-flux-keys` (the key of each call, in input
+/// order) and the longest wait.
 fn answer(body: Value, metas: &[&Meta]) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
@@ -223,7 +240,7 @@ fn answer(body: Value, metas: &[&Meta]) -> Response {
     if metas.len() > 1 {
         let keys: Vec<String> = metas.iter().map(|m| m.key.to_string()).collect();
         if let Ok(v) = HeaderValue::from_str(&keys.join(",")) {
-            headers.insert("x-flux-key", v);
+            headers.insert("x-flux-keys", v);
         }
         let waited = metas.iter().map(|m| m.waited).max().unwrap_or_default();
         headers.insert(

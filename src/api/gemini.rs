@@ -151,6 +151,11 @@ async fn call_model(
     if !plausible_model(model) {
         return no_such_model(model);
     }
+    let generates = matches!(action, "generateContent" | "streamGenerateContent");
+    if generates && super::embed::embeds(model) {
+        return ApiError::not_found(format!("models/{model} embeds and does not generate"))
+            .into_response();
+    }
     let streamed = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,

@@ -112,10 +112,11 @@ pub(super) fn read_object(
     }
 }
 
-/// The lanes a body's `model` allows: the chain when it names none; that
-/// model alone, or from it down the chain when the client opted into
-/// fallback (`x-flux-fallback: true` or `FLUX_NATIVE_FALLBACK`).
-pub(super) fn target(
+/// The lanes a chat body's `model` allows: the chain when it names none;
+/// that model alone, or from it down the chain when the client opted into
+/// fallback (`x-flux-fallback: true` or `FLUX_NATIVE_FALLBACK`). An
+/// embedding model does not chat.
+fn target(
     state: &AppState,
     headers: &HeaderMap,
     body: &Map<String, Value>,
@@ -130,6 +131,12 @@ pub(super) fn target(
             ));
         }
     };
+    if super::embed::embeds(&model) {
+        return Err(error_response(
+            StatusCode::NOT_FOUND,
+            &format!("models/{model} embeds and does not chat; /v1/embeddings serves it"),
+        ));
+    }
     let opted_in = super::gemini::fallback_header(headers)
         .map_err(|e| error_response(e.status, &e.message))?;
     Ok(if opted_in || state.native_fallback {
