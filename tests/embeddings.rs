@@ -279,16 +279,25 @@ async fn refusals_come_in_each_surfaces_envelope() {
     // An embedding model does not chat or generate, nor another model embed:
     // refused before any lane is booked.
     let (s, v) = stack
-        .post("/v1/embeddings", json!({"model": "gemini-2.5-flash", "input": "x"}))
+        .post(
+            "/v1/embeddings",
+            json!({"model": "gemini-2.5-flash", "input": "x"}),
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     let (s, v) = stack
         .post(
             "/v1/chat/completions",
             json!({"model": EMBED, "messages": [{"role": "user", "content": "x"}]}),
         )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     let (s, _) = stack
         .post(
             &format!("/v1beta/models/{EMBED}:generateContent"),

@@ -175,42 +175,44 @@ fn read_chat(body: &Map<String, Value>, model: &str) -> Result<Chat, Failure> {
 
 fn check_message(message: &Value, at: &str) -> Result<(), Failure> {
     let content = &message["content"];
+    if message
+        .get("tool_call_id")
+        .is_some_and(|id| !id.is_string())
+    {
+        return Err(bad(&format!("{at}.tool_call_id"), "must be a string"));
+    }
+    let calls = match message.get("tool_calls") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(calls)) if message["role"] == "assistant" => calls,
+        Some(_) => {
+            return Err(bad(
+                &format!("{at}.tool_calls"),
+                "an assistant's list of tool calls",
+            ));
+        }
+    };
+    for (j, call) in calls.iter().enumerate() {
+        let function = &call["function"];
+        let valid = call["type"] == "function"
+            && call["id"].is_string()
+            && function["name"].as_str().is_some_and(|n| !n.is_empty())
+            && function["arguments"].is_string();
+        if !valid {
+            return Err(bad(
+                &format!("{at}.tool_calls[{j}]"),
+                "a tool call has an id, type \"function\" and a function with a name and arguments",
+            ));
+        }
+    }
     match message["role"].as_str() {
         Some("system" | "developer" | "user") => check_content(content, at),
-        Some("assistant") => {
-            let calls = match message.get("tool_calls") {
-                None | Some(Value::Null) => &[][..],
-                Some(Value::Array(calls)) => calls,
-                Some(_) => return Err(bad(&format!("{at}.tool_calls"), "must be a list")),
-            };
-            for (j, call) in calls.iter().enumerate() {
-                let function = &call["function"];
-                let valid = call["type"] == "function"
-                    && call["id"].is_string()
-                    && function["name"].as_str().is_some_and(|n| !n.is_empty())
-                    && function["arguments"].is_string();
-                if !valid {
-                    return Err(bad(
-                        &format!("{at}.tool_calls[{j}]"),
-                        "a tool call has an id, type \"function\" and a function with a name and arguments",
-                    ));
-                }
-            }
-            if content.is_null() && !calls.is_empty() {
-                Ok(())
-            } else {
-                check_content(content, at)
-            }
-        }
-        Some("tool") => {
-            if !message["tool_call_id"].is_string() {
-                return Err(bad(
-                    &format!("{at}.tool_call_id"),
-                    "a tool message names the call it answers",
-                ));
-            }
-            check_content(content, at)
-        }
+        Some("assistant") if content.is_null() && !calls.is_empty() => Ok(()),
+        Some("assistant") => check_content(content, at),
+        Some("tool") if !message["tool_call_id"].is_string() => Err(bad(
+            &format!("{at}.tool_call_id"),
+            "a tool message names the call it answers",
+        )),
+        Some("tool") => check_content(content, at),
         _ => Err(bad(
             &format!("{at}.role"),
             "must be system, developer, user, assistant or tool",
@@ -274,10 +276,15 @@ fn check_tools(tools: Option<&Value>) -> Result<Vec<Value>, Failure> {
                         .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
             });
             let parameters = function.get("parameters").unwrap_or(&Value::Null);
-            if tool["type"] != "function" || !named || !(parameters.is_null() || parameters.is_object()) {
+            let described = matches!(
+                function.get("description"),
+                None | Some(Value::Null | Value::String(_))
+            );
+            let schema = parameters.is_null() || parameters.is_object();
+            if tool["type"] != "function" || !named || !described || !schema {
                 return Err(bad(
                     &format!("tools[{i}]"),
-                    "a tool is a function with a valid name (letters, digits, _ . : -, at most 64) and an object schema",
+                    "a tool is a function with a valid name (letters, digits, _ . : -, at most 64), a text description and an object schema",
                 ));
             }
             Ok(json!({"name": function["name"], "parameters": parameters}))
@@ -313,37 +320,33 @@ fn check_tool_choice(choice: Option<&Value>, tools: &[Value]) -> Result<ToolChoi
     }
 }
 
-/// The generation options, each checked when present.
+/// The generation options, each checked when present (null is absent).
 fn check_options(body: &Map<String, Value>) -> Result<(), Failure> {
-    let number_in = |field: &str, low: f64, high: f64| match body.get(field) {
-        None | Some(Value::Null) => Ok(()),
-        Some(v) if v.as_f64().is_some_and(|x| (low..=high).contains(&x)) => Ok(()),
-        Some(_) => Err(bad(
+    let set = |field: &str| body.get(field).filter(|v| !v.is_null());
+    let number_in = |field: &str, low: f64, high: f64| match set(field) {
+        Some(v) if !v.as_f64().is_some_and(|x| (low..=high).contains(&x)) => Err(bad(
             field,
             &format!("must be a number from {low} to {high}"),
         )),
+        _ => Ok(()),
+    };
+    let whole_in = |field: &str, low: u64, high: u64| match set(field) {
+        Some(v) if !v.as_u64().is_some_and(|n| (low..=high).contains(&n)) => Err(bad(
+            field,
+            &format!("must be a whole number from {low} to {high}"),
+        )),
+        _ => Ok(()),
     };
     number_in("temperature", 0.0, 2.0)?;
     number_in("top_p", 0.0, 1.0)?;
-    for field in ["max_tokens", "max_completion_tokens"] {
-        if body
-            .get(field)
-            .is_some_and(|v| !v.is_null() && !v.as_u64().is_some_and(|n| n >= 1))
-        {
-            return Err(bad(field, "must be a whole number of at least 1"));
-        }
-    }
-    if body
-        .get("n")
-        .is_some_and(|v| !v.as_u64().is_some_and(|n| (1..=MAX_CHOICES).contains(&n)))
-    {
-        return Err(bad("n", &format!("must be from 1 to {MAX_CHOICES}")));
-    }
-    if body.get("seed").is_some_and(|v| !v.is_i64() && !v.is_u64()) {
+    whole_in("max_tokens", 1, u64::MAX)?;
+    whole_in("max_completion_tokens", 1, u64::MAX)?;
+    whole_in("n", 1, MAX_CHOICES)?;
+    if set("seed").is_some_and(|v| !v.is_i64() && !v.is_u64()) {
         return Err(bad("seed", "must be a whole number"));
     }
-    match body.get("stop") {
-        None | Some(Value::Null | Value::String(_)) => {}
+    match set("stop") {
+        None | Some(Value::String(_)) => {}
         Some(Value::Array(stops))
             if stops.len() <= MAX_STOPS && stops.iter().all(Value::is_string) => {}
         Some(_) => {
@@ -353,43 +356,38 @@ fn check_options(body: &Map<String, Value>) -> Result<(), Failure> {
             ));
         }
     }
-    if let Some(effort) = body.get("reasoning_effort")
-        && !effort.as_str().is_some_and(|e| EFFORTS.contains(&e))
-    {
+    if set("reasoning_effort").is_some_and(|e| !e.as_str().is_some_and(|e| EFFORTS.contains(&e))) {
         return Err(bad(
             "reasoning_effort",
             &format!("must be one of {EFFORTS:?}"),
         ));
     }
-    if let Some(format) = body.get("response_format") {
+    if let Some(format) = set("response_format") {
         let valid = match format["type"].as_str() {
             Some("text" | "json_object") => true,
-            Some("json_schema") => format["json_schema"]["name"].is_string(),
+            Some("json_schema") => {
+                let schema = &format["json_schema"];
+                schema["name"].is_string()
+                    && matches!(schema.get("schema"), None | Some(Value::Object(_)))
+            }
             _ => false,
         };
         if !valid {
             return Err(bad(
                 "response_format",
-                "type text, json_object, or json_schema with a json_schema that has a name",
+                "type text, json_object, or json_schema with a json_schema that has a name (and an object schema)",
             ));
         }
     }
     for field in ["stream_options", "extra_body"] {
-        if body
-            .get(field)
-            .is_some_and(|v| !v.is_object() && !v.is_null())
-        {
+        if set(field).is_some_and(|v| !v.is_object()) {
             return Err(bad(field, "must be an object"));
         }
     }
-    if body
-        .get("stream")
-        .is_some_and(|v| !v.is_boolean() && !v.is_null())
-    {
+    if set("stream").is_some_and(|v| !v.is_boolean()) {
         return Err(bad("stream", "must be true or false"));
     }
-    if body
-        .get("extra_body")
+    if set("extra_body")
         .and_then(|e| e.get("google"))
         .is_some_and(|g| !g.is_object())
     {
@@ -628,10 +626,8 @@ async fn embeddings_answer(
             _ => return Err(bad("dimensions", "must be from 1 to 3072")),
         },
     };
-    if !matches!(
-        body.get("encoding_format").and_then(Value::as_str),
-        None | Some("float" | "base64")
-    ) {
+    let format = body.get("encoding_format").filter(|v| !v.is_null());
+    if format.is_some_and(|f| !matches!(f.as_str(), Some("float" | "base64"))) {
         return Err(bad("encoding_format", "must be float or base64"));
     }
     let tokens: u64 = inputs.iter().map(|t| item_tokens(&json!(t))).sum();
