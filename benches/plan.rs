@@ -5,7 +5,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use gemini_flux::clock::Timestamp;
 use gemini_flux::policy::{Layers, Mode, SEED_CHAIN, Usage};
-use gemini_flux::scheduler::{KeyChoice, PlanRequest, Scheduler, Target};
+use gemini_flux::scheduler::{KeyChoice, PlanRequest, Priority, Scheduler, Target};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ fn request(tokens: u64) -> PlanRequest {
         cost: Usage::call(tokens),
         target: Target::Chain(None),
         keys: KeyChoice::Any,
+        priority: Priority::Interactive,
         deadline: Timestamp(i64::MAX),
     }
 }

@@ -316,6 +316,7 @@ mod tests {
                 cost: crate::policy::Usage::call(10),
                 target: Target::Chain(None),
                 keys: crate::scheduler::KeyChoice::Any,
+                priority: crate::scheduler::Priority::Interactive,
                 deadline: Timestamp(i64::MAX),
             };
             core.plan(&request, noon).unwrap();

@@ -24,7 +24,6 @@ use crate::keys::ApiKey;
 use crate::listener;
 use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
-use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
 use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
 use crate::store::redis::masked;
@@ -165,7 +164,7 @@ async fn launch(
         None => crate::metrics::Metrics::default(),
     };
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
-    let recovered = store.recover(clock.now(), WINDOW + settings.guard)?;
+    let recovered = store.recover(clock.now(), Quota::longest_sliding() + settings.guard)?;
     // A fetch accepted less than seven days ago, and the models found with
     // it, are trusted; otherwise discover now and fetch once serving.
     let cache = if settings.policy_fetch {
@@ -183,7 +182,6 @@ async fn launch(
                 refresh::seed_chain()
             }),
     };
-    let validated = validate_keys(&upstream, &settings.keys, &chain[0]).await;
     let key_ids: Vec<String> = settings.keys.iter().map(ApiKey::stable_id).collect();
     let fingerprints = settings.keys.iter().map(ApiKey::fingerprint).collect();
     let layers = Layers {
@@ -207,9 +205,15 @@ async fn launch(
         settings.mode,
         settings.guard,
     );
+    // Models found retired before stay out, and are not what keys are checked on.
+    for (model, at, message) in &recovered.retired {
+        core.restore_retired(model, *at, message, clock.now());
+    }
+    let check_model = core.chain().first().unwrap_or(&chain[0]).clone();
+    let validated = validate_keys(&upstream, &settings.keys, &check_model).await;
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
     core.take_changes();
-    log_startup_table(&settings, &chain, &core);
+    log_startup_table(&settings, core.chain(), &core);
     let policy_status = match &cache {
         Some(c) => FetchStatus::accepted(c.at, true),
         None => FetchStatus {
@@ -243,7 +247,7 @@ async fn launch(
         key_ids,
         ledger,
         token_count: settings.token_count,
-        count_model: chain[0].clone(),
+        fallback_count_model: chain[0].clone(),
         count_turn: AtomicUsize::new(0),
         max_wait: settings.max_wait,
         drain: Drain {

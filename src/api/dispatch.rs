@@ -13,7 +13,7 @@ use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::policy::Usage;
 use crate::scheduler::{
-    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Target,
+    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Target,
 };
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
@@ -543,6 +543,7 @@ async fn plan(
         },
         target: job.target.clone(),
         keys: job.keys,
+        priority: Priority::Interactive,
         deadline: deadline.max(clock.now()),
     };
     let planned = state
@@ -688,7 +689,7 @@ async fn judge(
         e if e.is_about_the_key() => {
             let check = state
                 .upstream
-                .check_key(&state.keys[grant.key], &state.count_model)
+                .check_key(&state.keys[grant.key], &state.count_model())
                 .await;
             match check {
                 Err(refused) if refused.is_about_the_key() => Ok(error),
@@ -793,7 +794,7 @@ async fn count_tokens(state: &AppState, request: &Value) -> u64 {
     if let Some(key) = state.next_usable_key() {
         match state
             .upstream
-            .count_tokens(&state.keys[key], &state.count_model, request)
+            .count_tokens(&state.keys[key], &state.count_model(), request)
             .await
         {
             Ok(n) => return n,

@@ -47,8 +47,9 @@ pub struct Shared {
     pub key_ids: Vec<String>,
     pub ledger: Ledger,
     pub token_count: TokenCount,
-    /// The model `countTokens` is asked about (the chain's first).
-    pub count_model: String,
+    /// The model of free calls when the chain has none left (the chain's
+    /// first at start).
+    pub fallback_count_model: String,
     /// Spreads pass-through calls (countTokens, model lists) over the keys.
     pub count_turn: AtomicUsize,
     /// `FLUX_MAX_WAIT_S`.
@@ -89,7 +90,15 @@ impl Drain {
 }
 
 impl Shared {
-    /// A usable key (0-based) for a call that spends no generate quota, in turn.
+    /// The model `countTokens` and the key check ask about: the chain's
+    /// first now, so a model retired upstream is never asked again.
+    pub fn count_model(&self) -> String {
+        self.scheduler
+            .first_model()
+            .unwrap_or_else(|| self.fallback_count_model.clone())
+    }
+
+    /// A usable key for a call that spends no generate quota, in turn.
     pub fn next_usable_key(&self) -> Option<KeyIndex> {
         let usable = self.scheduler.usable_keys();
         let healthy: Vec<KeyIndex> = KeyIndex::all(usable.len()).filter(|&k| usable[k]).collect();

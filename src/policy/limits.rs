@@ -66,6 +66,62 @@ impl Limits {
     pub fn zeros(&self) -> impl Iterator<Item = Quota> + '_ {
         Quota::ALL.into_iter().filter(|&q| self.get(q) == 0)
     }
+
+    /// What background work may use of these limits: each window less the
+    /// reserve kept for interactive calls.
+    pub fn less(&self, reserve: Reserve) -> Limits {
+        let mut kept = LimitsOverride::default();
+        for q in Quota::ALL {
+            let limit = self.get(q);
+            if limit == UNLIMITED {
+                continue;
+            }
+            let held = match q.metric() {
+                // Never the last request: a limit of 1 stays usable.
+                Metric::Requests => reserve.requests.min(limit.saturating_sub(1)),
+                Metric::InputTokens => limit * u64::from(reserve.token_percent) / 100,
+            };
+            kept.set(q, limit - held);
+        }
+        kept.apply(*self)
+    }
+}
+
+/// What background work (batch items) leaves free in every window of every
+/// lane, so that an interactive call arriving meanwhile finds room at once
+/// (`FLUX_BATCH_RESERVE`, written `requests,percent%`: `1,10%` keeps one
+/// request and a tenth of the tokens of each window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserve {
+    pub requests: u64,
+    pub token_percent: u8,
+}
+
+impl Default for Reserve {
+    /// One request and 10 % of the tokens: one interactive call of an
+    /// ordinary size always fits at once, and a busy batch loses little.
+    fn default() -> Self {
+        Reserve {
+            requests: 1,
+            token_percent: 10,
+        }
+    }
+}
+
+impl std::str::FromStr for Reserve {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{text:?} is not a reserve: write requests,percent% (for example 1,10%)");
+        let (requests, percent) = text.split_once(',').ok_or_else(bad)?;
+        let percent = percent.trim().trim_end_matches('%').trim();
+        let requests = requests.trim().parse().map_err(|_| bad())?;
+        let token_percent = percent.parse().ok().filter(|p| *p < 100).ok_or_else(bad)?;
+        Ok(Reserve {
+            requests,
+            token_percent,
+        })
+    }
 }
 
 /// Where a limit came from, shown in `/status` so an operator can tell a
@@ -359,8 +415,9 @@ mod tests {
             requests: 1,
             input_tokens: 60,
         };
-        assert!(l.admits(Window::Minute, used, Usage::call(40)));
-        assert!(!l.admits(Window::Minute, used, Usage::call(41)));
+        let minute = Window::Sliding(std::time::Duration::from_secs(60));
+        assert!(l.admits(minute, used, Usage::call(40)));
+        assert!(!l.admits(minute, used, Usage::call(41)));
         assert!(l.admits(Window::Day, used, Usage::call(90)));
         assert!(!l.admits(Window::Day, used, Usage::call(91)));
         assert!(l.can_ever_admit(Usage::call(100)));
@@ -375,5 +432,31 @@ mod tests {
             Limits { rpd: 0, ..l }.zeros().collect::<Vec<_>>(),
             vec![Quota::RequestsPerDay]
         );
+    }
+
+    #[test]
+    fn background_work_leaves_the_reserve_in_every_window() {
+        let flash = Limits {
+            rpm: 10,
+            tpm: 250_000,
+            rpd: 1,
+            tpd: UNLIMITED,
+        };
+        let reserve: Reserve = "1,10%".parse().unwrap();
+        assert_eq!(reserve, Reserve::default());
+        assert_eq!(
+            flash.less(reserve),
+            Limits {
+                rpm: 9,
+                tpm: 225_000,
+                rpd: 1,
+                tpd: UNLIMITED
+            },
+            "a limit of 1 stays usable; an unlimited one stays unlimited"
+        );
+        assert_eq!(flash.less("0, 0".parse().unwrap()), flash);
+        for bad in ["1", "x,10%", "1,100%", "1,-5"] {
+            assert!(bad.parse::<Reserve>().is_err(), "{bad}");
+        }
     }
 }

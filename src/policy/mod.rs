@@ -18,7 +18,7 @@ pub mod quota;
 pub use chain::{Mode, SEED_CHAIN, is_chain_candidate, order_chain};
 pub use layers::{Layers, Resolved, Sources};
 pub use limits::{
-    Family, KeyOverrides, Limits, LimitsOverride, Source, UNLIMITED, parse_key_overrides,
+    Family, KeyOverrides, Limits, LimitsOverride, Reserve, Source, UNLIMITED, parse_key_overrides,
     parse_overrides, validate_key_overrides, validate_overrides,
 };
 pub use quota::{Metric, Quota, Usage, Window};

@@ -6,10 +6,12 @@
 //! through a simulated day in milliseconds. The actor (`super::actor`) is its
 //! only owner in the running service.
 
-use super::lane::{GrantId, Lane, LaneUsage, WINDOW};
+use super::lane::{GrantId, LEARNED_TTL, Lane, LaneUsage};
 use crate::clock::{PacificDay, Timestamp};
 pub use crate::keys::{KeyIndex, KeyState};
-use crate::policy::{Layers, Limits, LimitsOverride, Mode, Quota, Resolved, Source, Usage, Window};
+use crate::policy::{
+    Layers, Limits, LimitsOverride, Mode, Quota, Reserve, Resolved, Source, Usage, Window,
+};
 use chrono::NaiveDate;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +45,17 @@ pub enum KeyChoice {
     Only(KeyIndex),
 }
 
+/// Whose call it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// A caller is waiting: book the earliest slot, even a later one.
+    #[default]
+    Interactive,
+    /// Background work (a batch item): booked only for now, never a later
+    /// slot, and only within each window less the interactive reserve.
+    Background,
+}
+
 #[derive(Clone, Debug)]
 pub struct PlanRequest {
     /// What the call will spend: one request (or one per item of a batch of
@@ -50,6 +63,7 @@ pub struct PlanRequest {
     pub cost: Usage,
     pub target: Target,
     pub keys: KeyChoice,
+    pub priority: Priority,
     /// The latest instant the caller accepts; later means "429, retry after".
     pub deadline: Timestamp,
 }
@@ -220,8 +234,11 @@ pub struct Scheduler {
     grants: HashMap<GrantId, Grant>,
     next_grant: GrantId,
     retired: Vec<Retired>,
-    /// The window plus the guard: how long a booking holds capacity.
-    span: Duration,
+    /// `FLUX_GUARD_MS`: how much longer than its window a booking holds a
+    /// sliding quota's capacity.
+    guard: Duration,
+    /// What background work leaves free for interactive calls.
+    reserve: Reserve,
     changes: Vec<Change>,
 }
 
@@ -245,9 +262,15 @@ impl Scheduler {
             grants: HashMap::new(),
             next_grant: 1,
             retired: Vec::new(),
-            span: WINDOW + guard,
+            guard,
+            reserve: Reserve::default(),
             changes: Vec::new(),
         }
+    }
+
+    /// Sets what background work leaves free (`FLUX_BATCH_RESERVE`).
+    pub fn set_reserve(&mut self, reserve: Reserve) {
+        self.reserve = reserve;
     }
 
     /// Numbers grants from `first` on (replicas sharing lanes each take
@@ -453,6 +476,12 @@ impl Scheduler {
         let models = self.candidate_models(&request.target)?;
         let usable = self.keys_for(request.keys)?;
         let call = request.cost;
+        let background = request.priority == Priority::Background;
+        let deadline = if background {
+            request.deadline.min(now)
+        } else {
+            request.deadline
+        };
         let day = PacificDay::of(now);
         let today = day.date;
         let mut any_lane_holds_it = false;
@@ -471,16 +500,23 @@ impl Scheduler {
                     }
                     ZeroCheck::Probe(limits) => (limits, true),
                 };
+                // An item too large for the share still goes, when a window is free.
+                let share = limits.less(self.reserve);
+                let limits = if background && share.can_ever_admit(call) {
+                    share
+                } else {
+                    limits
+                };
                 if !limits.can_ever_admit(call) {
                     continue;
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
-                lane.forget_before(now, today, self.span);
+                lane.forget_before(now, today, self.guard);
                 if !lane.day_admits(limits, today, call) {
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, call, now, day, self.span) else {
+                let Some(at) = lane.earliest(limits, call, now, day, self.guard) else {
                     continue;
                 };
                 if probe {
@@ -498,11 +534,11 @@ impl Scheduler {
                 continue;
             };
             if let (KeyChoice::Prefer(p), Some(p_at)) = (request.keys, preferred_at)
-                && p_at <= request.deadline
+                && p_at <= deadline
             {
                 (at, key) = (p_at, p);
             }
-            if at > request.deadline {
+            if at > deadline {
                 return Err(PlanError::WaitTooLong {
                     model: model.clone(),
                     at,
@@ -770,7 +806,16 @@ impl Scheduler {
             }
         }
         let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
-        let span = self.span;
+        // The longest sliding window among the quotas it names frees it.
+        let sliding = violations
+            .iter()
+            .filter_map(|v| match v.quota.window() {
+                Window::Sliding(length) => Some(length),
+                Window::Day => None,
+            })
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let span = sliding + self.guard;
         let lane = self.lane_mut(grant.key, &grant.model);
         // The day the call counted in is spent; if that day is already over
         // (the answer came after midnight), the new one is untouched.
@@ -781,7 +826,7 @@ impl Scheduler {
             // "0s" on a per-day violation says nothing: the day decides.
             Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
             _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
-            // A per-minute quota with no delay: its window is a minute at most.
+            // A sliding quota with no delay: its window frees it at the latest.
             _ if !per_day => lane.cool_until(now.plus(span)),
             _ => {}
         }
@@ -800,6 +845,19 @@ impl Scheduler {
         };
         self.retired.push(retired.clone());
         self.changes.push(Change::Retired(retired));
+    }
+
+    /// Puts back a model a previous run found retired at `at`, unless that
+    /// is more than [`LEARNED_TTL`] before `now` (then one call checks again).
+    pub fn restore_retired(&mut self, model: &str, at: Timestamp, message: &str, now: Timestamp) {
+        if now < at.plus(LEARNED_TTL) && !self.retired.iter().any(|r| r.model == model) {
+            self.chain.retain(|m| m != model);
+            self.retired.push(Retired {
+                model: model.to_string(),
+                at,
+                message: message.to_string(),
+            });
+        }
     }
 
     /// The models the upstream said are retired, oldest first.

@@ -1,23 +1,25 @@
 //! One lane (key, model): its booked calls and the earliest instant a new call
 //! fits under every quota of its [`Limits`] and any cooldown.
 //!
-//! A booking occupies its lane's per-minute capacity from its instant `at`
-//! until `at + span`, where `span` is the upstream's 60-second window plus a
-//! guard (the upstream counts a call when it arrives, a little after we send
-//! it, and jitter can reorder arrivals). A new call `c` (its [`Usage`]: one
+//! A booking occupies a sliding quota's capacity from its instant `at` until
+//! `at + span`, where `span` is the quota's window (60 seconds for Gemini's
+//! per-minute quotas) plus a guard (the upstream counts a call when it
+//! arrives, a little after we send it, and jitter can reorder arrivals). A new call `c` (its [`Usage`]: one
 //! request, or `n` for a batch of `n` embedding items, and `T` input tokens)
 //! fits at `t` when every window that would contain it stays within the
 //! limit of every quota `q` counted over that window:
 //!
 //! ```text
-//!   for every s in [t, t + span):  used_q(s) + c_q <= limit_q   (each per-minute q)
+//!   for every s in [t, t + span_q): used_q(s) + c_q <= limit_q  (each sliding q)
 //!   on the Pacific day of t:       used_q(day) + c_q <= limit_q (each per-day q)
 //! ```
 //!
-//! where `used_q(s)` sums metric `q` over the bookings with `s - span < at <= s`.
+//! where `used_q(s)` sums metric `q` over the bookings with `s - span_q < at <= s`.
 //! The quotas are rows of [`Quota`]; this rule is written once over them. The usage
 //! only rises at a booking's instant, so checking `s = t` and each booked
-//! instant in `(t, t + span)` is enough. Because the check covers windows
+//! instant in `(t, t + span_q)` is enough. Quotas of different window
+//! lengths are met together by moving `t` to the latest instant any one of
+//! them asks for until all agree. Because the check covers windows
 //! *after* `t` too, a small call may be slotted into a gap before calls booked
 //! earlier without delaying any of them (backfilling), and nothing already
 //! granted ever has to move.
@@ -32,8 +34,8 @@ use std::time::Duration;
 /// Identifies a grant for its whole life (plan, wait, send, settle).
 pub type GrantId = u64;
 
-/// The upstream's per-minute window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+/// What `/status` counts as "the last 60 s".
+const LAST_MINUTE: Duration = Duration::from_secs(60);
 
 /// How many gap instants a plan examines before it goes to the end of the
 /// lane's queue. Bounds planning cost when thousands of grants wait; the end
@@ -215,7 +217,7 @@ impl Lane {
         call: Usage,
         from: Timestamp,
         today: PacificDay,
-        span: Duration,
+        guard: Duration,
     ) -> Option<Timestamp> {
         if !limits.can_ever_admit(call) {
             return None;
@@ -227,7 +229,7 @@ impl Lane {
         }
         for _ in 0..MAX_DAYS_AHEAD {
             if self.day_admits(limits, day.date, call) {
-                let t = self.earliest_in_window(limits, call, from, span);
+                let t = self.earliest_in_sliding_windows(limits, call, from, guard);
                 if t < day.ends {
                     return Some(t);
                 }
@@ -238,7 +240,32 @@ impl Lane {
         None
     }
 
-    /// The earliest instant at or after `from` that fits the per-minute limits.
+    /// The earliest instant at or after `from` that fits every sliding
+    /// quota: each window length in turn moves `t` to the earliest instant it
+    /// admits, until none moves it (an instant one length refuses can never
+    /// be the answer, so none is skipped).
+    fn earliest_in_sliding_windows(
+        &self,
+        limits: Limits,
+        call: Usage,
+        from: Timestamp,
+        guard: Duration,
+    ) -> Timestamp {
+        let lengths = Quota::sliding_lengths();
+        let mut t = from;
+        loop {
+            let before = t;
+            for &length in &lengths {
+                t = self.earliest_in_window(limits, call, t, length, length + guard);
+            }
+            if t == before {
+                return t;
+            }
+        }
+    }
+
+    /// The earliest instant at or after `from` that fits the quotas that
+    /// slide over `length` (each booking holding them for `span`).
     ///
     /// Fitting can only begin at `from`, at a booking's instant or at the end
     /// of a booking's span; those candidates are walked in order without
@@ -250,6 +277,7 @@ impl Lane {
         limits: Limits,
         call: Usage,
         from: Timestamp,
+        length: Duration,
         span: Duration,
     ) -> Timestamp {
         let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
@@ -269,7 +297,7 @@ impl Lane {
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, call, t, span) {
+            match self.refusing_window(limits, call, t, length, span) {
                 None => return t,
                 Some(s) => {
                     examined += 1;
@@ -287,10 +315,11 @@ impl Lane {
         limits: Limits,
         call: Usage,
         t: Timestamp,
+        length: Duration,
         span: Duration,
     ) -> Option<Timestamp> {
-        let over =
-            |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span), call);
+        let window = Window::Sliding(length);
+        let over = |s: Timestamp| !limits.admits(window, self.usage_ending_at(s, span), call);
         let after = self.bookings.partition_point(|b| b.at <= t);
         let later = self.bookings[after..]
             .iter()
@@ -459,9 +488,10 @@ impl Lane {
         }
     }
 
-    /// Drops what can no longer affect any decision: bookings whose span ended
-    /// before `now`, day counts of past days.
-    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, span: Duration) {
+    /// Drops what can no longer affect any decision: bookings whose longest
+    /// span ended before `now`, day counts of past days.
+    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, guard: Duration) {
+        let span = Quota::longest_sliding() + guard;
         let gone = self.bookings.partition_point(|b| b.at.plus(span) <= now);
         self.bookings.drain(..gone);
         if self
@@ -474,7 +504,7 @@ impl Lane {
     }
 
     pub fn usage(&self, now: Timestamp) -> LaneUsage {
-        let minute = self.usage_ending_at(now, WINDOW);
+        let minute = self.usage_ending_at(now, LAST_MINUTE);
         let today = self.used_on(now.pacific_day());
         LaneUsage {
             tokens_last_60s: minute.input_tokens,
@@ -492,7 +522,8 @@ impl Lane {
 mod tests {
     use super::*;
 
-    const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
+    const GUARD: Duration = Duration::from_millis(250);
+    const SPAN: Duration = Duration::from_secs(60).saturating_add(GUARD);
     const FLASH: Limits = Limits {
         rpm: 10,
         tpm: 250_000,
@@ -518,7 +549,7 @@ mod tests {
                 Usage::call(100_000),
                 T0.plus_millis(10_000),
                 PacificDay::of(T0),
-                SPAN,
+                GUARD,
             )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN));
@@ -529,12 +560,12 @@ mod tests {
         // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
         let lane = lane_with(&[(30_000, 200_000)]);
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), GUARD),
             Some(T0)
         );
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), GUARD),
             Some(T0.plus_millis(30_000).plus(SPAN))
         );
     }
@@ -548,7 +579,7 @@ mod tests {
                 Usage::call(100),
                 T0.plus_millis(10_000),
                 PacificDay::of(T0),
-                SPAN,
+                GUARD,
             )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN), "the first call's span must end");
@@ -559,12 +590,12 @@ mod tests {
         let mut lane = Lane::default();
         lane.cool_until(T0.plus_millis(39_000));
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
             Some(T0.plus_millis(39_000))
         );
         lane.exhaust_day(T0.pacific_day());
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
             Some(T0.next_pacific_midnight())
         );
     }
@@ -572,7 +603,7 @@ mod tests {
     #[test]
     fn a_call_larger_than_the_tpm_never_fits() {
         assert_eq!(
-            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), SPAN),
+            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), GUARD),
             None
         );
     }
@@ -584,7 +615,7 @@ mod tests {
         lane.release(0, T0);
         assert_eq!(lane.booked_on(T0.pacific_day()), 0);
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), GUARD),
             Some(T0)
         );
     }

@@ -18,8 +18,8 @@ pub mod seam;
 
 pub use actor::{SchedulerHandle, SharedState, Unavailable};
 pub use core::{
-    Change, Grant, KeyChoice, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Retired,
-    Scheduler, Snapshot, Target, Violation,
+    Change, Grant, KeyChoice, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Priority,
+    Retired, Scheduler, Snapshot, Target, Violation,
 };
 pub use grant::{Booked, InFlight};
 pub use lane::GrantId;

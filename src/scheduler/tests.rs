@@ -73,6 +73,7 @@ fn ask(tokens: u64, target: Target) -> PlanRequest {
         cost: Usage::call(tokens),
         target,
         keys: KeyChoice::Any,
+        priority: Priority::Interactive,
         deadline: Timestamp(i64::MAX),
     }
 }
@@ -667,7 +668,40 @@ on_both_backends!(
     a_learned_zero_skips_the_model_on_the_whole_tier_and_is_rechecked_once_a_day,
     a_request_pinned_to_one_key_waits_there_on_the_chain,
     each_item_of_an_embedding_batch_counts_as_a_request,
+    background_work_books_only_now_and_leaves_the_reserve,
 );
+
+fn background_work_books_only_now_and_leaves_the_reserve<R: Rules>(
+    new: fn(usize, &[Override]) -> R,
+) {
+    let mut s = new(1, &[FLASH_2025]);
+    let background = |tokens| PlanRequest {
+        priority: Priority::Background,
+        ..ask(tokens, model(FLASH))
+    };
+    // Flash takes 10 a minute: a batch gets 9 now, and no later slot.
+    for _ in 0..9 {
+        assert_eq!(s.plan(&background(10), NOON).unwrap().at, NOON);
+    }
+    assert_eq!(
+        s.plan(&background(10), NOON),
+        Err(PlanError::WaitTooLong {
+            model: FLASH.into(),
+            at: NOON.plus_millis(SPAN)
+        })
+    );
+    // The tenth request of the window is an interactive caller's, at once.
+    assert_eq!(s.plan(&ask(10, model(FLASH)), NOON).unwrap().at, NOON);
+    // Tokens: background keeps within 90 % of the window's 250,000 …
+    let later = NOON.plus_millis(SPAN);
+    let big = s.plan(&background(200_000), later).unwrap();
+    assert_eq!(big.at, later);
+    assert!(s.plan(&background(30_000), later).is_err());
+    assert_eq!(s.plan(&ask(30_000, model(FLASH)), later).unwrap().at, later);
+    // … unless one item is larger than that share: it goes when a window is free.
+    let after = later.plus_millis(SPAN);
+    assert_eq!(s.plan(&background(240_000), after).unwrap().at, after);
+}
 
 fn a_request_pinned_to_one_key_waits_there_on_the_chain<R: Rules>(
     new: fn(usize, &[Override]) -> R,

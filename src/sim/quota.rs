@@ -77,7 +77,7 @@ impl LaneQuota {
         for quota in Quota::ALL {
             let limit = limits.get(quota);
             let used = match quota.window() {
-                Window::Minute => minute,
+                Window::Sliding(_) => minute,
                 Window::Day => self.day_used,
             };
             let (used, need) = (used.of(quota.metric()), call.of(quota.metric()));

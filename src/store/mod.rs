@@ -106,6 +106,12 @@ pub enum Record {
         at: Timestamp,
     },
     PolicyCache(PolicyCache),
+    /// The upstream said `model` is retired for this project.
+    Retired {
+        model: String,
+        at: Timestamp,
+        message: String,
+    },
 }
 
 /// An accepted policy fetch and the model list discovered with it.
@@ -138,6 +144,8 @@ pub struct Recovered {
     /// (key id, model, learned limits, when last enforced).
     pub learned: Vec<(String, String, LimitsOverride, Timestamp)>,
     pub policy_cache: Option<PolicyCache>,
+    /// (model, when the upstream said so, its message) of retired models.
+    pub retired: Vec<(String, Timestamp, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]

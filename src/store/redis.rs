@@ -283,8 +283,9 @@ impl Store for RedisStore {
                     pipe.set(self.names.policy(), json(&stored)).ignore();
                 }
                 // The dashboard counts the tokens booked when the call left;
-                // learned limits travel inside their lane.
-                Record::CallSettled { .. } | Record::Learned { .. } => {}
+                // learned limits travel inside their lane; each replica finds
+                // a retired model on its own (one 404 each).
+                Record::CallSettled { .. } | Record::Learned { .. } | Record::Retired { .. } => {}
             }
         }
         if pipe.is_empty() {

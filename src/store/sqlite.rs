@@ -49,11 +49,21 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE calls ADD COLUMN requests INTEGER NOT NULL DEFAULT 1;",
 ];
 
-/// Calls are kept this long (for the dashboard's history), then pruned.
-const KEEP_CALLS: Duration = Duration::from_secs(8 * 86_400);
+/// Calls are kept this long, then pruned: recovery needs the last minute and
+/// the current Pacific day (at most 25 hours), the dashboard the last hour.
+const KEEP_CALLS: Duration = Duration::from_secs(2 * 86_400);
 
-/// How often the WAL is folded back into the database file.
+/// How often the WAL is folded back into the database file, and old calls
+/// pruned.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The WAL is truncated back to this size whenever a checkpoint has folded
+/// all of it, so a long-lived instance's state file stays bounded.
+const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Old calls are deleted this many at a time, so that pruning never holds
+/// the write lock long enough to stall a request's "sent" record.
+const PRUNE_CHUNK: i64 = 2_000;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -129,6 +139,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
+            .and_then(|_| conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES))
             .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
             .map_err(|e| unusable(format!("cannot configure it ({e})"), not_a_db))?;
         let mut store = SqliteStore {
@@ -158,9 +169,9 @@ impl SqliteStore {
     }
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own
-/// (a passive checkpoint never blocks the writer), and once more on the way
-/// out, until the returned sender is dropped.
+/// Prunes old calls and checkpoints the WAL every [`CHECKPOINT_EVERY`] on a
+/// connection of its own (a passive checkpoint never blocks the writer), and
+/// once more on the way out, until the returned sender is dropped.
 fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = path.to_path_buf();
@@ -170,7 +181,12 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
             let Ok(conn) = Connection::open(&path) else {
                 return;
             };
+            let _ = conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES);
+            let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
             let checkpoint = || {
+                if let Err(e) = prune_old_calls(&conn) {
+                    tracing::warn!("state store pruning failed: {e}");
+                }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!("state store checkpoint failed: {e}");
                 }
@@ -186,6 +202,27 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
         tracing::warn!("no checkpoint thread ({e}); the WAL will grow until restart");
     }
     stop
+}
+
+/// Deletes the calls older than [`KEEP_CALLS`] before the newest one, in
+/// chunks of [`PRUNE_CHUNK`]. Measured from the newest call rather than a
+/// clock, so a store restored from elsewhere, or a test's virtual day, never
+/// loses the calls it is about to need.
+fn prune_old_calls(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut pruned = 0;
+    loop {
+        let n = conn.execute(
+            "DELETE FROM calls WHERE id IN (
+                 SELECT id FROM calls
+                 WHERE at_ms < (SELECT max(at_ms) FROM calls) - ?1
+                 LIMIT ?2)",
+            params![KEEP_CALLS.as_millis() as i64, PRUNE_CHUNK],
+        )?;
+        pruned += n;
+        if n < PRUNE_CHUNK as usize {
+            return Ok(pruned);
+        }
+    }
 }
 
 fn counted_list() -> String {
@@ -369,6 +406,21 @@ impl Store for SqliteStore {
                 })
             });
 
+        let mut retired_q = c
+            .prepare("SELECT name, value FROM settings WHERE name LIKE 'retired:%' ORDER BY name")
+            .map_err(write_error)?;
+        let retired = retired_q
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let model = name.strip_prefix("retired:")?.to_string();
+                let (at, message) = value.split_once(' ')?;
+                Some((model, Timestamp(at.parse().ok()?), message.to_string()))
+            })
+            .collect();
+
         Ok(Recovered {
             recent_calls,
             day_counts,
@@ -376,6 +428,7 @@ impl Store for SqliteStore {
             mode,
             learned,
             policy_cache,
+            retired,
         })
     }
 
@@ -414,6 +467,10 @@ impl Store for SqliteStore {
                         serde_json::to_string(&cache.models).unwrap_or_default(),
                         cache.at.millis()
                     ],
+                ),
+                Record::Retired { model, at, message } => tx.execute(
+                    "INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)",
+                    params![format!("retired:{model}"), format!("{} {message}", at.millis())],
                 ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
                     "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -455,6 +512,33 @@ mod tests {
             input_tokens: tokens,
             requests,
         }
+    }
+
+    #[test]
+    fn a_long_lived_store_prunes_in_chunks_and_bounds_its_wal() {
+        let path = temp_path("prune");
+        let mut store = SqliteStore::open(&path).unwrap();
+        // 10,000 calls, one every 26 s over three days before NOON.
+        let at = |i: i64| NOON.plus_millis(-(10_000 - i) * 26_000);
+        let calls: Vec<Record> = (0..10_000).map(|i| sent(i, at(i), 10)).collect();
+        store.apply(&calls).unwrap();
+        let count = |s: &SqliteStore| -> i64 {
+            s.conn
+                .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+                .unwrap()
+        };
+        let pruned = prune_old_calls(&store.conn).unwrap();
+        let kept = (0..10_000)
+            .filter(|&i| at(i) >= at(9_999).minus(KEEP_CALLS))
+            .count() as i64;
+        assert_eq!((pruned as i64, count(&store)), (10_000 - kept, kept));
+        assert!(pruned as i64 > PRUNE_CHUNK, "pruned in several chunks");
+        assert_eq!(prune_old_calls(&store.conn).unwrap(), 0);
+        let limit: i64 = store
+            .conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, WAL_LIMIT_BYTES);
     }
 
     #[test]

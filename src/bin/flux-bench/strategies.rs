@@ -6,7 +6,7 @@ use crate::world::{Agenda, Served, World, latency_ms};
 use gemini_flux::clock::Timestamp;
 use gemini_flux::policy::{Layers, LimitsOverride, Mode, Usage};
 use gemini_flux::scheduler::{
-    Grant, KeyChoice, Penalty, PlanError, PlanRequest, Scheduler, Target, Violation,
+    Grant, KeyChoice, Penalty, PlanError, PlanRequest, Priority, Scheduler, Target, Violation,
 };
 use gemini_flux::sim::quota::Rejection;
 
@@ -118,6 +118,7 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
                     cost: Usage::call(out[i].tokens),
                     target: Target::Model(MODEL.into()),
                     keys: KeyChoice::Any,
+                    priority: Priority::Interactive,
                     deadline: Timestamp(i64::MAX),
                 };
                 match core.plan(&request, now) {
