@@ -88,7 +88,7 @@ impl LaneQuota {
                 None
             } else {
                 Some(match quota.window() {
-                    Window::Minute => self.free_after(quota.metric(), limit, need, now),
+                    Window::Sliding(_) => self.free_after(quota.metric(), limit, need, now),
                     Window::Day => now.next_pacific_midnight().since(now),
                 })
             };
