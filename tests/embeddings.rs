@@ -319,3 +319,44 @@ async fn refusals_come_in_each_surfaces_envelope() {
         assert_eq!(booked.as_u64().unwrap_or(0), 0, "{model}: {status}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_simulator_counts_an_item_as_a_request_and_names_the_embedding_quota() {
+    let sim = start_sim(
+        SimConfig::new(["sim-key-0001"]).with_limits(embedding_limits(5, 30_000)),
+        quiet_noon(),
+    )
+    .await;
+    let http = client();
+    let url = format!(
+        "{}/v1beta/models/{EMBED}:batchEmbedContents",
+        sim.base_url()
+    );
+    let post = |body: Value| {
+        http.post(&url)
+            .header("x-goog-api-key", "sim-key-0001")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post(batch(&texts("a", 4))).await.unwrap().status(), 200);
+    let refused = post(batch(&texts("b", 2))).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    let violation = &body["error"]["details"][0]["violations"][0];
+    assert_eq!(
+        violation["quotaId"],
+        "EmbedContentRequestsPerMinutePerUserPerProjectPerModel-FreeTier"
+    );
+    assert_eq!(violation["quotaValue"], "5");
+    // One more fits; a batch naming another model, or of 101, is refused.
+    assert_eq!(post(batch(&texts("c", 1))).await.unwrap().status(), 200);
+    let mut other = batch(&texts("d", 1));
+    other["requests"][0]["model"] = json!("models/gemini-2.5-flash");
+    assert_eq!(post(other).await.unwrap().status(), 400);
+    assert_eq!(post(batch(&texts("e", 101))).await.unwrap().status(), 400);
+    let lane = sim.stats().lane(1, EMBED).unwrap().clone();
+    assert_eq!(
+        (lane.calls, lane.requests_today, lane.rejected_rpm),
+        (2, 5, 1)
+    );
+}

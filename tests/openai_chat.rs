@@ -296,3 +296,41 @@ async fn what_the_gateway_refuses_itself_spends_nothing() {
     }
     assert_eq!(stack.sim_stats().calls, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_simulators_openai_layer_answers_errors_as_an_array() {
+    let sim = start_sim(
+        SimConfig::new(["sim-key-0001"]).with_limits(limits(FLASH, 1, 250_000, 250)),
+        quiet_noon(),
+    )
+    .await;
+    let http = client();
+    let url = format!("{}/v1beta/openai/chat/completions", sim.base_url());
+    let chat = json!({"model": FLASH, "messages": [{"role": "user", "content": "hi"}]});
+    let send = |key: &'static str| http.post(&url).bearer_auth(key).json(&chat).send();
+    let wrong = send("not-a-key").await.unwrap();
+    assert_eq!(wrong.status(), 400);
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(body[0]["error"]["details"][0]["reason"], "API_KEY_INVALID");
+    assert_eq!(send("sim-key-0001").await.unwrap().status(), 200);
+    let over = send("sim-key-0001").await.unwrap();
+    assert_eq!(over.status(), 429);
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(body[0]["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        body[0]["error"]["details"][0]["violations"][0]["quotaValue"],
+        "1"
+    );
+    // The same lane as the native route: that one is refused too.
+    let native = http
+        .post(format!(
+            "{}/v1beta/models/{FLASH}:generateContent",
+            sim.base_url()
+        ))
+        .header("x-goog-api-key", "sim-key-0001")
+        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(native.status(), 429);
+}
