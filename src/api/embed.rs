@@ -90,7 +90,7 @@ pub(super) async fn openai(
 ) -> Response {
     let mut body = match openai::read_object(&headers, body) {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(e) => return openai::refusal(e),
     };
     let Some(model) = body
         .get("model")
@@ -163,6 +163,9 @@ fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job {
     }
 }
 
+/// The served calls of a batch, each with its run of items, in input order.
+type Answers = Vec<(Range<usize>, Served<Value>)>;
+
 /// How one sub-request is sent: `dispatch::embed` or `dispatch::openai_embed`.
 type Call<'a> = dyn Fn(Job) -> BoxFuture<'a, Result<Served<Value>, Failure>> + Sync + 'a;
 
@@ -175,7 +178,7 @@ async fn serve<'a>(
     count: usize,
     make: &'a (dyn Fn(Range<usize>) -> Value + Sync),
     call: &'a Call<'a>,
-) -> Result<Vec<(Range<usize>, Served<Value>)>, Failure> {
+) -> Result<Answers, Failure> {
     let runs = runs(0..count, MAX_BATCH_ITEMS);
     let served = futures::future::try_join_all(
         runs.into_iter()
@@ -194,7 +197,7 @@ fn serve_run<'a>(
     run: Range<usize>,
     make: &'a (dyn Fn(Range<usize>) -> Value + Sync),
     call: &'a Call<'a>,
-) -> BoxFuture<'a, Result<Vec<(Range<usize>, Served<Value>)>, Failure>> {
+) -> BoxFuture<'a, Result<Answers, Failure>> {
     async move {
         let items = run.len();
         match call(job(state, model, make(run.clone()), items)).await {
@@ -226,7 +229,7 @@ fn runs(range: Range<usize>, size: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-fn metas(served: &[(Range<usize>, Served<Value>)]) -> Vec<&Meta> {
+fn metas(served: &Answers) -> Vec<&Meta> {
     served.iter().map(|(_, s)| &s.meta).collect()
 }
 

@@ -88,28 +88,27 @@ async fn models(State(state): State<AppState>) -> Response {
     model_list(&state).await
 }
 
-/// The body of an OpenAI route as a JSON object, or the refusal in
-/// OpenAI's envelope.
+/// The body of an OpenAI route as a JSON object, or why not (for
+/// [`refusal`]).
 pub(super) fn read_object(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Map<String, Value>, Response> {
-    if let Err(e) = super::error::json_content_type(headers) {
-        return Err(error_response(e.status, &e.message));
-    }
+) -> Result<Map<String, Value>, ApiError> {
+    super::error::json_content_type(headers)?;
     let body =
-        body.map_err(|rejection| error_response(rejection.status(), &rejection.body_text()))?;
+        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(error_response(
-            StatusCode::BAD_REQUEST,
+        Ok(_) => Err(ApiError::bad_request(
             "invalid request body: a JSON object is expected",
         )),
-        Err(e) => Err(error_response(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid request body: {e}"),
-        )),
+        Err(e) => Err(ApiError::bad_request(format!("invalid request body: {e}"))),
     }
+}
+
+/// The gateway's own refusal, in OpenAI's envelope.
+pub(super) fn refusal(e: ApiError) -> Response {
+    failure_response(Failure::Flux(e))
 }
 
 /// The lanes a chat body's `model` allows: the chain when it names none;
@@ -120,25 +119,18 @@ fn target(
     state: &AppState,
     headers: &HeaderMap,
     body: &Map<String, Value>,
-) -> Result<Target, Response> {
+) -> Result<Target, ApiError> {
     let model = match body.get("model") {
         None | Some(Value::Null) => return Ok(Target::Chain(None)),
         Some(Value::String(m)) if !m.is_empty() => m.trim_start_matches("models/").to_string(),
-        Some(_) => {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "model must be a model's name",
-            ));
-        }
+        Some(_) => return Err(ApiError::bad_request("model must be a model's name")),
     };
     if super::embed::embeds(&model) {
-        return Err(error_response(
-            StatusCode::NOT_FOUND,
-            &format!("models/{model} embeds and does not chat; /v1/embeddings serves it"),
-        ));
+        return Err(ApiError::not_found(format!(
+            "models/{model} embeds and does not chat; /v1/embeddings serves it"
+        )));
     }
-    let opted_in = super::gemini::fallback_header(headers)
-        .map_err(|e| error_response(e.status, &e.message))?;
+    let opted_in = super::gemini::fallback_header(headers)?;
     Ok(if opted_in || state.native_fallback {
         Target::ChainFrom(model)
     } else {
@@ -177,7 +169,7 @@ async fn chat(
 ) -> Response {
     let mut body = match read_object(&headers, body) {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(e) => return refusal(e),
     };
     let stream = match check_chat(&body) {
         Ok(stream) => stream,
@@ -185,7 +177,7 @@ async fn chat(
     };
     let target = match target(&state, &headers, &body) {
         Ok(target) => target,
-        Err(refused) => return refused,
+        Err(e) => return refusal(e),
     };
     if stream {
         // The call is settled from the stream's usage: asked for, whatever

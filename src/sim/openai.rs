@@ -114,10 +114,10 @@ async fn chat_answer(
 /// tool declarations' text.
 fn chat_tokens(body: &Value) -> u64 {
     let mut countable = chat_countable(body);
-    if let Some(tools) = body.get("tools").filter(|t| t.is_array()) {
-        if let Some(contents) = countable["contents"].as_array_mut() {
-            contents.push(json!({"role": "user", "parts": [{"text": tools.to_string()}]}));
-        }
+    if let Some(tools) = body.get("tools").filter(|t| t.is_array())
+        && let Some(contents) = countable["contents"].as_array_mut()
+    {
+        contents.push(json!({"role": "user", "parts": [{"text": tools.to_string()}]}));
     }
     prompt_tokens(&countable)
 }
