@@ -266,6 +266,7 @@ async fn what_the_gateway_refuses_itself_spends_nothing() {
     let stack = Stack::start(SimConfig::new(["sim-key-0001"]), quiet_noon(), &[]).await;
     let cases = [
         (json!({"model": FLASH}), 400, "messages"),
+        (json!({"model": FLASH, "messages": []}), 400, "at least one"),
         (
             json!({"model": FLASH, "messages": [{"content": "x"}]}),
             400,
@@ -294,7 +295,8 @@ async fn what_the_gateway_refuses_itself_spends_nothing() {
         assert!(message.contains(names), "{message}");
         assert!(v["error"]["type"].is_string() && v["error"].get("param").is_some());
     }
-    assert_eq!(stack.sim_stats().calls, 0);
+    // Nothing was booked, so nothing was sent.
+    assert_eq!(booked(&stack, FLASH).await, (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
