@@ -34,6 +34,12 @@ fn events(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A service that estimates prompts locally (the upstream's `usage` then
+/// corrects the booking where it counts more).
+async fn counting_locally(sim: SimConfig) -> Stack {
+    Stack::start(sim, quiet_noon(), &[("FLUX_TOKEN_COUNT", "local")]).await
+}
+
 /// Key 1's counts on `model` in `/status`: (requests today, tokens today).
 async fn booked(stack: &Stack, model: &str) -> (u64, u64) {
     let (_, status) = stack.get("/status").await;
@@ -46,12 +52,7 @@ async fn booked(stack: &Stack, model: &str) -> (u64, u64) {
 
 #[tokio::test(start_paused = true)]
 async fn a_chat_with_tools_returns_the_tool_call_and_settles_at_the_upstreams_count() {
-    let stack = Stack::start(
-        SimConfig::new(["sim-key-0001"]),
-        quiet_noon(),
-        &[("FLUX_TOKEN_COUNT", "local")],
-    )
-    .await;
+    let stack = counting_locally(SimConfig::new(["sim-key-0001"])).await;
     let (s, v) = stack
         .post(
             "/v1/chat/completions",
@@ -88,12 +89,7 @@ async fn a_chat_with_tools_returns_the_tool_call_and_settles_at_the_upstreams_co
 
 #[tokio::test(start_paused = true)]
 async fn a_streamed_tool_call_arrives_as_a_delta_and_settles_from_the_last_usage() {
-    let stack = Stack::start(
-        SimConfig::new(["sim-key-0001"]),
-        quiet_noon(),
-        &[("FLUX_TOKEN_COUNT", "local")],
-    )
-    .await;
+    let stack = counting_locally(SimConfig::new(["sim-key-0001"])).await;
     let mut body = ask(
         FLASH,
         json!([{"role": "user", "content": "Weather in Paris?"}]),
@@ -189,7 +185,7 @@ async fn every_option_reaches_the_upstream_as_it_came() {
         json_answer: Some(r#"{"city": "Paris"}"#.into()),
         ..Faults::default()
     };
-    let stack = Stack::start(sim, quiet_noon(), &[("FLUX_TOKEN_COUNT", "local")]).await;
+    let stack = counting_locally(sim).await;
     let image = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
     let (s, v) = stack
         .post(

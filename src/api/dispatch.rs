@@ -240,16 +240,11 @@ pub async fn openai_chat_stream(state: &AppState, job: Job) -> Result<Served<Str
     within_request_timeout(state, serve::<OpenAiChatStream>(state, job)).await
 }
 
-/// Serves `job` (a native `embedContent` or `batchEmbedContents` body, one
-/// request an item) with the upstream's answer as it came.
+/// Serves `job` (a native `embedContent` or `batchEmbedContents` body, or
+/// an OpenAI-format embeddings body; one request an item) with the
+/// upstream's answer as it came.
 pub async fn embed(state: &AppState, job: Job) -> Result<Served<Value>, Failure> {
     within_request_timeout(state, serve::<Embed>(state, job)).await
-}
-
-/// Serves `job` (an OpenAI-format embeddings body) on the upstream's
-/// OpenAI-compatible layer.
-pub async fn openai_embed(state: &AppState, job: Job) -> Result<Served<Value>, Failure> {
-    within_request_timeout(state, serve::<OpenAiEmbed>(state, job)).await
 }
 
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
@@ -362,7 +357,9 @@ impl Exchange for OpenAiChat {
         model: &str,
         request: &Value,
     ) -> Result<Value, UpstreamError> {
-        upstream.openai_chat(key, model, request).await
+        upstream
+            .openai_json(key, "chat/completions", model, request)
+            .await
     }
     fn served(body: Value, settlement: Settlement) -> (Value, u64) {
         let usage = openai::usage(&body);
@@ -385,7 +382,9 @@ impl Exchange for OpenAiChatStream {
         model: &str,
         request: &Value,
     ) -> Result<reqwest::Response, UpstreamError> {
-        upstream.openai_chat_stream(key, model, request).await
+        upstream
+            .openai(key, "chat/completions", model, request)
+            .await
     }
     fn served(response: reqwest::Response, settlement: Settlement) -> (Stream, u64) {
         Streamed::served(response, settlement)
@@ -411,8 +410,10 @@ fn embedding_tokens(request: &Value) -> u64 {
     }
 }
 
-/// Native `:embedContent` / `:batchEmbedContents`: settled with the
-/// estimate, which is the count.
+/// Embeddings: native `:embedContent` / `:batchEmbedContents`, or the
+/// OpenAI-compatible layer's `embeddings` (a body with `input`). Settled
+/// with the `usage` the OpenAI layer states, else with the estimate (the
+/// native answer states none, and the estimate is the count).
 struct Embed;
 
 impl Exchange for Embed {
@@ -427,30 +428,13 @@ impl Exchange for Embed {
         model: &str,
         request: &Value,
     ) -> Result<Value, UpstreamError> {
-        upstream.embed(key, model, request).await
-    }
-    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
-        settled(body, None, settlement)
-    }
-}
-
-/// The OpenAI-compatible layer's `embeddings`: settled from its `usage`
-/// when it states one.
-struct OpenAiEmbed;
-
-impl Exchange for OpenAiEmbed {
-    type Answer = Value;
-    type Reply = Value;
-    async fn estimate(_: &AppState, request: &Value) -> u64 {
-        embedding_tokens(request)
-    }
-    async fn call(
-        upstream: &Upstream,
-        key: &ApiKey,
-        model: &str,
-        request: &Value,
-    ) -> Result<Value, UpstreamError> {
-        upstream.openai_embeddings(key, model, request).await
+        if request.get("input").is_some() {
+            upstream
+                .openai_json(key, "embeddings", model, request)
+                .await
+        } else {
+            upstream.embed(key, model, request).await
+        }
     }
     fn served(body: Value, settlement: Settlement) -> (Value, u64) {
         let usage = openai::usage(&body).filter(|&(input, _)| input > 0);

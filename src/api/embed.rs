@@ -118,7 +118,7 @@ pub(super) async fn openai(
         part.insert("input".into(), json!(&texts[run]));
         Value::Object(part)
     };
-    let call = |job| dispatch::openai_embed(&state, job).boxed();
+    let call = |job| dispatch::embed(&state, job).boxed();
     let served = match serve(&state, &model, texts.len(), &part, &call).await {
         Ok(served) => served,
         Err(failure) => return openai::failure_response(failure),
@@ -166,7 +166,7 @@ fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job {
 /// The served calls of a batch, each with its run of items, in input order.
 type Answers = Vec<(Range<usize>, Served<Value>)>;
 
-/// How one sub-request is sent: `dispatch::embed` or `dispatch::openai_embed`.
+/// How one sub-request is sent (`dispatch::embed`, borrowing the state).
 type Call<'a> = dyn Fn(Job) -> BoxFuture<'a, Result<Served<Value>, Failure>> + Sync + 'a;
 
 /// Serves the `count` items of a batch, `make` building the request of a

@@ -15,7 +15,7 @@
 
 use super::SimState;
 use super::routes::{self, Admitted, Failure, invalid_argument};
-use crate::policy::Usage;
+use crate::policy::{Limits, Usage};
 use crate::wire::openai::{chat_countable, embedding_inputs, item_tokens};
 use crate::wire::prompt_tokens;
 use axum::Router;
@@ -39,59 +39,90 @@ const MAX_STOPS: usize = 5;
 const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
 pub(super) fn routes() -> Router<Shared> {
+    let endpoint = |endpoint: Endpoint| {
+        move |State(state): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+            answer(&state, &headers, &body, endpoint).await
+        }
+    };
     Router::new()
-        .route("/v1beta/openai/chat/completions", post(chat))
-        .route("/v1beta/openai/embeddings", post(embeddings))
+        .route(
+            "/v1beta/openai/chat/completions",
+            post(endpoint(Endpoint::Chat)),
+        )
+        .route(
+            "/v1beta/openai/embeddings",
+            post(endpoint(Endpoint::Embeddings)),
+        )
 }
 
-/// The key of `Authorization: Bearer <key>`, as the layer authenticates.
-fn key_index(state: &SimState, headers: &HeaderMap) -> Result<usize, Failure> {
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+/// One call to the layer, answered; a failure as the layer writes it.
+async fn answer(
+    state: &SimState,
+    headers: &HeaderMap,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Response {
+    let action = match endpoint {
+        Endpoint::Chat => "generateContent",
+        Endpoint::Embeddings => "embedContent",
+    };
+    let answered = match open(state, headers, body, action) {
+        Ok(call) => match endpoint {
+            Endpoint::Chat => chat(state, call).await,
+            Endpoint::Embeddings => embeddings(state, call).await,
+        },
+        Err(failure) => Err(failure),
+    };
+    answered.unwrap_or_else(Failure::openai)
+}
+
+/// What every call to the layer opens with: the caller's key (1-based,
+/// from `Authorization: Bearer`), the body, its model (without `models/`)
+/// and the key's limits on it for `action`.
+struct Call {
+    key_index: usize,
+    body: Map<String, Value>,
+    model: String,
+    limits: Limits,
+}
+
+fn open(state: &SimState, headers: &HeaderMap, body: &[u8], action: &str) -> Result<Call, Failure> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    routes::key_index(state, key)
-}
-
-fn parse(body: &[u8]) -> Result<Map<String, Value>, Failure> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(invalid_argument(
-            "Invalid JSON payload received. Expected an object.",
-        )),
-        Err(e) => Err(invalid_argument(&format!(
-            "Invalid JSON payload received. {e}"
-        ))),
-    }
+    let key_index = routes::key_index(state, key)?;
+    let body = routes::json_object(body)?;
+    let model = match body.get("model").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() => m.trim_start_matches("models/").to_string(),
+        _ => return Err(bad("model", "a model name is required")),
+    };
+    let limits = routes::served_limits(state, key_index, &model, "v1beta", action)?;
+    Ok(Call {
+        key_index,
+        body,
+        model,
+        limits,
+    })
 }
 
 fn bad(field: &str, what: &str) -> Failure {
     invalid_argument(&format!("Invalid value at '{field}': {what}"))
 }
 
-/// The request's `model`, without a `models/` prefix.
-fn model_of(body: &Map<String, Value>) -> Result<String, Failure> {
-    match body.get("model").and_then(Value::as_str) {
-        Some(m) if !m.is_empty() => Ok(m.trim_start_matches("models/").to_string()),
-        _ => Err(bad("model", "a model name is required")),
-    }
-}
-
-async fn chat(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    chat_answer(&state, &headers, &body)
-        .await
-        .unwrap_or_else(Failure::openai)
-}
-
-async fn chat_answer(
-    state: &SimState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Failure> {
-    let key_index = key_index(state, headers)?;
-    let body = parse(body)?;
-    let model = model_of(&body)?;
-    let limits = routes::served_limits(state, key_index, &model, "v1beta", "generateContent")?;
+async fn chat(state: &SimState, call: Call) -> Result<Response, Failure> {
+    let Call {
+        key_index,
+        body,
+        model,
+        limits,
+    } = call;
     let chat = read_chat(&body, &model)?;
     let tokens = chat_tokens(&Value::Object(body));
     let admitted = routes::admit(state, key_index, &model, &limits, Usage::call(tokens)).await?;
@@ -591,23 +622,10 @@ impl Reply {
     }
 }
 
-async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    embeddings_answer(&state, &headers, &body)
-        .await
-        .unwrap_or_else(Failure::openai)
-}
-
 /// `{"model", "input": "text" | ["text", …], "dimensions"?}`: one vector a
 /// text, in order; each text counts as one request on the lane.
-async fn embeddings_answer(
-    state: &SimState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Failure> {
-    let key_index = key_index(state, headers)?;
-    let body = parse(body)?;
-    let model = model_of(&body)?;
-    let limits = routes::served_limits(state, key_index, &model, "v1beta", "embedContent")?;
+async fn embeddings(state: &SimState, call: Call) -> Result<Response, Failure> {
+    let (key_index, body, model) = (call.key_index, &call.body, &call.model);
     let inputs = body
         .get("input")
         .and_then(embedding_inputs)
@@ -631,11 +649,11 @@ async fn embeddings_answer(
         return Err(bad("encoding_format", "must be float or base64"));
     }
     let tokens: u64 = inputs.iter().map(|t| item_tokens(&json!(t))).sum();
-    let call = Usage {
+    let spent = Usage {
         requests: inputs.len() as u64,
         input_tokens: tokens,
     };
-    let admitted = routes::admit(state, key_index, &model, &limits, call).await?;
+    let admitted = routes::admit(state, key_index, model, &call.limits, spent).await?;
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()

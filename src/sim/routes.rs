@@ -256,19 +256,7 @@ async fn call_model(
         return Err(not_found(&format!("method {action} is not supported")));
     }
     let limits = served_limits(&state, key_index, model, &version, action)?;
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return Err(invalid_argument(
-                "Invalid JSON payload received. Expected an object.",
-            ));
-        }
-        Err(e) => {
-            return Err(invalid_argument(&format!(
-                "Invalid JSON payload received. {e}"
-            )));
-        }
-    };
+    let request = Value::Object(json_object(&body)?);
     if embeds {
         return embed(&state, key_index, model, limits, action, &request).await;
     }
@@ -294,6 +282,19 @@ async fn call_model(
         wants_json,
     };
     generate(&state, call, stream, sse).await
+}
+
+/// A request body that must be a JSON object, or Google's 400.
+pub(super) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(invalid_argument(
+            "Invalid JSON payload received. Expected an object.",
+        )),
+        Err(e) => Err(invalid_argument(&format!(
+            "Invalid JSON payload received. {e}"
+        ))),
+    }
 }
 
 /// Key `key_index`'s limits on `model` for `action`, or the answer Google

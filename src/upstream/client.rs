@@ -147,48 +147,31 @@ impl Upstream {
         self.post(key, self.url(model, action), request).await
     }
 
-    /// The OpenAI-compatible layer's `chat/completions` with the client's
-    /// body on `model`, answer as is.
-    pub async fn openai_chat(
+    /// The OpenAI-compatible layer's `path` (`chat/completions`,
+    /// `embeddings`) with the client's body on `model`: once the upstream has
+    /// accepted the call, its response (the event stream of a body with
+    /// `"stream": true`).
+    pub async fn openai(
         &self,
         key: &ApiKey,
-        model: &str,
-        body: &Value,
-    ) -> Result<Value, UpstreamError> {
-        let body = OnModel { model, body };
-        let url = self.openai_url("chat/completions");
-        read_json(self.send(key, Auth::Bearer, url, &body).await?).await
-    }
-
-    /// The same, for a body with `"stream": true`: once the upstream has
-    /// accepted the call, the response whose body is the event stream.
-    pub async fn openai_chat_stream(
-        &self,
-        key: &ApiKey,
+        path: &str,
         model: &str,
         body: &Value,
     ) -> Result<reqwest::Response, UpstreamError> {
         let body = OnModel { model, body };
-        self.send(
-            key,
-            Auth::Bearer,
-            self.openai_url("chat/completions"),
-            &body,
-        )
-        .await
+        self.send(key, Auth::Bearer, self.openai_url(path), &body)
+            .await
     }
 
-    /// The OpenAI-compatible layer's `embeddings` with the client's body on
-    /// `model`, answer as is.
-    pub async fn openai_embeddings(
+    /// The same, its JSON answer as is.
+    pub async fn openai_json(
         &self,
         key: &ApiKey,
+        path: &str,
         model: &str,
         body: &Value,
     ) -> Result<Value, UpstreamError> {
-        let body = OnModel { model, body };
-        let url = self.openai_url("embeddings");
-        read_json(self.send(key, Auth::Bearer, url, &body).await?).await
+        read_json(self.openai(key, path, model, body).await?).await
     }
 
     /// `:countTokens` with the caller's own body, answer passed back as is.
