@@ -349,7 +349,8 @@ impl Exchange for OpenAiChat {
     type Answer = Value;
     type Reply = Value;
     async fn estimate(state: &AppState, request: &Value) -> u64 {
-        count_tokens(state, &openai::chat_countable(request)).await
+        let prompt = openai::ChatPrompt::of(request);
+        count_tokens(state, &prompt.countable).await + prompt.remote_tokens()
     }
     async fn call(
         upstream: &Upstream,

@@ -7,7 +7,7 @@
 //! inside a one-element array, as the real layer answers.
 //!
 //! The answers are predictable: a chat counts its messages' text and images
-//! as [`chat_countable`] does, plus its tool declarations' text, and says
+//! as [`ChatPrompt`] does, plus its tool declarations' text, and says
 //! `ok:<prompt tokens>`; with tools
 //! and the user's message last, it calls the first tool (or the one
 //! `tool_choice` names) with arguments made from its parameters' schema; an
@@ -16,8 +16,7 @@
 use super::SimState;
 use super::routes::{self, Admitted, Failure, invalid_argument};
 use crate::policy::{Limits, Usage};
-use crate::wire::openai::{chat_countable, embedding_inputs, item_tokens};
-use crate::wire::prompt_tokens;
+use crate::wire::openai::{ChatPrompt, embedding_inputs, item_tokens};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -141,16 +140,14 @@ async fn chat(state: &SimState, call: Call) -> Result<Response, Failure> {
 }
 
 /// What a chat's prompt counts: the messages (as the gateway estimates
-/// them, [`chat_countable`]) and, as the real model counts them too, the
-/// tool declarations' text.
+/// them, [`ChatPrompt`]) and, as the real model counts them too, the tool
+/// declarations' text.
 fn chat_tokens(body: &Value) -> u64 {
-    let mut countable = chat_countable(body);
-    if let Some(tools) = body.get("tools").filter(|t| t.is_array())
-        && let Some(contents) = countable["contents"].as_array_mut()
-    {
-        contents.push(json!({"role": "user", "parts": [{"text": tools.to_string()}]}));
-    }
-    prompt_tokens(&countable)
+    let tools = match body.get("tools") {
+        Some(tools @ Value::Array(_)) => item_tokens(&json!(tools.to_string())),
+        _ => 0,
+    };
+    ChatPrompt::of(body).tokens() + tools
 }
 
 /// What a valid chat request asks of the answer.

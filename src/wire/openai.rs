@@ -4,38 +4,61 @@
 //! counts, where an answer states its usage, and the error shape (Gemini's
 //! envelope inside a one-element array).
 
-use super::tokens::prompt_tokens;
+use super::tokens::{INLINE_DATA_TOKENS, prompt_tokens};
 use serde_json::{Value, json};
 
-/// A `GenerateContentRequest` holding what an OpenAI chat body sends to the
-/// model: every message's text (tool calls' names and arguments, and tool
-/// results, included) and its images (a `data:` URL as the inline data it
-/// carries; an `http(s)` URL as one image part). Its [`prompt_tokens`] is
-/// the prompt's count, and `countTokens` takes it as it is. Tool
-/// declarations are not in it: the answer's `usage` corrects for them.
-pub fn chat_countable(body: &Value) -> Value {
-    let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
-    let contents: Vec<Value> = messages
-        .iter()
-        .map(|message| {
-            let mut parts = content_parts(&message["content"]);
-            for call in message["tool_calls"].as_array().into_iter().flatten() {
-                let function = &call["function"];
-                let text = format!(
-                    "{}{}",
-                    function["name"].as_str().unwrap_or_default(),
-                    function["arguments"].as_str().unwrap_or_default()
-                );
-                parts.push(json!({ "text": text }));
-            }
-            json!({"role": "user", "parts": parts})
-        })
-        .collect();
-    json!({ "contents": contents })
+/// What an OpenAI chat body sends to the model, to be counted: a
+/// `GenerateContentRequest` of every message's text (tool calls' names and
+/// arguments, and tool results, included) and its inline images (`data:`
+/// URLs), which `countTokens` takes as it is, and how many images it names
+/// by `http(s)` URL (counted at [`INLINE_DATA_TOKENS`] each: the upstream
+/// fetches them, a count cannot). Tool declarations are not in it: the
+/// answer's `usage` corrects for them.
+pub struct ChatPrompt {
+    pub countable: Value,
+    pub remote_images: u64,
 }
 
-/// One message's `content` (a string, or a list of typed parts) as Gemini parts.
-fn content_parts(content: &Value) -> Vec<Value> {
+impl ChatPrompt {
+    pub fn of(body: &Value) -> ChatPrompt {
+        let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+        let mut remote_images = 0;
+        let contents: Vec<Value> = messages
+            .iter()
+            .filter_map(|message| {
+                let mut parts = content_parts(&message["content"], &mut remote_images);
+                for call in message["tool_calls"].as_array().into_iter().flatten() {
+                    let function = &call["function"];
+                    let text = format!(
+                        "{}{}",
+                        function["name"].as_str().unwrap_or_default(),
+                        function["arguments"].as_str().unwrap_or_default()
+                    );
+                    parts.push(json!({ "text": text }));
+                }
+                (!parts.is_empty()).then(|| json!({"role": "user", "parts": parts}))
+            })
+            .collect();
+        ChatPrompt {
+            countable: json!({ "contents": contents }),
+            remote_images,
+        }
+    }
+
+    /// The count added to the countable's for the images named by URL.
+    pub fn remote_tokens(&self) -> u64 {
+        self.remote_images * INLINE_DATA_TOKENS
+    }
+
+    /// The prompt's local count.
+    pub fn tokens(&self) -> u64 {
+        prompt_tokens(&self.countable) + self.remote_tokens()
+    }
+}
+
+/// One message's `content` (a string, or a list of typed parts) as Gemini
+/// parts; an image by URL is counted in `remote`, not a part.
+fn content_parts(content: &Value, remote: &mut u64) -> Vec<Value> {
     match content {
         Value::String(text) => vec![json!({ "text": text })],
         Value::Array(parts) => parts
@@ -44,11 +67,18 @@ fn content_parts(content: &Value) -> Vec<Value> {
                 Some("text") => Some(json!({"text": part["text"]})),
                 Some("image_url") => {
                     let url = part["image_url"]["url"].as_str().unwrap_or_default();
-                    let (mime, data) = url
+                    match url
                         .strip_prefix("data:")
                         .and_then(|rest| rest.split_once(";base64,"))
-                        .unwrap_or(("image/jpeg", ""));
-                    Some(json!({"inlineData": {"mimeType": mime, "data": data}}))
+                    {
+                        Some((mime, data)) => {
+                            Some(json!({"inlineData": {"mimeType": mime, "data": data}}))
+                        }
+                        None => {
+                            *remote += 1;
+                            None
+                        }
+                    }
                 }
                 _ => None,
             })
@@ -101,9 +131,13 @@ mod tests {
             {"role": "assistant", "content": null, "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]});
-        // abcd + abcdefgh + get{} + sunny: 22 characters, 6 tokens; two images.
-        assert_eq!(prompt_tokens(&chat_countable(&body)), 6 + 2 * 258);
-        let image = &chat_countable(&body)["contents"][1]["parts"][1]["inlineData"];
+        // abcd + abcdefgh + get{} + sunny: 22 characters, 6 tokens; two
+        // images, one of them by URL (not in what countTokens is asked).
+        let prompt = ChatPrompt::of(&body);
+        assert_eq!(prompt.tokens(), 6 + 2 * 258);
+        assert_eq!(prompt_tokens(&prompt.countable), 6 + 258);
+        assert_eq!(prompt.remote_images, 1);
+        let image = &prompt.countable["contents"][1]["parts"][1]["inlineData"];
         assert_eq!(
             (image["mimeType"].as_str(), image["data"].as_str()),
             (Some("image/png"), Some("AAAA"))
