@@ -268,6 +268,7 @@ async fn launch(
         },
         inflight: Budget::new(settings.guards.max_inflight_bytes, settings.max_body_bytes),
         request_timeout: settings.guards.request_timeout,
+        files: Default::default(),
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(

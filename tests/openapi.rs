@@ -83,9 +83,15 @@ async fn every_spec_operation_is_served() {
         } else {
             "gemini-2.5-flash:countTokens"
         };
-        let url = stack.url(&path.replace("{n}", "2").replace("{target}", target));
+        let url = stack.url(
+            &path
+                .replace("{n}", "2")
+                .replace("{target}", target)
+                .replace("{id}", "abc123"),
+        );
         let request = match method.as_str() {
             "get" => stack.http.get(url),
+            "delete" => stack.http.delete(url),
             _ => stack
                 .http
                 .post(url)

@@ -275,9 +275,10 @@ async fn within_request_timeout<R>(
 trait Exchange {
     type Answer;
     type Reply;
-    /// A `GenerateContentRequest`'s count ([`count_tokens`]).
-    async fn estimate(state: &AppState, request: &Value) -> u64 {
-        count_tokens(state, request).await
+    /// A `GenerateContentRequest`'s count ([`count_tokens`], on `key`
+    /// when the request is pinned to one).
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
+        count_tokens(state, request, key).await
     }
     async fn call(
         upstream: &Upstream,
@@ -348,9 +349,9 @@ struct OpenAiChat;
 impl Exchange for OpenAiChat {
     type Answer = Value;
     type Reply = Value;
-    async fn estimate(state: &AppState, request: &Value) -> u64 {
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
         let prompt = openai::ChatPrompt::of(request);
-        count_tokens(state, &prompt.countable).await + prompt.remote_tokens()
+        count_tokens(state, &prompt.countable, key).await + prompt.remote_tokens()
     }
     async fn call(
         upstream: &Upstream,
@@ -374,8 +375,8 @@ struct OpenAiChatStream;
 impl Exchange for OpenAiChatStream {
     type Answer = reqwest::Response;
     type Reply = Stream;
-    async fn estimate(state: &AppState, request: &Value) -> u64 {
-        OpenAiChat::estimate(state, request).await
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
+        OpenAiChat::estimate(state, request, key).await
     }
     async fn call(
         upstream: &Upstream,
@@ -420,7 +421,7 @@ struct Embed;
 impl Exchange for Embed {
     type Answer = Value;
     type Reply = Value;
-    async fn estimate(_: &AppState, request: &Value) -> u64 {
+    async fn estimate(_: &AppState, request: &Value, _: Option<KeyIndex>) -> u64 {
         embedding_tokens(request)
     }
     async fn call(
@@ -455,11 +456,12 @@ enum Attempt<R> {
 
 /// Plans and waits, then makes one attempt, until served, failed, or out of
 /// attempts.
-async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
+async fn serve<E: Exchange>(state: &AppState, mut job: Job) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     // No slot beyond the request's own deadline is worth waiting for.
     let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
-    let estimate = E::estimate(state, &job.request).await;
+    let file_owner = pin_to_file_owner(state, &mut job).await?;
+    let estimate = E::estimate(state, &job.request, file_owner).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
@@ -507,6 +509,17 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
         ),
     )
     .into())
+}
+
+/// A request that names uploaded files is served by the key whose project
+/// owns them, and by no other (its tokens are counted there too): `Some`
+/// of that key. A file the service does not know pins nothing.
+async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<KeyIndex>, Failure> {
+    let owner = super::files::pinned_key(state, &job.request).await?;
+    if let Some(key) = owner {
+        job.keys = KeyChoice::Only(key);
+    }
+    Ok(owner)
 }
 
 /// Books a grant for the job, or says why not (in the surface's terms).
@@ -770,13 +783,13 @@ fn plan_error(
 }
 
 /// Counts the request's input tokens with `countTokens` (free of generate
-/// quota), spreading the calls over the usable keys; falls back on the local
-/// estimate when that fails.
-async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+/// quota) on `key`, else spreading the calls over the usable keys; falls
+/// back on the local estimate when that fails.
+async fn count_tokens(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
     if state.token_count == TokenCount::Local {
         return prompt_tokens(request);
     }
-    if let Some(key) = state.next_usable_key() {
+    if let Some(key) = key.or_else(|| state.next_usable_key()) {
         match state
             .upstream
             .count_tokens(&state.keys[key], &state.count_model(), request)

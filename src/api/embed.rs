@@ -154,7 +154,7 @@ fn not_an_embedding_model(model: &str) -> String {
 fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job {
     Job {
         request,
-        target: Target::Model(model.to_string()),
+        target: Target::Embedding(model.to_string()),
         keys: KeyChoice::Any,
         max_wait: state.max_wait,
         retry: true,

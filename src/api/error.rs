@@ -49,6 +49,7 @@ pub fn status_name(status: StatusCode) -> &'static str {
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         405 => "METHOD_NOT_ALLOWED",
+        409 => "FAILED_PRECONDITION",
         415 => "INVALID_ARGUMENT",
         429 => "RESOURCE_EXHAUSTED",
         502 => "BAD_GATEWAY",

@@ -4,7 +4,8 @@
 //! answers, plus `x-flux-*` headers. The path's model is honoured; falling
 //! down the chain is allowed only with `x-flux-fallback: true` (or
 //! `FLUX_NATIVE_FALLBACK=true`). `countTokens` and the model list go to any
-//! usable key and spend no generate quota.
+//! usable key (a body naming an uploaded file to its key) and spend no
+//! generate quota.
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Stream};
@@ -59,14 +60,15 @@ pub fn fallback_header(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-fn query_value(query: &Option<String>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref()?).ok()?;
+/// The value of `name` in a query string, decoded.
+pub(super) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// Answers an upstream error: the client's own mistake as Gemini said it,
 /// anything else as a 502 that says what happened.
-fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
+pub(super) fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     match error {
         UpstreamError::Client {
             status,
@@ -79,7 +81,7 @@ fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     }
 }
 
-fn no_usable_key() -> Response {
+pub(super) fn no_usable_key() -> Response {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no key is usable")
         .retry_after(std::time::Duration::from_secs(60))
         .into_response()
@@ -87,7 +89,7 @@ fn no_usable_key() -> Response {
 
 /// Forwards `GET /v1beta/models…` on a usable key (only paging passes through).
 async fn forward_models(state: &AppState, path: &str, query: &Option<String>) -> Response {
-    if let Some(size) = query_value(query, "pageSize")
+    if let Some(size) = query_value(query.as_deref(), "pageSize")
         && !size.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n))
     {
         return ApiError::bad_request("pageSize must be a whole number from 1 to 1000")
@@ -98,7 +100,7 @@ async fn forward_models(state: &AppState, path: &str, query: &Option<String>) ->
     };
     let paging: Vec<(&str, String)> = ["pageSize", "pageToken"]
         .into_iter()
-        .filter_map(|name| Some((name, query_value(query, name)?)))
+        .filter_map(|name| Some((name, query_value(query.as_deref(), name)?)))
         .collect();
     let suffix = match serde_urlencoded::to_string(&paging) {
         Ok(q) if !q.is_empty() => format!("{path}?{q}"),
@@ -200,7 +202,7 @@ async fn call_model(
             response: upstream,
             settlement,
         } = served.reply;
-        let sse = query_value(&query, "alt").as_deref() == Some("sse");
+        let sse = query_value(query.as_deref(), "alt").as_deref() == Some("sse");
         let (content_type, body) = if sse {
             ("text/event-stream", relay(upstream, settlement, GeminiSse))
         } else {
@@ -226,8 +228,15 @@ async fn count_tokens(
     model: &str,
     body: &serde_json::value::RawValue,
 ) -> Response {
-    let Some(key) = state.next_usable_key() else {
-        return no_usable_key();
+    // A body naming an uploaded file is counted by the file's key: no
+    // other key's project may read it.
+    let key = match super::files::pinned_key_of_text(state, body.get()).await {
+        Ok(Some(key)) => key,
+        Ok(None) => match state.next_usable_key() {
+            Some(key) => key,
+            None => return no_usable_key(),
+        },
+        Err(e) => return e.into_response(),
     };
     match state
         .upstream

@@ -1,6 +1,7 @@
 //! The HTTP surfaces, one file each: `flux` (`/generate`), `gemini`
-//! (Gemini-native), `openai` (OpenAI-compatible), `embed` (embeddings, both
-//! ways), `admin` (status, mode, keys, health, the seed's routes). Handlers stay thin: they validate,
+//! (Gemini-native), `files` (the Files API, each file pinned to its key),
+//! `openai` (OpenAI-compatible), `embed` (embeddings, both ways), `admin`
+//! (status, mode, keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
 //! through `relay`. `auth` guards them all; `origin` keeps other web pages
 //! out, `inflight` bounds the body bytes held in memory.
@@ -11,6 +12,7 @@ mod dashboard;
 pub mod dispatch;
 mod embed;
 pub mod error;
+pub mod files;
 mod flux;
 pub mod gemini;
 pub mod inflight;
@@ -68,6 +70,8 @@ pub struct Shared {
     pub inflight: inflight::Budget,
     /// `FLUX_REQUEST_TIMEOUT_S`.
     pub request_timeout: Duration,
+    /// Uploads under way and the owners of files seen (the store keeps them all).
+    pub files: files::Files,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.
@@ -150,6 +154,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(admin::routes())
         .merge(dashboard::routes())
         .merge(gemini::routes())
+        .merge(files::routes())
         .merge(openai::routes())
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })
         .method_not_allowed_fallback(|| async {

@@ -25,7 +25,7 @@
 //! granted ever has to move.
 
 use crate::clock::{PacificDay, Timestamp};
-use crate::policy::{Limits, LimitsOverride, Quota, Usage, Window};
+use crate::policy::{Limits, LimitsOverride, Metric, Quota, Usage, Window};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,10 +94,10 @@ pub struct Lane {
 struct Stored {
     /// (instant in ms, tokens, grant) per booking.
     bookings: Vec<(i64, u64, GrantId)>,
-    /// (grant, requests) of the bookings that count more than one request
-    /// (a batch of embeddings); every other booking is one.
+    /// (place in `bookings`, requests) of the bookings that count more than
+    /// one request (a batch of embeddings); every other booking is one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    weights: Vec<(GrantId, u64)>,
+    weights: Vec<(usize, u64)>,
     /// (days from the common era, requests) per Pacific day.
     per_day: Vec<(i32, u32)>,
     /// (days from the common era, input tokens) per Pacific day.
@@ -123,8 +123,9 @@ impl From<Lane> for Stored {
             weights: lane
                 .bookings
                 .iter()
-                .filter(|b| b.usage.requests != 1)
-                .map(|b| (b.grant, b.usage.requests))
+                .enumerate()
+                .filter(|(_, b)| b.usage.requests != 1)
+                .map(|(i, b)| (i, b.usage.requests))
                 .collect(),
             per_day: lane
                 .per_day
@@ -153,8 +154,9 @@ impl From<Stored> for Lane {
             bookings: s
                 .bookings
                 .into_iter()
-                .map(|(at, tokens, grant)| {
-                    let requests = s.weights.iter().find(|w| w.0 == grant).map_or(1, |w| w.1);
+                .enumerate()
+                .map(|(i, (at, tokens, grant))| {
+                    let requests = s.weights.iter().find(|w| w.0 == i).map_or(1, |w| w.1);
                     Booking {
                         at: Timestamp(at),
                         usage: Usage {
@@ -197,6 +199,20 @@ impl Lane {
     /// Whether `call` still fits the per-day quotas of `day`.
     pub fn day_admits(&self, limits: Limits, day: NaiveDate, call: Usage) -> bool {
         self.exhausted_day != Some(day) && limits.admits(Window::Day, self.used_on(day), call)
+    }
+
+    /// How many more requests `day` takes under `limits` (0 once spent).
+    pub fn day_room(&self, limits: Limits, day: NaiveDate) -> u64 {
+        if self.exhausted_day == Some(day) {
+            return 0;
+        }
+        let used = self.used_on(day).requests;
+        Quota::ALL
+            .iter()
+            .filter(|q| q.window() == Window::Day && q.metric() == Metric::Requests)
+            .map(|&q| limits.get(q).saturating_sub(used))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     pub fn booked_on(&self, day: NaiveDate) -> u32 {
@@ -669,6 +685,14 @@ mod tests {
     #[test]
     fn a_lane_comes_back_from_its_shared_form_unchanged() {
         let mut lane = lane_with(&[(0, 200_000), (30_000, 1_000)]);
+        // Restored calls (grant 0) of different weights, and a batch.
+        let batch = |requests| Usage {
+            requests,
+            input_tokens: 90,
+        };
+        lane.restore_call(T0.plus_millis(1_000), batch(3));
+        lane.restore_call(T0.plus_millis(2_000), batch(1));
+        lane.book(7, T0.plus_millis(3_000), batch(5));
         lane.cool_until(T0.plus_millis(5_000));
         lane.exhaust_day(T0.pacific_day());
         lane.learn(

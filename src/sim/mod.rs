@@ -18,11 +18,13 @@
 //! tests prove "never over quota" from the upstream's side.
 
 mod faults;
+mod files;
 mod openai;
 pub mod quota;
 mod routes;
 
 pub use faults::Faults;
+pub use files::FileStats;
 pub use quota::LaneStats;
 
 use crate::clock::Clock;
@@ -50,8 +52,9 @@ pub struct SimConfig {
     pub key_limits: BTreeMap<usize, BTreeMap<String, Limits>>,
     /// Models it answers with 404 "no longer available to new users".
     pub retired: BTreeSet<String>,
-    /// Uploaded files (the id after `files/`) and the key (1-based) whose
-    /// project owns each; any other file is answered 403.
+    /// Files that exist from the start (the id after `files/`) and the key
+    /// (1-based) whose project owns each; more are made by uploads. Any
+    /// other file is answered 403.
     pub files: BTreeMap<String, usize>,
     pub faults: Faults,
     /// Seed for the fault draws, so a failing run can be replayed.
@@ -123,6 +126,8 @@ pub struct SimStats {
     pub lanes: Vec<LaneReport>,
     pub calls: u64,
     pub rejected_429: u64,
+    #[serde(default)]
+    pub files: FileStats,
 }
 
 impl SimStats {
@@ -146,7 +151,8 @@ pub(crate) struct SimState {
     limits: BTreeMap<String, Limits>,
     key_limits: BTreeMap<usize, BTreeMap<String, Limits>>,
     retired: BTreeSet<String>,
-    files: BTreeMap<String, usize>,
+    /// Files and uploads, each owned by a key's project.
+    files: Mutex<files::Registry>,
     clock: Clock,
     inner: Mutex<Inner>,
 }
@@ -177,7 +183,7 @@ impl SimState {
             limits: config.limits,
             key_limits: config.key_limits,
             retired: config.retired,
-            files: config.files,
+            files: Mutex::new(files::Registry::preloaded(config.files, clock.now())),
             clock,
             inner: Mutex::new(Inner {
                 lanes: BTreeMap::new(),
@@ -217,6 +223,10 @@ impl SimState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn files(&self) -> std::sync::MutexGuard<'_, files::Registry> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn stats(&self) -> SimStats {
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -230,10 +240,12 @@ impl SimState {
                 stats: lane.stats(now),
             })
             .collect();
+        drop(inner);
         SimStats {
             calls: lanes.iter().map(|l| l.stats.calls).sum(),
             rejected_429: lanes.iter().map(|l| l.stats.rejected_429).sum(),
             lanes,
+            files: self.files().stats(now),
         }
     }
 }
@@ -277,6 +289,12 @@ impl SimServer {
     /// What the upstream has seen so far (the same as `GET /__sim/stats`).
     pub fn stats(&self) -> SimStats {
         self.state.stats()
+    }
+
+    /// The key (1-based) whose project owns file `id` (the part after
+    /// `files/`), while it exists.
+    pub fn file_owner(&self, id: &str) -> Option<usize> {
+        self.state.files().owner(id, self.state.clock.now())
     }
 
     /// From now on the key is refused as not valid, as when its owner deletes it.

@@ -1,5 +1,6 @@
-//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`,
-//! plus `/__sim/stats` and `/__sim/faults` for tests.
+//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`
+//! (the Files API's in `files`), plus `/__sim/stats` and `/__sim/faults`
+//! for tests.
 
 use super::{Faults, SimState};
 use crate::policy::{Limits, Metric, Quota, Usage, Window};
@@ -19,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-type Shared = Arc<SimState>;
-type Params = Query<HashMap<String, String>>;
+pub(super) type Shared = Arc<SimState>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
 /// Every model advertises Gemini's real context sizes.
 const INPUT_TOKEN_LIMIT: u64 = 1_048_576;
@@ -47,6 +48,7 @@ pub(super) fn router(state: Shared) -> Router {
             get(get_model).post(call_model),
         )
         .merge(super::openai::routes())
+        .merge(super::files::routes())
         .route("/__sim/stats", get(stats))
         .route("/__sim/faults", get(get_faults).post(set_faults))
         .fallback(|| async { not_found("no such route").into_response() })
@@ -105,7 +107,7 @@ pub(super) fn invalid_argument(message: &str) -> Failure {
 
 /// Finds the caller's key (header first, then `?key=`) and answers as Google
 /// does when it is missing, unknown or blocked.
-fn authenticate(
+pub(super) fn authenticate(
     state: &SimState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -153,7 +155,7 @@ pub(super) fn key_index(state: &SimState, key: Option<&str>) -> Result<usize, Fa
     }
 }
 
-fn check_version(version: &str) -> Result<(), Failure> {
+pub(super) fn check_version(version: &str) -> Result<(), Failure> {
     match version {
         "v1" | "v1beta" => Ok(()),
         _ => Err(not_found(&format!("API version {version} is not served"))),
@@ -192,32 +194,50 @@ async fn list_models(
 ) -> Result<Response, Failure> {
     check_version(&version)?;
     authenticate(&state, &headers, &params)?;
-    let page_size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
-        None => 50,
-        Some(Ok(n)) => n.clamp(1, 1000),
-        Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
-    };
-    let start = match params
-        .get("pageToken")
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<usize>())
-    {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return Err(invalid_argument("Invalid page token.")),
-    };
     let names = model_names(&state);
-    let page: Vec<Value> = names
-        .iter()
-        .skip(start)
-        .take(page_size)
-        .map(|n| model_json(n))
-        .collect();
-    let mut body = json!({ "models": page });
-    if start + page_size < names.len() {
-        body["nextPageToken"] = json!((start + page_size).to_string());
+    let (page, next) = Paging::of(&params, 50, 1_000)?.page(&names);
+    let mut body = json!({ "models": page.iter().map(|n| model_json(n)).collect::<Vec<_>>() });
+    if let Some(next) = next {
+        body["nextPageToken"] = json!(next);
     }
     Ok(Json(body).into_response())
+}
+
+/// Where a list's page starts and how long it is: `pageSize` (`default`
+/// when absent or 0, at most `max`) and `pageToken` (the offset it goes on
+/// from, as the simulator writes its tokens).
+pub(super) struct Paging {
+    start: usize,
+    size: usize,
+}
+
+impl Paging {
+    pub(super) fn of(
+        params: &HashMap<String, String>,
+        default: usize,
+        max: usize,
+    ) -> Result<Paging, Failure> {
+        let size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
+            None | Some(Ok(0)) => default,
+            Some(Ok(n)) => n.min(max),
+            Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
+        };
+        let start = match params.get("pageToken").filter(|t| !t.is_empty()) {
+            None => 0,
+            Some(t) => t
+                .parse::<usize>()
+                .map_err(|_| invalid_argument("Invalid page token."))?,
+        };
+        Ok(Paging { start, size })
+    }
+
+    /// This page of `items`, and the token of the next when there is one.
+    pub(super) fn page<'a, T>(&self, items: &'a [T]) -> (&'a [T], Option<String>) {
+        let start = self.start.min(items.len());
+        let end = (start + self.size).min(items.len());
+        let next = (end < items.len()).then(|| end.to_string());
+        (&items[start..end], next)
+    }
 }
 
 async fn get_model(
@@ -593,40 +613,19 @@ async fn generate(
     Ok(answer.respond(stream, sse))
 }
 
-/// Every file a request names (`fileData.fileUri`, or snake case) must
-/// belong to the caller's project: otherwise the real 403.
+/// Every uploaded file a request names (`fileData.fileUri`, or snake case)
+/// must belong to the caller's project: otherwise the real 403.
 fn check_files(
     state: &SimState,
     key_index: usize,
     model: &str,
     request: &Value,
 ) -> Result<(), Failure> {
-    let contents = request
-        .get("contents")
-        .or_else(|| request.pointer("/generateContentRequest/contents"));
-    let parts = contents
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["parts"].as_array())
-        .flatten();
-    for part in parts {
-        let data = part.get("fileData").or_else(|| part.get("file_data"));
-        let Some(uri) = data
-            .and_then(|d| d.get("fileUri").or_else(|| d.get("file_uri")))
-            .and_then(Value::as_str)
-        else {
-            continue;
-        };
-        let id = uri.rsplit_once("files/").map_or(uri, |(_, id)| id);
-        if state.files.get(id) != Some(&key_index) {
+    let now = state.clock.now();
+    for id in wire::files::file_ids(request) {
+        if state.files().owner(id, now) != Some(key_index) {
             state.count_refusal(key_index, model, |s| &mut s.foreign_file_403);
-            return Err(fail(
-                StatusCode::FORBIDDEN,
-                "PERMISSION_DENIED",
-                &format!("You do not have permission to access the File {id} or it may not exist."),
-                vec![],
-            ));
+            return Err(super::files::no_permission(id));
         }
     }
     Ok(())

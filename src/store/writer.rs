@@ -178,6 +178,25 @@ impl Ledger {
         .map_err(|e| e.to_string())?
     }
 
+    /// The key id that owns file `name` at `now` (see [`Store::file_owner`]),
+    /// read from the store as it is: an upload's record is written durably
+    /// before the upload is answered.
+    pub async fn file_owner(
+        &self,
+        name: &str,
+        now: crate::clock::Timestamp,
+    ) -> Result<Option<String>, String> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            lock(&inner.store)
+                .file_owner(&name, now)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// The last write error, while records it left behind are unwritten.
     pub fn problem(&self) -> Option<String> {
         lock(&self.inner.problem).clone()

@@ -1,6 +1,7 @@
-//! HTTP calls to Gemini: generate, count tokens, list models, embed, and the
-//! OpenAI-compatible layer's chat completions and embeddings (forwarded as
-//! the client wrote them, with the chosen model and key).
+//! HTTP calls to Gemini: generate, count tokens, list models, embed, the
+//! Files API (uploads, get, list, delete), and the OpenAI-compatible layer's
+//! chat completions and embeddings (forwarded as the client wrote them, with
+//! the chosen model and key).
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
@@ -80,11 +81,10 @@ impl Upstream {
         url: String,
         body: &(impl Serialize + ?Sized),
     ) -> Result<reqwest::Response, UpstreamError> {
-        let (name, value) = key_header(key, auth);
         let response = self
             .http
             .post(url)
-            .header(name, value)
+            .header(auth.name(), key_header(key, auth))
             .json(body)
             .send()
             .await
@@ -184,16 +184,27 @@ impl Upstream {
         self.post(key, self.url(model, "countTokens"), body).await
     }
 
-    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
-    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+    /// `method url` without a body, on `key`: its JSON answer.
+    async fn bodiless(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        url: String,
+    ) -> Result<Value, UpstreamError> {
         let response = self
             .http
-            .get(format!("{}/{VERSION}/models{path}", self.base))
-            .header("x-goog-api-key", key_header(key, Auth::Goog).1)
+            .request(method, url)
+            .header(Auth::Goog.name(), key_header(key, Auth::Goog))
             .send()
             .await
             .map_err(transport_error)?;
         read_json(response).await
+    }
+
+    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
+    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/models{path}", self.base);
+        self.bodiless(key, reqwest::Method::GET, url).await
     }
 
     /// `:countTokens` for a whole `GenerateContentRequest` (free of generate quota).
@@ -235,7 +246,7 @@ impl Upstream {
                 .http
                 .get(format!("{}/{VERSION}/models", self.base))
                 .query(&[("pageSize", "1000"), ("pageToken", page_token.as_str())])
-                .header("x-goog-api-key", key_header(key, Auth::Goog).1)
+                .header(Auth::Goog.name(), key_header(key, Auth::Goog))
                 .send()
                 .await
                 .map_err(transport_error)?;
@@ -257,6 +268,77 @@ impl Upstream {
     }
 }
 
+/// An answer of the upstream's Files API relayed as it came (the upload
+/// protocol's answers carry what the client needs in their headers, errors
+/// included: `X-Goog-Upload-Status`, `X-Goog-Upload-Size-Received`).
+#[derive(Debug)]
+pub struct Relayed {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// The Files API. Its calls spend no generate quota, so they are not
+/// scheduled: they go straight to the key they are for.
+impl Upstream {
+    /// Where a resumable upload starts.
+    pub fn upload_start_url(&self) -> String {
+        format!("{}/upload/{VERSION}/files", self.base)
+    }
+
+    /// Whether `url` (an `X-Goog-Upload-URL` the upstream gave) is on the
+    /// upstream itself: a key is never sent anywhere else.
+    pub fn is_upstream_url(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// One call of the resumable upload protocol (the start, or a chunk)
+    /// to `url` on `key`, its answer relayed whatever its status.
+    pub async fn upload(
+        &self,
+        key: &ApiKey,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Relayed, UpstreamError> {
+        if !self.is_upstream_url(url) {
+            return Err(UpstreamError::Transient {
+                status: None,
+                message: "the upstream named an upload URL that is not its own".into(),
+            });
+        }
+        let response = self
+            .http
+            .post(url)
+            .headers(headers)
+            .header(Auth::Goog.name(), key_header(key, Auth::Goog))
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok(Relayed {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `GET` or `DELETE /v1beta/files{path}` (`path` with its query), as is.
+    pub async fn files(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/files{path}", self.base);
+        self.bodiless(key, method, url).await
+    }
+}
+
 /// How a call presents the key: Gemini's own header, or the bearer token
 /// the OpenAI-compatible layer reads.
 #[derive(Clone, Copy)]
@@ -265,20 +347,27 @@ enum Auth {
     Bearer,
 }
 
-/// The key as a header (name and value), the value marked sensitive so
-/// that HTTP-level debug output shows `Sensitive` in its place.
-fn key_header(key: &ApiKey, auth: Auth) -> (&'static str, reqwest::header::HeaderValue) {
+impl Auth {
+    /// The header that carries the key.
+    fn name(self) -> &'static str {
+        match self {
+            Auth::Goog => "x-goog-api-key",
+            Auth::Bearer => "authorization",
+        }
+    }
+}
+
+/// The key as `auth`'s header value, marked sensitive so that HTTP-level
+/// debug output shows `Sensitive` in its place.
+fn key_header(key: &ApiKey, auth: Auth) -> reqwest::header::HeaderValue {
     use reqwest::header::HeaderValue;
-    let (name, value) = match auth {
-        Auth::Goog => ("x-goog-api-key", HeaderValue::from_str(key.expose())),
-        Auth::Bearer => (
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {}", key.expose())),
-        ),
+    let value = match auth {
+        Auth::Goog => HeaderValue::from_str(key.expose()),
+        Auth::Bearer => HeaderValue::from_str(&format!("Bearer {}", key.expose())),
     };
     let mut value = value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
     value.set_sensitive(true);
-    (name, value)
+    value
 }
 
 /// A client's OpenAI-format body with `model` set to the one planned: its

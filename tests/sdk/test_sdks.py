@@ -160,6 +160,34 @@ def test_openai_embeddings_give_one_vector_per_input():
     assert all(len(d.embedding) == 3072 for d in answer.data)
 
 
+def test_genai_files_are_read_by_the_key_that_uploaded_them(tmp_path):
+    """A file belongs to the project of the key that uploaded it: gemini-flux
+    picks that key for the upload and sends every call naming the file to it.
+    The simulator answers 403 to any other key, and gemini-flux never retries
+    a 403 elsewhere, so nine 200s on one key are zero cross-key uses."""
+    client = gemini()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The quarterly numbers are up.")
+    uploaded = client.files.upload(file=str(notes))
+    assert uploaded.name.startswith("files/")
+    assert uploaded.size_bytes == 29
+    assert uploaded.mime_type == "text/plain"
+
+    keys = []
+    for _ in range(9):
+        answer = client.models.generate_content(model=MODEL, contents=[uploaded, PROMPT])
+        assert answer.text.startswith("ok:")
+        keys.append(answer.sdk_http_response.headers["x-flux-key"])
+    assert len(set(keys)) == 1, keys
+
+    assert client.files.get(name=uploaded.name).size_bytes == 29
+    assert uploaded.name in [f.name for f in client.files.list()]
+    client.files.delete(name=uploaded.name)
+    with pytest.raises(errors.ClientError) as gone:
+        client.files.get(name=uploaded.name)
+    assert gone.value.code == 403
+
+
 def test_no_upstream_call_drew_a_429():
     # Last in the file: every call above went through, none over a quota.
     request = urllib.request.Request(f"{BASE}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
