@@ -49,7 +49,7 @@ pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[
             return ApiError::bad_request("content must be a Content object").into_response();
         }
         return match dispatch::embed(state, job(state, model, Value::Object(body), 1)).await {
-            Ok(served) => answer(served.reply, &[&served.meta]),
+            Ok(served) => answer(served.reply, &[served.meta]),
             Err(failure) => failure.into_response(),
         };
     }
@@ -64,21 +64,19 @@ pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[
     };
     let batch = |run: Range<usize>| json!({"requests": &items[run]});
     let call = |job| dispatch::embed(state, job).boxed();
-    match serve(state, model, items.len(), &batch, &call).await {
-        Ok(served) => {
-            let embeddings: Vec<Value> = served
-                .iter()
-                .flat_map(|(_, s)| {
-                    s.reply["embeddings"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .collect();
-            answer(json!({ "embeddings": embeddings }), &metas(&served))
+    let served = match serve(state, model, items.len(), &batch, &call).await {
+        Ok(served) => served,
+        Err(failure) => return failure.into_response(),
+    };
+    let mut embeddings = Vec::with_capacity(items.len());
+    let mut metas = Vec::with_capacity(served.len());
+    for (_, mut s) in served {
+        if let Value::Array(part) = s.reply["embeddings"].take() {
+            embeddings.extend(part);
         }
-        Err(failure) => failure.into_response(),
+        metas.push(s.meta);
     }
+    answer(json!({ "embeddings": embeddings }), &metas)
 }
 
 /// `POST /v1/embeddings` (and `/v1beta/openai/embeddings`): `{"model",
@@ -125,19 +123,25 @@ pub(super) async fn openai(
     };
     let mut data = Vec::with_capacity(texts.len());
     let (mut prompt, mut total) = (0, 0);
-    for (run, s) in &served {
-        let vectors = s.reply["data"].as_array().cloned().unwrap_or_default();
-        for (offset, mut item) in vectors.into_iter().enumerate() {
-            item["index"] = json!(run.start + offset);
-            data.push(item);
+    let mut metas = Vec::with_capacity(served.len());
+    let mut joined = Value::Null;
+    for (run, mut s) in served {
+        if let Value::Array(vectors) = s.reply["data"].take() {
+            for (offset, mut item) in vectors.into_iter().enumerate() {
+                item["index"] = json!(run.start + offset);
+                data.push(item);
+            }
         }
         prompt += s.reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
         total += s.reply["usage"]["total_tokens"].as_u64().unwrap_or(0);
+        if joined.is_null() {
+            joined = s.reply;
+        }
+        metas.push(s.meta);
     }
-    let mut joined = served[0].1.reply.clone();
     joined["data"] = Value::Array(data);
     joined["usage"] = json!({"prompt_tokens": prompt, "total_tokens": total});
-    answer(joined, &metas(&served))
+    answer(joined, &metas)
 }
 
 /// Whether `model` is an embedding model: no other embeds, and an
@@ -229,17 +233,13 @@ fn runs(range: Range<usize>, size: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-fn metas(served: &Answers) -> Vec<&Meta> {
-    served.iter().map(|(_, s)| &s.meta).collect()
-}
-
 /// The joined answer with the `x-flux-*` headers: the first call's, and,
 /// when the batch was split, `x-flux-keys` (the key of each call, in input
 /// order) and the longest wait.
-fn answer(body: Value, metas: &[&Meta]) -> Response {
+fn answer(body: Value, metas: &[Meta]) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
-    flux_headers(headers, metas[0]);
+    flux_headers(headers, &metas[0]);
     if metas.len() > 1 {
         let keys: Vec<String> = metas.iter().map(|m| m.key.to_string()).collect();
         if let Ok(v) = HeaderValue::from_str(&keys.join(",")) {
