@@ -2,7 +2,8 @@
 //! own OpenAI-compatible layer (the simulator's, here): tools and streamed
 //! tool calls, an agent loop that keeps gemini-3's thought signatures, the
 //! options passed through as they came, settlement from the answer's usage,
-//! and an upstream 429 from that layer learned like a native one.
+//! and an upstream 429 from that layer learned like a native one. Also the
+//! same function calling on the native route, where the body passes through.
 
 mod common;
 
@@ -331,4 +332,46 @@ async fn the_simulators_openai_layer_answers_errors_as_an_array() {
         .await
         .unwrap();
     assert_eq!(native.status(), 429);
+}
+
+#[tokio::test(start_paused = true)]
+async fn native_function_calls_pass_through_with_their_signature() {
+    let stack = Stack::start(SimConfig::new(["sim-key-0001"]), quiet_noon(), &[]).await;
+    let url = format!("/v1beta/models/{GEMINI_3}:generateContent");
+    let declaration = json!({"name": "get_weather", "parameters": {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}});
+    let question = json!({"role": "user", "parts": [{"text": "Weather in Paris?"}]});
+    let ask = |contents: Value| json!({"contents": contents, "tools": [{"functionDeclarations": [declaration]}]});
+    let (s, first) = stack.post(&url, ask(json!([question]))).await;
+    assert_eq!(s, 200, "{first}");
+    let call = first["candidates"][0]["content"].clone();
+    let part = &call["parts"][0];
+    assert_eq!(
+        part["functionCall"],
+        json!({"name": "get_weather", "args": {"city": "sim"}})
+    );
+    assert!(part["thoughtSignature"].is_string(), "{part}");
+    let result = json!({"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"sky": "sunny"}}}]});
+    let (s, answer) = stack.post(&url, ask(json!([question, call, result]))).await;
+    assert_eq!(s, 200, "{answer}");
+    let text = answer["candidates"][0]["content"]["parts"][0]["text"].as_str();
+    assert!(text.is_some_and(|t| t.starts_with("ok:")), "{answer}");
+    // The call sent back without its signature: gemini-3's 400, the client's.
+    let mut unsigned = call.clone();
+    unsigned["parts"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("thoughtSignature");
+    let (s, refused) = stack
+        .post(&url, ask(json!([question, unsigned, result])))
+        .await;
+    assert_eq!(s, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("position 2")
+    );
+    let (_, status) = stack.get("/status").await;
+    assert_eq!(status["keys"][0]["state"], "healthy");
+    assert_eq!(stack.sim_stats().rejected_429, 0);
 }

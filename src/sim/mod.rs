@@ -22,6 +22,7 @@ mod files;
 mod openai;
 pub mod quota;
 mod routes;
+mod tools;
 
 pub use faults::Faults;
 pub use files::FileStats;

@@ -15,6 +15,7 @@
 
 use super::SimState;
 use super::routes::{self, Admitted, Failure, invalid_argument};
+use super::tools;
 use crate::policy::{Limits, Usage};
 use crate::wire::openai::{ChatPrompt, embedding_inputs, item_tokens};
 use axum::Router;
@@ -23,7 +24,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::Engine;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -34,8 +34,6 @@ const EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
 /// Most choices (`n`) and stop sequences one request may ask for.
 const MAX_CHOICES: u64 = 8;
 const MAX_STOPS: usize = 5;
-/// The signature the real API documents as a stand-in for one that was lost.
-const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
 pub(super) fn routes() -> Router<Shared> {
     let endpoint = |endpoint: Endpoint| {
@@ -174,7 +172,7 @@ fn read_chat(body: &Map<String, Value>, model: &str) -> Result<Chat, Failure> {
     let tools = check_tools(body.get("tools"))?;
     let forced = check_tool_choice(body.get("tool_choice"), &tools)?;
     check_options(body)?;
-    let signs = model.starts_with("gemini-3");
+    let signs = tools::signs(model);
     if signs {
         check_signatures(messages)?;
     }
@@ -424,14 +422,9 @@ fn check_options(body: &Map<String, Value>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The thought signature the simulated gemini-3 gives a call of `name`.
-fn signature(name: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("sim-thought:{name}"))
-}
-
 /// In the current turn (after the user's last message), each assistant
 /// step's first tool call must carry the signature it was given, as
-/// gemini-3 enforces: otherwise the real 400.
+/// gemini-3 enforces.
 fn check_signatures(messages: &[Value]) -> Result<(), Failure> {
     let turn = messages
         .iter()
@@ -444,50 +437,19 @@ fn check_signatures(messages: &[Value]) -> Result<(), Failure> {
             .count()
     };
     for (i, message) in messages.iter().enumerate().skip(turn) {
-        let Some(first) = message["tool_calls"].as_array().and_then(|c| c.first()) else {
-            continue;
-        };
-        let name = first["function"]["name"].as_str().unwrap_or_default();
-        let given = first["extra_content"]["google"]["thought_signature"].as_str();
-        if given != Some(&signature(name)) && given != Some(SKIP_SIGNATURE) {
-            return Err(invalid_argument(&format!(
-                "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance. Additional data, function call `default_api:{name}` , position {}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
-                in_contents(i)
-            )));
+        if let Some(first) = message["tool_calls"].as_array().and_then(|c| c.first()) {
+            let name = first["function"]["name"].as_str().unwrap_or_default();
+            let given = first["extra_content"]["google"]["thought_signature"].as_str();
+            tools::check_signed(name, given, in_contents(i))?;
         }
     }
     Ok(())
 }
 
-/// A call to `tool` with arguments its parameters' schema accepts: each
-/// required property (every property when none is marked required) gets a
-/// value of its type.
+/// A call to `tool`: its name and JSON arguments.
 fn tool_call(tool: &Value) -> (String, String) {
-    let parameters = &tool["parameters"];
-    let properties = parameters["properties"].as_object();
-    let required: Vec<&str> = match parameters["required"].as_array() {
-        Some(names) => names.iter().filter_map(Value::as_str).collect(),
-        None => properties
-            .map(|p| p.keys().map(String::as_str).collect())
-            .unwrap_or_default(),
-    };
-    let arguments: Map<String, Value> = required
-        .into_iter()
-        .map(|name| {
-            let schema = properties.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
-            let value = match (schema["enum"].get(0), schema["type"].as_str()) {
-                (Some(first), _) => first.clone(),
-                (None, Some("integer" | "number")) => json!(1),
-                (None, Some("boolean")) => json!(true),
-                (None, Some("array")) => json!([]),
-                (None, Some("object")) => json!({}),
-                _ => json!("sim"),
-            };
-            (name.to_string(), value)
-        })
-        .collect();
     let name = tool["name"].as_str().unwrap_or_default().to_string();
-    (name, Value::Object(arguments).to_string())
+    (name, tools::arguments(&tool["parameters"]).to_string())
 }
 
 /// One admitted chat call's answer.
@@ -510,7 +472,8 @@ impl Reply {
             "function": {"name": name, "arguments": arguments},
         });
         if self.chat.signs {
-            call["extra_content"] = json!({"google": {"thought_signature": signature(name)}});
+            call["extra_content"] =
+                json!({"google": {"thought_signature": tools::signature(name)}});
         }
         if streamed {
             call["index"] = json!(0);

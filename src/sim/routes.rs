@@ -300,6 +300,7 @@ async fn call_model(
         limits,
         tokens,
         wants_json,
+        function_call: super::tools::native_call(&request, model)?,
     };
     generate(&state, call, stream, sse).await
 }
@@ -352,6 +353,8 @@ struct GenerateCall<'a> {
     tokens: u64,
     /// The request asked for JSON (`responseMimeType: application/json`).
     wants_json: bool,
+    /// The `functionCall` part the model answers with, if it calls a tool.
+    function_call: Option<Value>,
 }
 
 fn count_tokens(request: &Value) -> Result<Response, Failure> {
@@ -581,6 +584,7 @@ impl Admitted {
 /// What one admitted generate call turns into.
 struct Answer {
     text: String,
+    function_call: Option<Value>,
     model: String,
     prompt_tokens: u64,
     admitted: Admitted,
@@ -598,6 +602,7 @@ async fn generate(
         limits,
         tokens,
         wants_json,
+        function_call,
     } = call;
     let admitted = admit(state, key_index, model, &limits, Usage::call(tokens)).await?;
     let text = match (&admitted.json_answer, wants_json) {
@@ -606,6 +611,7 @@ async fn generate(
     };
     let answer = Answer {
         text,
+        function_call,
         model: model.to_string(),
         prompt_tokens: tokens,
         admitted,
@@ -729,8 +735,11 @@ impl Answer {
 
     /// One `GenerateContentResponse`; `finish` marks the last chunk.
     fn chunk(&self, text: &str, finish: bool, candidates_so_far: u64) -> Value {
-        let mut candidate =
-            json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+        let part = match &self.function_call {
+            Some(call) => call.clone(),
+            None => json!({ "text": text }),
+        };
+        let mut candidate = json!({"content": {"role": "model", "parts": [part]}, "index": 0});
         if finish {
             candidate["finishReason"] = json!("STOP");
         }
@@ -748,12 +757,17 @@ impl Answer {
         let frames: Vec<Bytes> = if !stream {
             vec![Bytes::from(self.chunk(&text, true, candidates).to_string())]
         } else {
-            // "ok", ":", "<n>": several events, the last with the finish reason and full usage.
-            let pieces = [
-                "ok".to_string(),
-                ":".to_string(),
-                self.prompt_tokens.to_string(),
-            ];
+            // "ok", ":", "<n>": several events, the last with the finish
+            // reason and full usage; a function call in one.
+            let pieces = if self.function_call.is_some() {
+                vec![String::new()]
+            } else {
+                vec![
+                    "ok".to_string(),
+                    ":".to_string(),
+                    self.prompt_tokens.to_string(),
+                ]
+            };
             let last = pieces.len() - 1;
             let chunks = pieces.iter().enumerate().map(|(i, p)| {
                 let so_far = if i == last { candidates } else { 0 };

@@ -154,6 +154,24 @@ def test_openai_agent_loop_keeps_the_thought_signature():
     assert answer.choices[0].message.content.startswith("ok:")
 
 
+def test_genai_calls_a_python_function_and_answers_with_its_result():
+    # google-genai's automatic function calling: the model's call, the
+    # function run here, its result sent back (with gemini-3's signature).
+    called = []
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        called.append(city)
+        return "sunny"
+
+    client = gemini()
+    answer = client.models.generate_content(
+        model=GEMINI_3, contents="Weather in Paris?", config=types.GenerateContentConfig(tools=[get_weather])
+    )
+    assert called == ["sim"]
+    assert answer.text.startswith("ok:")
+
+
 def test_openai_embeddings_give_one_vector_per_input():
     answer = chat().embeddings.create(model=EMBED, input=["alpha", "beta", "gamma"])
     assert [d.index for d in answer.data] == [0, 1, 2]
