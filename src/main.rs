@@ -198,6 +198,7 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
     let models: Vec<serde_json::Value> = config
         .limits
         .iter()
+        .filter(|(m, _)| Family::of(m) != Family::Embedding)
         .map(|(m, l)| serde_json::json!({"model": m, "rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}))
         .collect();
     config.faults.json_answer = Some(serde_json::json!({ "models": models }).to_string());

@@ -19,12 +19,15 @@ use std::time::Duration;
 const FLASH: &str = "gemini-2.5-flash";
 
 /// An upstream behind a misbehaving proxy: counting works, a generate call
-/// gets an HTML 413, and a stream is answered 200 with events that are not JSON.
-async fn proxy_upstream(uri: Uri) -> Response {
+/// (native or on the OpenAI-compatible layer) gets an HTML 413, and a stream
+/// is answered 200 with events that are not JSON.
+async fn proxy_upstream(uri: Uri, body: axum::body::Bytes) -> Response {
     let path = uri.path();
+    let streamed_chat = path.ends_with("/openai/chat/completions")
+        && serde_json::from_slice::<Value>(&body).is_ok_and(|b| b["stream"] == true);
     if path.ends_with(":countTokens") {
         axum::Json(json!({"totalTokens": 3})).into_response()
-    } else if path.ends_with(":streamGenerateContent") {
+    } else if path.ends_with(":streamGenerateContent") || streamed_chat {
         (
             [(header::CONTENT_TYPE, "text/event-stream")],
             "data: <html>upstream hiccup</html>\n\ndata: {not json\n\n",

@@ -17,17 +17,18 @@ use crate::scheduler::{
 };
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
-use crate::wire::GenerateRequest;
+use crate::wire::{GenerateRequest, openai};
 use axum::http::StatusCode;
 use rand::Rng;
 use serde_json::Value;
 use std::time::Duration;
 
-/// What a surface asks the dispatcher for.
-pub struct Job {
-    /// A complete `GenerateContentRequest`, as the JSON text sent upstream
-    /// (a native body passed through as it came: never a tree).
-    pub request: GenerateRequest,
+/// What a surface asks the dispatcher for: a generate call's request as
+/// the JSON text that goes upstream ([`GenerateRequest`]: a native body
+/// passed through as it came, never a tree), or the JSON body of an OpenAI
+/// chat or an embedding.
+pub struct Job<R = GenerateRequest> {
+    pub request: R,
     pub target: Target,
     pub keys: KeyChoice,
     /// The requests the call counts: 1, or the items of a batch of embeddings.
@@ -140,6 +141,14 @@ pub enum Failure {
         body: Value,
     },
     Flux(ApiError),
+    /// A batch (more than one item) that one call can never hold: more
+    /// items than one window of any lane admits (`most` is how many it
+    /// does), or more tokens (`most` is `None`). The surface splits it, or
+    /// answers `error` (413).
+    BatchTooLarge {
+        most: Option<u64>,
+        error: ApiError,
+    },
 }
 
 impl Failure {
@@ -173,7 +182,9 @@ impl Failure {
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
-            Failure::Flux(e) => (e.status, e.message.clone()),
+            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => {
+                (e.status, e.message.clone())
+            }
             Failure::Client { status, body } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
                 body["error"]["message"]
@@ -189,7 +200,7 @@ impl Failure {
 impl axum::response::IntoResponse for Failure {
     fn into_response(self) -> axum::response::Response {
         match self {
-            Failure::Flux(e) => e.into_response(),
+            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => e.into_response(),
             Failure::Client { status, body } => (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
                 axum::Json(body),
@@ -219,6 +230,28 @@ pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failur
     within_request_timeout(state, serve::<Streamed>(state, job)).await
 }
 
+/// Serves `job` (an OpenAI-format chat body) on the upstream's
+/// OpenAI-compatible layer: its answer, as it came.
+pub async fn openai_chat(state: &AppState, job: Job<Value>) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<OpenAiChat>(state, job)).await
+}
+
+/// The same for a streamed chat (`"stream": true`): the relay settles it
+/// from the stream's last `usage`.
+pub async fn openai_chat_stream(
+    state: &AppState,
+    job: Job<Value>,
+) -> Result<Served<Stream>, Failure> {
+    within_request_timeout(state, serve::<OpenAiChatStream>(state, job)).await
+}
+
+/// Serves `job` (a native `embedContent` or `batchEmbedContents` body, or
+/// an OpenAI-format embeddings body; one request an item) with the
+/// upstream's answer as it came.
+pub async fn embed(state: &AppState, job: Job<Value>) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<Embed>(state, job)).await
+}
+
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
 /// way is dropped: a grant not yet sent is released, a call already sent
 /// stays counted.
@@ -241,16 +274,40 @@ async fn within_request_timeout<R>(
         })
 }
 
-/// One kind of upstream call: how it is made, and what a served one hands
-/// back to the surface (with the input tokens it counted).
+/// What dispatch reads of a job's request, whatever its format.
+pub trait JobRequest {
+    /// The `fileData.fileUri`s it names: a call reading an uploaded file
+    /// must go to the key that owns it.
+    fn file_uris(&self) -> &[String];
+}
+
+impl JobRequest for GenerateRequest {
+    fn file_uris(&self) -> &[String] {
+        GenerateRequest::file_uris(self)
+    }
+}
+
+/// An OpenAI chat or an embedding names no uploaded file.
+impl JobRequest for Value {
+    fn file_uris(&self) -> &[String] {
+        &[]
+    }
+}
+
+/// One kind of upstream call: its request, what the request's input tokens
+/// are estimated at, how it is made, and what a served one hands back to
+/// the surface (with the input tokens it counted).
 trait Exchange {
+    type Request: JobRequest;
     type Answer;
     type Reply;
+    /// On `key` when the request is pinned to one.
+    async fn estimate(state: &AppState, request: &Self::Request, key: Option<KeyIndex>) -> u64;
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &GenerateRequest,
+        request: &Self::Request,
     ) -> Result<Self::Answer, UpstreamError>;
     fn served(answer: Self::Answer, settlement: Settlement) -> (Self::Reply, u64);
 }
@@ -259,8 +316,12 @@ trait Exchange {
 struct Complete;
 
 impl Exchange for Complete {
+    type Request = GenerateRequest;
     type Answer = Generated;
     type Reply = Generated;
+    async fn estimate(state: &AppState, request: &GenerateRequest, key: Option<KeyIndex>) -> u64 {
+        count_tokens(state, request, key).await
+    }
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
@@ -280,8 +341,12 @@ impl Exchange for Complete {
 struct Streamed;
 
 impl Exchange for Streamed {
+    type Request = GenerateRequest;
     type Answer = reqwest::Response;
     type Reply = Stream;
+    async fn estimate(state: &AppState, request: &GenerateRequest, key: Option<KeyIndex>) -> u64 {
+        Complete::estimate(state, request, key).await
+    }
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
@@ -300,6 +365,120 @@ impl Exchange for Streamed {
     }
 }
 
+/// A JSON answer that reports its `usage` (input, output), or not: settled
+/// with it, else with the estimate.
+fn settled(body: Value, usage: Option<(u64, u64)>, settlement: Settlement) -> (Value, u64) {
+    let (input, output) = usage.unwrap_or((settlement.estimate, 0));
+    settlement.finish(Outcome::Ok, Some((input, output)));
+    (body, input)
+}
+
+/// The OpenAI-compatible layer's `chat/completions`, estimated over the
+/// messages' text and images, settled from the answer's `usage`.
+struct OpenAiChat;
+
+impl Exchange for OpenAiChat {
+    type Request = Value;
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
+        let prompt = openai::ChatPrompt::of(request);
+        let countable = GenerateRequest::from_value(&prompt.countable);
+        count_tokens(state, &countable, key).await + prompt.remote_tokens()
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        upstream
+            .openai_json(key, "chat/completions", model, request)
+            .await
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        let usage = openai::usage(&body);
+        settled(body, usage, settlement)
+    }
+}
+
+/// The same, streamed: settled by the relay from the last chunk's `usage`.
+struct OpenAiChatStream;
+
+impl Exchange for OpenAiChatStream {
+    type Request = Value;
+    type Answer = reqwest::Response;
+    type Reply = Stream;
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
+        OpenAiChat::estimate(state, request, key).await
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        upstream
+            .openai(key, "chat/completions", model, request)
+            .await
+    }
+    fn served(response: reqwest::Response, settlement: Settlement) -> (Stream, u64) {
+        Streamed::served(response, settlement)
+    }
+}
+
+/// The input tokens of a batch of embeddings: each item's text (a native
+/// request's `content`, each of its `requests`' contents, or each OpenAI
+/// `input` text), counted locally (the upstream's answer states none).
+fn embedding_tokens(request: &Value) -> u64 {
+    if let Some(items) = request["requests"].as_array() {
+        items
+            .iter()
+            .map(|i| openai::item_tokens(&i["content"]))
+            .sum()
+    } else if let Some(texts) = openai::embedding_inputs(&request["input"]) {
+        texts
+            .iter()
+            .map(|t| openai::item_tokens(&Value::from(*t)))
+            .sum()
+    } else {
+        openai::item_tokens(&request["content"])
+    }
+}
+
+/// Embeddings: native `:embedContent` / `:batchEmbedContents`, or the
+/// OpenAI-compatible layer's `embeddings` (a body with `input`). Settled
+/// with the `usage` the OpenAI layer states, else with the estimate (the
+/// native answer states none, and the estimate is the count).
+struct Embed;
+
+impl Exchange for Embed {
+    type Request = Value;
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(_: &AppState, request: &Value, _: Option<KeyIndex>) -> u64 {
+        embedding_tokens(request)
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        if request.get("input").is_some() {
+            upstream
+                .openai_json(key, "embeddings", model, request)
+                .await
+        } else {
+            upstream.embed(key, model, request).await
+        }
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        let usage = openai::usage(&body).filter(|&(input, _)| input > 0);
+        settled(body, usage, settlement)
+    }
+}
+
 /// How one attempt ended.
 enum Attempt<R> {
     /// The upstream served it: the reply and the input tokens it counted.
@@ -312,11 +491,14 @@ enum Attempt<R> {
 
 /// Plans and waits, then makes one attempt, until served, failed, or out of
 /// attempts.
-async fn serve<E: Exchange>(state: &AppState, mut job: Job) -> Result<Served<E::Reply>, Failure> {
+async fn serve<E: Exchange>(
+    state: &AppState,
+    mut job: Job<E::Request>,
+) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     let deadline = clock.now().plus(job.max_wait.min(slot_horizon(state)));
     let file_owner = pin_to_file_owner(state, &mut job).await?;
-    let estimate = count_tokens(state, &job.request, file_owner).await;
+    let estimate = E::estimate(state, &job.request, file_owner).await;
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
@@ -378,7 +560,10 @@ fn slot_horizon(state: &AppState) -> Duration {
 /// A request that names uploaded files is served by the key whose project
 /// owns them, and by no other (its tokens are counted there too): `Some`
 /// of that key. A file the service does not know pins nothing.
-async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<KeyIndex>, Failure> {
+async fn pin_to_file_owner<R: JobRequest>(
+    state: &AppState,
+    job: &mut Job<R>,
+) -> Result<Option<KeyIndex>, Failure> {
     let owner = super::files::pinned_key(state, job.request.file_uris()).await?;
     if let Some(key) = owner {
         job.keys = KeyChoice::Only(key);
@@ -387,9 +572,9 @@ async fn pin_to_file_owner(state: &AppState, job: &mut Job) -> Result<Option<Key
 }
 
 /// Books a grant for the job, or says why not (in the surface's terms).
-async fn plan(
+async fn plan<R>(
     state: &AppState,
-    job: &Job,
+    job: &Job<R>,
     estimate: u64,
     deadline: Timestamp,
     tried: &[String],
@@ -413,14 +598,25 @@ async fn plan(
         .plan(request)
         .await
         .map_err(|_| stopping())?;
-    planned.map_err(|e| plan_error(e, clock.now(), tried, job.unknown_model).into())
+    planned.map_err(|e| {
+        let batch = match e {
+            PlanError::TooManyItems { most, .. } => Some(Some(most)),
+            PlanError::TooLarge { .. } if job.requests > 1 => Some(None),
+            _ => None,
+        };
+        let error = plan_error(e, clock.now(), tried, job.unknown_model);
+        match batch {
+            Some(most) => Failure::BatchTooLarge { most, error },
+            None => error.into(),
+        }
+    })
 }
 
 /// Sends the booked call (its "sent" record first, so a crash still counts
 /// it) and settles what it becomes.
 async fn one_attempt<E: Exchange>(
     state: &AppState,
-    job: &Job,
+    job: &Job<E::Request>,
     booked: Booked,
     estimate: u64,
 ) -> Attempt<E::Reply> {
@@ -520,9 +716,9 @@ async fn wait_for_slot(state: &AppState, booked: &Booked) -> Result<(), Failure>
 /// neither confirm nor clear (it failed for its own reasons) becomes a
 /// transient failure, so the request goes elsewhere and no key is taken out
 /// on one answer alone.
-async fn judge(
+async fn judge<R>(
     state: &AppState,
-    job: &Job,
+    job: &Job<R>,
     grant: &Grant,
     error: UpstreamError,
 ) -> Result<UpstreamError, UpstreamError> {

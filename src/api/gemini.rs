@@ -154,12 +154,20 @@ async fn call_model(
     if !plausible_model(model) {
         return no_such_model(model);
     }
+    let generates = matches!(action, "generateContent" | "streamGenerateContent");
+    if generates && super::embed::embeds(model) {
+        return ApiError::not_found(format!("models/{model} embeds and does not generate"))
+            .into_response();
+    }
     let streamed = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,
         // Passed through as the text that came: no tree of a body that
         // spends no quota (a big one would multiply in memory).
         "countTokens" => return count_tokens(&state, model, body.0).await,
+        "embedContent" | "batchEmbedContents" => {
+            return super::embed::native(&state, model, action, &body.0).await;
+        }
         _ => {
             return ApiError::not_found(format!("method {action:?} is not served")).into_response();
         }

@@ -1,7 +1,7 @@
 //! The HTTP surfaces, one file each: `flux` (`/generate`), `gemini`
 //! (Gemini-native), `files` (the Files API, each file pinned to its key),
-//! `openai` (OpenAI-compatible), `admin` (status, mode, keys, health, the
-//! seed's routes). Handlers stay thin: they validate,
+//! `openai` (OpenAI-compatible), `embed` (embeddings, both ways), `admin`
+//! (status, mode, keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
 //! through `relay`. `auth` guards them all; `origin` keeps other web pages
 //! out, `inflight` bounds the body bytes held in memory.
@@ -10,6 +10,7 @@ mod admin;
 pub mod auth;
 mod dashboard;
 pub mod dispatch;
+mod embed;
 pub mod error;
 pub mod files;
 mod flux;

@@ -2,9 +2,11 @@
 //!
 //! Every test, benchmark and the `demo` command run against it, because no
 //! machine here reaches Google. It serves the `/v1beta` and `/v1` surface of
-//! `docs/gemini-wire.md` (generate, stream, count tokens, list models),
-//! enforces the per-key, per-model RPM, input-token TPM, and Pacific-day RPD
-//! and input-token TPD exactly, and answers with the real error envelopes and
+//! `docs/gemini-wire.md` (generate, stream, count tokens, list models,
+//! embeddings) and the OpenAI-compatible layer at `/v1beta/openai/`
+//! (`openai`: chat with tools, streams, embeddings), enforces the per-key,
+//! per-model RPM, input-token TPM, and Pacific-day RPD and input-token TPD
+//! exactly (an embedding item counts as one request), and answers with the real error envelopes and
 //! the 2026 message text. It also models what the free tier became in 2026:
 //! models with limit 0, retired models (404), keys of other tiers (their own
 //! limits), and the 403 a project gets for a file it does not own. Strict on
@@ -17,8 +19,10 @@
 
 mod faults;
 mod files;
+mod openai;
 pub mod quota;
 mod routes;
+mod tools;
 
 pub use faults::Faults;
 pub use files::FileStats;
@@ -59,10 +63,12 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The seed's six models on the built-in free-tier limits.
+    /// The seed's six models and the embedding model, on the built-in
+    /// free-tier limits.
     pub fn new(keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let limits = SEED_CHAIN
             .iter()
+            .chain([&routes::EMBEDDING_MODEL])
             .map(|m| (m.to_string(), Family::of(m).builtin_limits()))
             .collect();
         SimConfig {

@@ -1,12 +1,15 @@
-//! HTTP calls to Gemini: generate, count tokens, list models, and the Files
-//! API (uploads, get, list, delete). Request bodies go as JSON text (a
-//! client's own bytes where it is passed through), never re-serialised from
-//! a tree.
+//! HTTP calls to Gemini: generate, count tokens, list models, embed, the
+//! Files API (uploads, get, list, delete), and the OpenAI-compatible layer's
+//! chat completions and embeddings (forwarded as the client wrote them, with
+//! the chosen model and key). Bodies go as JSON text: a generate request's
+//! own (a client's bytes where it is passed through), never re-serialised
+//! from a tree.
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
 use crate::wire::GenerateRequest;
 use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -75,32 +78,45 @@ impl Upstream {
         format!("{}/{VERSION}/models/{model}:{action}", self.base)
     }
 
-    /// POSTs `body`, JSON text, and reads the JSON answer.
+    /// The OpenAI-compatible layer's `path` (`chat/completions`, `embeddings`).
+    fn openai_url(&self, path: &str) -> String {
+        format!("{}/{VERSION}/openai/{path}", self.base)
+    }
+
+    /// Sends `body`, JSON text, to `url` with the key as `auth` says; an
+    /// answer that is not a success is classified.
+    async fn send(
+        &self,
+        key: &ApiKey,
+        auth: Auth,
+        url: String,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let response = self
+            .http
+            .post(url)
+            .header(auth.name(), key_header(key, auth))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            return Err(classify(status, &bytes));
+        }
+        Ok(response)
+    }
+
+    /// POSTs `body`, JSON text, on Gemini's own API: its JSON answer.
     async fn post(
         &self,
         key: &ApiKey,
         url: String,
         body: impl Into<reqwest::Body>,
     ) -> Result<Value, UpstreamError> {
-        let response = self.send_json(key, url, body).await?;
-        read_json(response).await
-    }
-
-    /// Sends `body`, JSON text, with the key in its header.
-    async fn send_json(
-        &self,
-        key: &ApiKey,
-        url: String,
-        body: impl Into<reqwest::Body>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        self.http
-            .post(url)
-            .header("x-goog-api-key", key_header(key))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)
+        read_json(self.send(key, Auth::Goog, url, body).await?).await
     }
 
     /// `:generateContent` with a `GenerateContentRequest` body.
@@ -125,13 +141,51 @@ impl Upstream {
         request: &GenerateRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = format!("{}?alt=sse", self.url(model, "streamGenerateContent"));
-        let response = self.send_json(key, url, request.json()).await?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let bytes = response.bytes().await.map_err(transport_error)?;
-            return Err(classify(status, &bytes));
-        }
-        Ok(response)
+        self.send(key, Auth::Goog, url, request.json()).await
+    }
+
+    /// `:embedContent` (a body with `content`) or `:batchEmbedContents` (a
+    /// body with `requests`), answer as is.
+    pub async fn embed(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        let action = if request.get("requests").is_some() {
+            "batchEmbedContents"
+        } else {
+            "embedContent"
+        };
+        self.post(key, self.url(model, action), json_text(request))
+            .await
+    }
+
+    /// The OpenAI-compatible layer's `path` (`chat/completions`,
+    /// `embeddings`) with the client's body on `model`: once the upstream has
+    /// accepted the call, its response (the event stream of a body with
+    /// `"stream": true`).
+    pub async fn openai(
+        &self,
+        key: &ApiKey,
+        path: &str,
+        model: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let body = json_text(&OnModel { model, body });
+        self.send(key, Auth::Bearer, self.openai_url(path), body)
+            .await
+    }
+
+    /// The same, its JSON answer as is.
+    pub async fn openai_json(
+        &self,
+        key: &ApiKey,
+        path: &str,
+        model: &str,
+        body: &Value,
+    ) -> Result<Value, UpstreamError> {
+        read_json(self.openai(key, path, model, body).await?).await
     }
 
     /// `:countTokens` with the caller's own body (JSON text, passed on as it
@@ -155,7 +209,7 @@ impl Upstream {
         let response = self
             .http
             .request(method, url)
-            .header("x-goog-api-key", key_header(key))
+            .header(Auth::Goog.name(), key_header(key, Auth::Goog))
             .send()
             .await
             .map_err(transport_error)?;
@@ -204,7 +258,7 @@ impl Upstream {
                 .http
                 .get(format!("{}/{VERSION}/models", self.base))
                 .query(&[("pageSize", "1000"), ("pageToken", page_token.as_str())])
-                .header("x-goog-api-key", key_header(key))
+                .header(Auth::Goog.name(), key_header(key, Auth::Goog))
                 .send()
                 .await
                 .map_err(transport_error)?;
@@ -270,7 +324,7 @@ impl Upstream {
             .http
             .post(url)
             .headers(headers)
-            .header("x-goog-api-key", key_header(key))
+            .header(Auth::Goog.name(), key_header(key, Auth::Goog))
             .body(body)
             .send()
             .await
@@ -297,15 +351,64 @@ impl Upstream {
     }
 }
 
-/// The key as a header value marked sensitive, so that HTTP-level debug
-/// output shows `Sensitive` in its place.
-fn key_header(key: &ApiKey) -> reqwest::header::HeaderValue {
-    let mut value = reqwest::header::HeaderValue::from_str(key.expose())
-        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid-key-characters"));
+/// How a call presents the key: Gemini's own header, or the bearer token
+/// the OpenAI-compatible layer reads.
+#[derive(Clone, Copy)]
+enum Auth {
+    Goog,
+    Bearer,
+}
+
+impl Auth {
+    /// The header that carries the key.
+    fn name(self) -> &'static str {
+        match self {
+            Auth::Goog => "x-goog-api-key",
+            Auth::Bearer => "authorization",
+        }
+    }
+}
+
+/// The key as `auth`'s header value, marked sensitive so that HTTP-level
+/// debug output shows `Sensitive` in its place.
+fn key_header(key: &ApiKey, auth: Auth) -> reqwest::header::HeaderValue {
+    use reqwest::header::HeaderValue;
+    let value = match auth {
+        Auth::Goog => HeaderValue::from_str(key.expose()),
+        Auth::Bearer => HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+    };
+    let mut value = value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
     value.set_sensitive(true);
     value
 }
 
+/// A client's OpenAI-format body with `model` set to the one planned: its
+/// own `model` is left out and every other field passes as it came.
+struct OnModel<'a> {
+    model: &'a str,
+    body: &'a Value,
+}
+
+impl Serialize for OnModel<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model", self.model)?;
+        for (name, value) in self.body.as_object().into_iter().flatten() {
+            if name != "model" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// `body` as JSON text, for the calls whose body is built as a tree (the
+/// OpenAI layer's and embeddings).
+fn json_text(body: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).expect("a JSON tree always serialises")
+}
+
+/// The JSON body of an answer; a non-success is classified.
 async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(transport_error)?;
