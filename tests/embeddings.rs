@@ -360,3 +360,33 @@ async fn the_simulator_counts_an_item_as_a_request_and_names_the_embedding_quota
         (2, 5, 1)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_embedding_model_is_the_clients_404_after_one_call() {
+    let sim = SimConfig::new(["sim-key-0001", "sim-key-0002"]).with_retired(EMBED);
+    let stack = Stack::start(sim, quiet_noon(), &[]).await;
+    for _ in 0..2 {
+        let (status, answer) = stack
+            .post(
+                &format!("/v1beta/models/{EMBED}:embedContent"),
+                json!({"content": content("hello")}),
+            )
+            .await;
+        assert_eq!(status, 404, "{answer}");
+        assert_eq!(answer["error"]["status"], "NOT_FOUND");
+    }
+    let stats = stack.sim_stats();
+    let met: u64 = (1..=2)
+        .filter_map(|k| stats.lane(k, EMBED))
+        .map(|l| l.retired_404)
+        .sum();
+    assert_eq!(met, 2, "one call each, never retried on other keys");
+    let (_, status) = stack.get("/status").await;
+    assert!(
+        status["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["state"] == "healthy")
+    );
+}

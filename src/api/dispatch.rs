@@ -725,7 +725,10 @@ async fn judge<R>(
     match &error {
         UpstreamError::Client { .. } => Err(error),
         UpstreamError::ModelRetired { message, .. } => {
-            let named_by_client = matches!(job.target, Target::Model(_) | Target::ChainFrom(_));
+            let named_by_client = matches!(
+                job.target,
+                Target::Model(_) | Target::ChainFrom(_) | Target::Embedding(_)
+            );
             let about_this_model = message.contains(&format!("models/{}", grant.model));
             if named_by_client || !about_this_model {
                 Err(error)

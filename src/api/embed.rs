@@ -70,9 +70,10 @@ pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[
     };
     let mut embeddings = Vec::with_capacity(items.len());
     let mut metas = Vec::with_capacity(served.len());
-    for (_, mut s) in served {
-        if let Value::Array(part) = s.reply["embeddings"].take() {
-            embeddings.extend(part);
+    for (run, mut s) in served {
+        match s.reply["embeddings"].take() {
+            Value::Array(part) if part.len() == run.len() => embeddings.extend(part),
+            _ => return short_answer(&run).into_response(),
         }
         metas.push(s.meta);
     }
@@ -126,11 +127,13 @@ pub(super) async fn openai(
     let mut metas = Vec::with_capacity(served.len());
     let mut joined = Value::Null;
     for (run, mut s) in served {
-        if let Value::Array(vectors) = s.reply["data"].take() {
-            for (offset, mut item) in vectors.into_iter().enumerate() {
-                item["index"] = json!(run.start + offset);
-                data.push(item);
-            }
+        let vectors = match s.reply["data"].take() {
+            Value::Array(vectors) if vectors.len() == run.len() => vectors,
+            _ => return openai::failure_response(short_answer(&run).into()),
+        };
+        for (offset, mut item) in vectors.into_iter().enumerate() {
+            item["index"] = json!(run.start + offset);
+            data.push(item);
         }
         prompt += s.reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
         total += s.reply["usage"]["total_tokens"].as_u64().unwrap_or(0);
@@ -221,6 +224,18 @@ fn serve_run<'a>(
         }
     }
     .boxed()
+}
+
+/// The upstream answered a run with another number of vectors than items:
+/// no answer beats one whose vectors sit beside the wrong inputs.
+fn short_answer(run: &Range<usize>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "the upstream answered items {} to {} with a different number of embeddings",
+            run.start, run.end
+        ),
+    )
 }
 
 /// `range` cut, in order, into runs of at most `size`.

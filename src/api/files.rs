@@ -14,7 +14,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::gemini::{no_usable_key, upstream_failure};
+use super::gemini::{no_usable_key, query_value, upstream_failure};
 use crate::clock::Timestamp;
 use crate::keys::{KeyIndex, KeyState};
 use crate::store::Record;
@@ -22,7 +22,7 @@ use crate::upstream::Relayed;
 use crate::wire::files::{
     FILE_LIFETIME, UPLOAD_CHUNK_GRANULARITY, UPLOAD_COMMAND, UPLOAD_HEADER_CONTENT_LENGTH,
     UPLOAD_HEADER_CONTENT_TYPE, UPLOAD_OFFSET, UPLOAD_PROTOCOL, UPLOAD_SIZE_RECEIVED,
-    UPLOAD_STATUS, UPLOAD_URL, file_ids, valid_file_id,
+    UPLOAD_STATUS, UPLOAD_URL, file_ids, header_text, valid_file_id,
 };
 use axum::Json;
 use axum::Router;
@@ -133,18 +133,6 @@ impl Files {
     fn forget(&self, name: &str) {
         lock(&self.owners).remove(name);
     }
-}
-
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
-    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
-}
-
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
 }
 
 /// `x-flux-key: N` on an answer served by key N.

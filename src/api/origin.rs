@@ -92,7 +92,9 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("x-flux-key, x-flux-model, x-flux-wait-ms, retry-after"),
+                HeaderValue::from_static(
+                    "x-flux-key, x-flux-keys, x-flux-model, x-flux-wait-ms, retry-after, x-goog-upload-url, x-goog-upload-status",
+                ),
             );
             headers.append(header::VARY, HeaderValue::from_static("origin"));
             response
@@ -118,7 +120,7 @@ fn preflight_answer(request: &HeaderMap) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST"),
+        HeaderValue::from_static("GET, POST, DELETE"),
     );
     if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
         headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());

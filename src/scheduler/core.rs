@@ -405,7 +405,9 @@ impl Scheduler {
     fn candidate_models(&self, target: &Target) -> Result<Vec<String>, PlanError> {
         match target {
             Target::Model(m) if self.chain.contains(m) => Ok(vec![m.clone()]),
-            Target::Embedding(m) if outside_the_chain(m) => Ok(vec![m.clone()]),
+            Target::Embedding(m) if outside_the_chain(m) && !self.is_retired(m) => {
+                Ok(vec![m.clone()])
+            }
             Target::Model(m) | Target::Embedding(m) => Err(PlanError::UnknownModel(m.clone())),
             Target::ChainFrom(m) => {
                 let start = self
@@ -877,6 +879,10 @@ impl Scheduler {
                 message: message.to_string(),
             });
         }
+    }
+
+    fn is_retired(&self, model: &str) -> bool {
+        self.retired.iter().any(|r| r.model == model)
     }
 
     /// The models the upstream said are retired, oldest first.
