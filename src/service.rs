@@ -209,6 +209,7 @@ async fn launch(
     );
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
     core.take_changes();
+    core.set_reserve(settings.batches.reserve);
     log_startup_table(&settings, &chain, &core);
     let policy_status = match &cache {
         Some(c) => FetchStatus::accepted(c.at, true),

@@ -37,6 +37,10 @@ pub struct Job {
     /// The answer's status when the job names a model outside the chain:
     /// 400 on `/generate`, 404 where Gemini itself would say "not found".
     pub unknown_model: StatusCode,
+    /// `Interactive` (a caller waits) everywhere but a batch item, which is
+    /// `Background`: booked only for now, within each window less the
+    /// interactive reserve.
+    pub priority: Priority,
 }
 
 /// An accepted stream: its body is yet to be relayed, and its call to be
@@ -169,6 +173,17 @@ impl Failure {
         }
     }
 
+    /// How long until a refusal may be asked again (its `Retry-After`: no
+    /// slot now, the day spent, no usable key, a store not taking writes, a
+    /// stopping service); `None` when the refusal is final. Background work
+    /// puts its item back and comes back then.
+    pub fn later(&self) -> Option<Duration> {
+        match self {
+            Failure::Flux(e) => e.retry_after,
+            Failure::Client { .. } => None,
+        }
+    }
+
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
@@ -216,6 +231,34 @@ pub async fn generate(state: &AppState, job: Job) -> Result<Served<Generated>, F
 /// upstream accepts it; the relay then settles it when it ends).
 pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failure> {
     within_request_timeout(state, serve::<Streamed>(state, job)).await
+}
+
+/// Background work's first step (a batch item whose tokens were counted
+/// with [`count_tokens`]): a grant for now, or the refusal, whose
+/// [`Failure::later`] says when to ask again. Split from
+/// [`send_booked`] so that the caller knows the plan's answer before it
+/// turns to its next item.
+pub async fn book_now(state: &AppState, job: &Job, estimate: u64) -> Result<Booked, Failure> {
+    let now = state.scheduler.clock().now();
+    plan(state, job, estimate, now, &[]).await
+}
+
+/// Sends what [`book_now`] booked, and plans again (by the job's priority)
+/// after what the upstream teaches, like [`generate`], within
+/// `FLUX_REQUEST_TIMEOUT_S`.
+pub async fn send_booked(
+    state: &AppState,
+    job: Job,
+    booked: Booked,
+    estimate: u64,
+) -> Result<Served<Generated>, Failure> {
+    let deadline = state
+        .scheduler
+        .clock()
+        .now()
+        .plus(job.max_wait.min(state.request_timeout));
+    let sending = attempts::<Complete>(state, &job, estimate, deadline, booked);
+    within_request_timeout(state, sending).await
 }
 
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
@@ -309,25 +352,37 @@ enum Attempt<R> {
     Fail(Failure),
 }
 
-/// Plans and waits, then makes one attempt, until served, failed, or out of
-/// attempts.
+/// Counts, plans, then [`attempts`].
 async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
     // No slot beyond the request's own deadline is worth waiting for.
     let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
     let estimate = count_tokens(state, &job.request).await;
+    let booked = plan(state, &job, estimate, deadline, &[]).await?;
+    attempts::<E>(state, &job, estimate, deadline, booked).await
+}
+
+/// Waits for the booked slot and makes one attempt, then plans again after
+/// what the upstream teaches, until served, failed, or out of attempts.
+async fn attempts<E: Exchange>(
+    state: &AppState,
+    job: &Job,
+    estimate: u64,
+    deadline: Timestamp,
+    mut booked: Booked,
+) -> Result<Served<E::Reply>, Failure> {
+    let clock = state.scheduler.clock();
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
     for attempt in 1..=MAX_ATTEMPTS {
-        let booked = plan(state, &job, estimate, deadline, &tried).await?;
         let before = clock.now();
         wait_for_slot(state, &booked).await?;
         let wait = clock.now().since(before);
         state.metrics.waited(wait);
         waited += wait;
         let grant = booked.grant().clone();
-        match one_attempt::<E>(state, &job, booked, estimate).await {
+        match one_attempt::<E>(state, job, booked, estimate).await {
             Attempt::Served(reply, input_tokens) => {
                 let meta = Meta {
                     key: grant.key,
@@ -343,7 +398,7 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
             Attempt::Fail(failure) => return Err(failure),
             Attempt::Retry { reason, transient } => {
                 tried.push(reason);
-                if !job.retry {
+                if !job.retry || attempt == MAX_ATTEMPTS {
                     break;
                 }
                 if transient {
@@ -351,6 +406,7 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
                     let backoff = rand::rng().random_range(50..250) * u64::from(attempt);
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                 }
+                booked = plan(state, job, estimate, deadline, &tried).await?;
             }
         }
     }
@@ -384,7 +440,7 @@ async fn plan(
         },
         target: job.target.clone(),
         keys: job.keys,
-        priority: Priority::Interactive,
+        priority: job.priority,
         deadline: deadline.max(clock.now()),
     };
     let planned = state
@@ -617,7 +673,7 @@ fn plan_error(
 /// Counts the request's input tokens with `countTokens` (free of generate
 /// quota), spreading the calls over the usable keys; falls back on the local
 /// estimate when that fails.
-async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+pub async fn count_tokens(state: &AppState, request: &Value) -> u64 {
     if state.token_count == TokenCount::Local {
         return prompt_tokens(request);
     }

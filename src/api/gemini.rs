@@ -12,7 +12,7 @@ use super::error::{ApiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
 use super::{auth, openai};
-use crate::scheduler::{KeyChoice, Target};
+use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::upstream::UpstreamError;
 use axum::Json;
 use axum::Router;
@@ -182,6 +182,7 @@ async fn call_model(
         max_wait: state.max_wait,
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,
+        priority: Priority::Interactive,
     };
     let (mut response, meta) = if streamed {
         let served = match dispatch::stream(&state, job).await {

@@ -8,7 +8,7 @@ use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, set_retry_after, whole_number};
 use super::flux::flux_headers;
 use super::relay::{Framing, Usage, relay};
-use crate::scheduler::{KeyChoice, Target};
+use crate::scheduler::{KeyChoice, Priority, Target};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -315,6 +315,7 @@ async fn chat(
         max_wait: state.max_wait,
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,
+        priority: Priority::Interactive,
     };
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
     let created = state.scheduler.clock().now().millis() / 1000;
