@@ -10,10 +10,12 @@
 //! it before the slow part (discovery, validation) and before it says
 //! anything about where it listens. Stopping drains: no new connections; calls already upstream
 //! finish; a request waiting for its slot is served if the slot comes within
-//! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; then the
-//! store is flushed, retrying for up to `FLUX_DRAIN_S` while it refuses.
+//! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; batch items
+//! upstream get as long; then the store is flushed, retrying for up to
+//! `FLUX_DRAIN_S` while it refuses.
 
 use crate::api::auth::Tokens;
+use crate::api::batch_runner::{Batches, Runner};
 use crate::api::inflight::Budget;
 use crate::api::origin::Policy;
 use crate::api::refresh::{self, FetchStatus};
@@ -27,6 +29,7 @@ use crate::scheduler::alone::Journal;
 use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
 use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
+use crate::store::batches::BatchStore;
 use crate::store::redis::masked;
 use crate::store::{Ledger, Recovered, RedisStore, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -45,6 +48,8 @@ pub struct RunningService {
     state: AppState,
     /// `FLUX_DRAIN_S`: also how long the stop keeps retrying the store.
     drain: std::time::Duration,
+    /// The task that runs the batches (where they run).
+    batch_runner: Option<Runner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,7 @@ impl RunningService {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let batches_stopped = self.batch_runner.take().map(Runner::stop);
         // Connections get the drain window to finish; the store's flush runs
         // whatever they do (a client that never reads its answer must not
         // keep the ledger from being written).
@@ -89,6 +95,9 @@ impl RunningService {
                 Ok(())
             }
         };
+        if let Some(stopped) = batches_stopped {
+            stopped.await;
+        }
         self.state.ledger.flush_within(self.drain).await;
         served
     }
@@ -117,8 +126,9 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
     match settings.redis.clone() {
         None => {
             let store = SqliteStore::open(&settings.state_path)?;
+            let batches = BatchStore::open(&settings.state_path)?;
             let listener = bind(settings.bind).await?;
-            launch(settings, clock, store, None, listener).await
+            launch(settings, clock, store, Some(batches), None, listener).await
         }
         Some(redis) => {
             let store = RedisStore::open(&redis.url, &redis.prefix)?;
@@ -130,7 +140,7 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
             );
             let shared = Some((shared, masked(&redis.url)));
             let listener = bind(settings.bind).await?;
-            launch(settings, clock, store, shared, listener).await
+            launch(settings, clock, store, None, shared, listener).await
         }
     }
 }
@@ -148,15 +158,16 @@ pub async fn start_with_store(
     store: impl Store,
 ) -> Result<RunningService, StartError> {
     let listener = bind(settings.bind).await?;
-    launch(settings, clock, store, None, listener).await
+    launch(settings, clock, store, None, None, listener).await
 }
 
-/// Starts on `store`; with `shared` (Redis, and its URL masked for display)
-/// as a replica.
+/// Starts on `store`, running batches from `batch_store` where there is
+/// one; with `shared` (Redis, and its URL masked for display) as a replica.
 async fn launch(
     settings: Settings,
     clock: Clock,
     mut store: impl Store,
+    batch_store: Option<BatchStore>,
     shared: Option<(SharedLanes, String)>,
     listener: TcpListener,
 ) -> Result<RunningService, StartError> {
@@ -220,6 +231,13 @@ async fn launch(
     };
 
     let ledger = Ledger::start(store, settings.guards.max_unwritten);
+    let batches = match batch_store {
+        Some(store) => {
+            let b = &settings.batches;
+            Some(Batches::open(store, clock.now(), b.ttl, b.concurrency).await?)
+        }
+        None => None,
+    };
     let scheduler = match shared {
         Some((shared, url)) => {
             let replicated =
@@ -265,6 +283,7 @@ async fn launch(
         },
         inflight: Budget::new(settings.guards.max_inflight_bytes, settings.max_body_bytes),
         request_timeout: settings.guards.request_timeout,
+        batches,
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(
@@ -291,6 +310,7 @@ async fn launch(
             let _ = refresh::refresh(&state).await;
         });
     }
+    let batch_runner = state.batches.as_ref().map(|b| b.start(state.clone()));
     Ok(RunningService {
         addr,
         stop: Some(stop),
@@ -298,6 +318,7 @@ async fn launch(
         task,
         state,
         drain: settings.drain,
+        batch_runner,
     })
 }
 

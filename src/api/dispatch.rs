@@ -448,7 +448,21 @@ async fn plan(
         .plan(request)
         .await
         .map_err(|_| stopping())?;
-    planned.map_err(|e| plan_error(e, clock.now(), tried, job.unknown_model).into())
+    let now = clock.now();
+    planned.map_err(|e| match e {
+        // Background work has no wait ceiling, only "now": say so.
+        PlanError::WaitTooLong { model, at } if job.priority == Priority::Background => {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "no slot on {model} is free now for batch work (each window keeps the interactive reserve); the next at {at}"
+                ),
+            )
+            .retry_after(at.since(now))
+            .into()
+        }
+        e => plan_error(e, now, tried, job.unknown_model).into(),
+    })
 }
 
 /// Sends the booked call (its "sent" record first, so a crash still counts

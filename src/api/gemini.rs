@@ -11,12 +11,12 @@ use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
-use super::{auth, openai};
+use super::{auth, batches, openai};
 use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::upstream::UpstreamError;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -139,6 +139,7 @@ async fn call_model(
     State(state): State<AppState>,
     Path(target): Path<String>,
     RawQuery(query): RawQuery,
+    Extension(caller): Extension<auth::Caller>,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Response {
@@ -157,6 +158,9 @@ async fn call_model(
         // Passed through as the text that came: no tree of a body that
         // spends no quota (a big one would multiply in memory).
         "countTokens" => return count_tokens(&state, model, body.raw()).await,
+        "batchGenerateContent" => {
+            return batches::create(&state, model, &headers, &caller, &body.0).await;
+        }
         _ => {
             return ApiError::not_found(format!("method {action:?} is not served")).into_response();
         }

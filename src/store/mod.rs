@@ -10,6 +10,7 @@
 //! lose a call the upstream may have counted; with Redis ([`RedisStore`]) the
 //! booking in the shared lane already counts it, and the record is batched.
 
+pub mod batches;
 pub mod redis;
 mod sqlite;
 mod writer;

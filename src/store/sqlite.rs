@@ -47,6 +47,28 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE learned_limits ADD COLUMN tpd INTEGER;",
     // 4: the requests a call counts (a batch of embeddings counts one per item).
     "ALTER TABLE calls ADD COLUMN requests INTEGER NOT NULL DEFAULT 1;",
+    // 5: the Batch API: each batch, and each item's request and result.
+    "CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        owner TEXT,
+        model TEXT NOT NULL,
+        fallback INTEGER NOT NULL,
+        display_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        items INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        ended_ms INTEGER
+    );
+    CREATE TABLE batch_items (
+        batch_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        request TEXT NOT NULL,
+        metadata TEXT,
+        outcome TEXT,
+        result TEXT,
+        PRIMARY KEY (batch_id, idx)
+    ) WITHOUT ROWID;",
 ];
 
 /// Calls are kept this long (for the dashboard's history), then pruned.
