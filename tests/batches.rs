@@ -280,7 +280,11 @@ async fn bad_batches_are_refused_naming_the_item() {
         .await;
     assert_eq!(
         (status, e["error"]["status"].clone()),
-        (501, json!("UNIMPLEMENTED"))
+        (400, json!("INVALID_ARGUMENT"))
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("inline"),
+        "{e}"
     );
     for path in [
         "/v1beta/batches/nosuchbatch",

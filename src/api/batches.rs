@@ -197,8 +197,7 @@ fn read_batch(body: &Value, model: &str) -> Result<(Option<String>, Vec<NewItem>
         .and_then(Value::as_object)
         .ok_or_else(|| ApiError::bad_request(shape))?;
     if field(input, "fileName", "file_name").is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
+        return Err(ApiError::bad_request(
             "a file of requests (inputConfig.fileName) is not run here: send the requests inline",
         ));
     }
