@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use rand::Rng;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// At most this many requests in one batch (and at most `FLUX_MAX_BODY_MB`
@@ -91,9 +93,7 @@ async fn create_batch(
 ) -> Result<Response, ApiError> {
     let batches = batches(state)?;
     let fallback = fallback_header(headers)? || state.native_fallback;
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let (display_name, items) = read_batch(&body, model)?;
+    let (display_name, items) = read_batch(body, model)?;
     let chain = state
         .scheduler
         .snapshot()
@@ -156,56 +156,79 @@ fn new_id() -> String {
         .collect()
 }
 
-/// A field by its JSON name or its proto name (Gemini accepts both).
-fn field<'a>(object: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
-    object
-        .get(camel)
-        .or_else(|| object.get(snake))
-        .filter(|v| !v.is_null())
-}
-
 /// `models/x` or `x`, as `x`.
 fn bare_model(name: &str) -> &str {
     name.strip_prefix("models/").unwrap_or(name)
 }
 
+/// A `batchGenerateContent` body, read without a tree of the whole (a
+/// 20 MB body would take many times that): each request stays raw text
+/// until it is checked on its own. Fields by their JSON or proto names.
+#[derive(Deserialize)]
+struct CreateBody<'a> {
+    #[serde(borrow)]
+    batch: BatchBody<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchBody<'a> {
+    #[serde(default)]
+    model: Option<Value>,
+    #[serde(default, alias = "display_name")]
+    display_name: Option<Value>,
+    #[serde(borrow, alias = "input_config")]
+    input_config: InputConfig<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InputConfig<'a> {
+    #[serde(default, alias = "file_name")]
+    file_name: Option<Value>,
+    #[serde(borrow, default)]
+    requests: Option<InlinedRequests<'a>>,
+}
+
+#[derive(Deserialize)]
+struct InlinedRequests<'a> {
+    #[serde(borrow)]
+    requests: Vec<&'a RawValue>,
+}
+
 /// The display name and the items of a `batchGenerateContent` body; a 400
 /// naming the item that is wrong.
-fn read_batch(body: &Value, model: &str) -> Result<(Option<String>, Vec<NewItem>), ApiError> {
+fn read_batch(body: &[u8], model: &str) -> Result<(Option<String>, Vec<NewItem>), ApiError> {
     let shape = r#"the body must be {"batch": {"displayName": …, "inputConfig": {"requests": {"requests": [{"request": {"contents": […]}, "metadata": {…}}, …]}}}}"#;
-    let batch = body
-        .get("batch")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::bad_request(shape))?;
-    if let Some(named) = field(batch, "model", "model")
+    let body: CreateBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{shape} ({e})")))?;
+    let batch = body.batch;
+    if let Some(named) = batch.model
         && named.as_str().map(bare_model) != Some(model)
     {
         return Err(ApiError::bad_request(format!(
             "batch.model {named} is not the model of the path, models/{model}"
         )));
     }
-    let display_name = match field(batch, "displayName", "display_name") {
+    let display_name = match batch.display_name {
         None => None,
-        Some(Value::String(name)) if name.chars().count() <= 512 => Some(name.clone()),
+        Some(Value::String(name)) if name.chars().count() <= 512 => Some(name),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "batch.displayName must be a string of at most 512 characters",
             ));
         }
     };
-    let input = field(batch, "inputConfig", "input_config")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::bad_request(shape))?;
-    if field(input, "fileName", "file_name").is_some() {
+    if batch.input_config.file_name.is_some() {
         return Err(ApiError::bad_request(
             "a file of requests (inputConfig.fileName) is not run here: send the requests inline",
         ));
     }
-    let requests = field(input, "requests", "requests")
-        .and_then(Value::as_object)
-        .and_then(|r| r.get("requests"))
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request(shape))?;
+    let requests = batch
+        .input_config
+        .requests
+        .ok_or_else(|| ApiError::bad_request(shape))?
+        .requests;
     if requests.is_empty() {
         return Err(ApiError::bad_request("the batch has no requests"));
     }
@@ -228,10 +251,9 @@ fn read_batch(body: &Value, model: &str) -> Result<(Option<String>, Vec<NewItem>
 }
 
 /// One inline request: `{"request": GenerateContentRequest, "metadata": {…}}`.
-fn read_item(item: &Value, model: &str) -> Result<NewItem, String> {
-    let item = item
-        .as_object()
-        .ok_or(r#"must be an object {"request": {…}, "metadata": {…}}"#)?;
+fn read_item(item: &RawValue, model: &str) -> Result<NewItem, String> {
+    let item: Map<String, Value> = serde_json::from_str(item.get())
+        .map_err(|_| r#"must be an object {"request": {…}, "metadata": {…}}"#)?;
     if let Some(unknown) = item.keys().find(|k| *k != "request" && *k != "metadata") {
         return Err(format!(
             r#"unknown field {unknown:?}: an item is {{"request": {{"contents": […]}}, "metadata": {{…}}}}"#
