@@ -7,11 +7,9 @@
 mod common;
 
 use common::*;
-use gemini_flux::clock::Clock;
-use gemini_flux::sim::{Faults, SimConfig, SimServer};
+use gemini_flux::sim::SimConfig;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -40,15 +38,9 @@ fn done_count(op: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_batch_killed_mid_flight_ends_with_every_answer_resending_only_what_was_upstream() {
-    let mut config = SimConfig::new(KEYS.split(',')).with_limits(limits(FLASH, 10, 250_000, 1_000));
+    let config = SimConfig::new(KEYS.split(',')).with_limits(limits(FLASH, 10, 250_000, 1_000));
     // Each call takes 2 s upstream: the kill lands while some are there.
-    config.faults = Faults {
-        latency_ms: 2_000,
-        ..Faults::default()
-    };
-    let sim = SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let sim = slow_sim(config, 2_000).await;
     let state = fresh_state_path();
     let http = client();
 
@@ -118,10 +110,5 @@ async fn a_batch_killed_mid_flight_ends_with_every_answer_resending_only_what_wa
         "the restart knew what the crash had spent"
     );
 
-    let term = Command::new("kill")
-        .args(["-TERM", &second.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    assert_eq!(second.child.wait().unwrap().code(), Some(0));
+    assert_eq!(second.terminate(), Some(0), "SIGTERM drains and exits 0");
 }

@@ -307,31 +307,26 @@ async fn bad_batches_are_refused_naming_the_item() {
 #[tokio::test(start_paused = true)]
 async fn a_batch_is_its_tokens_own_and_can_be_cancelled_listed_and_deleted() {
     let stack = stack(&KEYS[..1], 10, 1_000, &[("FLUX_API_TOKENS", "alice,bob")]).await;
-    let as_ = |token: &str| {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("x-goog-api-key", token.parse().unwrap());
-        headers
-    };
-    let body = json!({"batch": {"inputConfig": {"requests": {"requests": requests(20)}}}});
-    let created: Value = stack
-        .http
-        .post(stack.url(&format!("/v1beta/models/{FLASH}:batchGenerateContent")))
-        .headers(as_("alice"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let name = created["name"].as_str().unwrap().to_string();
-    let get = |token: &'static str, path: String| {
-        let request = stack.http.get(stack.url(&path)).headers(as_(token));
+    // The SDKs' way: the token as the Gemini key.
+    let call = |token: &str, method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut request = stack
+            .http
+            .request(method, stack.url(&path))
+            .header("x-goog-api-key", token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
         async move {
             let r = request.send().await.unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
+    use reqwest::Method;
+    let body = json!({"batch": {"inputConfig": {"requests": {"requests": requests(20)}}}});
+    let create_path = format!("/v1beta/models/{FLASH}:batchGenerateContent");
+    let (_, created) = call("alice", Method::POST, create_path, Some(body)).await;
+    let name = created["name"].as_str().unwrap().to_string();
+    let get = |token, path| call(token, Method::GET, path, None);
     assert_eq!(get("bob", format!("/v1/{name}")).await.0, 404, "not bob's");
     let (_, listed) = get("bob", "/v1/batches".into()).await;
     assert_eq!(listed["operations"], json!([]));
@@ -341,14 +336,8 @@ async fn a_batch_is_its_tokens_own_and_can_be_cancelled_listed_and_deleted() {
 
     // 9 went in the first minute; cancel before the second.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let cancelled = stack
-        .http
-        .post(stack.url(&format!("/v1/{name}:cancel")))
-        .headers(as_("alice"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancelled.status(), 200);
+    let cancel = format!("/v1/{name}:cancel");
+    assert_eq!(call("alice", Method::POST, cancel, None).await.0, 200);
     tokio::time::sleep(Duration::from_secs(60)).await;
     let (_, op) = get("alice", format!("/v1/{name}")).await;
     assert_eq!(op["metadata"]["state"], "BATCH_STATE_CANCELLED");
@@ -364,14 +353,8 @@ async fn a_batch_is_its_tokens_own_and_can_be_cancelled_listed_and_deleted() {
     assert_eq!(answers[9]["error"]["status"], "CANCELLED");
     assert_eq!(stack.sim_stats().calls, 9, "nothing after the cancel");
 
-    let deleted = stack
-        .http
-        .delete(stack.url(&format!("/v1/{name}")))
-        .headers(as_("alice"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    let deleted = call("alice", Method::DELETE, format!("/v1/{name}"), None).await;
+    assert_eq!(deleted.0, 200);
     assert_eq!(get("alice", format!("/v1/{name}")).await.0, 404);
 }
 
@@ -387,15 +370,7 @@ async fn results_are_kept_for_the_ttl_then_forgotten() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(stack.svc.scheduler().clock().now() > ended.plus(Duration::from_secs(3_600)));
     assert_eq!(stack.get(&format!("/v1beta/{name}")).await.0, 404);
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.text("/metrics").await;
     assert!(
         !metrics.contains(&name[8..]),
         "no gauge for a forgotten batch"
@@ -420,15 +395,7 @@ async fn status_and_metrics_count_each_batch_s_items() {
         ),
         (&json!(3), &json!(0), &json!(9), &json!(0))
     );
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.text("/metrics").await;
     for (state, n) in [("pending", 3), ("running", 0), ("done", 9), ("failed", 0)] {
         let line = format!("flux_batch_items{{batch=\"{id}\",state=\"{state}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in {metrics}");
