@@ -199,15 +199,16 @@ impl Queue {
     }
 
     /// The item could not be booked now: back to the front of its batch,
-    /// which waits until `park.until`. `estimate` is its counted tokens.
-    pub fn put_back(&mut self, item: &ItemRef, estimate: u64, park: Park) {
+    /// which waits until `park.until`. `estimate` is its tokens, when they
+    /// were counted.
+    pub fn put_back(&mut self, item: &ItemRef, estimate: Option<u64>, park: Park) {
         let Some(batch) = self.batches.get_mut(&item.batch) else {
             return;
         };
         batch.running -= 1;
         if batch.row.state.active() {
             batch.pending.push_front(item.index);
-            batch.front_estimate = Some((item.index, estimate));
+            batch.front_estimate = estimate.map(|tokens| (item.index, tokens));
             batch.parked = Some(park);
         }
     }
@@ -402,7 +403,7 @@ mod tests {
         let later = T0.plus_millis(60_250);
         q.put_back(
             &a0,
-            42,
+            Some(42),
             Park {
                 until: later,
                 reason: "no slot now".into(),

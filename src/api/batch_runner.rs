@@ -190,7 +190,7 @@ impl Batches {
                 let until = state.scheduler.clock().now().plus(RETRY_EVERY);
                 let reason = format!("the state store cannot be read: {e}");
                 self.queue()
-                    .put_back(&item, estimate.unwrap_or(0), Park { until, reason });
+                    .put_back(&item, estimate, Park { until, reason });
                 return;
             }
         };
@@ -256,7 +256,7 @@ impl Batches {
                 until,
                 reason: message,
             };
-            self.queue().put_back(item, estimate, park);
+            self.queue().put_back(item, Some(estimate), park);
             return;
         }
         let error = match refusal {
