@@ -182,9 +182,11 @@ async fn a_spent_day_leaves_the_batch_running_until_pacific_midnight() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_restart_runs_what_was_left_and_never_an_answered_item_again() {
+async fn a_stop_lets_items_upstream_finish_and_a_restart_runs_the_rest_once() {
     let limits = json!({FLASH: {"rpm": 10, "tpm": 250_000, "rpd": 1_000}}).to_string();
-    let config = SimConfig::new(KEYS).with_limits(common::limits(FLASH, 10, 250_000, 1_000));
+    let mut config = SimConfig::new(KEYS).with_limits(common::limits(FLASH, 10, 250_000, 1_000));
+    // Each call takes 2 s upstream: the stop comes while 18 are there.
+    config.faults.latency_ms = 2_000;
     let sim = start_sim(config, quiet_noon()).await;
     let state = fresh_state_path();
     let keys = KEYS.join(",");
@@ -210,15 +212,22 @@ async fn a_restart_runs_what_was_left_and_never_an_answered_item_again() {
     .await;
     assert_eq!(status, 200, "{op}");
     let name = op["name"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopping = tokio::time::Instant::now();
     first.stop().await.unwrap();
+    assert_eq!(
+        tokio::time::Instant::now() - stopping,
+        Duration::from_secs(1),
+        "the stop waited for the calls upstream to answer"
+    );
     assert_eq!(sim.stats().calls, 18);
 
     let second = start().await.unwrap();
     let url = format!("{}/v1/{name}", second.base_url());
     let op = get_json(&http, &url).await;
     assert_eq!(op["metadata"]["fluxProgress"]["done"], 18, "{op}");
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // The first minute's calls leave the window at 60.25 s; 2 s upstream.
+    tokio::time::sleep(Duration::from_secs(61)).await;
     let op = get_json(&http, &url).await;
     assert_eq!(op["metadata"]["state"], "BATCH_STATE_SUCCEEDED", "{op}");
     assert_eq!(texts(&op), expected_texts(30));

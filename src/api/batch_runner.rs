@@ -309,12 +309,16 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// No new item is sent; those upstream get `FLUX_DRAIN_S` to finish
-    /// (the others run again after a restart).
-    pub async fn stop(mut self) {
+    /// No new item is sent from now on; those upstream get `FLUX_DRAIN_S`
+    /// to finish (the others run again after a restart). The future
+    /// resolves when the runner has ended.
+    pub fn stop(mut self) -> impl Future<Output = ()> {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        let task = self.task.take();
+        async move {
+            if let Some(task) = task {
+                let _ = task.await;
+            }
         }
     }
 }
