@@ -22,8 +22,8 @@ ci_venv schemathesis
 port=18199
 # The largest figures the policy fetch accepts as sane: nothing ever waits.
 unlimited='{"rpm": 10000, "tpm": 100000000, "rpd": 1000000}'
-limits=$(printf '{"gemini-2.5-pro": %s, "gemini-2.5-flash": %s, "gemini-2.5-flash-lite": %s, "gemini-3.1-pro-preview": %s, "gemini-3-flash-preview": %s, "gemini-3.1-flash-lite-preview": %s}' \
-  "$unlimited" "$unlimited" "$unlimited" "$unlimited" "$unlimited" "$unlimited")
+limits=$(printf '{"gemini-2.5-pro": %s, "gemini-2.5-flash": %s, "gemini-2.5-flash-lite": %s, "gemini-3.1-pro-preview": %s, "gemini-3-flash-preview": %s, "gemini-3.1-flash-lite-preview": %s, "gemini-embedding-001": %s}' \
+  "$unlimited" "$unlimited" "$unlimited" "$unlimited" "$unlimited" "$unlimited" "$unlimited")
 start_demo "$port" FLUX_LIMITS="$limits" FLUX_MAX_WAIT_S=0
 
 target/ci-venv/bin/schemathesis run openapi.yaml \

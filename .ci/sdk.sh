@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Drives `gemini-flux demo` with the real google-genai and openai SDKs
-# (tests/sdk, pytest, in a venv under target/), tokens required.
+# (tests/sdk, pytest, in a venv under target/), tokens required: generate,
+# stream, count, files, embeddings, tools and agent loops on both SDKs, and
+# not one upstream 429 in the run. About ten seconds once the venv exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/demo.sh

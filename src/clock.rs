@@ -27,6 +27,11 @@ impl Timestamp {
         self.0
     }
 
+    /// The system's wall clock now, for threads outside tokio's clock.
+    pub fn wall_now() -> Self {
+        Timestamp(Utc::now().timestamp_millis())
+    }
+
     /// The moment `d` later; saturates rather than overflowing.
     pub fn plus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.as_millis() as i64))
@@ -125,7 +130,7 @@ pub struct Clock {
 impl Clock {
     /// A clock that reads the system's wall time now and follows tokio from there.
     pub fn system() -> Self {
-        let now = Utc::now().timestamp_millis();
+        let now = Timestamp::wall_now().millis();
         Self::starting_at(Timestamp(now))
     }
 

@@ -115,6 +115,8 @@ fn main() -> ExitCode {
     if let Some(limit) = gemini_flux::listener::raise_descriptor_limit() {
         tracing::debug!("open descriptors allowed: {limit}");
     }
+    // A spike of big bodies is given back once they are gone.
+    gemini_flux::api::inflight::return_big_buffers();
     if demo {
         runtime.block_on(run_demo(settings))
     } else {
@@ -196,6 +198,7 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
     let models: Vec<serde_json::Value> = config
         .limits
         .iter()
+        .filter(|(m, _)| Family::of(m) != Family::Embedding)
         .map(|(m, l)| serde_json::json!({"model": m, "rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}))
         .collect();
     config.faults.json_answer = Some(serde_json::json!({ "models": models }).to_string());

@@ -26,7 +26,6 @@ use crate::keys::ApiKey;
 use crate::listener;
 use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
-use crate::scheduler::lane::WINDOW;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
 use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
 use crate::store::batches::BatchStore;
@@ -176,7 +175,7 @@ async fn launch(
         None => crate::metrics::Metrics::default(),
     };
     let upstream = Upstream::new(&settings.base_url, settings.upstream_timeout);
-    let recovered = store.recover(clock.now(), WINDOW + settings.guard)?;
+    let recovered = store.recover(clock.now(), Quota::longest_sliding() + settings.guard)?;
     // A fetch accepted less than seven days ago, and the models found with
     // it, are trusted; otherwise discover now and fetch once serving.
     let cache = if settings.policy_fetch {
@@ -194,7 +193,6 @@ async fn launch(
                 refresh::seed_chain()
             }),
     };
-    let validated = validate_keys(&upstream, &settings.keys, &chain[0]).await;
     let key_ids: Vec<String> = settings.keys.iter().map(ApiKey::stable_id).collect();
     let fingerprints = settings.keys.iter().map(ApiKey::fingerprint).collect();
     let layers = Layers {
@@ -218,10 +216,16 @@ async fn launch(
         settings.mode,
         settings.guard,
     );
+    // Models found retired before stay out, and are not what keys are checked on.
+    for (model, at, message) in &recovered.retired {
+        core.restore_retired(model, *at, message, clock.now());
+    }
+    let check_model = core.chain().first().unwrap_or(&chain[0]).clone();
+    let validated = validate_keys(&upstream, &settings.keys, &check_model).await;
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
     core.take_changes();
     core.set_reserve(settings.batches.reserve);
-    log_startup_table(&settings, &chain, &core);
+    log_startup_table(&settings, core.chain(), &core);
     let policy_status = match &cache {
         Some(c) => FetchStatus::accepted(c.at, true),
         None => FetchStatus {
@@ -262,7 +266,7 @@ async fn launch(
         key_ids,
         ledger,
         token_count: settings.token_count,
-        count_model: chain[0].clone(),
+        fallback_count_model: chain[0].clone(),
         count_turn: AtomicUsize::new(0),
         max_wait: settings.max_wait,
         drain: Drain {
@@ -279,10 +283,10 @@ async fn launch(
         metrics,
         origins: Policy {
             allowed: settings.guards.cors_origins.clone(),
-            loopback_only: settings.bind.ip().is_loopback(),
         },
-        inflight: Budget::new(settings.guards.max_inflight_bytes, settings.max_body_bytes),
+        inflight: Budget::new(settings.guards.max_inflight_bytes),
         request_timeout: settings.guards.request_timeout,
+        files: Default::default(),
         batches,
     });
     if settings.api_tokens.is_empty() {

@@ -217,3 +217,28 @@ async fn a_bad_origin_list_stops_start_up_naming_the_variable() {
     .to_string();
     assert!(err.contains("FLUX_CORS_ORIGINS"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rebound_name_is_not_the_services_own_origin_but_an_address_or_a_listed_name_is() {
+    let stack = stack(&[("FLUX_CORS_ORIGINS", "http://flux.internal:8000")]).await;
+    let port = stack.svc.addr().port();
+    let host = reqwest::header::HOST;
+    // (Host and Origin's host, route, status.) First a page at
+    // evil.example, its name rebound to the service's address: its Origin
+    // and the Host its browser sends agree. Then the dashboard, reached at
+    // an address, at localhost, or at the name the operator listed.
+    let cases = [
+        (format!("evil.example:{port}"), "/keys/1/disable", 403),
+        (format!("127.0.0.1:{port}"), "/keys/1/enable", 200),
+        (format!("localhost:{port}"), "/keys/1/enable", 200),
+        ("flux.internal:8000".to_string(), "/keys/1/enable", 200),
+    ];
+    for (name, path, expected) in cases {
+        let origin = format!("http://{name}");
+        let headers = [(ORIGIN, origin.as_str()), (host.clone(), name.as_str())];
+        let (s, _, body) = post(&stack, path, &headers, "").await;
+        assert_eq!(s, expected, "{name}: {body}");
+    }
+    let (_, status) = stack.get("/status").await;
+    assert_eq!(status["keys"][0]["state"], "healthy");
+}

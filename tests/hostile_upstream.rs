@@ -19,12 +19,15 @@ use std::time::Duration;
 const FLASH: &str = "gemini-2.5-flash";
 
 /// An upstream behind a misbehaving proxy: counting works, a generate call
-/// gets an HTML 413, and a stream is answered 200 with events that are not JSON.
-async fn proxy_upstream(uri: Uri) -> Response {
+/// (native or on the OpenAI-compatible layer) gets an HTML 413, and a stream
+/// is answered 200 with events that are not JSON.
+async fn proxy_upstream(uri: Uri, body: axum::body::Bytes) -> Response {
     let path = uri.path();
+    let streamed_chat = path.ends_with("/openai/chat/completions")
+        && serde_json::from_slice::<Value>(&body).is_ok_and(|b| b["stream"] == true);
     if path.ends_with(":countTokens") {
         axum::Json(json!({"totalTokens": 3})).into_response()
-    } else if path.ends_with(":streamGenerateContent") {
+    } else if path.ends_with(":streamGenerateContent") || streamed_chat {
         (
             [(header::CONTENT_TYPE, "text/event-stream")],
             "data: <html>upstream hiccup</html>\n\ndata: {not json\n\n",
@@ -225,4 +228,37 @@ async fn no_request_outlives_the_request_timeout() {
         (Duration::from_secs(150)..Duration::from_secs(151)).contains(&took),
         "{took:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_slot_is_booked_too_late_for_its_call_to_finish() {
+    let sim_config =
+        SimConfig::new(["sim-key-0001"]).with_limits(limits(FLASH, 1, 1_000_000, 1000));
+    let sim = start_sim(sim_config, quiet_noon()).await;
+    // A request may last 80 s and a call 30 s: a slot must come within 50 s.
+    let (svc, _) = service_before(
+        &sim.base_url(),
+        "sim-key-0001",
+        &[
+            ("FLUX_UPSTREAM_TIMEOUT_S", "30"),
+            ("FLUX_REQUEST_TIMEOUT_S", "80"),
+        ],
+    )
+    .await;
+    let http = client();
+    let (status, _, body) = generate_at(&http, &svc.base_url(), json!({"prompt": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    // The next slot is 60.25 s away (one request a minute). Sent then, a
+    // call that takes 25 s would be cut at 80 s after the upstream counted
+    // it; it is refused now instead.
+    sim.set_faults(Faults {
+        latency_ms: 25_000,
+        ..Faults::default()
+    });
+    let started = tokio::time::Instant::now();
+    let (status, retry_after, body) =
+        generate_at(&http, &svc.base_url(), json!({"prompt": "hi"})).await;
+    assert_eq!((status, retry_after), (429, Some(61)), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(sim.stats().calls, 1, "no call was spent for nothing");
 }

@@ -95,7 +95,10 @@ async fn every_spec_operation_is_served() {
         } else {
             "gemini-2.5-flash:countTokens"
         };
-        let mut path = path.replace("{n}", "2").replace("{target}", target);
+        let mut path = path
+            .replace("{n}", "2")
+            .replace("{target}", target)
+            .replace("{id}", "abc123");
         if path.contains("{name}") {
             let batch = new_batch(&stack).await;
             let name = if method == "post" {

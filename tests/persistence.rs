@@ -222,3 +222,50 @@ async fn stopping_serves_slots_within_the_drain_window_and_refuses_the_rest() {
     stopped.await.unwrap().unwrap();
     assert_eq!(sim.stats().calls, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_model_stays_out_of_the_chain_after_a_restart() {
+    const RETIRED: &str = "gemini-2.0-flash";
+    let clock = Clock::starting_at(quiet_noon());
+    let sim = SimServer::start(
+        SimConfig::new(["sim-key-0001"]).with_retired(RETIRED),
+        clock,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let state = fresh_state_path();
+    let http = client();
+    let chain = [RETIRED, FLASH].join(",");
+    let env = [
+        ("FLUX_MODELS", chain.as_str()),
+        ("FLUX_POLICY_FETCH", "false"),
+    ];
+    let retired_404 = || sim.stats().lane(1, RETIRED).map_or(0, |l| l.retired_404);
+    // The first run meets it three times: the key check at start and the
+    // first request's countTokens (both free), then the call that retires it.
+    // The second run never meets it at all.
+    for (run, met) in [(0, 3), (1, 3)] {
+        let svc = service::start(
+            settings(&sim.base_url(), "sim-key-0001", &state, &env),
+            clock,
+        )
+        .await
+        .unwrap();
+        let base = svc.base_url();
+        let (status, _, body) = generate_at(&http, &base, json!({"prompt": "hi"})).await;
+        assert_eq!(
+            (status, body["model_used"].as_str()),
+            (200, Some(FLASH)),
+            "run {run}"
+        );
+        let status = get_json(&http, &format!("{base}/status")).await;
+        assert_eq!(status["retired"][0]["model"], RETIRED, "run {run}");
+        assert_eq!(status["chain"], json!([FLASH]), "run {run}");
+        assert_eq!(retired_404(), met, "run {run}");
+        // Counted on a model still in the chain.
+        generate_at(&http, &base, json!({"prompt": "again"})).await;
+        assert_eq!(retired_404(), met, "run {run}");
+        svc.stop().await.unwrap();
+    }
+}

@@ -564,6 +564,54 @@ async fn a_replica_that_finds_redis_emptied_is_not_ready_even_without_traffic() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_through_one_replica_is_read_by_its_key_through_another() {
+    let limits = json!({FLASH: {"rpm": 10, "tpm": 100_000, "rpd": 1_000}});
+    let cluster = Cluster::start(2, &limits, FLASH).await;
+    let uploaded = upload_file(&cluster.base(0), b"shared by replicas", &[]).await;
+    assert_eq!(uploaded.status, 200, "{}", uploaded.body);
+    let file = uploaded.body["file"].clone();
+    let id = file_id(&file);
+    let owner = cluster.sim.file_owner(&id).unwrap();
+
+    // The other replica never saw the upload: Redis tells it the owner.
+    let http = client();
+    for _ in 0..4 {
+        let answer = Answer::to(
+            http.post(format!(
+                "{}/v1beta/models/{FLASH}:generateContent",
+                cluster.base(1)
+            ))
+            .json(&about_file(&file)),
+        )
+        .await;
+        assert_eq!(
+            (answer.status, answer.key()),
+            (200, owner),
+            "{}",
+            answer.body
+        );
+    }
+    let stats = cluster.sim.stats();
+    assert_eq!(stats.lane(owner, FLASH).unwrap().calls, 4);
+    assert_eq!(cross_key_file_uses(&stats), 0);
+
+    // The record lives as long as the file: 48 hours.
+    let mut conn = redis::Client::open(cluster.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}file:{id}", cluster.prefix))
+        .query(&mut conn)
+        .unwrap();
+    let hours_48 = 48 * 3_600_000;
+    assert!(
+        (hours_48 - 60_000..=hours_48).contains(&ttl),
+        "expires with the file: {ttl} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_batches_with_501() {
     let limits = json!({FLASH: {"rpm": 10, "tpm": 250_000, "rpd": 250}});
     let cluster = Cluster::start(1, &limits, FLASH).await;

@@ -111,6 +111,26 @@ async fn no_key_text_in_any_output() {
             .await,
         );
     }
+    // The OpenAI-compatible layer (the key as a bearer token upstream):
+    // answered, refused by the upstream, and embeddings.
+    let chats = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}], "n": 99}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "gemini-embedding-001", "input": ["a", "b"]}),
+        ),
+    ];
+    for (path, body) in chats {
+        let resp = stack.http.post(stack.url(path)).json(&body).send();
+        outputs.push(record(resp.await.unwrap()).await);
+    }
     for path in ["/status", "/mode", "/readyz", "/healthz"] {
         outputs.push(record(stack.http.get(stack.url(path)).send().await.unwrap()).await);
     }

@@ -1,7 +1,8 @@
 //! Client authentication. With `FLUX_API_TOKENS` set, every route but
 //! `/healthz`, `/readyz` and the dashboard's static page needs one of those tokens: `Authorization: Bearer`
 //! anywhere, or `x-goog-api-key` / `?key=` on the Gemini-native routes (so an
-//! SDK's "API key" can be the token). The admin routes need `FLUX_ADMIN_TOKEN`
+//! SDK's "API key" can be the token). An upload's chunks need none: their
+//! upload id, given only to a caller with a token, is their credential. The admin routes need `FLUX_ADMIN_TOKEN`
 //! when that is set. Tokens are compared in constant time. The token a
 //! request presented is passed on as its [`Caller`] (batches belong to it).
 
@@ -52,6 +53,9 @@ fn classify(method: &Method, path: &str) -> Guarded {
         p if [
             "/v1beta/models",
             "/v1/models",
+            "/v1beta/files",
+            "/v1/files",
+            "/upload/",
             "/v1beta/batches",
             "/v1/batches",
         ]
@@ -107,7 +111,8 @@ pub async fn require_token(
         return next.run(req).await;
     }
     let class = classify(req.method(), req.uri().path());
-    if class == Guarded::Open {
+    if class == Guarded::Open || super::files::is_upload_chunk(req.uri().path(), req.uri().query())
+    {
         return next.run(req).await;
     }
     let mut presented: Vec<String> = bearer(&req).map(str::to_string).into_iter().collect();
@@ -156,6 +161,8 @@ mod tests {
             classify(&Method::POST, "/v1/models/gemini-2.5-flash:generateContent")
                 == Guarded::GeminiNative
         );
+        assert!(classify(&Method::POST, "/upload/v1beta/files") == Guarded::GeminiNative);
+        assert!(classify(&Method::GET, "/v1/files/abc") == Guarded::GeminiNative);
         assert!(classify(&Method::GET, "/v1/batches/abc") == Guarded::GeminiNative);
         assert!(classify(&Method::GET, "/v1beta/batches") == Guarded::GeminiNative);
         assert!(classify(&Method::POST, "/v1beta/openai/chat/completions") == Guarded::Other);

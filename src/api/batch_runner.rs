@@ -22,7 +22,9 @@ use crate::clock::Timestamp;
 use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::store::batches::{BatchRow, BatchStore, ItemOutcome, ItemResult, NewItem};
 use crate::store::{RETRY_EVERY, StoreError};
+use crate::wire::GenerateRequest;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -155,7 +157,7 @@ impl Batches {
     }
 
     /// The job that serves one item of `row`'s batch.
-    fn job(row: &BatchRow, request: Value) -> Job {
+    fn job(row: &BatchRow, request: GenerateRequest) -> Job {
         Job {
             request,
             target: if row.fallback {
@@ -184,7 +186,7 @@ impl Batches {
     ) {
         let row = self.progress(&item.batch, state.scheduler.clock().now());
         let request = match self.inner.store.request(&item.batch, item.index).await {
-            Ok(Some(text)) => serde_json::from_str::<Value>(&text).ok(),
+            Ok(Some(text)) => GenerateRequest::from_json(Bytes::from(text)).ok(),
             Ok(None) => None,
             Err(e) => {
                 let until = state.scheduler.clock().now().plus(RETRY_EVERY);
@@ -199,14 +201,14 @@ impl Batches {
             self.queue().abandon(&item);
             return;
         };
-        let job = Self::job(&row.row, request);
-        let estimate = match estimate {
-            Some(tokens) => tokens,
-            None => dispatch::count_tokens(state, &job.request).await,
+        let mut job = Self::job(&row.row, request);
+        let estimate = match dispatch::prepare(state, &mut job, estimate).await {
+            Ok(tokens) => tokens,
+            Err(refusal) => return self.refused(state, &item, estimate, refusal).await,
         };
         let booked = match dispatch::book_now(state, &job, estimate).await {
             Ok(booked) => booked,
-            Err(refusal) => return self.refused(state, &item, estimate, refusal).await,
+            Err(refusal) => return self.refused(state, &item, Some(estimate), refusal).await,
         };
         let now = state.scheduler.clock().now();
         let started = {
@@ -238,15 +240,25 @@ impl Batches {
                         .answer(&state, &item, ItemOutcome::Response, body)
                         .await;
                 }
-                Err(refusal) => batches.refused(&state, &item, estimate, refusal).await,
+                Err(refusal) => {
+                    let counted = Some(estimate);
+                    batches.refused(&state, &item, counted, refusal).await;
+                }
             }
             batches.inner.wake.notify_one();
         });
     }
 
-    /// A refusal that says "later" puts the item back and parks its batch
-    /// until then; any other is the item's error.
-    async fn refused(&self, state: &AppState, item: &ItemRef, estimate: u64, refusal: Failure) {
+    /// A refusal that says "later" puts the item back (with `estimate`, its
+    /// tokens, when they were counted) and parks its batch until then; any
+    /// other is the item's error.
+    async fn refused(
+        &self,
+        state: &AppState,
+        item: &ItemRef,
+        estimate: Option<u64>,
+        refusal: Failure,
+    ) {
         let (status, message) = refusal.status_and_message();
         if let Some(wait) = refusal.later() {
             let now = state.scheduler.clock().now();
@@ -256,7 +268,7 @@ impl Batches {
                 until,
                 reason: message,
             };
-            self.queue().put_back(item, Some(estimate), park);
+            self.queue().put_back(item, estimate, park);
             return;
         }
         let error = match refusal {

@@ -17,16 +17,18 @@ use crate::scheduler::{
 };
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
-use crate::wire::prompt_tokens;
+use crate::wire::{GenerateRequest, openai};
 use axum::http::StatusCode;
 use rand::Rng;
 use serde_json::Value;
 use std::time::Duration;
 
-/// What a surface asks the dispatcher for.
-pub struct Job {
-    /// A complete `GenerateContentRequest`.
-    pub request: Value,
+/// What a surface asks the dispatcher for: a generate call's request as
+/// the JSON text that goes upstream ([`GenerateRequest`]: a native body
+/// passed through as it came, never a tree), or the JSON body of an OpenAI
+/// chat or an embedding.
+pub struct Job<R = GenerateRequest> {
+    pub request: R,
     pub target: Target,
     pub keys: KeyChoice,
     /// The requests the call counts: 1, or the items of a batch of embeddings.
@@ -143,6 +145,14 @@ pub enum Failure {
         body: Value,
     },
     Flux(ApiError),
+    /// A batch (more than one item) that one call can never hold: more
+    /// items than one window of any lane admits (`most` is how many it
+    /// does), or more tokens (`most` is `None`). The surface splits it, or
+    /// answers `error` (413).
+    BatchTooLarge {
+        most: Option<u64>,
+        error: ApiError,
+    },
 }
 
 impl Failure {
@@ -180,14 +190,16 @@ impl Failure {
     pub fn later(&self) -> Option<Duration> {
         match self {
             Failure::Flux(e) => e.retry_after,
-            Failure::Client { .. } => None,
+            Failure::Client { .. } | Failure::BatchTooLarge { .. } => None,
         }
     }
 
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
-            Failure::Flux(e) => (e.status, e.message.clone()),
+            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => {
+                (e.status, e.message.clone())
+            }
             Failure::Client { status, body } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
                 body["error"]["message"]
@@ -203,7 +215,7 @@ impl Failure {
 impl axum::response::IntoResponse for Failure {
     fn into_response(self) -> axum::response::Response {
         match self {
-            Failure::Flux(e) => e.into_response(),
+            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => e.into_response(),
             Failure::Client { status, body } => (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
                 axum::Json(body),
@@ -233,11 +245,26 @@ pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failur
     within_request_timeout(state, serve::<Streamed>(state, job)).await
 }
 
-/// Background work's first step (a batch item whose tokens were counted
-/// with [`count_tokens`]): a grant for now, or the refusal, whose
-/// [`Failure::later`] says when to ask again. Split from
-/// [`send_booked`] so that the caller knows the plan's answer before it
-/// turns to its next item.
+/// Background work's first step (a batch item): the job pinned to the key
+/// that owns the files it names, and its input tokens, counted there unless
+/// `counted` has them already (an item put back keeps its count). Then
+/// [`book_now`], as often as it takes.
+pub async fn prepare(
+    state: &AppState,
+    job: &mut Job,
+    counted: Option<u64>,
+) -> Result<u64, Failure> {
+    let file_owner = pin_to_file_owner(state, job).await?;
+    Ok(match counted {
+        Some(tokens) => tokens,
+        None => Complete::estimate(state, &job.request, file_owner).await,
+    })
+}
+
+/// A grant for now for background work, or the refusal, whose
+/// [`Failure::later`] says when to ask again. Apart from [`send_booked`]
+/// so that the caller knows the plan's answer before it turns to its next
+/// item.
 pub async fn book_now(state: &AppState, job: &Job, estimate: u64) -> Result<Booked, Failure> {
     let now = state.scheduler.clock().now();
     plan(state, job, estimate, now, &[]).await
@@ -252,13 +279,32 @@ pub async fn send_booked(
     booked: Booked,
     estimate: u64,
 ) -> Result<Served<Generated>, Failure> {
-    let deadline = state
-        .scheduler
-        .clock()
-        .now()
-        .plus(job.max_wait.min(state.request_timeout));
+    let now = state.scheduler.clock().now();
+    let deadline = now.plus(job.max_wait.min(slot_horizon(state)));
     let sending = attempts::<Complete>(state, &job, estimate, deadline, booked);
     within_request_timeout(state, sending).await
+}
+
+/// Serves `job` (an OpenAI-format chat body) on the upstream's
+/// OpenAI-compatible layer: its answer, as it came.
+pub async fn openai_chat(state: &AppState, job: Job<Value>) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<OpenAiChat>(state, job)).await
+}
+
+/// The same for a streamed chat (`"stream": true`): the relay settles it
+/// from the stream's last `usage`.
+pub async fn openai_chat_stream(
+    state: &AppState,
+    job: Job<Value>,
+) -> Result<Served<Stream>, Failure> {
+    within_request_timeout(state, serve::<OpenAiChatStream>(state, job)).await
+}
+
+/// Serves `job` (a native `embedContent` or `batchEmbedContents` body, or
+/// an OpenAI-format embeddings body; one request an item) with the
+/// upstream's answer as it came.
+pub async fn embed(state: &AppState, job: Job<Value>) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<Embed>(state, job)).await
 }
 
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
@@ -283,16 +329,40 @@ async fn within_request_timeout<R>(
         })
 }
 
-/// One kind of upstream call: how it is made, and what a served one hands
-/// back to the surface (with the input tokens it counted).
+/// What dispatch reads of a job's request, whatever its format.
+pub trait JobRequest {
+    /// The `fileData.fileUri`s it names: a call reading an uploaded file
+    /// must go to the key that owns it.
+    fn file_uris(&self) -> &[String];
+}
+
+impl JobRequest for GenerateRequest {
+    fn file_uris(&self) -> &[String] {
+        GenerateRequest::file_uris(self)
+    }
+}
+
+/// An OpenAI chat or an embedding names no uploaded file.
+impl JobRequest for Value {
+    fn file_uris(&self) -> &[String] {
+        &[]
+    }
+}
+
+/// One kind of upstream call: its request, what the request's input tokens
+/// are estimated at, how it is made, and what a served one hands back to
+/// the surface (with the input tokens it counted).
 trait Exchange {
+    type Request: JobRequest;
     type Answer;
     type Reply;
+    /// On `key` when the request is pinned to one.
+    async fn estimate(state: &AppState, request: &Self::Request, key: Option<KeyIndex>) -> u64;
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &Self::Request,
     ) -> Result<Self::Answer, UpstreamError>;
     fn served(answer: Self::Answer, settlement: Settlement) -> (Self::Reply, u64);
 }
@@ -301,13 +371,17 @@ trait Exchange {
 struct Complete;
 
 impl Exchange for Complete {
+    type Request = GenerateRequest;
     type Answer = Generated;
     type Reply = Generated;
+    async fn estimate(state: &AppState, request: &GenerateRequest, key: Option<KeyIndex>) -> u64 {
+        count_tokens(state, request, key).await
+    }
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<Generated, UpstreamError> {
         upstream.generate(key, model, request).await
     }
@@ -322,13 +396,17 @@ impl Exchange for Complete {
 struct Streamed;
 
 impl Exchange for Streamed {
+    type Request = GenerateRequest;
     type Answer = reqwest::Response;
     type Reply = Stream;
+    async fn estimate(state: &AppState, request: &GenerateRequest, key: Option<KeyIndex>) -> u64 {
+        Complete::estimate(state, request, key).await
+    }
     async fn call(
         upstream: &Upstream,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
         upstream.stream_generate(key, model, request).await
     }
@@ -342,6 +420,120 @@ impl Exchange for Streamed {
     }
 }
 
+/// A JSON answer that reports its `usage` (input, output), or not: settled
+/// with it, else with the estimate.
+fn settled(body: Value, usage: Option<(u64, u64)>, settlement: Settlement) -> (Value, u64) {
+    let (input, output) = usage.unwrap_or((settlement.estimate, 0));
+    settlement.finish(Outcome::Ok, Some((input, output)));
+    (body, input)
+}
+
+/// The OpenAI-compatible layer's `chat/completions`, estimated over the
+/// messages' text and images, settled from the answer's `usage`.
+struct OpenAiChat;
+
+impl Exchange for OpenAiChat {
+    type Request = Value;
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
+        let prompt = openai::ChatPrompt::of(request);
+        let countable = GenerateRequest::from_value(&prompt.countable);
+        count_tokens(state, &countable, key).await + prompt.remote_tokens()
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        upstream
+            .openai_json(key, "chat/completions", model, request)
+            .await
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        let usage = openai::usage(&body);
+        settled(body, usage, settlement)
+    }
+}
+
+/// The same, streamed: settled by the relay from the last chunk's `usage`.
+struct OpenAiChatStream;
+
+impl Exchange for OpenAiChatStream {
+    type Request = Value;
+    type Answer = reqwest::Response;
+    type Reply = Stream;
+    async fn estimate(state: &AppState, request: &Value, key: Option<KeyIndex>) -> u64 {
+        OpenAiChat::estimate(state, request, key).await
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        upstream
+            .openai(key, "chat/completions", model, request)
+            .await
+    }
+    fn served(response: reqwest::Response, settlement: Settlement) -> (Stream, u64) {
+        Streamed::served(response, settlement)
+    }
+}
+
+/// The input tokens of a batch of embeddings: each item's text (a native
+/// request's `content`, each of its `requests`' contents, or each OpenAI
+/// `input` text), counted locally (the upstream's answer states none).
+fn embedding_tokens(request: &Value) -> u64 {
+    if let Some(items) = request["requests"].as_array() {
+        items
+            .iter()
+            .map(|i| openai::item_tokens(&i["content"]))
+            .sum()
+    } else if let Some(texts) = openai::embedding_inputs(&request["input"]) {
+        texts
+            .iter()
+            .map(|t| openai::item_tokens(&Value::from(*t)))
+            .sum()
+    } else {
+        openai::item_tokens(&request["content"])
+    }
+}
+
+/// Embeddings: native `:embedContent` / `:batchEmbedContents`, or the
+/// OpenAI-compatible layer's `embeddings` (a body with `input`). Settled
+/// with the `usage` the OpenAI layer states, else with the estimate (the
+/// native answer states none, and the estimate is the count).
+struct Embed;
+
+impl Exchange for Embed {
+    type Request = Value;
+    type Answer = Value;
+    type Reply = Value;
+    async fn estimate(_: &AppState, request: &Value, _: Option<KeyIndex>) -> u64 {
+        embedding_tokens(request)
+    }
+    async fn call(
+        upstream: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        if request.get("input").is_some() {
+            upstream
+                .openai_json(key, "embeddings", model, request)
+                .await
+        } else {
+            upstream.embed(key, model, request).await
+        }
+    }
+    fn served(body: Value, settlement: Settlement) -> (Value, u64) {
+        let usage = openai::usage(&body).filter(|&(input, _)| input > 0);
+        settled(body, usage, settlement)
+    }
+}
+
 /// How one attempt ended.
 enum Attempt<R> {
     /// The upstream served it: the reply and the input tokens it counted.
@@ -352,12 +544,15 @@ enum Attempt<R> {
     Fail(Failure),
 }
 
-/// Counts, plans, then [`attempts`].
-async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Reply>, Failure> {
+/// Pins, counts and plans, then [`attempts`].
+async fn serve<E: Exchange>(
+    state: &AppState,
+    mut job: Job<E::Request>,
+) -> Result<Served<E::Reply>, Failure> {
     let clock = state.scheduler.clock();
-    // No slot beyond the request's own deadline is worth waiting for.
-    let deadline = clock.now().plus(job.max_wait.min(state.request_timeout));
-    let estimate = count_tokens(state, &job.request).await;
+    let deadline = clock.now().plus(job.max_wait.min(slot_horizon(state)));
+    let file_owner = pin_to_file_owner(state, &mut job).await?;
+    let estimate = E::estimate(state, &job.request, file_owner).await;
     let booked = plan(state, &job, estimate, deadline, &[]).await?;
     attempts::<E>(state, &job, estimate, deadline, booked).await
 }
@@ -366,7 +561,7 @@ async fn serve<E: Exchange>(state: &AppState, job: Job) -> Result<Served<E::Repl
 /// what the upstream teaches, until served, failed, or out of attempts.
 async fn attempts<E: Exchange>(
     state: &AppState,
-    job: &Job,
+    job: &Job<E::Request>,
     estimate: u64,
     deadline: Timestamp,
     mut booked: Booked,
@@ -421,10 +616,33 @@ async fn attempts<E: Exchange>(
     .into())
 }
 
-/// Books a grant for the job, or says why not (in the surface's terms).
-async fn plan(
+/// How far past a request's arrival a slot is still worth booking: a call
+/// sent later could not finish before `FLUX_REQUEST_TIMEOUT_S` cuts it,
+/// and would spend quota for nothing. So every slot leaves the call
+/// `FLUX_UPSTREAM_TIMEOUT_S`, or half the request timeout if that is less.
+fn slot_horizon(state: &AppState) -> Duration {
+    let margin = state.upstream.timeout().min(state.request_timeout / 2);
+    state.request_timeout.saturating_sub(margin)
+}
+
+/// A request that names uploaded files is served by the key whose project
+/// owns them, and by no other (its tokens are counted there too): `Some`
+/// of that key. A file the service does not know pins nothing.
+async fn pin_to_file_owner<R: JobRequest>(
     state: &AppState,
-    job: &Job,
+    job: &mut Job<R>,
+) -> Result<Option<KeyIndex>, Failure> {
+    let owner = super::files::pinned_key(state, job.request.file_uris()).await?;
+    if let Some(key) = owner {
+        job.keys = KeyChoice::Only(key);
+    }
+    Ok(owner)
+}
+
+/// Books a grant for the job, or says why not (in the surface's terms).
+async fn plan<R>(
+    state: &AppState,
+    job: &Job<R>,
     estimate: u64,
     deadline: Timestamp,
     tried: &[String],
@@ -449,19 +667,27 @@ async fn plan(
         .await
         .map_err(|_| stopping())?;
     let now = clock.now();
-    planned.map_err(|e| match e {
-        // Background work has no wait ceiling, only "now": say so.
-        PlanError::WaitTooLong { model, at } if job.priority == Priority::Background => {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "no slot on {model} is free now for batch work (each window keeps the interactive reserve); the next at {at}"
-                ),
-            )
-            .retry_after(at.since(now))
-            .into()
+    planned.map_err(|e| {
+        if let PlanError::WaitTooLong { model, at } = &e
+            && job.priority == Priority::Background
+        {
+            // Background work has no wait ceiling, only "now": say so.
+            let message = format!(
+                "no slot on {model} is free now for batch work (each window keeps the interactive reserve); the next at {at}"
+            );
+            let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
+            return error.retry_after(at.since(now)).into();
         }
-        e => plan_error(e, now, tried, job.unknown_model).into(),
+        let batch = match e {
+            PlanError::TooManyItems { most, .. } => Some(Some(most)),
+            PlanError::TooLarge { .. } if job.requests > 1 => Some(None),
+            _ => None,
+        };
+        let error = plan_error(e, now, tried, job.unknown_model);
+        match batch {
+            Some(most) => Failure::BatchTooLarge { most, error },
+            None => error.into(),
+        }
     })
 }
 
@@ -469,7 +695,7 @@ async fn plan(
 /// it) and settles what it becomes.
 async fn one_attempt<E: Exchange>(
     state: &AppState,
-    job: &Job,
+    job: &Job<E::Request>,
     booked: Booked,
     estimate: u64,
 ) -> Attempt<E::Reply> {
@@ -569,9 +795,9 @@ async fn wait_for_slot(state: &AppState, booked: &Booked) -> Result<(), Failure>
 /// neither confirm nor clear (it failed for its own reasons) becomes a
 /// transient failure, so the request goes elsewhere and no key is taken out
 /// on one answer alone.
-async fn judge(
+async fn judge<R>(
     state: &AppState,
-    job: &Job,
+    job: &Job<R>,
     grant: &Grant,
     error: UpstreamError,
 ) -> Result<UpstreamError, UpstreamError> {
@@ -589,7 +815,7 @@ async fn judge(
         e if e.is_about_the_key() => {
             let check = state
                 .upstream
-                .check_key(&state.keys[grant.key], &state.count_model)
+                .check_key(&state.keys[grant.key], &state.count_model())
                 .await;
             match check {
                 Err(refused) if refused.is_about_the_key() => Ok(error),
@@ -685,16 +911,16 @@ fn plan_error(
 }
 
 /// Counts the request's input tokens with `countTokens` (free of generate
-/// quota), spreading the calls over the usable keys; falls back on the local
-/// estimate when that fails.
-pub async fn count_tokens(state: &AppState, request: &Value) -> u64 {
+/// quota) on `key`, else spreading the calls over the usable keys; falls
+/// back on the local estimate when that fails.
+async fn count_tokens(state: &AppState, request: &GenerateRequest, key: Option<KeyIndex>) -> u64 {
     if state.token_count == TokenCount::Local {
-        return prompt_tokens(request);
+        return request.local_tokens();
     }
-    if let Some(key) = state.next_usable_key() {
+    if let Some(key) = key.or_else(|| state.next_usable_key()) {
         match state
             .upstream
-            .count_tokens(&state.keys[key], &state.count_model, request)
+            .count_tokens(&state.keys[key], &state.count_model(), request)
             .await
         {
             Ok(n) => return n,
@@ -705,5 +931,5 @@ pub async fn count_tokens(state: &AppState, request: &Value) -> u64 {
             ),
         }
     }
-    prompt_tokens(request)
+    request.local_tokens()
 }

@@ -7,6 +7,7 @@ use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
 use crate::scheduler::{KeyChoice, KeyIndex, Priority, Target};
 use crate::upstream::Generated;
+use crate::wire::GenerateRequest;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -70,14 +71,18 @@ impl Attachment {
             Attachment::Data(d) => (d, None),
             Attachment::Typed { data, mime_type } => (data, mime_type),
         };
-        let (data_url_type, data) = match data
+        // The text is moved and trimmed in place, never copied: an
+        // attachment may be most of a 20 MB body.
+        let mut data = data;
+        let data_url = data
             .strip_prefix("data:")
             .and_then(|rest| rest.split_once(";base64,"))
-        {
-            Some((mime, payload)) => (Some(mime.to_string()), payload.to_string()),
-            None => (None, data),
-        };
-        let data: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+            .map(|(mime, payload)| (mime.to_string(), data.len() - payload.len()));
+        let data_url_type = data_url.map(|(mime, start)| {
+            data.drain(..start);
+            mime
+        });
+        data.retain(|c| !c.is_whitespace());
         let bytes = LENIENT_BASE64
             .decode(&data)
             .map_err(|e| ApiError::bad_request(format!("{what}[{n}] is not valid base64: {e}")))?;
@@ -87,8 +92,19 @@ impl Attachment {
         let mime = given
             .or(data_url_type)
             .unwrap_or_else(|| sniff_mime(&bytes).to_string());
-        Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
+        let inline = object([("mimeType", mime.into()), ("data", data.into())]);
+        Ok(object([("inlineData", inline)]))
     }
+}
+
+/// A JSON object of `members`, moved in.
+fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    Value::Object(
+        members
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect(),
+    )
 }
 
 /// The MIME type of the formats Gemini accepts inline, from their magic bytes.
@@ -185,21 +201,24 @@ impl GenerateBody {
                 ));
             }
         };
-        let mut parts = vec![json!({"text": self.prompt})];
+        // Built by moving the texts in (`json!` would copy each one).
+        let mut parts = vec![object([("text", self.prompt.into())])];
         for (what, list) in [("images", self.images), ("files", self.files)] {
             for (n, a) in list.unwrap_or_default().into_iter().enumerate() {
                 parts.push(a.into_part(what, n)?);
             }
         }
-        let mut request = json!({"contents": [{"role": "user", "parts": parts}]});
+        let content = object([("role", "user".into()), ("parts", parts.into())]);
+        let mut request = object([("contents", vec![content].into())]);
         if let Some(system) = self.system.filter(|s| !s.trim().is_empty()) {
-            request["systemInstruction"] = json!({"parts": [{"text": system}]});
+            let text = object([("text", system.into())]);
+            request["systemInstruction"] = object([("parts", vec![text].into())]);
         }
         if !config.is_empty() {
             request["generationConfig"] = Value::Object(config);
         }
         Ok(Job {
-            request,
+            request: GenerateRequest::from_value(&request),
             target,
             keys,
             requests: 1,

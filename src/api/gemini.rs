@@ -4,7 +4,8 @@
 //! answers, plus `x-flux-*` headers. The path's model is honoured; falling
 //! down the chain is allowed only with `x-flux-fallback: true` (or
 //! `FLUX_NATIVE_FALLBACK=true`). `countTokens` and the model list go to any
-//! usable key and spend no generate quota.
+//! usable key (a body naming an uploaded file to its key) and spend no
+//! generate quota.
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Stream};
@@ -14,13 +15,14 @@ use super::relay::{GeminiArray, GeminiSse, relay};
 use super::{auth, batches, openai};
 use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::upstream::UpstreamError;
+use crate::wire::GenerateRequest;
+use crate::wire::tokens::Scan;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::Value;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -59,14 +61,15 @@ pub fn fallback_header(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-fn query_value(query: &Option<String>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref()?).ok()?;
+/// The value of `name` in a query string, decoded.
+pub(super) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// Answers an upstream error: the client's own mistake as Gemini said it,
 /// anything else as a 502 that says what happened.
-fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
+pub(super) fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     match error {
         UpstreamError::Client {
             status,
@@ -79,7 +82,7 @@ fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
     }
 }
 
-fn no_usable_key() -> Response {
+pub(super) fn no_usable_key() -> Response {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no key is usable")
         .retry_after(std::time::Duration::from_secs(60))
         .into_response()
@@ -87,7 +90,7 @@ fn no_usable_key() -> Response {
 
 /// Forwards `GET /v1beta/models…` on a usable key (only paging passes through).
 async fn forward_models(state: &AppState, path: &str, query: &Option<String>) -> Response {
-    if let Some(size) = query_value(query, "pageSize")
+    if let Some(size) = query_value(query.as_deref(), "pageSize")
         && !size.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n))
     {
         return ApiError::bad_request("pageSize must be a whole number from 1 to 1000")
@@ -98,7 +101,7 @@ async fn forward_models(state: &AppState, path: &str, query: &Option<String>) ->
     };
     let paging: Vec<(&str, String)> = ["pageSize", "pageToken"]
         .into_iter()
-        .filter_map(|name| Some((name, query_value(query, name)?)))
+        .filter_map(|name| Some((name, query_value(query.as_deref(), name)?)))
         .collect();
     let suffix = match serde_urlencoded::to_string(&paging) {
         Ok(q) if !q.is_empty() => format!("{path}?{q}"),
@@ -152,12 +155,20 @@ async fn call_model(
     if !plausible_model(model) {
         return no_such_model(model);
     }
+    let generates = matches!(action, "generateContent" | "streamGenerateContent");
+    if generates && super::embed::embeds(model) {
+        return ApiError::not_found(format!("models/{model} embeds and does not generate"))
+            .into_response();
+    }
     let streamed = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,
         // Passed through as the text that came: no tree of a body that
         // spends no quota (a big one would multiply in memory).
-        "countTokens" => return count_tokens(&state, model, body.raw()).await,
+        "countTokens" => return count_tokens(&state, model, body.0).await,
+        "embedContent" | "batchEmbedContents" => {
+            return super::embed::native(&state, model, action, &body.0).await;
+        }
         "batchGenerateContent" => {
             return batches::create(&state, model, &headers, &caller, &body.0).await;
         }
@@ -174,12 +185,13 @@ async fn call_model(
     } else {
         Target::Model(model.to_string())
     };
-    let body: Value = match serde_json::from_slice(&body.0) {
-        Ok(value) => value,
+    // Passed through as the bytes that came, read once without a tree.
+    let request = match GenerateRequest::from_json(body.0) {
+        Ok(request) => request,
         Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
     };
     let job = Job {
-        request: body,
+        request,
         target,
         keys: KeyChoice::Any,
         requests: 1,
@@ -197,7 +209,7 @@ async fn call_model(
             response: upstream,
             settlement,
         } = served.reply;
-        let sse = query_value(&query, "alt").as_deref() == Some("sse");
+        let sse = query_value(query.as_deref(), "alt").as_deref() == Some("sse");
         let (content_type, body) = if sse {
             ("text/event-stream", relay(upstream, settlement, GeminiSse))
         } else {
@@ -218,13 +230,19 @@ async fn call_model(
     response
 }
 
-async fn count_tokens(
-    state: &AppState,
-    model: &str,
-    body: &serde_json::value::RawValue,
-) -> Response {
-    let Some(key) = state.next_usable_key() else {
-        return no_usable_key();
+async fn count_tokens(state: &AppState, model: &str, body: axum::body::Bytes) -> Response {
+    // A body naming an uploaded file is counted by the file's key: no
+    // other key's project may read it. Its files are found without a tree.
+    let file_uris = Scan::of_json(&body)
+        .map(|scan| scan.file_uris)
+        .unwrap_or_default();
+    let key = match super::files::pinned_key(state, &file_uris).await {
+        Ok(Some(key)) => key,
+        Ok(None) => match state.next_usable_key() {
+            Some(key) => key,
+            None => return no_usable_key(),
+        },
+        Err(e) => return e.into_response(),
     };
     match state
         .upstream

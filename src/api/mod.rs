@@ -1,6 +1,7 @@
 //! The HTTP surfaces, one file each: `flux` (`/generate`), `gemini`
-//! (Gemini-native), `openai` (OpenAI-compatible), `admin` (status, mode,
-//! keys, health, the seed's routes). Handlers stay thin: they validate,
+//! (Gemini-native), `files` (the Files API, each file pinned to its key),
+//! `openai` (OpenAI-compatible), `embed` (embeddings, both ways), `admin`
+//! (status, mode, keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
 //! through `relay`. `auth` guards them all; `origin` keeps other web pages
 //! out, `inflight` bounds the body bytes held in memory. `batches` is the
@@ -14,7 +15,9 @@ pub mod batch_runner;
 mod batches;
 mod dashboard;
 pub mod dispatch;
+mod embed;
 pub mod error;
+pub mod files;
 mod flux;
 pub mod gemini;
 pub mod inflight;
@@ -51,8 +54,9 @@ pub struct Shared {
     pub key_ids: Vec<String>,
     pub ledger: Ledger,
     pub token_count: TokenCount,
-    /// The model `countTokens` is asked about (the chain's first).
-    pub count_model: String,
+    /// The model of free calls when the chain has none left (the chain's
+    /// first at start).
+    pub fallback_count_model: String,
     /// Spreads pass-through calls (countTokens, model lists) over the keys.
     pub count_turn: AtomicUsize,
     /// `FLUX_MAX_WAIT_S`.
@@ -71,6 +75,8 @@ pub struct Shared {
     pub inflight: inflight::Budget,
     /// `FLUX_REQUEST_TIMEOUT_S`.
     pub request_timeout: Duration,
+    /// Uploads under way and the owners of files seen (the store keeps them all).
+    pub files: files::Files,
     /// The Batch API's batches; `None` where batches do not run (replicas).
     pub batches: Option<batch_runner::Batches>,
 }
@@ -95,7 +101,15 @@ impl Drain {
 }
 
 impl Shared {
-    /// A usable key (0-based) for a call that spends no generate quota, in turn.
+    /// The model `countTokens` and the key check ask about: the chain's
+    /// first now, so a model retired upstream is never asked again.
+    pub fn count_model(&self) -> String {
+        self.scheduler
+            .first_model()
+            .unwrap_or_else(|| self.fallback_count_model.clone())
+    }
+
+    /// A usable key for a call that spends no generate quota, in turn.
     pub fn next_usable_key(&self) -> Option<KeyIndex> {
         let usable = self.scheduler.usable_keys();
         let healthy: Vec<KeyIndex> = KeyIndex::all(usable.len()).filter(|&k| usable[k]).collect();
@@ -147,6 +161,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(admin::routes())
         .merge(dashboard::routes())
         .merge(gemini::routes())
+        .merge(files::routes())
         .merge(openai::routes())
         .merge(batches::routes())
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })

@@ -5,6 +5,12 @@
 //! POST. Listed origins get a proper CORS preflight and the headers that let
 //! their pages read answers. Requests without an `Origin` (curl, SDKs,
 //! servers) are not a browser's and pass untouched.
+//!
+//! The service's own origin is the one its `Host` header names, but only
+//! when that host is an IP address or `localhost`: a name could be a page's
+//! own name rebound to the service's address (DNS rebinding), whose
+//! `Origin` and `Host` agree. A name the operator serves the dashboard
+//! under is listed in `FLUX_CORS_ORIGINS`.
 
 use super::AppState;
 use super::error::ApiError;
@@ -14,13 +20,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// Whose pages may call the service.
+/// Whose pages may call the service: its own, and `FLUX_CORS_ORIGINS`.
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub allowed: Allowed,
-    /// The service listens on a loopback address: its own origin is then
-    /// only a loopback name, so a DNS-rebound name cannot pass for it.
-    pub loopback_only: bool,
 }
 
 enum Verdict {
@@ -44,7 +47,9 @@ impl Policy {
         Verdict::Foreign(text.to_string())
     }
 
-    /// The origin names this service as the request's `Host` does.
+    /// The origin names this service as the request's `Host` does, and
+    /// that host is an address or `localhost`: no DNS answer can make a
+    /// page's origin one of those (see the module doc).
     fn is_own(&self, origin: &str, headers: &HeaderMap) -> bool {
         let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
             return false;
@@ -57,12 +62,12 @@ impl Policy {
             return false;
         };
         let name = own.host_str().unwrap_or("");
-        let loopback = name.eq_ignore_ascii_case("localhost")
+        let unrebindable = name == "localhost"
             || name
                 .trim_matches(|c| c == '[' || c == ']')
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        own.origin().ascii_serialization() == origin && (loopback || !self.loopback_only)
+                .is_ok();
+        unrebindable && own.origin().ascii_serialization() == origin
     }
 }
 
@@ -150,50 +155,38 @@ mod tests {
         let policy = Policy {
             allowed: Allowed::parse("https://App.example.com:443, http://tools.local:3000")
                 .unwrap(),
-            loopback_only: true,
         };
-        assert_eq!(
-            verdict(&policy, "http://127.0.0.1:8000", "127.0.0.1:8000"),
-            "own"
-        );
-        assert_eq!(
-            verdict(&policy, "http://localhost:8000", "localhost:8000"),
-            "own"
-        );
-        assert_eq!(
-            verdict(&policy, "https://app.example.com", "127.0.0.1:8000"),
-            "listed"
-        );
-        assert_eq!(
-            verdict(&policy, "http://tools.local:3000", "127.0.0.1:8000"),
-            "listed"
-        );
-        assert_eq!(
-            verdict(&policy, "https://evil.example", "127.0.0.1:8000"),
-            "foreign"
-        );
-        assert_eq!(verdict(&policy, "null", "127.0.0.1:8000"), "foreign");
-        assert_eq!(
-            verdict(&policy, "http://127.0.0.1:8001", "127.0.0.1:8000"),
-            "foreign"
-        );
-        assert_eq!(
-            verdict(
-                &policy,
-                "http://rebound.example:8000",
-                "rebound.example:8000"
+        // (Origin, Host, verdict)
+        let cases = [
+            ("http://127.0.0.1:8000", "127.0.0.1:8000", "own"),
+            ("http://localhost:8000", "localhost:8000", "own"),
+            ("http://[::1]:8000", "[::1]:8000", "own"),
+            // Reached at an address on the network (a bind on 0.0.0.0).
+            ("http://10.1.2.3:8000", "10.1.2.3:8000", "own"),
+            ("https://10.1.2.3:8443", "10.1.2.3:8443", "own"),
+            ("https://app.example.com", "127.0.0.1:8000", "listed"),
+            ("http://tools.local:3000", "127.0.0.1:8000", "listed"),
+            // A name the operator serves the dashboard under is listed.
+            ("http://tools.local:3000", "tools.local:3000", "listed"),
+            ("https://evil.example", "127.0.0.1:8000", "foreign"),
+            ("null", "127.0.0.1:8000", "foreign"),
+            ("http://127.0.0.1:8001", "127.0.0.1:8000", "foreign"),
+            // DNS rebinding: a page at evil.example whose name now resolves
+            // to the service sends an Origin and a Host that agree.
+            ("http://evil.example:8000", "evil.example:8000", "foreign"),
+            (
+                "http://localhost.evil.example:8000",
+                "localhost.evil.example:8000",
+                "foreign",
             ),
-            "foreign",
-            "on a loopback bind, a DNS-rebound name is not the service's own"
-        );
-        let public = Policy {
-            allowed: Allowed::default(),
-            loopback_only: false,
-        };
-        assert_eq!(
-            verdict(&public, "http://flux.internal:8000", "flux.internal:8000"),
-            "own"
-        );
+        ];
+        for (origin, host, expected) in cases {
+            assert_eq!(
+                verdict(&policy, origin, host),
+                expected,
+                "{origin} at {host}"
+            );
+        }
     }
 
     #[test]

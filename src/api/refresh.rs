@@ -96,7 +96,7 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
         },
     };
     let job = Job {
-        request: fetch::request(&chain),
+        request: crate::wire::GenerateRequest::from_value(&fetch::request(&chain)),
         target: Target::Chain(None),
         keys: KeyChoice::Any,
         requests: 1,

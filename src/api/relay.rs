@@ -1,6 +1,7 @@
 //! Relays an upstream event stream to the client as it arrives (nothing is
 //! buffered beyond one event), in the client's framing, and settles the call
-//! with the last `usageMetadata` seen. An upstream that breaks mid-stream
+//! with the last usage seen (Gemini's `usageMetadata`, or the OpenAI-compatible
+//! layer's `usage`, whose stream ends with `data: [DONE]`). An upstream that breaks mid-stream
 //! ends the client's stream with an error event rather than a hang, and so
 //! does a stream that ended without one valid event (it is settled as
 //! failed, not ok); a client that leaves drops the relay, which drops the
@@ -30,7 +31,9 @@ pub trait Framing: Send + 'static {
 
 /// The usage a chunk reports, if it reports one.
 pub fn usage_of(chunk: &Value) -> Option<Usage> {
-    let usage = chunk.get("usageMetadata")?;
+    let Some(usage) = chunk.get("usageMetadata") else {
+        return crate::wire::openai::usage(chunk);
+    };
     let input = usage["promptTokenCount"].as_u64()?;
     let output = usage["candidatesTokenCount"].as_u64().unwrap_or(0)
         + usage["thoughtsTokenCount"].as_u64().unwrap_or(0);
@@ -72,7 +75,8 @@ impl<F: Framing> Relay<F> {
             .map(str::trim_start)
             .collect::<Vec<_>>()
             .join("\n");
-        if data.is_empty() {
+        // `[DONE]` closes an OpenAI stream; the framing writes its own end.
+        if data.is_empty() || data == "[DONE]" {
             return;
         }
         let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
@@ -221,6 +225,23 @@ impl Framing for GeminiArray {
     }
 }
 
+/// The OpenAI-compatible layer's framing, passed through: each
+/// `chat.completion.chunk` as it came, then `data: [DONE]`.
+pub struct OpenAiSse;
+
+impl Framing for OpenAiSse {
+    fn chunk(&mut self, chunk: &Value) -> Option<Bytes> {
+        Some(Bytes::from(format!("data: {chunk}\n\n")))
+    }
+    fn end(&mut self, _: Option<Usage>) -> Option<Bytes> {
+        Some(Bytes::from_static(b"data: [DONE]\n\n"))
+    }
+    fn broken(&mut self, message: &str) -> Bytes {
+        let error = json!({"error": {"message": format!("the upstream stream broke off: {message}"), "type": "api_error", "param": null, "code": null}});
+        Bytes::from(format!("data: {error}\n\n"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +272,8 @@ mod tests {
     fn usage_comes_from_the_usage_metadata() {
         let chunk = json!({"usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 3, "thoughtsTokenCount": 2}});
         assert_eq!(usage_of(&chunk), Some((10, 5)));
+        let openai = json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}});
+        assert_eq!(usage_of(&openai), Some((7, 2)));
         assert_eq!(usage_of(&json!({})), None);
     }
 }

@@ -62,14 +62,28 @@ impl Limits {
             .unwrap_or(UNLIMITED)
     }
 
+    /// How many calls of `item` an empty window of every quota holds.
+    pub fn most_items(&self, item: Usage) -> u64 {
+        Quota::ALL
+            .iter()
+            .map(|&q| match item.of(q.metric()) {
+                0 => u64::MAX,
+                need => self.get(q) / need,
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// The kinds whose limit is 0: the model has no quota at all there.
     pub fn zeros(&self) -> impl Iterator<Item = Quota> + '_ {
         Quota::ALL.into_iter().filter(|&q| self.get(q) == 0)
     }
 
-    /// What background work may use of these limits: each window less the
-    /// reserve kept for interactive calls.
-    pub fn less(&self, reserve: Reserve) -> Limits {
+    /// What a background `call` may use of these limits: each window less
+    /// the reserve kept for interactive calls. Where the call alone is more
+    /// than that share, the limit becomes the call itself, so it goes only
+    /// into a window that is otherwise empty, never into the reserve.
+    pub fn for_background(&self, call: Usage, reserve: Reserve) -> Limits {
         let mut kept = LimitsOverride::default();
         for q in Quota::ALL {
             let limit = self.get(q);
@@ -79,9 +93,20 @@ impl Limits {
             let held = match q.metric() {
                 // Never the last request: a limit of 1 stays usable.
                 Metric::Requests => reserve.requests.min(limit.saturating_sub(1)),
-                Metric::InputTokens => limit * u64::from(reserve.token_percent) / 100,
+                Metric::InputTokens => {
+                    (u128::from(limit) * u128::from(reserve.token_percent) / 100) as u64
+                }
             };
-            kept.set(q, limit - held);
+            let share = limit - held;
+            let need = call.of(q.metric());
+            kept.set(
+                q,
+                if need <= share {
+                    share
+                } else {
+                    need.min(limit)
+                },
+            );
         }
         kept.apply(*self)
     }
@@ -415,8 +440,9 @@ mod tests {
             requests: 1,
             input_tokens: 60,
         };
-        assert!(l.admits(Window::Minute, used, Usage::call(40)));
-        assert!(!l.admits(Window::Minute, used, Usage::call(41)));
+        let minute = Window::Sliding(std::time::Duration::from_secs(60));
+        assert!(l.admits(minute, used, Usage::call(40)));
+        assert!(!l.admits(minute, used, Usage::call(41)));
         assert!(l.admits(Window::Day, used, Usage::call(90)));
         assert!(!l.admits(Window::Day, used, Usage::call(91)));
         assert!(l.can_ever_admit(Usage::call(100)));
@@ -444,7 +470,7 @@ mod tests {
         let reserve: Reserve = "1,10%".parse().unwrap();
         assert_eq!(reserve, Reserve::default());
         assert_eq!(
-            flash.less(reserve),
+            flash.for_background(Usage::call(1_000), reserve),
             Limits {
                 rpm: 9,
                 tpm: 225_000,
@@ -453,7 +479,24 @@ mod tests {
             },
             "a limit of 1 stays usable; an unlimited one stays unlimited"
         );
-        assert_eq!(flash.less("0, 0".parse().unwrap()), flash);
+        assert_eq!(
+            flash.for_background(Usage::call(1_000), "0, 0".parse().unwrap()),
+            flash
+        );
+        // An item over the share may only go into an otherwise empty window.
+        assert_eq!(
+            flash.for_background(Usage::call(230_000), reserve).tpm,
+            230_000
+        );
+        let huge = Limits {
+            tpm: u64::MAX - 1,
+            ..flash
+        };
+        assert_eq!(
+            huge.for_background(Usage::call(1), reserve).tpm,
+            (u64::MAX - 1) - (u64::MAX - 1) / 10,
+            "no overflow"
+        );
         for bad in ["1", "x,10%", "1,100%", "1,-5"] {
             assert!(bad.parse::<Reserve>().is_err(), "{bad}");
         }

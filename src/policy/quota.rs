@@ -1,11 +1,15 @@
 //! The kinds of quota a lane is held to, as data: each is a *metric* (what a
-//! call spends) counted over a *window* (a sliding minute, or a calendar day).
+//! call spends) counted over a *window* (a sliding span of any length, or a
+//! calendar day).
 //!
 //! The scheduler's one rule ("every window that would contain the call stays
 //! within its limit", see `scheduler::lane`) is written once over these rows,
 //! so a new kind of quota is a new row here, not new arithmetic there.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// What a call spends against a quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,8 +21,9 @@ pub enum Metric {
 /// The span a quota counts over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Window {
-    /// The upstream's sliding 60-second window.
-    Minute,
+    /// A sliding span of this length: every such span holds at most the
+    /// limit (Gemini's per-minute quotas slide over 60 seconds).
+    Sliding(Duration),
     /// The provider's calendar day (Gemini's: America/Los_Angeles).
     Day,
 }
@@ -51,9 +56,31 @@ impl Quota {
 
     pub const fn window(self) -> Window {
         match self {
-            Quota::RequestsPerMinute | Quota::InputTokensPerMinute => Window::Minute,
+            Quota::RequestsPerMinute | Quota::InputTokensPerMinute => Window::Sliding(MINUTE),
             Quota::RequestsPerDay | Quota::InputTokensPerDay => Window::Day,
         }
+    }
+
+    /// The lengths of the sliding windows the quotas count over, each once.
+    pub fn sliding_lengths() -> Vec<Duration> {
+        let mut lengths: Vec<Duration> = Quota::ALL
+            .iter()
+            .filter_map(|q| match q.window() {
+                Window::Sliding(length) => Some(length),
+                Window::Day => None,
+            })
+            .collect();
+        lengths.sort();
+        lengths.dedup();
+        lengths
+    }
+
+    /// The longest sliding window: how long a call can still bind a quota.
+    pub fn longest_sliding() -> Duration {
+        Quota::sliding_lengths()
+            .last()
+            .copied()
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Its field in `FLUX_LIMITS`, the policy file and `/status`.

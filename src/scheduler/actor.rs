@@ -49,6 +49,7 @@ pub struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Command>,
     clock: Clock,
     usable: watch::Receiver<Vec<bool>>,
+    first_model: watch::Receiver<Option<String>>,
     shared: Option<watch::Receiver<SharedState>>,
 }
 
@@ -111,6 +112,7 @@ impl SchedulerHandle {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (usable_tx, usable) = watch::channel(usable_keys(state.core()));
+        let (first_model_tx, first_model) = watch::channel(state.core().chain().first().cloned());
         let (shared_tx, shared) = match url {
             Some(url) => {
                 let (tx, rx) = watch::channel(SharedState {
@@ -127,6 +129,7 @@ impl SchedulerHandle {
         };
         let watchers = Watchers {
             usable: usable_tx,
+            first_model: first_model_tx,
             shared: shared_tx,
         };
         tokio::spawn(run(state, clock, rx, watchers, log_decisions));
@@ -134,6 +137,7 @@ impl SchedulerHandle {
             tx,
             clock,
             usable,
+            first_model,
             shared,
         }
     }
@@ -150,6 +154,12 @@ impl SchedulerHandle {
     /// Which keys (0-based) are usable now; updated whenever a state changes.
     pub fn usable_keys(&self) -> Vec<bool> {
         self.usable.borrow().clone()
+    }
+
+    /// The chain's first model now (a retired model leaves the chain), for
+    /// the free calls that need a model: `countTokens` and the key check.
+    pub fn first_model(&self) -> Option<String> {
+        self.first_model.borrow().clone()
     }
 
     async fn ask<T>(
@@ -217,6 +227,7 @@ fn usable_keys(core: &Scheduler) -> Vec<bool> {
 /// Where the actor publishes what handlers read without asking.
 struct Watchers {
     usable: watch::Sender<Vec<bool>>,
+    first_model: watch::Sender<Option<String>>,
     shared: Option<watch::Sender<SharedState>>,
 }
 
@@ -267,6 +278,14 @@ async fn run(
             let fresh = usable_keys(state.core());
             let changed = *current != fresh;
             *current = fresh;
+            changed
+        });
+        watchers.first_model.send_if_modified(|current| {
+            let fresh = state.core().chain().first();
+            let changed = current.as_ref() != fresh;
+            if changed {
+                *current = fresh.cloned();
+            }
             changed
         });
         if let (Some(shared), Some(sharing)) = (&watchers.shared, state.sharing()) {

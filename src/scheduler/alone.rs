@@ -81,8 +81,11 @@ impl Journal {
                 mode,
                 configured: self.configured_mode,
             },
-            // Kept for the process's life: after a restart, one call finds it again.
-            Change::Retired(_) => return,
+            Change::Retired(r) => Record::Retired {
+                model: r.model,
+                at: r.at,
+                message: r.message,
+            },
         };
         self.ledger.record(record);
     }

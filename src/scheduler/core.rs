@@ -6,7 +6,7 @@
 //! through a simulated day in milliseconds. The actor (`super::actor`) is its
 //! only owner in the running service.
 
-use super::lane::{GrantId, Lane, LaneUsage, WINDOW};
+use super::lane::{GrantId, LEARNED_TTL, Lane, LaneUsage};
 use crate::clock::{PacificDay, Timestamp};
 pub use crate::keys::{KeyIndex, KeyState};
 use crate::policy::{
@@ -27,9 +27,11 @@ const TRANSIENT_BACKOFF: Duration = Duration::from_secs(1);
 pub enum Target {
     /// The chain, filtered by this mode (the service's mode when `None`).
     Chain(Option<Mode>),
-    /// Exactly this model: one of the chain, or a model outside it whose
-    /// limits the policy knows (an embedding model).
+    /// Exactly this model of the chain.
     Model(String),
+    /// An embedding model: never in the chain, planned on its own lanes
+    /// (only the embedding surfaces name one).
+    Embedding(String),
     /// This model first, then the models after it in the chain that the
     /// service's mode allows (a client that opted into fallback).
     ChainFrom(String),
@@ -89,9 +91,11 @@ pub enum PlanError {
         tokens: u64,
         largest: Vec<(String, u64)>,
     },
-    /// A batch of more items than one window of any allowed lane admits:
-    /// the caller splits it.
-    #[error("the batch has {requests} items, more than one window of {model} admits ({most})")]
+    /// A batch of more items than one window of any allowed lane admits, or
+    /// than what is left of the day: the caller splits it into runs of `most`.
+    #[error(
+        "the batch has {requests} items, more than {model} takes at once now ({most}): split it"
+    )]
     TooManyItems {
         requests: u64,
         model: String,
@@ -234,8 +238,9 @@ pub struct Scheduler {
     grants: HashMap<GrantId, Grant>,
     next_grant: GrantId,
     retired: Vec<Retired>,
-    /// The window plus the guard: how long a booking holds capacity.
-    span: Duration,
+    /// `FLUX_GUARD_MS`: how much longer than its window a booking holds a
+    /// sliding quota's capacity.
+    guard: Duration,
     /// What background work leaves free for interactive calls.
     reserve: Reserve,
     changes: Vec<Change>,
@@ -261,7 +266,7 @@ impl Scheduler {
             grants: HashMap::new(),
             next_grant: 1,
             retired: Vec::new(),
-            span: WINDOW + guard,
+            guard,
             reserve: Reserve::default(),
             changes: Vec::new(),
         }
@@ -399,10 +404,9 @@ impl Scheduler {
     /// The models a target allows, in chain order.
     fn candidate_models(&self, target: &Target) -> Result<Vec<String>, PlanError> {
         match target {
-            Target::Model(m) if self.chain.contains(m) || outside_the_chain(m) => {
-                Ok(vec![m.clone()])
-            }
-            Target::Model(m) => Err(PlanError::UnknownModel(m.clone())),
+            Target::Model(m) if self.chain.contains(m) => Ok(vec![m.clone()]),
+            Target::Embedding(m) if outside_the_chain(m) => Ok(vec![m.clone()]),
+            Target::Model(m) | Target::Embedding(m) => Err(PlanError::UnknownModel(m.clone())),
             Target::ChainFrom(m) => {
                 let start = self
                     .chain
@@ -431,13 +435,15 @@ impl Scheduler {
         }
     }
 
-    /// Every lane a plan for `target` may look at: each key on each model
-    /// the target allows (the whole chain when it allows none, so that the
-    /// refusal is read from the same state).
+    /// Every lane a plan for `target` may look at, whatever the mode: each
+    /// key on the named model, or on the whole chain. Not filtered by the
+    /// mode, because a replica reads the mode with the lanes and may find it
+    /// changed by another replica: a plan must never book a lane it did not read.
     pub fn lanes_to_plan(&self, target: &Target) -> Vec<(KeyIndex, String)> {
-        let models = self
-            .candidate_models(target)
-            .unwrap_or_else(|_| self.chain.clone());
+        let models = match target {
+            Target::Model(m) | Target::Embedding(m) => vec![m.clone()],
+            Target::Chain(_) | Target::ChainFrom(_) => self.chain.clone(),
+        };
         models
             .into_iter()
             .flat_map(|m| KeyIndex::all(self.states.len()).map(move |k| (k, m.clone())))
@@ -484,6 +490,8 @@ impl Scheduler {
         let day = PacificDay::of(now);
         let today = day.date;
         let mut any_lane_holds_it = false;
+        // The most items of a batch any lane still takes today, and where.
+        let mut day_room: Option<(u64, &String)> = None;
         for model in &models {
             let mut best: Option<(Timestamp, u32, KeyIndex)> = None;
             let mut preferred_at = None;
@@ -499,10 +507,8 @@ impl Scheduler {
                     }
                     ZeroCheck::Probe(limits) => (limits, true),
                 };
-                // An item too large for the share still goes, when a window is free.
-                let share = limits.less(self.reserve);
-                let limits = if background && share.can_ever_admit(call) {
-                    share
+                let limits = if background {
+                    limits.for_background(call, self.reserve)
                 } else {
                     limits
                 };
@@ -511,11 +517,16 @@ impl Scheduler {
                 }
                 any_lane_holds_it = true;
                 let lane = self.lanes.entry((key, model.clone())).or_default();
-                lane.forget_before(now, today, self.span);
+                lane.forget_before(now, today, self.guard);
                 if !lane.day_admits(limits, today, call) {
+                    let room = lane.day_room(limits, today);
+                    let splits = (1..call.requests).contains(&room);
+                    if splits && day_room.is_none_or(|(r, _)| room > r) {
+                        day_room = Some((room, model));
+                    }
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, call, now, day, self.span) else {
+                let Some(at) = lane.earliest(limits, call, now, day, self.guard) else {
                     continue;
                 };
                 if probe {
@@ -552,6 +563,14 @@ impl Scheduler {
             }
             return Ok(self.book(key, model, at, call, probe));
         }
+        if let Some((most, model)) = day_room {
+            // Part of the batch still fits today: the caller splits it.
+            return Err(PlanError::TooManyItems {
+                requests: call.requests,
+                model: model.clone(),
+                most,
+            });
+        }
         if any_lane_holds_it {
             return Err(PlanError::ExhaustedUntil(day.ends));
         }
@@ -575,15 +594,16 @@ impl Scheduler {
                     .map(move |&k| (m, self.lane_limits(k, m, now)))
             })
         };
-        let one_item = Usage {
+        // An average item of the batch, and the most of them a lane holds.
+        let item = Usage {
             requests: 1,
-            ..call
+            input_tokens: call.input_tokens.div_ceil(call.requests.max(1)),
         };
-        if call.requests > 1 && lanes().any(|(_, l)| l.can_ever_admit(one_item)) {
-            let (model, most) = lanes()
-                .map(|(m, l)| (m, l.rpm.min(l.rpd) as u64))
-                .max_by_key(|&(_, most)| most)
-                .expect("at least one lane admits one item");
+        let most = lanes()
+            .map(|(m, l)| (m, l.most_items(item)))
+            .filter(|&(_, most)| most >= 1)
+            .max_by_key(|&(_, most)| most);
+        if let (true, Some((model, most))) = (call.requests > 1, most) {
             return PlanError::TooManyItems {
                 requests: call.requests,
                 model: model.clone(),
@@ -805,7 +825,16 @@ impl Scheduler {
             }
         }
         let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
-        let span = self.span;
+        // The longest sliding window among the quotas it names frees it.
+        let sliding = violations
+            .iter()
+            .filter_map(|v| match v.quota.window() {
+                Window::Sliding(length) => Some(length),
+                Window::Day => None,
+            })
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let span = sliding + self.guard;
         let lane = self.lane_mut(grant.key, &grant.model);
         // The day the call counted in is spent; if that day is already over
         // (the answer came after midnight), the new one is untouched.
@@ -816,7 +845,7 @@ impl Scheduler {
             // "0s" on a per-day violation says nothing: the day decides.
             Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
             _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
-            // A per-minute quota with no delay: its window is a minute at most.
+            // A sliding quota with no delay: its window frees it at the latest.
             _ if !per_day => lane.cool_until(now.plus(span)),
             _ => {}
         }
@@ -835,6 +864,19 @@ impl Scheduler {
         };
         self.retired.push(retired.clone());
         self.changes.push(Change::Retired(retired));
+    }
+
+    /// Puts back a model a previous run found retired at `at`, unless that
+    /// is more than [`LEARNED_TTL`] before `now` (then one call checks again).
+    pub fn restore_retired(&mut self, model: &str, at: Timestamp, message: &str, now: Timestamp) {
+        if now < at.plus(LEARNED_TTL) && !self.retired.iter().any(|r| r.model == model) {
+            self.chain.retain(|m| m != model);
+            self.retired.push(Retired {
+                model: model.to_string(),
+                at,
+                message: message.to_string(),
+            });
+        }
     }
 
     /// The models the upstream said are retired, oldest first.
@@ -885,7 +927,7 @@ impl Scheduler {
 
     /// The models `/status` shows: the chain, then any model outside it a
     /// request has used (an embedding model).
-    fn models_shown(&self) -> Vec<String> {
+    pub fn models_shown(&self) -> Vec<String> {
         let outside: std::collections::BTreeSet<&String> = self
             .lanes
             .keys()

@@ -1,29 +1,31 @@
 //! One lane (key, model): its booked calls and the earliest instant a new call
 //! fits under every quota of its [`Limits`] and any cooldown.
 //!
-//! A booking occupies its lane's per-minute capacity from its instant `at`
-//! until `at + span`, where `span` is the upstream's 60-second window plus a
-//! guard (the upstream counts a call when it arrives, a little after we send
-//! it, and jitter can reorder arrivals). A new call `c` (its [`Usage`]: one
+//! A booking occupies a sliding quota's capacity from its instant `at` until
+//! `at + span`, where `span` is the quota's window (60 seconds for Gemini's
+//! per-minute quotas) plus a guard (the upstream counts a call when it
+//! arrives, a little after we send it, and jitter can reorder arrivals). A new call `c` (its [`Usage`]: one
 //! request, or `n` for a batch of `n` embedding items, and `T` input tokens)
 //! fits at `t` when every window that would contain it stays within the
 //! limit of every quota `q` counted over that window:
 //!
 //! ```text
-//!   for every s in [t, t + span):  used_q(s) + c_q <= limit_q   (each per-minute q)
+//!   for every s in [t, t + span_q): used_q(s) + c_q <= limit_q  (each sliding q)
 //!   on the Pacific day of t:       used_q(day) + c_q <= limit_q (each per-day q)
 //! ```
 //!
-//! where `used_q(s)` sums metric `q` over the bookings with `s - span < at <= s`.
+//! where `used_q(s)` sums metric `q` over the bookings with `s - span_q < at <= s`.
 //! The quotas are rows of [`Quota`]; this rule is written once over them. The usage
 //! only rises at a booking's instant, so checking `s = t` and each booked
-//! instant in `(t, t + span)` is enough. Because the check covers windows
+//! instant in `(t, t + span_q)` is enough. Quotas of different window
+//! lengths are met together by moving `t` to the latest instant any one of
+//! them asks for until all agree. Because the check covers windows
 //! *after* `t` too, a small call may be slotted into a gap before calls booked
 //! earlier without delaying any of them (backfilling), and nothing already
 //! granted ever has to move.
 
 use crate::clock::{PacificDay, Timestamp};
-use crate::policy::{Limits, LimitsOverride, Quota, Usage, Window};
+use crate::policy::{Limits, LimitsOverride, Metric, Quota, Usage, Window};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,8 +34,8 @@ use std::time::Duration;
 /// Identifies a grant for its whole life (plan, wait, send, settle).
 pub type GrantId = u64;
 
-/// The upstream's per-minute window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+/// What `/status` counts as "the last 60 s".
+const LAST_MINUTE: Duration = Duration::from_secs(60);
 
 /// How many gap instants a plan examines before it goes to the end of the
 /// lane's queue. Bounds planning cost when thousands of grants wait; the end
@@ -92,10 +94,10 @@ pub struct Lane {
 struct Stored {
     /// (instant in ms, tokens, grant) per booking.
     bookings: Vec<(i64, u64, GrantId)>,
-    /// (grant, requests) of the bookings that count more than one request
-    /// (a batch of embeddings); every other booking is one.
+    /// (place in `bookings`, requests) of the bookings that count more than
+    /// one request (a batch of embeddings); every other booking is one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    weights: Vec<(GrantId, u64)>,
+    weights: Vec<(usize, u64)>,
     /// (days from the common era, requests) per Pacific day.
     per_day: Vec<(i32, u32)>,
     /// (days from the common era, input tokens) per Pacific day.
@@ -121,8 +123,9 @@ impl From<Lane> for Stored {
             weights: lane
                 .bookings
                 .iter()
-                .filter(|b| b.usage.requests != 1)
-                .map(|b| (b.grant, b.usage.requests))
+                .enumerate()
+                .filter(|(_, b)| b.usage.requests != 1)
+                .map(|(i, b)| (i, b.usage.requests))
                 .collect(),
             per_day: lane
                 .per_day
@@ -151,8 +154,9 @@ impl From<Stored> for Lane {
             bookings: s
                 .bookings
                 .into_iter()
-                .map(|(at, tokens, grant)| {
-                    let requests = s.weights.iter().find(|w| w.0 == grant).map_or(1, |w| w.1);
+                .enumerate()
+                .map(|(i, (at, tokens, grant))| {
+                    let requests = s.weights.iter().find(|w| w.0 == i).map_or(1, |w| w.1);
                     Booking {
                         at: Timestamp(at),
                         usage: Usage {
@@ -197,6 +201,20 @@ impl Lane {
         self.exhausted_day != Some(day) && limits.admits(Window::Day, self.used_on(day), call)
     }
 
+    /// How many more requests `day` takes under `limits` (0 once spent).
+    pub fn day_room(&self, limits: Limits, day: NaiveDate) -> u64 {
+        if self.exhausted_day == Some(day) {
+            return 0;
+        }
+        let used = self.used_on(day).requests;
+        Quota::ALL
+            .iter()
+            .filter(|q| q.window() == Window::Day && q.metric() == Metric::Requests)
+            .map(|&q| limits.get(q).saturating_sub(used))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     pub fn booked_on(&self, day: NaiveDate) -> u32 {
         self.used_on(day).requests as u32
     }
@@ -215,7 +233,7 @@ impl Lane {
         call: Usage,
         from: Timestamp,
         today: PacificDay,
-        span: Duration,
+        guard: Duration,
     ) -> Option<Timestamp> {
         if !limits.can_ever_admit(call) {
             return None;
@@ -227,7 +245,7 @@ impl Lane {
         }
         for _ in 0..MAX_DAYS_AHEAD {
             if self.day_admits(limits, day.date, call) {
-                let t = self.earliest_in_window(limits, call, from, span);
+                let t = self.earliest_in_sliding_windows(limits, call, from, guard);
                 if t < day.ends {
                     return Some(t);
                 }
@@ -238,7 +256,32 @@ impl Lane {
         None
     }
 
-    /// The earliest instant at or after `from` that fits the per-minute limits.
+    /// The earliest instant at or after `from` that fits every sliding
+    /// quota: each window length in turn moves `t` to the earliest instant it
+    /// admits, until none moves it (an instant one length refuses can never
+    /// be the answer, so none is skipped).
+    fn earliest_in_sliding_windows(
+        &self,
+        limits: Limits,
+        call: Usage,
+        from: Timestamp,
+        guard: Duration,
+    ) -> Timestamp {
+        let lengths = Quota::sliding_lengths();
+        let mut t = from;
+        loop {
+            let before = t;
+            for &length in &lengths {
+                t = self.earliest_in_window(limits, call, t, length, length + guard);
+            }
+            if t == before {
+                return t;
+            }
+        }
+    }
+
+    /// The earliest instant at or after `from` that fits the quotas that
+    /// slide over `length` (each booking holding them for `span`).
     ///
     /// Fitting can only begin at `from`, at a booking's instant or at the end
     /// of a booking's span; those candidates are walked in order without
@@ -250,6 +293,7 @@ impl Lane {
         limits: Limits,
         call: Usage,
         from: Timestamp,
+        length: Duration,
         span: Duration,
     ) -> Timestamp {
         let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
@@ -269,7 +313,7 @@ impl Lane {
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, call, t, span) {
+            match self.refusing_window(limits, call, t, length, span) {
                 None => return t,
                 Some(s) => {
                     examined += 1;
@@ -287,10 +331,11 @@ impl Lane {
         limits: Limits,
         call: Usage,
         t: Timestamp,
+        length: Duration,
         span: Duration,
     ) -> Option<Timestamp> {
-        let over =
-            |s: Timestamp| !limits.admits(Window::Minute, self.usage_ending_at(s, span), call);
+        let window = Window::Sliding(length);
+        let over = |s: Timestamp| !limits.admits(window, self.usage_ending_at(s, span), call);
         let after = self.bookings.partition_point(|b| b.at <= t);
         let later = self.bookings[after..]
             .iter()
@@ -459,9 +504,10 @@ impl Lane {
         }
     }
 
-    /// Drops what can no longer affect any decision: bookings whose span ended
-    /// before `now`, day counts of past days.
-    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, span: Duration) {
+    /// Drops what can no longer affect any decision: bookings whose longest
+    /// span ended before `now`, day counts of past days.
+    pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, guard: Duration) {
+        let span = Quota::longest_sliding() + guard;
         let gone = self.bookings.partition_point(|b| b.at.plus(span) <= now);
         self.bookings.drain(..gone);
         if self
@@ -474,7 +520,7 @@ impl Lane {
     }
 
     pub fn usage(&self, now: Timestamp) -> LaneUsage {
-        let minute = self.usage_ending_at(now, WINDOW);
+        let minute = self.usage_ending_at(now, LAST_MINUTE);
         let today = self.used_on(now.pacific_day());
         LaneUsage {
             tokens_last_60s: minute.input_tokens,
@@ -492,7 +538,8 @@ impl Lane {
 mod tests {
     use super::*;
 
-    const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
+    const GUARD: Duration = Duration::from_millis(250);
+    const SPAN: Duration = Duration::from_secs(60).saturating_add(GUARD);
     const FLASH: Limits = Limits {
         rpm: 10,
         tpm: 250_000,
@@ -518,7 +565,7 @@ mod tests {
                 Usage::call(100_000),
                 T0.plus_millis(10_000),
                 PacificDay::of(T0),
-                SPAN,
+                GUARD,
             )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN));
@@ -529,12 +576,12 @@ mod tests {
         // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
         let lane = lane_with(&[(30_000, 200_000)]);
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), GUARD),
             Some(T0)
         );
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), GUARD),
             Some(T0.plus_millis(30_000).plus(SPAN))
         );
     }
@@ -548,7 +595,7 @@ mod tests {
                 Usage::call(100),
                 T0.plus_millis(10_000),
                 PacificDay::of(T0),
-                SPAN,
+                GUARD,
             )
             .unwrap();
         assert_eq!(t, T0.plus(SPAN), "the first call's span must end");
@@ -559,12 +606,12 @@ mod tests {
         let mut lane = Lane::default();
         lane.cool_until(T0.plus_millis(39_000));
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
             Some(T0.plus_millis(39_000))
         );
         lane.exhaust_day(T0.pacific_day());
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
             Some(T0.next_pacific_midnight())
         );
     }
@@ -572,7 +619,7 @@ mod tests {
     #[test]
     fn a_call_larger_than_the_tpm_never_fits() {
         assert_eq!(
-            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), SPAN),
+            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), GUARD),
             None
         );
     }
@@ -584,7 +631,7 @@ mod tests {
         lane.release(0, T0);
         assert_eq!(lane.booked_on(T0.pacific_day()), 0);
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), SPAN),
+            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), GUARD),
             Some(T0)
         );
     }
@@ -638,6 +685,14 @@ mod tests {
     #[test]
     fn a_lane_comes_back_from_its_shared_form_unchanged() {
         let mut lane = lane_with(&[(0, 200_000), (30_000, 1_000)]);
+        // Restored calls (grant 0) of different weights, and a batch.
+        let batch = |requests| Usage {
+            requests,
+            input_tokens: 90,
+        };
+        lane.restore_call(T0.plus_millis(1_000), batch(3));
+        lane.restore_call(T0.plus_millis(2_000), batch(1));
+        lane.book(7, T0.plus_millis(3_000), batch(5));
         lane.cool_until(T0.plus_millis(5_000));
         lane.exhaust_day(T0.pacific_day());
         lane.learn(

@@ -92,9 +92,10 @@ pub trait Decision: Sync {
     fn unshared(&self, core: &mut Scheduler, refused: Refused, now: Timestamp) -> Self::Output;
 }
 
-/// Every lane: each key on each model of the chain, in chain order.
+/// Every lane `/status` shows: each key on each model of the chain, in
+/// chain order, then on each model outside it that a request has used.
 fn every_lane(core: &Scheduler) -> Vec<LaneKey> {
-    core.chain()
+    core.models_shown()
         .iter()
         .flat_map(|m| KeyIndex::all(core.key_count()).map(move |k| (k, m.clone())))
         .collect()

@@ -698,9 +698,22 @@ fn background_work_books_only_now_and_leaves_the_reserve<R: Rules>(
     assert_eq!(big.at, later);
     assert!(s.plan(&background(30_000), later).is_err());
     assert_eq!(s.plan(&ask(30_000, model(FLASH)), later).unwrap().at, later);
-    // … unless one item is larger than that share: it goes when a window is free.
+    // … and an item larger than that share goes only into an empty window,
+    // never into the reserve of a busy one.
     let after = later.plus_millis(SPAN);
-    assert_eq!(s.plan(&background(240_000), after).unwrap().at, after);
+    let small = s.plan(&background(1_000), after).unwrap();
+    assert!(s.plan(&background(240_000), after).is_err());
+    assert_eq!(s.plan(&ask(10_000, model(FLASH)), after).unwrap().at, after);
+    s.release(small.id, after);
+    let empty = after.plus_millis(SPAN);
+    assert_eq!(s.plan(&background(240_000), empty).unwrap().at, empty);
+    // The day's reserve too: the last request of the day is an interactive caller's.
+    let mut s = new(1, &[(FLASH, 1_000, 250_000, 5, UNLIMITED)]);
+    for _ in 0..4 {
+        assert_eq!(s.plan(&background(10), NOON).unwrap().at, NOON);
+    }
+    assert!(s.plan(&background(230_000), NOON).is_err());
+    assert_eq!(s.plan(&ask(10, model(FLASH)), NOON).unwrap().at, NOON);
 }
 
 fn a_request_pinned_to_one_key_waits_there_on_the_chain<R: Rules>(
@@ -747,7 +760,7 @@ fn each_item_of_an_embedding_batch_counts_as_a_request<R: Rules>(new: fn(usize, 
             requests: items,
             input_tokens: 30 * items,
         },
-        ..ask(0, model(EMBED))
+        ..ask(0, Target::Embedding(EMBED.into()))
     };
     // Six batches of 3 on 3 keys at 5 a minute: one batch per key per
     // window (3 + 3 > 5), so the second three wait exactly one window.
@@ -773,10 +786,31 @@ fn each_item_of_an_embedding_batch_counts_as_a_request<R: Rules>(new: fn(usize, 
             most: 5
         })
     );
-    // A model outside the chain that is no embedding model stays unknown.
+    // Only an embedding surface names a model outside the chain.
     assert_eq!(
-        s.plan(&ask(10, model("gemini-0-nano")), NOON),
-        Err(PlanError::UnknownModel("gemini-0-nano".into()))
+        s.plan(&ask(10, model(EMBED)), NOON),
+        Err(PlanError::UnknownModel(EMBED.into()))
+    );
+    assert_eq!(
+        s.plan(&ask(10, Target::Embedding(FLASH.into())), NOON),
+        Err(PlanError::UnknownModel(FLASH.into()))
+    );
+    // With 2 of the day's 10 left on the one key, a batch of 3 is split,
+    // not told to wait until midnight.
+    let mut s = new(1, &[(EMBED, 100, 30_000, 10, UNLIMITED)]);
+    s.plan(&batch(8), NOON).unwrap();
+    assert_eq!(
+        s.plan(&batch(3), NOON),
+        Err(PlanError::TooManyItems {
+            requests: 3,
+            model: EMBED.into(),
+            most: 2
+        })
+    );
+    s.plan(&batch(2), NOON).unwrap();
+    assert_eq!(
+        s.plan(&batch(3), NOON),
+        Err(PlanError::ExhaustedUntil(NOON.next_pacific_midnight()))
     );
 }
 
@@ -1194,4 +1228,54 @@ fn a_request_no_model_can_hold_is_413_even_beside_a_zero_quota_model() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_mode_changed_on_another_replica_never_books_a_lane_left_unread() {
+    let mut a = over_redis(1, &[]);
+    let mut b = replica_of(&a.place.clone(), 1, &[]);
+    a.set_mode(Mode::ProOnly);
+    b.run(&Pull, NOON);
+    // B still believes pro_only when A switches to flash_only.
+    a.set_mode(Mode::FlashOnly);
+    let g = b.plan(&ask(10, Target::Chain(None)), NOON).unwrap();
+    assert_eq!(g.model, FLASH);
+    // The booking is in the shared lane: flash takes 9 more now, not 10.
+    let at_noon = (0..10)
+        .filter(|_| a.plan(&ask(10, model(FLASH)), NOON).unwrap().at == NOON)
+        .count();
+    assert_eq!(at_noon, 9);
+}
+
+#[test]
+fn a_batch_too_large_is_told_what_the_lanes_that_take_one_item_admit() {
+    const EMBED: &str = "gemini-embedding-001";
+    let mut layers = Layers::default();
+    let own = |rpm, tpm| LimitsOverride {
+        rpm: Some(rpm),
+        tpm: Some(tpm),
+        ..Default::default()
+    };
+    layers.env.insert(EMBED.into(), own(100, 30_000));
+    // Key 2 takes 200 a minute, but never an item of 1,000 tokens; key 1
+    // takes 30 of them a minute (30,000 tokens).
+    layers
+        .keys
+        .insert(1, [(EMBED.to_string(), own(200, 100))].into());
+    let mut s = scheduler_with(2, layers);
+    let batch = PlanRequest {
+        cost: Usage {
+            requests: 150,
+            input_tokens: 150_000,
+        },
+        ..ask(0, Target::Embedding(EMBED.into()))
+    };
+    assert_eq!(
+        s.plan(&batch, NOON),
+        Err(PlanError::TooManyItems {
+            requests: 150,
+            model: EMBED.into(),
+            most: 30
+        })
+    );
 }

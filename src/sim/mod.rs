@@ -2,9 +2,11 @@
 //!
 //! Every test, benchmark and the `demo` command run against it, because no
 //! machine here reaches Google. It serves the `/v1beta` and `/v1` surface of
-//! `docs/gemini-wire.md` (generate, stream, count tokens, list models),
-//! enforces the per-key, per-model RPM, input-token TPM, and Pacific-day RPD
-//! and input-token TPD exactly, and answers with the real error envelopes and
+//! `docs/gemini-wire.md` (generate, stream, count tokens, list models,
+//! embeddings) and the OpenAI-compatible layer at `/v1beta/openai/`
+//! (`openai`: chat with tools, streams, embeddings), enforces the per-key,
+//! per-model RPM, input-token TPM, and Pacific-day RPD and input-token TPD
+//! exactly (an embedding item counts as one request), and answers with the real error envelopes and
 //! the 2026 message text. It also models what the free tier became in 2026:
 //! models with limit 0, retired models (404), keys of other tiers (their own
 //! limits), and the 403 a project gets for a file it does not own. Strict on
@@ -16,10 +18,14 @@
 //! tests prove "never over quota" from the upstream's side.
 
 mod faults;
+mod files;
+mod openai;
 pub mod quota;
 mod routes;
+mod tools;
 
 pub use faults::Faults;
+pub use files::FileStats;
 pub use quota::LaneStats;
 
 use crate::clock::Clock;
@@ -47,8 +53,9 @@ pub struct SimConfig {
     pub key_limits: BTreeMap<usize, BTreeMap<String, Limits>>,
     /// Models it answers with 404 "no longer available to new users".
     pub retired: BTreeSet<String>,
-    /// Uploaded files (the id after `files/`) and the key (1-based) whose
-    /// project owns each; any other file is answered 403.
+    /// Files that exist from the start (the id after `files/`) and the key
+    /// (1-based) whose project owns each; more are made by uploads. Any
+    /// other file is answered 403.
     pub files: BTreeMap<String, usize>,
     pub faults: Faults,
     /// Seed for the fault draws, so a failing run can be replayed.
@@ -56,10 +63,12 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The seed's six models on the built-in free-tier limits.
+    /// The seed's six models and the embedding model, on the built-in
+    /// free-tier limits.
     pub fn new(keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let limits = SEED_CHAIN
             .iter()
+            .chain([&routes::EMBEDDING_MODEL])
             .map(|m| (m.to_string(), Family::of(m).builtin_limits()))
             .collect();
         SimConfig {
@@ -118,6 +127,8 @@ pub struct SimStats {
     pub lanes: Vec<LaneReport>,
     pub calls: u64,
     pub rejected_429: u64,
+    #[serde(default)]
+    pub files: FileStats,
 }
 
 impl SimStats {
@@ -141,7 +152,8 @@ pub(crate) struct SimState {
     limits: BTreeMap<String, Limits>,
     key_limits: BTreeMap<usize, BTreeMap<String, Limits>>,
     retired: BTreeSet<String>,
-    files: BTreeMap<String, usize>,
+    /// Files and uploads, each owned by a key's project.
+    files: Mutex<files::Registry>,
     clock: Clock,
     inner: Mutex<Inner>,
 }
@@ -172,7 +184,7 @@ impl SimState {
             limits: config.limits,
             key_limits: config.key_limits,
             retired: config.retired,
-            files: config.files,
+            files: Mutex::new(files::Registry::preloaded(config.files, clock.now())),
             clock,
             inner: Mutex::new(Inner {
                 lanes: BTreeMap::new(),
@@ -212,6 +224,10 @@ impl SimState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn files(&self) -> std::sync::MutexGuard<'_, files::Registry> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn stats(&self) -> SimStats {
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -225,10 +241,12 @@ impl SimState {
                 stats: lane.stats(now),
             })
             .collect();
+        drop(inner);
         SimStats {
             calls: lanes.iter().map(|l| l.stats.calls).sum(),
             rejected_429: lanes.iter().map(|l| l.stats.rejected_429).sum(),
             lanes,
+            files: self.files().stats(now),
         }
     }
 }
@@ -272,6 +290,12 @@ impl SimServer {
     /// What the upstream has seen so far (the same as `GET /__sim/stats`).
     pub fn stats(&self) -> SimStats {
         self.state.stats()
+    }
+
+    /// The key (1-based) whose project owns file `id` (the part after
+    /// `files/`), while it exists.
+    pub fn file_owner(&self, id: &str) -> Option<usize> {
+        self.state.files().owner(id, self.state.clock.now())
     }
 
     /// From now on the key is refused as not valid, as when its owner deletes it.

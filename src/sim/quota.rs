@@ -7,7 +7,7 @@
 //! can assert from the upstream's side that no window ever went over.
 
 use crate::clock::Timestamp;
-use crate::policy::{Limits, Quota, Usage, Window};
+use crate::policy::{Limits, Metric, Quota, Usage, Window};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -49,8 +49,8 @@ pub struct LaneStats {
 
 #[derive(Debug, Default)]
 pub struct LaneQuota {
-    /// Accepted calls of the last minute: (arrival, input tokens).
-    window: VecDeque<(Timestamp, u64)>,
+    /// Accepted calls of the last minute: (arrival, what each spent).
+    window: VecDeque<(Timestamp, Usage)>,
     day: Option<NaiveDate>,
     day_used: Usage,
     stats: LaneStats,
@@ -59,15 +59,25 @@ pub struct LaneQuota {
 impl LaneQuota {
     /// Admits a call of `tokens` input tokens arriving at `now`, or says why not.
     pub fn admit(&mut self, limits: &Limits, tokens: u64, now: Timestamp) -> Result<(), Rejection> {
+        self.admit_usage(limits, Usage::call(tokens), now)
+    }
+
+    /// Admits a call arriving at `now` that spends `call` (a batch of
+    /// embeddings spends one request an item), or says why not.
+    pub fn admit_usage(
+        &mut self,
+        limits: &Limits,
+        call: Usage,
+        now: Timestamp,
+    ) -> Result<(), Rejection> {
         self.expire(now);
-        let call = Usage::call(tokens);
-        let minute: Usage = self.window.iter().map(|&(_, t)| Usage::call(t)).sum();
+        let minute: Usage = self.window.iter().map(|&(_, u)| u).sum();
         let mut violations = Vec::new();
         let mut wait = Some(Duration::ZERO);
         for quota in Quota::ALL {
             let limit = limits.get(quota);
             let used = match quota.window() {
-                Window::Minute => minute,
+                Window::Sliding(_) => minute,
                 Window::Day => self.day_used,
             };
             let (used, need) = (used.of(quota.metric()), call.of(quota.metric()));
@@ -77,15 +87,9 @@ impl LaneQuota {
             let after = if need > limit {
                 None
             } else {
-                Some(match quota {
-                    // The (count + 1 - rpm)-th oldest call must leave the window first.
-                    Quota::RequestsPerMinute => {
-                        self.expiry(self.window[(used - limit) as usize].0, now)
-                    }
-                    Quota::InputTokensPerMinute => self.tokens_free_after(limit, need, now),
-                    Quota::RequestsPerDay | Quota::InputTokensPerDay => {
-                        now.next_pacific_midnight().since(now)
-                    }
+                Some(match quota.window() {
+                    Window::Sliding(_) => self.free_after(quota.metric(), limit, need, now),
+                    Window::Day => now.next_pacific_midnight().since(now),
                 })
             };
             violations.push(quota);
@@ -108,14 +112,15 @@ impl LaneQuota {
             });
         }
 
-        self.window.push_back((now, tokens));
+        self.window.push_back((now, call));
         self.day_used = self.day_used + call;
         self.stats.calls += 1;
-        self.stats.input_tokens += tokens;
+        self.stats.input_tokens += call.input_tokens;
         self.stats.requests_today = self.day_used.requests as u32;
         self.stats.tokens_today = self.day_used.input_tokens;
-        self.stats.peak_requests_60s = self.stats.peak_requests_60s.max(self.window.len() as u64);
-        self.stats.peak_tokens_60s = self.stats.peak_tokens_60s.max(minute.input_tokens + tokens);
+        let peak = minute + call;
+        self.stats.peak_requests_60s = self.stats.peak_requests_60s.max(peak.requests);
+        self.stats.peak_tokens_60s = self.stats.peak_tokens_60s.max(peak.input_tokens);
         Ok(())
     }
 
@@ -151,17 +156,14 @@ impl LaneQuota {
         }
     }
 
-    fn expiry(&self, arrival: Timestamp, now: Timestamp) -> Duration {
-        arrival.plus(WINDOW).since(now)
-    }
-
-    /// How long until `tokens` (at most `tpm`) more fit under `tpm`, as older calls leave.
-    fn tokens_free_after(&self, tpm: u64, tokens: u64, now: Timestamp) -> Duration {
-        let mut used: u64 = self.window.iter().map(|(_, t)| t).sum();
-        for &(at, t) in &self.window {
-            used -= t;
-            if used + tokens <= tpm {
-                return self.expiry(at, now);
+    /// How long until `need` more of `metric` (at most `limit`) fit under
+    /// `limit`, as older calls leave the window.
+    fn free_after(&self, metric: Metric, limit: u64, need: u64, now: Timestamp) -> Duration {
+        let mut used: u64 = self.window.iter().map(|(_, u)| u.of(metric)).sum();
+        for &(at, u) in &self.window {
+            used -= u.of(metric);
+            if used + need <= limit {
+                return at.plus(WINDOW).since(now);
             }
         }
         Duration::ZERO
@@ -187,6 +189,40 @@ mod tests {
         // One millisecond early is still too early; on the dot it fits.
         assert!(lane.admit(&FLASH, 10, t0.plus_millis(59_999)).is_err());
         assert!(lane.admit(&FLASH, 10, t0.plus_millis(60_000)).is_ok());
+    }
+
+    #[test]
+    fn a_batch_spends_one_request_per_item_and_waits_for_as_many_to_leave() {
+        let limits = Limits { rpm: 5, ..FLASH };
+        let batch = |items| Usage {
+            requests: items,
+            input_tokens: items,
+        };
+        let mut lane = LaneQuota::default();
+        let t0 = Timestamp(1_700_000_000_000);
+        lane.admit_usage(&limits, batch(3), t0).unwrap();
+        lane.admit_usage(&limits, batch(1), t0.plus_millis(10_000))
+            .unwrap();
+        // 4 of 5 used: a batch of 2 waits until the batch of 3 leaves.
+        let r = lane
+            .admit_usage(&limits, batch(2), t0.plus_millis(20_000))
+            .unwrap_err();
+        assert_eq!(r.violations, vec![Quota::RequestsPerMinute]);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(40)));
+        lane.admit_usage(&limits, batch(1), t0.plus_millis(20_000))
+            .unwrap();
+        // More items than the minute allows never fit.
+        assert_eq!(
+            lane.admit_usage(&limits, batch(6), t0.plus_millis(20_000))
+                .unwrap_err()
+                .retry_after,
+            None
+        );
+        let stats = lane.stats(t0.plus_millis(20_000));
+        assert_eq!(
+            (stats.calls, stats.requests_today, stats.peak_requests_60s),
+            (3, 5, 5)
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`,
-//! plus `/__sim/stats` and `/__sim/faults` for tests.
+//! The simulator's HTTP surface: Gemini's routes under `/v1beta` and `/v1`
+//! (the Files API's in `files`), plus `/__sim/stats` and `/__sim/faults`
+//! for tests.
 
 use super::{Faults, SimState};
-use crate::policy::{Limits, Window};
+use crate::policy::{Limits, Metric, Quota, Usage, Window};
 use crate::wire::{self, envelope, error, format_duration, prompt_tokens};
 use axum::Json;
 use axum::Router;
@@ -12,20 +13,32 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-type Shared = Arc<SimState>;
-type Params = Query<HashMap<String, String>>;
+pub(super) type Shared = Arc<SimState>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
 /// Every model advertises Gemini's real context sizes.
 const INPUT_TOKEN_LIMIT: u64 = 1_048_576;
 const OUTPUT_TOKEN_LIMIT: u64 = 65_536;
-/// A model the real list also holds that cannot generate: discovery must skip it.
-const EMBEDDING_MODEL: &str = "gemini-embedding-001";
+/// The embedding model the real list holds beside the generation models; it
+/// embeds and cannot generate (discovery must skip it).
+pub const EMBEDDING_MODEL: &str = "gemini-embedding-001";
+/// The most items one `batchEmbedContents` call may hold.
+pub(super) const MAX_BATCH_ITEMS: usize = 100;
+/// The length of an embedding when the request names none
+/// (`gemini-embedding-001`'s default).
+pub(super) const EMBEDDING_DIMENSIONS: usize = 3072;
+
+/// Whether `model` embeds (and so cannot generate).
+pub(super) fn is_embedding(model: &str) -> bool {
+    model.contains("embedding")
+}
 
 pub(super) fn router(state: Shared) -> Router {
     Router::new()
@@ -34,6 +47,8 @@ pub(super) fn router(state: Shared) -> Router {
             "/{version}/models/{target}",
             get(get_model).post(call_model),
         )
+        .merge(super::openai::routes())
+        .merge(super::files::routes())
         .route("/__sim/stats", get(stats))
         .route("/__sim/faults", get(get_faults).post(set_faults))
         .fallback(|| async { not_found("no such route").into_response() })
@@ -41,21 +56,39 @@ pub(super) fn router(state: Shared) -> Router {
 }
 
 /// An error answer in Gemini's envelope.
-struct Failure {
+pub(super) struct Failure {
     code: StatusCode,
     status: &'static str,
     message: String,
     details: Vec<Value>,
 }
 
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
+impl Failure {
+    fn body(self) -> (StatusCode, Value) {
         let body = envelope(self.code.as_u16(), self.status, &self.message, self.details);
-        (self.code, Json(body)).into_response()
+        (self.code, body)
+    }
+
+    /// The same error as the OpenAI-compatible layer writes it.
+    pub(super) fn openai(self) -> Response {
+        let (code, body) = self.body();
+        (code, Json(wire::openai::error_body(body))).into_response()
     }
 }
 
-fn fail(code: StatusCode, status: &'static str, message: &str, details: Vec<Value>) -> Failure {
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let (code, body) = self.body();
+        (code, Json(body)).into_response()
+    }
+}
+
+pub(super) fn fail(
+    code: StatusCode,
+    status: &'static str,
+    message: &str,
+    details: Vec<Value>,
+) -> Failure {
     Failure {
         code,
         status,
@@ -64,17 +97,17 @@ fn fail(code: StatusCode, status: &'static str, message: &str, details: Vec<Valu
     }
 }
 
-fn not_found(message: &str) -> Failure {
+pub(super) fn not_found(message: &str) -> Failure {
     fail(StatusCode::NOT_FOUND, "NOT_FOUND", message, vec![])
 }
 
-fn invalid_argument(message: &str) -> Failure {
+pub(super) fn invalid_argument(message: &str) -> Failure {
     fail(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message, vec![])
 }
 
 /// Finds the caller's key (header first, then `?key=`) and answers as Google
 /// does when it is missing, unknown or blocked.
-fn authenticate(
+pub(super) fn authenticate(
     state: &SimState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -83,6 +116,12 @@ fn authenticate(
         .get("x-goog-api-key")
         .and_then(|v| v.to_str().ok())
         .or(params.get("key").map(String::as_str));
+    key_index(state, key)
+}
+
+/// The 1-based index of the caller's `key`, or Google's answer when it is
+/// missing, unknown or blocked.
+pub(super) fn key_index(state: &SimState, key: Option<&str>) -> Result<usize, Failure> {
     let Some(key) = key else {
         return Err(fail(
             StatusCode::FORBIDDEN,
@@ -116,7 +155,7 @@ fn authenticate(
     }
 }
 
-fn check_version(version: &str) -> Result<(), Failure> {
+pub(super) fn check_version(version: &str) -> Result<(), Failure> {
     match version {
         "v1" | "v1beta" => Ok(()),
         _ => Err(not_found(&format!("API version {version} is not served"))),
@@ -124,8 +163,8 @@ fn check_version(version: &str) -> Result<(), Failure> {
 }
 
 fn model_json(name: &str) -> Value {
-    let methods = if name == EMBEDDING_MODEL {
-        json!(["embedContent", "countTextTokens"])
+    let methods = if is_embedding(name) {
+        json!(["embedContent", "batchEmbedContents", "countTextTokens"])
     } else {
         json!(["generateContent", "countTokens"])
     };
@@ -141,7 +180,9 @@ fn model_json(name: &str) -> Value {
 
 fn model_names(state: &SimState) -> Vec<&str> {
     let mut names: Vec<&str> = state.limits.keys().map(String::as_str).collect();
-    names.push(EMBEDDING_MODEL);
+    if !names.contains(&EMBEDDING_MODEL) {
+        names.push(EMBEDDING_MODEL);
+    }
     names
 }
 
@@ -153,32 +194,50 @@ async fn list_models(
 ) -> Result<Response, Failure> {
     check_version(&version)?;
     authenticate(&state, &headers, &params)?;
-    let page_size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
-        None => 50,
-        Some(Ok(n)) => n.clamp(1, 1000),
-        Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
-    };
-    let start = match params
-        .get("pageToken")
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<usize>())
-    {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return Err(invalid_argument("Invalid page token.")),
-    };
     let names = model_names(&state);
-    let page: Vec<Value> = names
-        .iter()
-        .skip(start)
-        .take(page_size)
-        .map(|n| model_json(n))
-        .collect();
-    let mut body = json!({ "models": page });
-    if start + page_size < names.len() {
-        body["nextPageToken"] = json!((start + page_size).to_string());
+    let (page, next) = Paging::of(&params, 50, 1_000)?.page(&names);
+    let mut body = json!({ "models": page.iter().map(|n| model_json(n)).collect::<Vec<_>>() });
+    if let Some(next) = next {
+        body["nextPageToken"] = json!(next);
     }
     Ok(Json(body).into_response())
+}
+
+/// Where a list's page starts and how long it is: `pageSize` (`default`
+/// when absent or 0, at most `max`) and `pageToken` (the offset it goes on
+/// from, as the simulator writes its tokens).
+pub(super) struct Paging {
+    start: usize,
+    size: usize,
+}
+
+impl Paging {
+    pub(super) fn of(
+        params: &HashMap<String, String>,
+        default: usize,
+        max: usize,
+    ) -> Result<Paging, Failure> {
+        let size = match params.get("pageSize").map(|s| s.parse::<usize>()) {
+            None | Some(Ok(0)) => default,
+            Some(Ok(n)) => n.min(max),
+            Some(Err(_)) => return Err(invalid_argument("pageSize must be a positive integer")),
+        };
+        let start = match params.get("pageToken").filter(|t| !t.is_empty()) {
+            None => 0,
+            Some(t) => t
+                .parse::<usize>()
+                .map_err(|_| invalid_argument("Invalid page token."))?,
+        };
+        Ok(Paging { start, size })
+    }
+
+    /// This page of `items`, and the token of the next when there is one.
+    pub(super) fn page<'a, T>(&self, items: &'a [T]) -> (&'a [T], Option<String>) {
+        let start = self.start.min(items.len());
+        let end = (start + self.size).min(items.len());
+        let next = (end < items.len()).then(|| end.to_string());
+        (&items[start..end], next)
+    }
 }
 
 async fn get_model(
@@ -212,33 +271,15 @@ async fn call_model(
     };
     let key_index = authenticate(&state, &headers, &params)?;
     let generates = matches!(action, "generateContent" | "streamGenerateContent");
-    if !generates && action != "countTokens" {
+    let embeds = matches!(action, "embedContent" | "batchEmbedContents");
+    if !generates && !embeds && action != "countTokens" {
         return Err(not_found(&format!("method {action} is not supported")));
     }
-    if state.retired.contains(model) {
-        state.count_refusal(key_index, model, |s| &mut s.retired_404);
-        return Err(not_found(&format!(
-            "This model models/{model} is no longer available to new users. Please update your code to use a newer model for the latest features and improvements."
-        )));
+    let limits = served_limits(&state, key_index, model, &version, action)?;
+    let request = Value::Object(json_object(&body)?);
+    if embeds {
+        return embed(&state, key_index, model, limits, action, &request).await;
     }
-    let Some(limits) = state.limits_of(key_index, model) else {
-        return Err(not_found(&format!(
-            "models/{model} is not found for API version {version}, or is not supported for {action}. Call ListModels to see the list of available models and their supported methods."
-        )));
-    };
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return Err(invalid_argument(
-                "Invalid JSON payload received. Expected an object.",
-            ));
-        }
-        Err(e) => {
-            return Err(invalid_argument(&format!(
-                "Invalid JSON payload received. {e}"
-            )));
-        }
-    };
     check_files(&state, key_index, model, &request)?;
     if action == "countTokens" {
         return count_tokens(&request);
@@ -259,8 +300,49 @@ async fn call_model(
         limits,
         tokens,
         wants_json,
+        function_call: super::tools::native_call(&request, model)?,
     };
     generate(&state, call, stream, sse).await
+}
+
+/// A request body that must be a JSON object, or Google's 400.
+pub(super) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(invalid_argument(
+            "Invalid JSON payload received. Expected an object.",
+        )),
+        Err(e) => Err(invalid_argument(&format!(
+            "Invalid JSON payload received. {e}"
+        ))),
+    }
+}
+
+/// Key `key_index`'s limits on `model` for `action`, or the answer Google
+/// gives: 404 for a retired model (counted on the lane), for one it does not
+/// serve, and for one that does not do `action` (an embedding model does not
+/// generate, a generation model does not embed).
+pub(super) fn served_limits(
+    state: &SimState,
+    key_index: usize,
+    model: &str,
+    version: &str,
+    action: &str,
+) -> Result<Limits, Failure> {
+    if state.retired.contains(model) {
+        state.count_refusal(key_index, model, |s| &mut s.retired_404);
+        return Err(not_found(&format!(
+            "This model models/{model} is no longer available to new users. Please update your code to use a newer model for the latest features and improvements."
+        )));
+    }
+    let embedding_action = matches!(action, "embedContent" | "batchEmbedContents");
+    let does_action = action == "countTokens" || embedding_action == is_embedding(model);
+    match state.limits_of(key_index, model) {
+        Some(limits) if does_action => Ok(limits),
+        _ => Err(not_found(&format!(
+            "models/{model} is not found for API version {version}, or is not supported for {action}. Call ListModels to see the list of available models and their supported methods."
+        ))),
+    }
 }
 
 /// One generate call, as the quota ledger and the answer need it.
@@ -271,6 +353,8 @@ struct GenerateCall<'a> {
     tokens: u64,
     /// The request asked for JSON (`responseMimeType: application/json`).
     wants_json: bool,
+    /// The `functionCall` part the model answers with, if it calls a tool.
+    function_call: Option<Value>,
 }
 
 fn count_tokens(request: &Value) -> Result<Response, Failure> {
@@ -291,36 +375,139 @@ fn count_tokens(request: &Value) -> Result<Response, Failure> {
     Ok(Json(json!({"totalTokens": counted})).into_response())
 }
 
-/// What one admitted call turns into.
-struct Answer {
-    text: String,
-    model: String,
-    prompt_tokens: u64,
-    response_id: u64,
+/// `:embedContent` (`{"content"}`, answered `{"embedding": {"values"}}`)
+/// and `:batchEmbedContents` (`{"requests": [...]}`, answered
+/// `{"embeddings": [...]}` in order): each item counts as one request, and
+/// its text's tokens, on the lane.
+async fn embed(
+    state: &SimState,
+    key_index: usize,
+    model: &str,
+    limits: Limits,
+    action: &str,
+    request: &Value,
+) -> Result<Response, Failure> {
+    let items: Vec<&Value> = if action == "embedContent" {
+        vec![request]
+    } else {
+        let requests = match request.get("requests") {
+            Some(Value::Array(r)) if !r.is_empty() => r,
+            _ => {
+                return Err(invalid_argument(
+                    "* BatchEmbedContentsRequest.requests: requests is not specified",
+                ));
+            }
+        };
+        if requests.len() > MAX_BATCH_ITEMS {
+            return Err(invalid_argument(&format!(
+                "* BatchEmbedContentsRequest.requests: at most {MAX_BATCH_ITEMS} requests can be in one batch"
+            )));
+        }
+        let path_model = format!("models/{model}");
+        if let Some(other) = requests
+            .iter()
+            .map(|r| r["model"].as_str().unwrap_or_default())
+            .find(|m| *m != path_model)
+        {
+            return Err(invalid_argument(&format!(
+                "Model in an EmbedContentRequest ({other:?}) must match the batch's model ({path_model})."
+            )));
+        }
+        requests.iter().collect()
+    };
+    let mut texts = Vec::with_capacity(items.len());
+    let mut tokens = 0;
+    for item in &items {
+        let content = &item["content"];
+        let parts = content["parts"].as_array().map_or(&[][..], Vec::as_slice);
+        if parts.is_empty() || parts.iter().any(|p| !p["text"].is_string()) {
+            return Err(invalid_argument(
+                "* EmbedContentRequest.content: contents must hold at least one part, each a text",
+            ));
+        }
+        let dimensions = match item
+            .get("outputDimensionality")
+            .or_else(|| item.get("output_dimensionality"))
+        {
+            None => EMBEDDING_DIMENSIONS,
+            Some(n) => match n.as_u64() {
+                Some(n @ 1..=3072) => n as usize,
+                _ => {
+                    return Err(invalid_argument(
+                        "* EmbedContentRequest.output_dimensionality: must be between 1 and 3072",
+                    ));
+                }
+            },
+        };
+        let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        tokens += wire::openai::item_tokens(content);
+        texts.push((text, dimensions));
+    }
+    let call = Usage {
+        requests: items.len() as u64,
+        input_tokens: tokens,
+    };
+    let admitted = admit(state, key_index, model, &limits, call).await?;
+    let mut embeddings = texts
+        .iter()
+        .map(|(text, dimensions)| json!({"values": embedding_of(text, *dimensions)}));
+    let body = if action == "embedContent" {
+        json!({"embedding": embeddings.next()})
+    } else {
+        json!({"embeddings": embeddings.collect::<Vec<_>>()})
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        admitted.body(vec![Bytes::from(body.to_string())]),
+    )
+        .into_response())
+}
+
+/// A unit vector of `dimensions` values drawn from `text` alone: the same
+/// text always embeds the same, different texts differently.
+pub(super) fn embedding_of(text: &str, dimensions: usize) -> Vec<f32> {
+    // FNV-1a: a seed that does not depend on the build.
+    let seed = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
+    let raw: Vec<f32> = (0..dimensions)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    raw.into_iter().map(|v| v / norm).collect()
+}
+
+/// A call the quotas admitted, with the faults drawn for it.
+pub(super) struct Admitted {
+    pub(super) response_id: u64,
+    /// What the model says when asked for JSON ([`Faults::json_answer`]).
+    pub(super) json_answer: Option<String>,
     drop_mid_way: bool,
-    latency: Duration,
     chunk_delay: Duration,
 }
 
-async fn generate(
+/// Draws the faults for a call on lane (`key_index`, `model`) that spends
+/// `call`, and admits it under the lane's quotas, or answers as the upstream
+/// would (503, a bare 429, the quota's 429); an admitted call then takes the
+/// simulated latency.
+pub(super) async fn admit(
     state: &SimState,
-    call: GenerateCall<'_>,
-    stream: bool,
-    sse: bool,
-) -> Result<Response, Failure> {
-    let GenerateCall {
-        key_index,
-        model,
-        limits,
-        tokens,
-        wants_json,
-    } = call;
+    key_index: usize,
+    model: &str,
+    limits: &Limits,
+    call: Usage,
+) -> Result<Admitted, Failure> {
     let now = state.clock.now();
-    let answer = {
+    let (admitted, latency) = {
         let mut inner = state.lock();
         let faults = inner.faults.clone();
         if inner.rng.random_bool(faults.unavailable_ratio) {
-            drop(inner);
             return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
@@ -336,7 +523,6 @@ async fn generate(
             .or_default();
         if bare_429 {
             lane.count_injected_429();
-            drop(inner);
             return Err(fail(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RESOURCE_EXHAUSTED",
@@ -344,69 +530,140 @@ async fn generate(
                 vec![],
             ));
         }
-        if let Err(rejection) = lane.admit(&limits, tokens, now) {
-            drop(inner);
-            return Err(quota_exceeded(model, &limits, rejection, &faults));
+        if let Err(rejection) = lane.admit_usage(limits, call, now) {
+            return Err(quota_exceeded(model, limits, rejection, &faults));
         }
         inner.responses += 1;
-        let text = match (&faults.json_answer, wants_json) {
-            (Some(scripted), true) => scripted.clone(),
-            _ => format!("ok:{tokens}"),
-        };
-        Answer {
-            text,
-            model: model.to_string(),
-            prompt_tokens: tokens,
+        let admitted = Admitted {
             response_id: inner.responses,
+            json_answer: faults.json_answer,
             drop_mid_way,
-            latency: Duration::from_millis(faults.latency_ms),
             chunk_delay: Duration::from_millis(faults.stream_chunk_delay_ms),
-        }
+        };
+        (admitted, Duration::from_millis(faults.latency_ms))
     };
-    tracing::debug!(key = key_index, model, tokens, "sim admitted a call");
-    if !answer.latency.is_zero() {
-        tokio::time::sleep(answer.latency).await;
+    tracing::debug!(key = key_index, model, ?call, "sim admitted a call");
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
+    Ok(admitted)
+}
+
+impl Admitted {
+    /// `frames` as an answer's body: paced by the chunk delay, and with the
+    /// drop fault cut half-way (the body ends in an error, so hyper aborts
+    /// the connection).
+    pub(super) fn body(&self, mut frames: Vec<Bytes>) -> Body {
+        let mut cut = None;
+        if self.drop_mid_way {
+            if frames.len() == 1 {
+                let whole = frames.remove(0);
+                frames.push(whole.slice(..whole.len() / 2));
+            } else {
+                frames.truncate(frames.len() / 2);
+            }
+            cut = Some(Err(std::io::Error::other("simulated connection drop")));
+        }
+        let frames = frames.into_iter().map(Ok).chain(cut);
+        let delay = self.chunk_delay;
+        let body = futures::stream::iter(frames.enumerate()).then(move |(i, frame)| async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if frame.is_err() {
+                // Let what was written reach the client before the cut, as a
+                // real connection drop mid-answer would.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            frame
+        });
+        Body::from_stream(body)
+    }
+}
+
+/// What one admitted generate call turns into.
+struct Answer {
+    text: String,
+    function_call: Option<Value>,
+    model: String,
+    prompt_tokens: u64,
+    admitted: Admitted,
+}
+
+async fn generate(
+    state: &SimState,
+    call: GenerateCall<'_>,
+    stream: bool,
+    sse: bool,
+) -> Result<Response, Failure> {
+    let GenerateCall {
+        key_index,
+        model,
+        limits,
+        tokens,
+        wants_json,
+        function_call,
+    } = call;
+    let admitted = admit(state, key_index, model, &limits, Usage::call(tokens)).await?;
+    let text = match (&admitted.json_answer, wants_json) {
+        (Some(scripted), true) => scripted.clone(),
+        _ => format!("ok:{tokens}"),
+    };
+    let answer = Answer {
+        text,
+        function_call,
+        model: model.to_string(),
+        prompt_tokens: tokens,
+        admitted,
+    };
     Ok(answer.respond(stream, sse))
 }
 
-/// Every file a request names (`fileData.fileUri`, or snake case) must
-/// belong to the caller's project: otherwise the real 403.
+/// Every uploaded file a request names (`fileData.fileUri`, or snake case)
+/// must belong to the caller's project: otherwise the real 403.
 fn check_files(
     state: &SimState,
     key_index: usize,
     model: &str,
     request: &Value,
 ) -> Result<(), Failure> {
-    let contents = request
-        .get("contents")
-        .or_else(|| request.pointer("/generateContentRequest/contents"));
-    let parts = contents
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["parts"].as_array())
-        .flatten();
-    for part in parts {
-        let data = part.get("fileData").or_else(|| part.get("file_data"));
-        let Some(uri) = data
-            .and_then(|d| d.get("fileUri").or_else(|| d.get("file_uri")))
-            .and_then(Value::as_str)
-        else {
-            continue;
-        };
-        let id = uri.rsplit_once("files/").map_or(uri, |(_, id)| id);
-        if state.files.get(id) != Some(&key_index) {
+    let now = state.clock.now();
+    for id in wire::files::file_ids_of(request) {
+        if state.files().owner(&id, now) != Some(key_index) {
             state.count_refusal(key_index, model, |s| &mut s.foreign_file_403);
-            return Err(fail(
-                StatusCode::FORBIDDEN,
-                "PERMISSION_DENIED",
-                &format!("You do not have permission to access the File {id} or it may not exist."),
-                vec![],
-            ));
+            return Err(super::files::no_permission(&id));
         }
     }
     Ok(())
+}
+
+/// A quota's `quotaMetric` and `quotaId` on `model`: an embedding model's
+/// are its own (`embed_content_free_tier_requests`,
+/// `EmbedContentRequestsPerMinutePerUserPerProjectPerModel-FreeTier`, as seen
+/// in 2026 429 bodies; the token and per-day ids follow the same pattern).
+fn quota_names(model: &str, quota: Quota) -> (&'static str, &'static str) {
+    if !is_embedding(model) {
+        return (quota.quota_metric(), quota.quota_id());
+    }
+    let metric = match quota.metric() {
+        Metric::Requests => "generativelanguage.googleapis.com/embed_content_free_tier_requests",
+        Metric::InputTokens => {
+            "generativelanguage.googleapis.com/embed_content_free_tier_input_token_count"
+        }
+    };
+    let id = match quota {
+        Quota::RequestsPerMinute => {
+            "EmbedContentRequestsPerMinutePerUserPerProjectPerModel-FreeTier"
+        }
+        Quota::InputTokensPerMinute => {
+            "EmbedContentInputTokensPerMinutePerUserPerProjectPerModel-FreeTier"
+        }
+        Quota::RequestsPerDay => "EmbedContentRequestsPerDayPerUserPerProjectPerModel-FreeTier",
+        Quota::InputTokensPerDay => {
+            "EmbedContentInputTokensPerDayPerUserPerProjectPerModel-FreeTier"
+        }
+    };
+    (metric, id)
 }
 
 /// The 429 as Gemini writes it since late 2025: every violation in
@@ -435,13 +692,13 @@ fn quota_exceeded(
         .iter()
         .map(|&q| {
             let value = limits.get(q);
+            let (metric, id) = quota_names(model, q);
             message.push_str(&format!(
-                "\n* Quota exceeded for metric: {}, limit: {value}, model: {model}",
-                q.quota_metric()
+                "\n* Quota exceeded for metric: {metric}, limit: {value}, model: {model}"
             ));
             let mut v = json!({
-                "quotaMetric": q.quota_metric(),
-                "quotaId": q.quota_id(),
+                "quotaMetric": metric,
+                "quotaId": id,
                 "quotaDimensions": {"location": "global", "model": model},
             });
             if !faults.omit_quota_value {
@@ -478,8 +735,11 @@ impl Answer {
 
     /// One `GenerateContentResponse`; `finish` marks the last chunk.
     fn chunk(&self, text: &str, finish: bool, candidates_so_far: u64) -> Value {
-        let mut candidate =
-            json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+        let part = match &self.function_call {
+            Some(call) => call.clone(),
+            None => json!({ "text": text }),
+        };
+        let mut candidate = json!({"content": {"role": "model", "parts": [part]}, "index": 0});
         if finish {
             candidate["finishReason"] = json!("STOP");
         }
@@ -487,7 +747,7 @@ impl Answer {
             "candidates": [candidate],
             "usageMetadata": self.usage(candidates_so_far),
             "modelVersion": self.model,
-            "responseId": format!("sim-{}", self.response_id),
+            "responseId": format!("sim-{}", self.admitted.response_id),
         })
     }
 
@@ -497,12 +757,17 @@ impl Answer {
         let frames: Vec<Bytes> = if !stream {
             vec![Bytes::from(self.chunk(&text, true, candidates).to_string())]
         } else {
-            // "ok", ":", "<n>": several events, the last with the finish reason and full usage.
-            let pieces = [
-                "ok".to_string(),
-                ":".to_string(),
-                self.prompt_tokens.to_string(),
-            ];
+            // "ok", ":", "<n>": several events, the last with the finish
+            // reason and full usage; a function call in one.
+            let pieces = if self.function_call.is_some() {
+                vec![String::new()]
+            } else {
+                vec![
+                    "ok".to_string(),
+                    ":".to_string(),
+                    self.prompt_tokens.to_string(),
+                ]
+            };
             let last = pieces.len() - 1;
             let chunks = pieces.iter().enumerate().map(|(i, p)| {
                 let so_far = if i == last { candidates } else { 0 };
@@ -526,43 +791,11 @@ impl Answer {
         } else {
             "application/json"
         };
-        let frames = self.cut_if_dropping(frames);
-        let delay = self.chunk_delay;
-        let body = futures::stream::iter(frames.into_iter().enumerate()).then(
-            move |(i, frame)| async move {
-                if i > 0 && !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                if frame.is_err() {
-                    // Let what was written reach the client before the cut, as a
-                    // real connection drop mid-answer would.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                frame
-            },
-        );
         (
             [(header::CONTENT_TYPE, content_type)],
-            Body::from_stream(body),
+            self.admitted.body(frames),
         )
             .into_response()
-    }
-
-    /// With the drop fault, the answer stops half-way and the connection is
-    /// cut (the body stream ends in an error, so hyper aborts it).
-    fn cut_if_dropping(&self, mut frames: Vec<Bytes>) -> Vec<Result<Bytes, std::io::Error>> {
-        if !self.drop_mid_way {
-            return frames.into_iter().map(Ok).collect();
-        }
-        if frames.len() == 1 {
-            let whole = frames.remove(0);
-            frames.push(whole.slice(..whole.len() / 2));
-        } else {
-            frames.truncate(frames.len() / 2);
-        }
-        let mut out: Vec<Result<Bytes, std::io::Error>> = frames.into_iter().map(Ok).collect();
-        out.push(Err(std::io::Error::other("simulated connection drop")));
-        out
     }
 }
 

@@ -1,5 +1,5 @@
 //! The Batch API's durable half: every batch, and every item's request and
-//! result, in the SQLite state file (schema 5), on a connection of its own.
+//! result, in the SQLite state file (schema 6), on a connection of its own.
 //!
 //! A batch is written whole before it is acknowledged, and an item's result
 //! before the item counts as answered, so a crash loses nothing answered:

@@ -9,6 +9,9 @@
 //! record is committed before the call goes upstream, so a `kill -9` can never
 //! lose a call the upstream may have counted; with Redis ([`RedisStore`]) the
 //! booking in the shared lane already counts it, and the record is batched.
+//! Which key owns each uploaded file is kept here too, until the file
+//! expires, so that a restart (or another replica) still sends a call
+//! naming it to that key.
 
 pub mod batches;
 pub mod redis;
@@ -107,6 +110,24 @@ pub enum Record {
         at: Timestamp,
     },
     PolicyCache(PolicyCache),
+    /// The upstream said `model` is retired for this project.
+    Retired {
+        model: String,
+        at: Timestamp,
+        message: String,
+    },
+    /// A file uploaded through key `key_id`: the calls that name it go to
+    /// that key until `expires` (the upstream deletes it then).
+    FileOwned {
+        /// The file's id, the part after `files/`.
+        name: String,
+        key_id: String,
+        expires: Timestamp,
+    },
+    /// A file deleted through the gateway.
+    FileDeleted {
+        name: String,
+    },
 }
 
 /// An accepted policy fetch and the model list discovered with it.
@@ -139,6 +160,8 @@ pub struct Recovered {
     /// (key id, model, learned limits, when last enforced).
     pub learned: Vec<(String, String, LimitsOverride, Timestamp)>,
     pub policy_cache: Option<PolicyCache>,
+    /// (model, when the upstream said so, its message) of retired models.
+    pub retired: Vec<(String, Timestamp, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +194,13 @@ pub trait Store: Send + 'static {
     fn usage_by_minute(&mut self, since: Timestamp) -> Result<Vec<MinuteUsage>, StoreError> {
         let _ = since;
         Ok(Vec::new())
+    }
+    /// The key id that owns file `name` (the part after `files/`) at `now`,
+    /// from a [`Record::FileOwned`] not deleted and not expired. A backend
+    /// that keeps no files knows none.
+    fn file_owner(&mut self, name: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        let _ = (name, now);
+        Ok(None)
     }
     /// What to restore as of `now`: calls after `now - window`, today's counts.
     fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError>;

@@ -10,6 +10,7 @@
 //!   P mode                   {mode, configured}
 //!   P policy                 the accepted policy fetch and its models
 //!   P usage:{minute}         hash {"{index} {fingerprint}": input tokens}, for the dashboard
+//!   P file:{file id}         the id of the key that owns the uploaded file; expires with the file
 //!   P epoch                  a random id written once: if it changes, Redis lost its data
 //! ```
 //!
@@ -87,6 +88,9 @@ impl Names {
     }
     fn usage(&self, minute: i64) -> String {
         format!("{}usage:{minute}", self.prefix)
+    }
+    fn file(&self, name: &str) -> String {
+        format!("{}file:{name}", self.prefix)
     }
     pub(crate) fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
@@ -227,6 +231,14 @@ impl Store for RedisStore {
         Ok(usage)
     }
 
+    /// Redis drops the name when the file expires.
+    fn file_owner(&mut self, name: &str, _now: Timestamp) -> Result<Option<String>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.get(self.names.file(name));
+        let (owner,): (Option<String>,) = self.run(&pipe)?;
+        Ok(owner)
+    }
+
     fn recover(&mut self, _now: Timestamp, _window: Duration) -> Result<Recovered, StoreError> {
         let mut pipe = redis::pipe();
         pipe.hgetall(self.names.keys())
@@ -282,9 +294,24 @@ impl Store for RedisStore {
                     };
                     pipe.set(self.names.policy(), json(&stored)).ignore();
                 }
+                Record::FileOwned {
+                    name,
+                    key_id,
+                    expires,
+                } => {
+                    let file = self.names.file(name);
+                    pipe.set(&file, key_id)
+                        .ignore()
+                        .pexpire_at(&file, expires.millis())
+                        .ignore();
+                }
+                Record::FileDeleted { name } => {
+                    pipe.del(self.names.file(name)).ignore();
+                }
                 // The dashboard counts the tokens booked when the call left;
-                // learned limits travel inside their lane.
-                Record::CallSettled { .. } | Record::Learned { .. } => {}
+                // learned limits travel inside their lane; each replica finds
+                // a retired model on its own (one 404 each).
+                Record::CallSettled { .. } | Record::Learned { .. } | Record::Retired { .. } => {}
             }
         }
         if pipe.is_empty() {

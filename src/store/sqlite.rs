@@ -47,7 +47,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE learned_limits ADD COLUMN tpd INTEGER;",
     // 4: the requests a call counts (a batch of embeddings counts one per item).
     "ALTER TABLE calls ADD COLUMN requests INTEGER NOT NULL DEFAULT 1;",
-    // 5: the Batch API: each batch, and each item's request and result.
+    // 5: which key (by stable id) owns each uploaded file, until it expires.
+    "CREATE TABLE files (
+        name TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );",
+    // 6: the Batch API: each batch, and each item's request and result.
     "CREATE TABLE batches (
         id TEXT PRIMARY KEY,
         owner TEXT,
@@ -71,11 +77,24 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
 ];
 
-/// Calls are kept this long (for the dashboard's history), then pruned.
-const KEEP_CALLS: Duration = Duration::from_secs(8 * 86_400);
+/// Calls are kept this long, then pruned: recovery needs the last minute and
+/// the current Pacific day (at most 25 hours), the dashboard the last hour.
+const KEEP_CALLS: Duration = Duration::from_secs(2 * 86_400);
 
-/// How often the WAL is folded back into the database file.
+/// How often the WAL is folded back into the database file, and old calls
+/// pruned.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The WAL is truncated back to this size whenever a checkpoint has folded
+/// all of it, so a long-lived instance's state file stays bounded.
+const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
+/// Old calls are deleted this many at a time, so that pruning never holds
+/// the write lock long enough to stall a request's "sent" record, and at
+/// most this many chunks a round (a backlog drains over several rounds
+/// rather than starving the writer).
+const PRUNE_CHUNK: i64 = 2_000;
+const PRUNE_CHUNKS_PER_ROUND: usize = 10;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -151,6 +170,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 0))
+            .and_then(|_| conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES))
             .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
             .map_err(|e| unusable(format!("cannot configure it ({e})"), not_a_db))?;
         let mut store = SqliteStore {
@@ -180,9 +200,9 @@ impl SqliteStore {
     }
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its own
-/// (a passive checkpoint never blocks the writer), and once more on the way
-/// out, until the returned sender is dropped.
+/// Prunes old calls and checkpoints the WAL every [`CHECKPOINT_EVERY`] on a
+/// connection of its own (a passive checkpoint never blocks the writer), and
+/// once more on the way out, until the returned sender is dropped.
 fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let path = path.to_path_buf();
@@ -192,7 +212,13 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
             let Ok(conn) = Connection::open(&path) else {
                 return;
             };
+            let _ = conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES);
+            let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
             let checkpoint = || {
+                let now = Timestamp::wall_now();
+                if let Err(e) = prune_old_calls(&conn, now) {
+                    tracing::warn!("state store pruning failed: {e}");
+                }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!("state store checkpoint failed: {e}");
                 }
@@ -208,6 +234,30 @@ fn checkpoint_thread(path: &Path) -> std::sync::mpsc::Sender<()> {
         tracing::warn!("no checkpoint thread ({e}); the WAL will grow until restart");
     }
     stop
+}
+
+/// Deletes the calls older than [`KEEP_CALLS`] before the newest one (or
+/// before `now`, if the newest lies ahead of it: a clock stepped back must
+/// not take today's calls), in at most [`PRUNE_CHUNKS_PER_ROUND`] chunks of
+/// [`PRUNE_CHUNK`]. Measured from the newest call rather than from `now`
+/// alone, so a store restored from elsewhere, or a test's virtual day, never
+/// loses the calls it is about to need.
+fn prune_old_calls(conn: &Connection, now: Timestamp) -> rusqlite::Result<usize> {
+    let mut pruned = 0;
+    for _ in 0..PRUNE_CHUNKS_PER_ROUND {
+        let n = conn.execute(
+            "DELETE FROM calls WHERE id IN (
+                 SELECT id FROM calls
+                 WHERE at_ms < min((SELECT max(at_ms) FROM calls), ?3) - ?1
+                 LIMIT ?2)",
+            params![KEEP_CALLS.as_millis() as i64, PRUNE_CHUNK, now.millis()],
+        )?;
+        pruned += n;
+        if n < PRUNE_CHUNK as usize {
+            break;
+        }
+    }
+    Ok(pruned)
 }
 
 fn counted_list() -> String {
@@ -266,12 +316,28 @@ impl Store for SqliteStore {
             .map_err(write_error)
     }
 
+    fn file_owner(&mut self, name: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT key_id FROM files WHERE name = ?1 AND expires_at_ms > ?2",
+                params![name, now.millis()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(write_error)
+    }
+
     fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError> {
         let counted = counted_list();
         let c = &self.conn;
         c.execute(
             "DELETE FROM calls WHERE at_ms < ?1",
             params![now.minus(KEEP_CALLS).millis()],
+        )
+        .map_err(write_error)?;
+        c.execute(
+            "DELETE FROM files WHERE expires_at_ms <= ?1",
+            params![now.millis()],
         )
         .map_err(write_error)?;
 
@@ -391,6 +457,21 @@ impl Store for SqliteStore {
                 })
             });
 
+        let mut retired_q = c
+            .prepare("SELECT name, value FROM settings WHERE name LIKE 'retired:%' ORDER BY name")
+            .map_err(write_error)?;
+        let retired = retired_q
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(write_error)?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let model = name.strip_prefix("retired:")?.to_string();
+                let (at, message) = value.split_once(' ')?;
+                Some((model, Timestamp(at.parse().ok()?), message.to_string()))
+            })
+            .collect();
+
         Ok(Recovered {
             recent_calls,
             day_counts,
@@ -398,6 +479,7 @@ impl Store for SqliteStore {
             mode,
             learned,
             policy_cache,
+            retired,
         })
     }
 
@@ -437,10 +519,21 @@ impl Store for SqliteStore {
                         cache.at.millis()
                     ],
                 ),
+                Record::Retired { model, at, message } => tx.execute(
+                    "INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)",
+                    params![format!("retired:{model}"), format!("{} {message}", at.millis())],
+                ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
                     "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis(), learned.tpd.map(|t| t as i64)],
                 ),
+                Record::FileOwned { name, key_id, expires } => tx.execute(
+                    "INSERT OR REPLACE INTO files (name, key_id, expires_at_ms) VALUES (?1, ?2, ?3)",
+                    params![name, key_id, expires.millis()],
+                ),
+                Record::FileDeleted { name } => {
+                    tx.execute("DELETE FROM files WHERE name = ?1", params![name])
+                }
             }
             .map_err(write_error)?;
         }
@@ -477,6 +570,40 @@ mod tests {
             input_tokens: tokens,
             requests,
         }
+    }
+
+    #[test]
+    fn a_long_lived_store_prunes_in_chunks_and_bounds_its_wal() {
+        let path = temp_path("prune");
+        let mut store = SqliteStore::open(&path).unwrap();
+        // 10,000 calls, one every 26 s over three days before NOON.
+        let at = |i: i64| NOON.plus_millis(-(10_000 - i) * 26_000);
+        let calls: Vec<Record> = (0..10_000).map(|i| sent(i, at(i), 10)).collect();
+        store.apply(&calls).unwrap();
+        let count = |s: &SqliteStore| -> i64 {
+            s.conn
+                .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+                .unwrap()
+        };
+        let pruned = prune_old_calls(&store.conn, at(9_999)).unwrap();
+        let kept = (0..10_000)
+            .filter(|&i| at(i) >= at(9_999).minus(KEEP_CALLS))
+            .count() as i64;
+        assert_eq!((pruned as i64, count(&store)), (10_000 - kept, kept));
+        assert!(pruned as i64 > PRUNE_CHUNK, "pruned in several chunks");
+        assert_eq!(prune_old_calls(&store.conn, at(9_999)).unwrap(), 0);
+        // A call stamped three days ahead (a clock that jumped and came
+        // back) does not make today's calls look old.
+        store
+            .apply(&[sent(20_000, at(9_999).plus_millis(3 * 86_400_000), 10)])
+            .unwrap();
+        assert_eq!(prune_old_calls(&store.conn, at(9_999)).unwrap(), 0);
+        assert_eq!(count(&store), kept + 1);
+        let limit: i64 = store
+            .conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, WAL_LIMIT_BYTES);
     }
 
     #[test]
@@ -599,6 +726,43 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn a_file_is_owned_until_it_expires_or_is_deleted_across_a_reopen() {
+        let path = temp_path("files");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let owned = |name: &str, key_id: &str, hours: i64| Record::FileOwned {
+            name: name.into(),
+            key_id: key_id.into(),
+            expires: NOON.plus_millis(hours * 3_600_000),
+        };
+        store
+            .apply(&[
+                owned("kept", "k2", 48),
+                owned("deleted", "k1", 48),
+                owned("expiring", "k3", 1),
+                Record::FileDeleted {
+                    name: "deleted".into(),
+                },
+            ])
+            .unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(&path).unwrap();
+        let owner = |store: &mut SqliteStore, name: &str, at: Timestamp| {
+            store.file_owner(name, at).unwrap()
+        };
+        assert_eq!(owner(&mut store, "kept", NOON), Some("k2".into()));
+        assert_eq!(owner(&mut store, "deleted", NOON), None);
+        assert_eq!(owner(&mut store, "expiring", NOON), Some("k3".into()));
+        let later = NOON.plus_millis(3_600_000);
+        assert_eq!(owner(&mut store, "expiring", later), None, "expired");
+        store.recover(later, Duration::from_secs(60)).unwrap();
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1, "recovery prunes the expired file");
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //!
 //! A failed write (a full disk) puts its batch back at the head of the
 //! queue, in order, and is tried again every `RETRY_EVERY` and with every
-//! new durable record, until the store takes it. Until then
+//! new durable record, until the store takes it. A store that panics while
+//! writing is a failed write too: the flusher lives on, nobody waits for
+//! ever, no record is lost. Until then
 //! [`Ledger::problem`] reports the error, and once more than
 //! `max_unwritten` records wait, [`Ledger::full`] tells dispatch to stop
 //! booking calls it could not count.
 
-use super::{Record, Store};
+use super::{Record, Store, StoreError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -178,6 +180,25 @@ impl Ledger {
         .map_err(|e| e.to_string())?
     }
 
+    /// The key id that owns file `name` at `now` (see [`Store::file_owner`]),
+    /// read from the store as it is: an upload's record is written durably
+    /// before the upload is answered.
+    pub async fn file_owner(
+        &self,
+        name: &str,
+        now: crate::clock::Timestamp,
+    ) -> Result<Option<String>, String> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            lock(&inner.store)
+                .file_owner(&name, now)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// The last write error, while records it left behind are unwritten.
     pub fn problem(&self) -> Option<String> {
         lock(&self.inner.problem).clone()
@@ -237,7 +258,10 @@ impl Inner {
         let outcome = if batch.is_empty() {
             Ok(())
         } else {
-            store.apply(&batch)
+            // A panic would end the flusher with its batch and leave
+            // `flushing` set: every later record would wait for ever.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(&batch)))
+                .unwrap_or_else(|panic| Err(StoreError::Write(panicked(panic.as_ref()))))
         };
         let tried = match outcome {
             Ok(()) => {
@@ -291,17 +315,28 @@ impl Inner {
     }
 }
 
+/// What a panic in the store said, as a write error.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    format!("the state store panicked while writing: {said}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::Timestamp;
-    use crate::store::{Outcome, Recovered, StoreError};
+    use crate::store::{Outcome, Recovered};
 
     /// A store that keeps the ids of the records it wrote, batch by batch,
     /// or refuses every write while `failing` is set (a full disk).
     struct Probe {
         batches: Arc<Mutex<Vec<Vec<i64>>>>,
         failing: Arc<AtomicBool>,
+        panicking: Arc<AtomicBool>,
         rebuilds_windows: bool,
     }
 
@@ -313,6 +348,10 @@ mod tests {
             if self.failing.load(Ordering::Acquire) {
                 return Err(StoreError::Write("disk full".into()));
             }
+            assert!(
+                !self.panicking.load(Ordering::Acquire),
+                "a bug in the store"
+            );
             let ids = batch
                 .iter()
                 .map(|r| match r {
@@ -331,14 +370,25 @@ mod tests {
     type Batches = Arc<Mutex<Vec<Vec<i64>>>>;
 
     fn probe(rebuilds_windows: bool) -> (Probe, Batches, Arc<AtomicBool>) {
+        let (probe, batches, failing, _) = panicking_probe(rebuilds_windows);
+        (probe, batches, failing)
+    }
+
+    /// A probe, with a switch that makes its writes fail and one that makes
+    /// them panic.
+    fn panicking_probe(
+        rebuilds_windows: bool,
+    ) -> (Probe, Batches, Arc<AtomicBool>, Arc<AtomicBool>) {
         let batches = Batches::default();
         let failing = Arc::new(AtomicBool::new(false));
+        let panicking = Arc::new(AtomicBool::new(false));
         let probe = Probe {
             batches: batches.clone(),
             failing: failing.clone(),
+            panicking: panicking.clone(),
             rebuilds_windows,
         };
-        (probe, batches, failing)
+        (probe, batches, failing, panicking)
     }
 
     fn call(id: i64) -> Record {
@@ -408,6 +458,38 @@ mod tests {
             written(&batches),
             vec![1, 2, 3, 4, 5],
             "retried by itself, every record once, in order"
+        );
+        assert_eq!((ledger.problem(), ledger.unwritten()), (None, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_panics_loses_nothing_and_wedges_nothing() {
+        let (store, batches, _, panicking) = panicking_probe(true);
+        let ledger = Ledger::start(store, 100);
+        ledger.record_durably(call(1)).await;
+        panicking.store(true, Ordering::Release);
+        let tried = tokio::time::timeout(RETRY_EVERY * 5, async {
+            ledger.record_durably(call(2)).await;
+            ledger.record(call(3));
+            ledger.record_durably(call(4)).await;
+        })
+        .await;
+        assert!(tried.is_ok(), "a durable record waited for ever");
+        assert_eq!(ledger.unwritten(), 3, "kept, not dropped with the panic");
+        assert_eq!(
+            ledger.problem().as_deref(),
+            Some(
+                "state store write failed: the state store panicked while writing: a bug in the store"
+            ),
+            "reported unhealthy while they wait"
+        );
+        panicking.store(false, Ordering::Release);
+        tokio::time::sleep(RETRY_EVERY).await;
+        ledger.flush().await;
+        assert_eq!(
+            written(&batches),
+            vec![1, 2, 3, 4],
+            "every record once, in order"
         );
         assert_eq!((ledger.problem(), ledger.unwritten()), (None, 0));
     }

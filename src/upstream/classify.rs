@@ -176,9 +176,16 @@ impl UpstreamError {
     }
 }
 
-/// Classifies an error answer from its status and body (which may not be JSON).
+/// Classifies an error answer from its status and body (which may not be
+/// JSON). The OpenAI-compatible layer wraps Gemini's envelope in a
+/// one-element array: it is read, and handed on, as the envelope itself.
 pub fn classify(status: u16, body: &[u8]) -> UpstreamError {
-    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let parsed = match serde_json::from_slice(body).unwrap_or(Value::Null) {
+        Value::Array(mut wrapped) if wrapped.len() == 1 && wrapped[0]["error"].is_object() => {
+            wrapped.remove(0)
+        }
+        parsed => parsed,
+    };
     let message = parsed["error"]["message"]
         .as_str()
         .map(str::to_string)
@@ -465,6 +472,35 @@ mod tests {
             limit_in_message(&swapped, 0, 2, Quota::InputTokensPerMinute),
             Some(250_000)
         );
+    }
+
+    #[test]
+    fn the_openai_layers_wrapped_envelope_is_read_as_the_envelope() {
+        let quota = json!([{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota", "details": [
+            {"@type": error::QUOTA_FAILURE_TYPE, "violations": [
+                {"quotaId": Quota::RequestsPerMinute.quota_id(), "quotaValue": "10"}]},
+            {"@type": error::RETRY_INFO_TYPE, "retryDelay": "7s"}]}}]);
+        assert_eq!(
+            quota_penalty(quota),
+            (
+                vec![Violation {
+                    quota: Quota::RequestsPerMinute,
+                    limit: Some(10)
+                }],
+                Some(Duration::from_secs(7))
+            )
+        );
+        let invalid = json!([{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "API key not valid.",
+            "details": [{"@type": error::ERROR_INFO_TYPE, "reason": "API_KEY_INVALID"}]}}]);
+        assert!(classify(400, &body(invalid)).is_about_the_key());
+        let mine = json!([{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Function call is missing a thought_signature"}}]);
+        match classify(400, &body(mine)) {
+            UpstreamError::Client { body, message, .. } => {
+                assert_eq!(body["error"]["code"], 400, "the envelope, unwrapped");
+                assert_eq!(message, "Function call is missing a thought_signature");
+            }
+            other => panic!("not the client's: {other:?}"),
+        }
     }
 
     #[test]

@@ -1,7 +1,15 @@
-//! HTTP calls to Gemini: generate, count tokens, list models.
+//! HTTP calls to Gemini: generate, count tokens, list models, embed, the
+//! Files API (uploads, get, list, delete), and the OpenAI-compatible layer's
+//! chat completions and embeddings (forwarded as the client wrote them, with
+//! the chosen model and key). Bodies go as JSON text: a generate request's
+//! own (a client's bytes where it is passed through), never re-serialised
+//! from a tree.
 
 use super::classify::{UpstreamError, classify};
 use crate::keys::ApiKey;
+use crate::wire::GenerateRequest;
+use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -41,6 +49,7 @@ impl Generated {
 pub struct Upstream {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
 
 impl Upstream {
@@ -56,59 +65,39 @@ impl Upstream {
         Upstream {
             http,
             base: base_url.trim_end_matches('/').to_string(),
+            timeout,
         }
+    }
+
+    /// The bound on one call (`FLUX_UPSTREAM_TIMEOUT_S`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn url(&self, model: &str, action: &str) -> String {
         format!("{}/{VERSION}/models/{model}:{action}", self.base)
     }
 
-    async fn post(
+    /// The OpenAI-compatible layer's `path` (`chat/completions`, `embeddings`).
+    fn openai_url(&self, path: &str) -> String {
+        format!("{}/{VERSION}/openai/{path}", self.base)
+    }
+
+    /// Sends `body`, JSON text, to `url` with the key as `auth` says; an
+    /// answer that is not a success is classified.
+    async fn send(
         &self,
         key: &ApiKey,
+        auth: Auth,
         url: String,
-        body: &(impl serde::Serialize + ?Sized),
-    ) -> Result<Value, UpstreamError> {
-        let response = self
-            .http
-            .post(url)
-            .header("x-goog-api-key", key_header(key))
-            .json(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        read_json(response).await
-    }
-
-    /// `:generateContent` with a `GenerateContentRequest` body.
-    pub async fn generate(
-        &self,
-        key: &ApiKey,
-        model: &str,
-        request: &Value,
-    ) -> Result<Generated, UpstreamError> {
-        let body = self
-            .post(key, self.url(model, "generateContent"), request)
-            .await?;
-        Ok(Generated::from_body(body))
-    }
-
-    /// `:streamGenerateContent?alt=sse`: once the upstream has accepted the
-    /// call (2xx), the response whose body is the event stream.
-    pub async fn stream_generate(
-        &self,
-        key: &ApiKey,
-        model: &str,
-        request: &Value,
+        body: impl Into<reqwest::Body>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let response = self
             .http
-            .post(format!(
-                "{}?alt=sse",
-                self.url(model, "streamGenerateContent")
-            ))
-            .header("x-goog-api-key", key_header(key))
-            .json(request)
+            .post(url)
+            .header(auth.name(), key_header(key, auth))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(transport_error)?;
@@ -120,26 +109,117 @@ impl Upstream {
         Ok(response)
     }
 
-    /// `:countTokens` with the caller's own body, answer passed back as is.
+    /// POSTs `body`, JSON text, on Gemini's own API: its JSON answer.
+    async fn post(
+        &self,
+        key: &ApiKey,
+        url: String,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Value, UpstreamError> {
+        read_json(self.send(key, Auth::Goog, url, body).await?).await
+    }
+
+    /// `:generateContent` with a `GenerateContentRequest` body.
+    pub async fn generate(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &GenerateRequest,
+    ) -> Result<Generated, UpstreamError> {
+        let body = self
+            .post(key, self.url(model, "generateContent"), request.json())
+            .await?;
+        Ok(Generated::from_body(body))
+    }
+
+    /// `:streamGenerateContent?alt=sse`: once the upstream has accepted the
+    /// call (2xx), the response whose body is the event stream.
+    pub async fn stream_generate(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &GenerateRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = format!("{}?alt=sse", self.url(model, "streamGenerateContent"));
+        self.send(key, Auth::Goog, url, request.json()).await
+    }
+
+    /// `:embedContent` (a body with `content`) or `:batchEmbedContents` (a
+    /// body with `requests`), answer as is.
+    pub async fn embed(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        request: &Value,
+    ) -> Result<Value, UpstreamError> {
+        let action = if request.get("requests").is_some() {
+            "batchEmbedContents"
+        } else {
+            "embedContent"
+        };
+        self.post(key, self.url(model, action), json_text(request))
+            .await
+    }
+
+    /// The OpenAI-compatible layer's `path` (`chat/completions`,
+    /// `embeddings`) with the client's body on `model`: once the upstream has
+    /// accepted the call, its response (the event stream of a body with
+    /// `"stream": true`).
+    pub async fn openai(
+        &self,
+        key: &ApiKey,
+        path: &str,
+        model: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let body = json_text(&OnModel { model, body });
+        self.send(key, Auth::Bearer, self.openai_url(path), body)
+            .await
+    }
+
+    /// The same, its JSON answer as is.
+    pub async fn openai_json(
+        &self,
+        key: &ApiKey,
+        path: &str,
+        model: &str,
+        body: &Value,
+    ) -> Result<Value, UpstreamError> {
+        read_json(self.openai(key, path, model, body).await?).await
+    }
+
+    /// `:countTokens` with the caller's own body (JSON text, passed on as it
+    /// came), answer passed back as is.
     pub async fn count_tokens_raw(
         &self,
         key: &ApiKey,
         model: &str,
-        body: &(impl serde::Serialize + ?Sized),
+        body: Bytes,
     ) -> Result<Value, UpstreamError> {
         self.post(key, self.url(model, "countTokens"), body).await
     }
 
-    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
-    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+    /// `method url` without a body, on `key`: its JSON answer.
+    async fn bodiless(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        url: String,
+    ) -> Result<Value, UpstreamError> {
         let response = self
             .http
-            .get(format!("{}/{VERSION}/models{path}", self.base))
-            .header("x-goog-api-key", key_header(key))
+            .request(method, url)
+            .header(Auth::Goog.name(), key_header(key, Auth::Goog))
             .send()
             .await
             .map_err(transport_error)?;
         read_json(response).await
+    }
+
+    /// `GET /v1beta/models…` (`path` after `models`, with its query), as is.
+    pub async fn get_models(&self, key: &ApiKey, path: &str) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/models{path}", self.base);
+        self.bodiless(key, reqwest::Method::GET, url).await
     }
 
     /// `:countTokens` for a whole `GenerateContentRequest` (free of generate quota).
@@ -147,14 +227,10 @@ impl Upstream {
         &self,
         key: &ApiKey,
         model: &str,
-        request: &Value,
+        request: &GenerateRequest,
     ) -> Result<u64, UpstreamError> {
-        let mut inner = request.clone();
-        inner["model"] = Value::String(format!("models/{model}"));
-        let body = serde_json::json!({ "generateContentRequest": inner });
-        let answer = self
-            .post(key, self.url(model, "countTokens"), &body)
-            .await?;
+        let body = request.count_tokens_body(model);
+        let answer = self.post(key, self.url(model, "countTokens"), body).await?;
         answer["totalTokens"]
             .as_u64()
             .ok_or_else(|| UpstreamError::Transient {
@@ -167,8 +243,9 @@ impl Upstream {
     /// Start-up validates every key with it, and a refusal that names the
     /// key is confirmed with it before the key is taken out.
     pub async fn check_key(&self, key: &ApiKey, model: &str) -> Result<(), UpstreamError> {
-        let probe =
-            serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]});
+        let probe = GenerateRequest::from_value(
+            &serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}]}),
+        );
         self.count_tokens(key, model, &probe).await.map(drop)
     }
 
@@ -181,7 +258,7 @@ impl Upstream {
                 .http
                 .get(format!("{}/{VERSION}/models", self.base))
                 .query(&[("pageSize", "1000"), ("pageToken", page_token.as_str())])
-                .header("x-goog-api-key", key_header(key))
+                .header(Auth::Goog.name(), key_header(key, Auth::Goog))
                 .send()
                 .await
                 .map_err(transport_error)?;
@@ -203,15 +280,135 @@ impl Upstream {
     }
 }
 
-/// The key as a header value marked sensitive, so that HTTP-level debug
-/// output shows `Sensitive` in its place.
-fn key_header(key: &ApiKey) -> reqwest::header::HeaderValue {
-    let mut value = reqwest::header::HeaderValue::from_str(key.expose())
-        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid-key-characters"));
+/// An answer of the upstream's Files API relayed as it came (the upload
+/// protocol's answers carry what the client needs in their headers, errors
+/// included: `X-Goog-Upload-Status`, `X-Goog-Upload-Size-Received`).
+#[derive(Debug)]
+pub struct Relayed {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// The Files API. Its calls spend no generate quota, so they are not
+/// scheduled: they go straight to the key they are for.
+impl Upstream {
+    /// Where a resumable upload starts.
+    pub fn upload_start_url(&self) -> String {
+        format!("{}/upload/{VERSION}/files", self.base)
+    }
+
+    /// Whether `url` (an `X-Goog-Upload-URL` the upstream gave) is on the
+    /// upstream itself: a key is never sent anywhere else.
+    pub fn is_upstream_url(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// One call of the resumable upload protocol (the start, or a chunk)
+    /// to `url` on `key`, its answer relayed whatever its status.
+    pub async fn upload(
+        &self,
+        key: &ApiKey,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Relayed, UpstreamError> {
+        if !self.is_upstream_url(url) {
+            return Err(UpstreamError::Transient {
+                status: None,
+                message: "the upstream named an upload URL that is not its own".into(),
+            });
+        }
+        let response = self
+            .http
+            .post(url)
+            .headers(headers)
+            .header(Auth::Goog.name(), key_header(key, Auth::Goog))
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok(Relayed {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `GET` or `DELETE /v1beta/files{path}` (`path` with its query), as is.
+    pub async fn files(
+        &self,
+        key: &ApiKey,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<Value, UpstreamError> {
+        let url = format!("{}/{VERSION}/files{path}", self.base);
+        self.bodiless(key, method, url).await
+    }
+}
+
+/// How a call presents the key: Gemini's own header, or the bearer token
+/// the OpenAI-compatible layer reads.
+#[derive(Clone, Copy)]
+enum Auth {
+    Goog,
+    Bearer,
+}
+
+impl Auth {
+    /// The header that carries the key.
+    fn name(self) -> &'static str {
+        match self {
+            Auth::Goog => "x-goog-api-key",
+            Auth::Bearer => "authorization",
+        }
+    }
+}
+
+/// The key as `auth`'s header value, marked sensitive so that HTTP-level
+/// debug output shows `Sensitive` in its place.
+fn key_header(key: &ApiKey, auth: Auth) -> reqwest::header::HeaderValue {
+    use reqwest::header::HeaderValue;
+    let value = match auth {
+        Auth::Goog => HeaderValue::from_str(key.expose()),
+        Auth::Bearer => HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+    };
+    let mut value = value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
     value.set_sensitive(true);
     value
 }
 
+/// A client's OpenAI-format body with `model` set to the one planned: its
+/// own `model` is left out and every other field passes as it came.
+struct OnModel<'a> {
+    model: &'a str,
+    body: &'a Value,
+}
+
+impl Serialize for OnModel<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model", self.model)?;
+        for (name, value) in self.body.as_object().into_iter().flatten() {
+            if name != "model" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// `body` as JSON text, for the calls whose body is built as a tree (the
+/// OpenAI layer's and embeddings).
+fn json_text(body: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).expect("a JSON tree always serialises")
+}
+
+/// The JSON body of an answer; a non-success is classified.
 async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(transport_error)?;

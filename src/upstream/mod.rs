@@ -8,4 +8,4 @@ mod classify;
 mod client;
 
 pub use classify::{UpstreamError, classify};
-pub use client::{Generated, Upstream};
+pub use client::{Generated, Relayed, Upstream};

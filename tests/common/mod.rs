@@ -301,3 +301,128 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// An answer: status, headers, JSON body (`Null` when empty or not JSON).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn of(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Sends `request` and reads its answer.
+    pub async fn to(request: reqwest::RequestBuilder) -> Answer {
+        Answer::of(request.send().await.unwrap()).await
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error's message (Gemini's envelope); empty when there is none.
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// `x-flux-key`: the key (1-based) that served it; 0 when none did.
+    pub fn key(&self) -> usize {
+        self.header("x-flux-key")
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The size of google-genai's upload chunks.
+pub const UPLOAD_CHUNK: usize = 8 * 1024 * 1024;
+
+/// google-genai's upload through the service at `base`: `start` with the
+/// file's metadata, then 8 MiB chunks to the `X-Goog-Upload-URL` (no key on
+/// them), the last with `finalize`. `extra` headers go on the start. The
+/// finalize's answer (or the first chunk's refusal).
+pub async fn upload_file(base: &str, bytes: &[u8], extra: &[(&str, &str)]) -> Answer {
+    let http = client();
+    let metadata = json!({"file": {"displayName": "notes.txt", "mimeType": "text/plain"}});
+    let mut start = http
+        .post(format!("{base}/upload/v1beta/files"))
+        .header("X-Goog-Upload-Protocol", "resumable")
+        .header("X-Goog-Upload-Command", "start")
+        .header(
+            "X-Goog-Upload-Header-Content-Length",
+            bytes.len().to_string(),
+        )
+        .header("X-Goog-Upload-Header-Content-Type", "text/plain")
+        .json(&metadata);
+    for (name, value) in extra {
+        start = start.header(*name, *value);
+    }
+    let started = Answer::of(start.send().await.unwrap()).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_eq!(started.header("x-goog-upload-status"), Some("active"));
+    let url = started.header("x-goog-upload-url").unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{base}/upload/v1beta/files?upload_id=")),
+        "the upload goes on through gemini-flux: {url}"
+    );
+    let mut offset = 0;
+    loop {
+        let end = (offset + UPLOAD_CHUNK).min(bytes.len());
+        let command = if end == bytes.len() {
+            "upload, finalize"
+        } else {
+            "upload"
+        };
+        let answer = Answer::of(
+            http.post(&url)
+                .header("X-Goog-Upload-Command", command)
+                .header("X-Goog-Upload-Offset", offset.to_string())
+                .body(bytes[offset..end].to_vec())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        offset = end;
+        if command == "upload, finalize" || answer.status != 200 {
+            return answer;
+        }
+        assert_eq!(answer.header("x-goog-upload-status"), Some("active"));
+    }
+}
+
+/// Uses of a file by a key whose project does not own it, as the simulator
+/// counted them (generate and countTokens calls, gets and deletes).
+pub fn cross_key_file_uses(stats: &SimStats) -> u64 {
+    stats.files.foreign_file_403
+        + stats
+            .lanes
+            .iter()
+            .map(|l| l.stats.foreign_file_403)
+            .sum::<u64>()
+}
+
+/// A generate request that names an uploaded `file` (its `uri`).
+pub fn about_file(file: &Value) -> Value {
+    json!({"contents": [{"role": "user", "parts": [
+        {"fileData": {"fileUri": file["uri"], "mimeType": "text/plain"}},
+        {"text": "What does it say?"}]}]})
+}
+
+/// The id of an uploaded `file` (its `name` after `files/`).
+pub fn file_id(file: &Value) -> String {
+    file["name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("files/")
+        .to_string()
+}

@@ -1,9 +1,13 @@
 """gemini-flux driven by client libraries nobody here wrote: google-genai and
 openai, each switched over by its base URL alone. Run by .ci/sdk.sh against
-`gemini-flux demo` (FLUX_URL, FLUX_TOKEN in the environment)."""
+`gemini-flux demo` (FLUX_URL, FLUX_TOKEN in the environment). The last test
+reads /metrics: not one upstream call of the whole run drew a 429."""
 
+import json
 import os
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -13,6 +17,8 @@ from google.genai import errors, types
 BASE = os.environ["FLUX_URL"]
 TOKEN = os.environ["FLUX_TOKEN"]
 MODEL = "gemini-2.5-flash"
+GEMINI_3 = "gemini-3-flash-preview"
+EMBED = "gemini-embedding-001"
 PROMPT = "abcdefgh"  # 8 characters: 2 tokens in the simulator
 
 
@@ -102,3 +108,132 @@ def test_openai_streams_chat():
 def test_openai_with_a_wrong_token_is_refused():
     with pytest.raises(openai.AuthenticationError):
         chat("not-the-token").chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}])
+
+
+def test_genai_embeds_three_contents():
+    client = gemini()
+    answer = client.models.embed_content(model=EMBED, contents=["alpha", "beta", "gamma"])
+    vectors = [e.values for e in answer.embeddings]
+    assert len(vectors) == 3
+    assert all(len(v) == 3072 for v in vectors)
+    assert vectors[0] != vectors[1]
+
+
+def test_genai_concurrent_embeddings_are_all_served():
+    # The light version of tests/embeddings.rs's six batches of three: here
+    # on the demo's four keys at the built-in 100 RPM, in real time.
+    client = gemini()
+    texts = [[f"batch {i} text {j}" for j in range(3)] for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda c: client.models.embed_content(model=EMBED, contents=c), texts))
+    assert [len(a.embeddings) for a in answers] == [3] * 6
+    alone = client.models.embed_content(model=EMBED, contents="batch 5 text 2")
+    assert answers[5].embeddings[2].values == alone.embeddings[0].values
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_openai_chat_with_tools_returns_the_tool_call():
+    answer = chat().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER]
+    )
+    call = answer.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "sim"}
+
+
+def test_openai_streamed_tool_call_yields_its_name():
+    stream = chat().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER], stream=True
+    )
+    names = [
+        call.function.name
+        for chunk in stream
+        if chunk.choices
+        for call in chunk.choices[0].delta.tool_calls or []
+        if call.function and call.function.name
+    ]
+    assert names == ["get_weather"]
+
+
+def test_openai_agent_loop_keeps_the_thought_signature():
+    client = chat()
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    first = client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER])
+    assistant = first.choices[0].message
+    assert assistant.tool_calls[0].function.name == "get_weather"
+    # The SDK's own message object goes back as it came, signature and all.
+    messages += [assistant, {"role": "tool", "tool_call_id": assistant.tool_calls[0].id, "content": "sunny"}]
+    answer = client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER])
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.choices[0].message.content.startswith("ok:")
+
+
+def test_genai_calls_a_python_function_and_answers_with_its_result():
+    # google-genai's automatic function calling: the model's call, the
+    # function run here, its result sent back (with gemini-3's signature).
+    called = []
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        called.append(city)
+        return "sunny"
+
+    client = gemini()
+    answer = client.models.generate_content(
+        model=GEMINI_3, contents="Weather in Paris?", config=types.GenerateContentConfig(tools=[get_weather])
+    )
+    assert called == ["sim"]
+    assert answer.text.startswith("ok:")
+
+
+def test_openai_embeddings_give_one_vector_per_input():
+    answer = chat().embeddings.create(model=EMBED, input=["alpha", "beta", "gamma"])
+    assert [d.index for d in answer.data] == [0, 1, 2]
+    assert all(len(d.embedding) == 3072 for d in answer.data)
+
+
+def test_genai_files_are_read_by_the_key_that_uploaded_them(tmp_path):
+    """A file belongs to the project of the key that uploaded it: gemini-flux
+    picks that key for the upload and sends every call naming the file to it.
+    The simulator answers 403 to any other key, and gemini-flux never retries
+    a 403 elsewhere, so nine 200s on one key are zero cross-key uses."""
+    client = gemini()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The quarterly numbers are up.")
+    uploaded = client.files.upload(file=str(notes))
+    assert uploaded.name.startswith("files/")
+    assert uploaded.size_bytes == 29
+    assert uploaded.mime_type == "text/plain"
+
+    keys = []
+    for _ in range(9):
+        answer = client.models.generate_content(model=MODEL, contents=[uploaded, PROMPT])
+        assert answer.text.startswith("ok:")
+        keys.append(answer.sdk_http_response.headers["x-flux-key"])
+    assert len(set(keys)) == 1, keys
+
+    assert client.files.get(name=uploaded.name).size_bytes == 29
+    assert uploaded.name in [f.name for f in client.files.list()]
+    client.files.delete(name=uploaded.name)
+    with pytest.raises(errors.ClientError) as gone:
+        client.files.get(name=uploaded.name)
+    assert gone.value.code == 403
+
+
+def test_no_upstream_call_drew_a_429():
+    # Last in the file: every call above went through, none over a quota.
+    request = urllib.request.Request(f"{BASE}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request) as answer:
+        text = answer.read().decode()
+    calls = [line for line in text.splitlines() if line.startswith("flux_upstream_calls_total")]
+    assert calls, text
+    assert not [line for line in calls if 'outcome="429' in line], calls

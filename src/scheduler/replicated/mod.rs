@@ -25,10 +25,10 @@ mod shared_lanes;
 pub use shared_lanes::{LaneId, SharedLanes};
 
 use super::core::{Change, KeyIndex, KeyState, Scheduler};
-use super::lane::{Lane, WINDOW};
+use super::lane::Lane;
 use super::seam::{Decision, LaneKey, QuotaState, Refused, Sharing};
 use crate::clock::Timestamp;
-use crate::policy::Mode;
+use crate::policy::{Mode, Quota};
 use crate::store::StoreError;
 use crate::store::redis::TIMEOUT;
 use redis::RedisError;
@@ -59,12 +59,12 @@ fn shared_form(lane: &Lane) -> String {
 /// Whether a decision changed a lane from how it was read. Dropping what
 /// has left every window is no change: every reader drops it alike, and
 /// writing it would only move the lane under the other replicas.
-fn changed(read: &Lane, decided: &Lane, now: Timestamp, span: Duration) -> bool {
+fn changed(read: &Lane, decided: &Lane, now: Timestamp, guard: Duration) -> bool {
     if decided == read {
         return false;
     }
     let mut dropped = read.clone();
-    dropped.forget_before(now, now.pacific_day(), span);
+    dropped.forget_before(now, now.pacific_day(), guard);
     *decided != dropped
 }
 
@@ -90,8 +90,8 @@ pub struct Replicated {
     /// Each key's stable id, by index: how lanes and key states are named in Redis.
     key_ids: Vec<String>,
     configured_mode: Mode,
-    /// The window plus the guard.
-    span: Duration,
+    /// `FLUX_GUARD_MS`.
+    guard: Duration,
     /// The Redis epoch this replica last saw.
     epoch: String,
     /// After Redis lost its data, plans wait until then.
@@ -162,7 +162,7 @@ impl Replicated {
             shared,
             key_ids,
             configured_mode,
-            span: WINDOW + guard,
+            guard,
             epoch,
             hold_until: Timestamp(i64::MIN),
             problem: None,
@@ -185,7 +185,7 @@ impl Replicated {
         };
         self.problem = None;
         if view.epoch.as_deref() != Some(self.epoch.as_str()) {
-            self.hold_until = now.plus(self.span);
+            self.hold_until = now.plus(Quota::longest_sliding() + self.guard);
             tracing::warn!(
                 "Redis lost the shared quota state (restarted without persistence?): holding new plans until {} so calls made before have left the window; today's per-day counts start again",
                 self.hold_until
@@ -258,7 +258,7 @@ impl Replicated {
         };
         for (lane, version, read) in &found.lanes {
             let decided = self.core.lane(lane.0, &lane.1);
-            let changed = changed(read, &decided, now, self.span);
+            let changed = changed(read, &decided, now, self.guard);
             if changed {
                 commit
                     .writes
@@ -389,7 +389,8 @@ mod tests {
     use super::*;
     use crate::policy::Usage;
 
-    const SPAN: Duration = WINDOW.saturating_add(Duration::from_millis(250));
+    const GUARD: Duration = Duration::from_millis(250);
+    const SPAN: Duration = Duration::from_secs(60).saturating_add(GUARD);
     /// 2026-06-10 12:00 Pacific.
     const NOON: Timestamp = Timestamp(1_781_118_000_000);
 
@@ -399,11 +400,11 @@ mod tests {
         read.book(1, NOON, Usage::call(1_000));
         let later = NOON.plus(SPAN);
         let mut decided = read.clone();
-        assert!(!changed(&read, &decided, later, SPAN), "untouched");
-        decided.forget_before(later, later.pacific_day(), SPAN);
+        assert!(!changed(&read, &decided, later, GUARD), "untouched");
+        decided.forget_before(later, later.pacific_day(), GUARD);
         assert_ne!(decided, read);
-        assert!(!changed(&read, &decided, later, SPAN), "only dropped");
+        assert!(!changed(&read, &decided, later, GUARD), "only dropped");
         decided.book(2, later, Usage::call(1_000));
-        assert!(changed(&read, &decided, later, SPAN), "booked");
+        assert!(changed(&read, &decided, later, GUARD), "booked");
     }
 }

@@ -1,0 +1,268 @@
+//! Embeddings, on the embedding model's own quota: Gemini-native
+//! `:embedContent` and `:batchEmbedContents` (under `/v1beta` and `/v1`),
+//! passed through, and OpenAI's `/v1/embeddings`, forwarded to the upstream's
+//! OpenAI-compatible layer. Each item counts as one request on the model's
+//! lanes (the upstream charges a batch per item), and its text's tokens.
+//!
+//! A batch larger than one call may hold is split, in order, into
+//! sub-batches that are planned and dispatched at once, so they spread over
+//! keys and windows; their answers are joined, in input order, into one
+//! response. One call holds at most the upstream's 100 items, and at most
+//! what one window of a lane admits: the scheduler says how many items when
+//! it refuses a batch as too large, and halves are tried when the batch's
+//! tokens were what did not fit.
+
+use super::AppState;
+use super::dispatch::{self, Failure, Job, Meta, Served};
+use super::error::ApiError;
+use super::flux::flux_headers;
+use super::openai;
+use crate::policy::Family;
+use crate::scheduler::{KeyChoice, Priority, Target};
+use crate::wire::openai::embedding_inputs;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::{Map, Value, json};
+use std::ops::Range;
+
+/// The most items the upstream takes in one `batchEmbedContents`.
+const MAX_BATCH_ITEMS: usize = 100;
+
+/// `POST …/models/{model}:embedContent` or `:batchEmbedContents`: `body` is
+/// the client's object, passed through (split when a batch is too large).
+pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[u8]) -> Response {
+    if !embeds(model) {
+        return ApiError::not_found(not_an_embedding_model(model)).into_response();
+    }
+    let body: Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(body) => body,
+        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
+    };
+    if action == "embedContent" {
+        if !body.get("content").is_some_and(Value::is_object) {
+            return ApiError::bad_request("content must be a Content object").into_response();
+        }
+        return match dispatch::embed(state, job(state, model, Value::Object(body), 1)).await {
+            Ok(served) => answer(served.reply, &[served.meta]),
+            Err(failure) => failure.into_response(),
+        };
+    }
+    let items = match body.get("requests").and_then(Value::as_array) {
+        Some(items) if !items.is_empty() && items.iter().all(Value::is_object) => items,
+        _ => {
+            return ApiError::bad_request(
+                "requests must be a list of at least one EmbedContentRequest",
+            )
+            .into_response();
+        }
+    };
+    let batch = |run: Range<usize>| json!({"requests": &items[run]});
+    let call = |job| dispatch::embed(state, job).boxed();
+    let served = match serve(state, model, items.len(), &batch, &call).await {
+        Ok(served) => served,
+        Err(failure) => return failure.into_response(),
+    };
+    let mut embeddings = Vec::with_capacity(items.len());
+    let mut metas = Vec::with_capacity(served.len());
+    for (_, mut s) in served {
+        if let Value::Array(part) = s.reply["embeddings"].take() {
+            embeddings.extend(part);
+        }
+        metas.push(s.meta);
+    }
+    answer(json!({ "embeddings": embeddings }), &metas)
+}
+
+/// `POST /v1/embeddings` (and `/v1beta/openai/embeddings`): `{"model",
+/// "input": "text" | ["text", …], …}`, forwarded; one vector a text, in order.
+pub(super) async fn openai(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut body = match openai::read_object(&headers, body) {
+        Ok(body) => body,
+        Err(e) => return openai::refusal(e),
+    };
+    let Some(model) = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(|m| m.trim_start_matches("models/").to_string())
+    else {
+        return openai::error_response(
+            StatusCode::BAD_REQUEST,
+            "model must name an embedding model",
+        );
+    };
+    if !embeds(&model) {
+        return openai::error_response(StatusCode::NOT_FOUND, &not_an_embedding_model(&model));
+    }
+    let input = body.remove("input").unwrap_or(Value::Null);
+    let Some(texts) = embedding_inputs(&input) else {
+        return openai::error_response(
+            StatusCode::BAD_REQUEST,
+            "input must be a string or a list of at least one string",
+        );
+    };
+    let part = |run: Range<usize>| {
+        let mut part = body.clone();
+        part.insert("input".into(), json!(&texts[run]));
+        Value::Object(part)
+    };
+    let call = |job| dispatch::embed(&state, job).boxed();
+    let served = match serve(&state, &model, texts.len(), &part, &call).await {
+        Ok(served) => served,
+        Err(failure) => return openai::failure_response(failure),
+    };
+    let mut data = Vec::with_capacity(texts.len());
+    let (mut prompt, mut total) = (0, 0);
+    let mut metas = Vec::with_capacity(served.len());
+    let mut joined = Value::Null;
+    for (run, mut s) in served {
+        if let Value::Array(vectors) = s.reply["data"].take() {
+            for (offset, mut item) in vectors.into_iter().enumerate() {
+                item["index"] = json!(run.start + offset);
+                data.push(item);
+            }
+        }
+        prompt += s.reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+        total += s.reply["usage"]["total_tokens"].as_u64().unwrap_or(0);
+        if joined.is_null() {
+            joined = s.reply;
+        }
+        metas.push(s.meta);
+    }
+    joined["data"] = Value::Array(data);
+    joined["usage"] = json!({"prompt_tokens": prompt, "total_tokens": total});
+    answer(joined, &metas)
+}
+
+/// Whether `model` is an embedding model: no other embeds, and an
+/// embedding call on one would book its lanes only to be refused.
+pub(super) fn embeds(model: &str) -> bool {
+    Family::of(model) == Family::Embedding
+}
+
+fn not_an_embedding_model(model: &str) -> String {
+    format!("models/{model} is not an embedding model (gemini-embedding-001 is one)")
+}
+
+/// The job of one (sub-)request of `items` items on `model`'s lanes.
+fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job<Value> {
+    Job {
+        request,
+        target: Target::Embedding(model.to_string()),
+        keys: KeyChoice::Any,
+        max_wait: state.max_wait,
+        retry: true,
+        unknown_model: StatusCode::NOT_FOUND,
+        requests: items as u64,
+        priority: Priority::Interactive,
+    }
+}
+
+/// The served calls of a batch, each with its run of items, in input order.
+type Answers = Vec<(Range<usize>, Served<Value>)>;
+
+/// How one sub-request is sent (`dispatch::embed`, borrowing the state).
+type Call<'a> = dyn Fn(Job<Value>) -> BoxFuture<'a, Result<Served<Value>, Failure>> + Sync + 'a;
+
+/// Serves the `count` items of a batch, `make` building the request of a
+/// run of them: in runs of at most [`MAX_BATCH_ITEMS`], all at once; each
+/// answer with its run, in input order.
+async fn serve<'a>(
+    state: &'a AppState,
+    model: &'a str,
+    count: usize,
+    make: &'a (dyn Fn(Range<usize>) -> Value + Sync),
+    call: &'a Call<'a>,
+) -> Result<Answers, Failure> {
+    let runs = runs(0..count, MAX_BATCH_ITEMS);
+    let served = futures::future::try_join_all(
+        runs.into_iter()
+            .map(|run| serve_run(state, model, run, make, call)),
+    )
+    .await?;
+    Ok(served.into_iter().flatten().collect())
+}
+
+/// Serves one run of items as one call; when the scheduler says one call
+/// never holds it, as runs of the most items one window admits, or halves
+/// when its tokens were what did not fit, all at once. The first failure drops the rest, releasing what was not sent.
+fn serve_run<'a>(
+    state: &'a AppState,
+    model: &'a str,
+    run: Range<usize>,
+    make: &'a (dyn Fn(Range<usize>) -> Value + Sync),
+    call: &'a Call<'a>,
+) -> BoxFuture<'a, Result<Answers, Failure>> {
+    async move {
+        let items = run.len();
+        match call(job(state, model, make(run.clone()), items)).await {
+            Ok(served) => Ok(vec![(run, served)]),
+            Err(Failure::BatchTooLarge { most, .. }) if items > 1 => {
+                let size = match most.and_then(|m| usize::try_from(m).ok()) {
+                    Some(most) if most >= 1 && most < items => most,
+                    _ => items.div_ceil(2),
+                };
+                let parts = runs(run, size)
+                    .into_iter()
+                    .map(|part| serve_run(state, model, part, make, call));
+                let served = futures::future::try_join_all(parts).await?;
+                Ok(served.into_iter().flatten().collect())
+            }
+            Err(failure) => Err(failure),
+        }
+    }
+    .boxed()
+}
+
+/// `range` cut, in order, into runs of at most `size`.
+fn runs(range: Range<usize>, size: usize) -> Vec<Range<usize>> {
+    let size = size.max(1);
+    range
+        .clone()
+        .step_by(size)
+        .map(|start| start..(start + size).min(range.end))
+        .collect()
+}
+
+/// The joined answer with the `x-flux-*` headers: the first call's, and,
+/// when the batch was split, `x-flux-keys` (the key of each call, in input
+/// order) and the longest wait.
+fn answer(body: Value, metas: &[Meta]) -> Response {
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    flux_headers(headers, &metas[0]);
+    if metas.len() > 1 {
+        let keys: Vec<String> = metas.iter().map(|m| m.key.to_string()).collect();
+        if let Ok(v) = HeaderValue::from_str(&keys.join(",")) {
+            headers.insert("x-flux-keys", v);
+        }
+        let waited = metas.iter().map(|m| m.waited).max().unwrap_or_default();
+        headers.insert(
+            "x-flux-wait-ms",
+            HeaderValue::from(waited.as_millis() as u64),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cut_in_order() {
+        assert_eq!(runs(0..7, 3), vec![0..3, 3..6, 6..7]);
+        assert_eq!(runs(3..6, 5), vec![3..6]);
+        assert_eq!(runs(2..4, 1), vec![2..3, 3..4]);
+    }
+}
