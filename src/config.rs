@@ -6,7 +6,9 @@
 
 use crate::keys::ApiKey;
 use crate::policy::file::{PolicyFile, read_policy_file};
-use crate::policy::{KeyOverrides, LimitsOverride, Mode, parse_key_overrides, parse_overrides};
+use crate::policy::{
+    KeyOverrides, LimitsOverride, Mode, Reserve, parse_key_overrides, parse_overrides,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +57,47 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     /// Bounds against slow clients, browsers, big bodies and a full disk.
     pub guards: Guards,
+    /// The Batch API's reserve, retention and concurrency.
+    pub batches: BatchSettings,
+}
+
+/// How batches run below interactive traffic.
+#[derive(Clone, Debug)]
+pub struct BatchSettings {
+    /// What batch items leave free in every window of every lane for
+    /// interactive calls (`FLUX_BATCH_RESERVE`, `requests,percent%`).
+    pub reserve: Reserve,
+    /// How long a finished batch and its results are kept (`FLUX_BATCH_TTL_H`).
+    pub ttl: Duration,
+    /// Batch items in flight upstream at once, all batches together
+    /// (`FLUX_BATCH_CONCURRENCY`).
+    pub concurrency: usize,
+}
+
+fn batch_settings(raw: &Raw) -> Result<BatchSettings, ConfigError> {
+    let reserve = match raw.flux_batch_reserve.as_deref().map(str::trim) {
+        None | Some("") => Reserve::default(),
+        Some(text) => text
+            .parse()
+            .map_err(|e| ConfigError(format!("FLUX_BATCH_RESERVE: {e}")))?,
+    };
+    let ttl_h = raw.flux_batch_ttl_h.unwrap_or(48);
+    if ttl_h == 0 || ttl_h > 24 * 365 {
+        return Err(ConfigError(
+            "FLUX_BATCH_TTL_H must be a whole number of hours from 1 to 8760".into(),
+        ));
+    }
+    let concurrency = raw.flux_batch_concurrency.unwrap_or(64);
+    if !(1..=10_000).contains(&concurrency) {
+        return Err(ConfigError(
+            "FLUX_BATCH_CONCURRENCY must be a whole number from 1 to 10000".into(),
+        ));
+    }
+    Ok(BatchSettings {
+        reserve,
+        ttl: Duration::from_secs(ttl_h * 3600),
+        concurrency: concurrency as usize,
+    })
 }
 
 /// What keeps a hostile or unlucky world from exhausting the service.
@@ -158,6 +201,9 @@ struct Raw {
     flux_request_timeout_s: Option<u64>,
     flux_max_inflight_mb: Option<u64>,
     flux_max_unwritten: Option<u64>,
+    flux_batch_reserve: Option<String>,
+    flux_batch_ttl_h: Option<u64>,
+    flux_batch_concurrency: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -211,6 +257,7 @@ impl Settings {
             envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(envy_message(e)))?;
         let keys = collect_keys(&vars, raw.gemini_keys.as_deref())?;
         let guards = guards(&raw)?;
+        let batches = batch_settings(&raw)?;
         let mode = match raw.gemini_mode.as_deref() {
             None | Some("") => Mode::Both,
             Some(m) => m
@@ -314,6 +361,7 @@ impl Settings {
             key_limits,
             policy_fetch: raw.flux_policy_fetch.unwrap_or(true),
             guards,
+            batches,
             redis: redis_settings(raw.flux_redis_url, raw.flux_redis_prefix)?,
         })
     }
@@ -444,6 +492,41 @@ mod tests {
         assert!(
             err(&[("GEMINI_KEYS", "k"), ("FLUX_MAX_WAIT_S", "-1")]).contains("FLUX_MAX_WAIT_S")
         );
+    }
+
+    #[test]
+    fn batch_settings_default_and_refuse_bad_values() {
+        let plain = Settings::from_vars(vars(&[("GEMINI_KEYS", "k")])).unwrap();
+        assert_eq!(plain.batches.reserve, Reserve::default());
+        assert_eq!(plain.batches.ttl, Duration::from_secs(48 * 3600));
+        assert_eq!(plain.batches.concurrency, 64);
+        let set = Settings::from_vars(vars(&[
+            ("GEMINI_KEYS", "k"),
+            ("FLUX_BATCH_RESERVE", "2, 25%"),
+            ("FLUX_BATCH_TTL_H", "1"),
+            ("FLUX_BATCH_CONCURRENCY", "4"),
+        ]))
+        .unwrap()
+        .batches;
+        assert_eq!(
+            set.reserve,
+            Reserve {
+                requests: 2,
+                token_percent: 25
+            }
+        );
+        assert_eq!(set.ttl, Duration::from_secs(3600));
+        assert_eq!(set.concurrency, 4);
+        for (name, bad) in [
+            ("FLUX_BATCH_RESERVE", "10%"),
+            ("FLUX_BATCH_RESERVE", "1,100%"),
+            ("FLUX_BATCH_TTL_H", "0"),
+            ("FLUX_BATCH_TTL_H", "two days"),
+            ("FLUX_BATCH_CONCURRENCY", "0"),
+        ] {
+            let e = Settings::from_vars(vars(&[("GEMINI_KEYS", "k"), (name, bad)])).unwrap_err();
+            assert!(e.to_string().contains(name), "{name}={bad}: {e}");
+        }
     }
 
     #[test]

@@ -48,6 +48,21 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BatchLabels {
+    batch: String,
+    state: String,
+}
+
+/// One batch's items by state, for `flux_batch_items`.
+pub struct BatchItems<'a> {
+    pub batch: &'a str,
+    pub pending: u32,
+    pub running: u32,
+    pub done: u32,
+    pub failed: u32,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RouteLabels, Counter>,
@@ -64,6 +79,7 @@ pub struct Metrics {
     keys: Family<StateLabels, Gauge>,
     shared_state_up: Gauge,
     shared_state_conflicts: Counter,
+    batch_items: Family<BatchLabels, Gauge>,
 }
 
 /// How one upstream call ended, as a label.
@@ -93,6 +109,7 @@ impl Default for Metrics {
             keys: Family::default(),
             shared_state_up: Gauge::default(),
             shared_state_conflicts: Counter::default(),
+            batch_items: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +168,11 @@ impl Default for Metrics {
             m.lane_limit.clone(),
         );
         registry.register("keys", "Keys by state", m.keys.clone());
+        registry.register(
+            "batch_items",
+            "Items of each batch kept, by state (pending, running, done, failed)",
+            m.batch_items.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -206,6 +228,26 @@ impl Metrics {
         if let Some((input, output)) = tokens {
             self.input_tokens.get_or_create(&lane).inc_by(input);
             self.output_tokens.get_or_create(&lane).inc_by(output);
+        }
+    }
+
+    /// Sets the batch gauges to `batches` (a batch no longer kept has none).
+    pub fn batches(&self, batches: &[BatchItems]) {
+        self.batch_items.clear();
+        for b in batches {
+            let counts = [
+                ("pending", b.pending),
+                ("running", b.running),
+                ("done", b.done),
+                ("failed", b.failed),
+            ];
+            for (state, n) in counts {
+                let labels = BatchLabels {
+                    batch: b.batch.to_string(),
+                    state: state.to_string(),
+                };
+                self.batch_items.get_or_create(&labels).set(i64::from(n));
+            }
         }
     }
 

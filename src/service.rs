@@ -10,10 +10,12 @@
 //! it before the slow part (discovery, validation) and before it says
 //! anything about where it listens. Stopping drains: no new connections; calls already upstream
 //! finish; a request waiting for its slot is served if the slot comes within
-//! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; then the
-//! store is flushed, retrying for up to `FLUX_DRAIN_S` while it refuses.
+//! `FLUX_DRAIN_S`, else answered 503 with `Retry-After` at once; batch items
+//! upstream get as long; then the store is flushed, retrying for up to
+//! `FLUX_DRAIN_S` while it refuses.
 
 use crate::api::auth::Tokens;
+use crate::api::batch_runner::{Batches, Runner};
 use crate::api::inflight::Budget;
 use crate::api::origin::Policy;
 use crate::api::refresh::{self, FetchStatus};
@@ -26,6 +28,7 @@ use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
 use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
+use crate::store::batches::BatchStore;
 use crate::store::redis::masked;
 use crate::store::{Ledger, Recovered, RedisStore, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -44,6 +47,8 @@ pub struct RunningService {
     state: AppState,
     /// `FLUX_DRAIN_S`: also how long the stop keeps retrying the store.
     drain: std::time::Duration,
+    /// The task that runs the batches (where they run).
+    batch_runner: Option<Runner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,7 @@ impl RunningService {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let batches_stopped = self.batch_runner.take().map(Runner::stop);
         // Connections get the drain window to finish; the store's flush runs
         // whatever they do (a client that never reads its answer must not
         // keep the ledger from being written).
@@ -88,6 +94,9 @@ impl RunningService {
                 Ok(())
             }
         };
+        if let Some(stopped) = batches_stopped {
+            stopped.await;
+        }
         self.state.ledger.flush_within(self.drain).await;
         served
     }
@@ -116,8 +125,9 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
     match settings.redis.clone() {
         None => {
             let store = SqliteStore::open(&settings.state_path)?;
+            let batches = BatchStore::open(&settings.state_path)?;
             let listener = bind(settings.bind).await?;
-            launch(settings, clock, store, None, listener).await
+            launch(settings, clock, store, Some(batches), None, listener).await
         }
         Some(redis) => {
             let store = RedisStore::open(&redis.url, &redis.prefix)?;
@@ -129,7 +139,7 @@ pub async fn start(settings: Settings, clock: Clock) -> Result<RunningService, S
             );
             let shared = Some((shared, masked(&redis.url)));
             let listener = bind(settings.bind).await?;
-            launch(settings, clock, store, shared, listener).await
+            launch(settings, clock, store, None, shared, listener).await
         }
     }
 }
@@ -147,15 +157,16 @@ pub async fn start_with_store(
     store: impl Store,
 ) -> Result<RunningService, StartError> {
     let listener = bind(settings.bind).await?;
-    launch(settings, clock, store, None, listener).await
+    launch(settings, clock, store, None, None, listener).await
 }
 
-/// Starts on `store`; with `shared` (Redis, and its URL masked for display)
-/// as a replica.
+/// Starts on `store`, running batches from `batch_store` where there is
+/// one; with `shared` (Redis, and its URL masked for display) as a replica.
 async fn launch(
     settings: Settings,
     clock: Clock,
     mut store: impl Store,
+    batch_store: Option<BatchStore>,
     shared: Option<(SharedLanes, String)>,
     listener: TcpListener,
 ) -> Result<RunningService, StartError> {
@@ -213,6 +224,7 @@ async fn launch(
     let validated = validate_keys(&upstream, &settings.keys, &check_model).await;
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
     core.take_changes();
+    core.set_reserve(settings.batches.reserve);
     log_startup_table(&settings, core.chain(), &core);
     let policy_status = match &cache {
         Some(c) => FetchStatus::accepted(c.at, true),
@@ -223,6 +235,13 @@ async fn launch(
     };
 
     let ledger = Ledger::start(store, settings.guards.max_unwritten);
+    let batches = match batch_store {
+        Some(store) => {
+            let b = &settings.batches;
+            Some(Batches::open(store, clock.now(), b.ttl, b.concurrency).await?)
+        }
+        None => None,
+    };
     let scheduler = match shared {
         Some((shared, url)) => {
             let replicated =
@@ -268,6 +287,7 @@ async fn launch(
         inflight: Budget::new(settings.guards.max_inflight_bytes),
         request_timeout: settings.guards.request_timeout,
         files: Default::default(),
+        batches,
     });
     if settings.api_tokens.is_empty() {
         tracing::warn!(
@@ -294,6 +314,7 @@ async fn launch(
             let _ = refresh::refresh(&state).await;
         });
     }
+    let batch_runner = state.batches.as_ref().map(|b| b.start(state.clone()));
     Ok(RunningService {
         addr,
         stop: Some(stop),
@@ -301,6 +322,7 @@ async fn launch(
         task,
         state,
         drain: settings.drain,
+        batch_runner,
     })
 }
 

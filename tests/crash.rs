@@ -5,11 +5,9 @@
 mod common;
 
 use common::*;
-use gemini_flux::clock::Clock;
-use gemini_flux::sim::{Faults, SimConfig, SimServer};
+use gemini_flux::sim::SimConfig;
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -30,15 +28,9 @@ fn spawn_service(upstream: &str, state: &Path) -> ServeProcess {
 
 #[tokio::test]
 async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
-    let mut config = SimConfig::new(["sim-key-0001"]).with_limits(limits(FLASH, 100, 100_000, 5));
+    let config = SimConfig::new(["sim-key-0001"]).with_limits(limits(FLASH, 100, 100_000, 5));
     // Calls stay in flight for a while, so the kill lands mid-call.
-    config.faults = Faults {
-        latency_ms: 3_000,
-        ..Faults::default()
-    };
-    let sim = SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let sim = slow_sim(config, 3_000).await;
     let state = fresh_state_path();
     let http = client();
 
@@ -105,11 +97,5 @@ async fn kill_9_mid_load_forgets_nothing_and_sigterm_exits_0() {
         "the upstream never saw a request over quota"
     );
 
-    let term = Command::new("kill")
-        .args(["-TERM", &second.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let exit = second.child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "SIGTERM drains and exits 0");
+    assert_eq!(second.terminate(), Some(0), "SIGTERM drains and exits 0");
 }

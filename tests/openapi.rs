@@ -69,6 +69,18 @@ fn every_route_is_in_the_spec_and_every_spec_path_is_a_route() {
     assert_eq!(router, spec, "router and openapi.yaml disagree");
 }
 
+/// A batch of one request: its id.
+async fn new_batch(stack: &Stack) -> String {
+    let body = serde_json::json!({"batch": {"inputConfig": {"requests": {"requests": [
+        {"request": {"contents": [{"parts": [{"text": "hi"}]}]}}
+    ]}}}});
+    let (status, op) = stack
+        .post("/v1beta/models/gemini-2.5-flash:batchGenerateContent", body)
+        .await;
+    assert_eq!(status, 200, "{op}");
+    op["name"].as_str().unwrap()["batches/".len()..].to_string()
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_spec_operation_is_served() {
     let stack = Stack::start(
@@ -83,12 +95,20 @@ async fn every_spec_operation_is_served() {
         } else {
             "gemini-2.5-flash:countTokens"
         };
-        let url = stack.url(
-            &path
-                .replace("{n}", "2")
-                .replace("{target}", target)
-                .replace("{id}", "abc123"),
-        );
+        let mut path = path
+            .replace("{n}", "2")
+            .replace("{target}", target)
+            .replace("{id}", "abc123");
+        if path.contains("{name}") {
+            let batch = new_batch(&stack).await;
+            let name = if method == "post" {
+                format!("{batch}:cancel")
+            } else {
+                batch
+            };
+            path = path.replace("{name}", &name);
+        }
+        let url = stack.url(&path);
         let request = match method.as_str() {
             "get" => stack.http.get(url),
             "delete" => stack.http.delete(url),

@@ -610,3 +610,31 @@ async fn a_file_uploaded_through_one_replica_is_read_by_its_key_through_another(
         "expires with the file: {ttl} ms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_batches_with_501() {
+    let limits = json!({FLASH: {"rpm": 10, "tpm": 250_000, "rpd": 250}});
+    let cluster = Cluster::start(1, &limits, FLASH).await;
+    let http = client();
+    let batch = json!({"batch": {"inputConfig": {"requests": {"requests": [
+        {"request": {"contents": [{"parts": [{"text": "hi"}]}]}}
+    ]}}}});
+    let create = format!(
+        "{}/v1beta/models/{FLASH}:batchGenerateContent",
+        cluster.base(0)
+    );
+    let (status, body) = post_json(&http, &create, &batch).await;
+    assert_eq!(
+        (status, &body["error"]["status"]),
+        (501, &json!("UNIMPLEMENTED"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("replicas"), "{message}");
+    let list = http
+        .get(format!("{}/v1/batches", cluster.base(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 501);
+    assert_eq!(cluster.sim.stats().calls, 0);
+}

@@ -5,6 +5,7 @@
 use super::AppState;
 use super::error::{ApiError, JsonBody, whole_number};
 use super::refresh;
+use crate::metrics::BatchItems;
 use crate::policy::Mode;
 use crate::scheduler::{KeyIndex, KeyState, Unavailable};
 use axum::Json;
@@ -49,6 +50,11 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         body["shared_state"] = json!(shared);
     }
     body["policy"] = json!({"fetch": fetch_status(&state)});
+    if let Some(batches) = &state.batches {
+        let now = state.scheduler.clock().now();
+        let all = batches.all(now);
+        body["batches"] = all.iter().map(super::batches::progress_json).collect();
+    }
     Ok(Json(body).into_response())
 }
 
@@ -280,6 +286,20 @@ async fn policy_answer(state: &AppState, rejected: Option<String>) -> Result<Res
 /// `GET /metrics` in the Prometheus (OpenMetrics) text format.
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snapshot = state.scheduler.snapshot().await.map_err(unavailable)?;
+    if let Some(batches) = &state.batches {
+        let all = batches.all(state.scheduler.clock().now());
+        let items: Vec<BatchItems> = all
+            .iter()
+            .map(|p| BatchItems {
+                batch: &p.row.id,
+                pending: p.pending,
+                running: p.running,
+                done: p.done,
+                failed: p.failed,
+            })
+            .collect();
+        state.metrics.batches(&items);
+    }
     let text = state
         .metrics
         .render(&snapshot, state.scheduler.shared_state().as_ref());

@@ -3,7 +3,8 @@
 //! anywhere, or `x-goog-api-key` / `?key=` on the Gemini-native routes (so an
 //! SDK's "API key" can be the token). An upload's chunks need none: their
 //! upload id, given only to a caller with a token, is their credential. The admin routes need `FLUX_ADMIN_TOKEN`
-//! when that is set. Tokens are compared in constant time.
+//! when that is set. Tokens are compared in constant time. The token a
+//! request presented is passed on as its [`Caller`] (batches belong to it).
 
 use super::AppState;
 use super::error::ApiError;
@@ -24,6 +25,13 @@ impl Tokens {
         self.api.is_empty() && self.admin.is_none()
     }
 }
+
+/// Who calls, as far as the tokens tell: the one-way id of the API token
+/// presented (the hash keys get as their stable id; never the token's
+/// text), or `None` when no API token is asked for. Every request carries
+/// one, put there by [`require_token`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller(pub Option<String>);
 
 #[derive(PartialEq)]
 enum Guarded {
@@ -48,6 +56,8 @@ fn classify(method: &Method, path: &str) -> Guarded {
             "/v1beta/files",
             "/v1/files",
             "/upload/",
+            "/v1beta/batches",
+            "/v1/batches",
         ]
         .iter()
         .any(|native| p.starts_with(native)) =>
@@ -90,8 +100,13 @@ pub fn goog_key(req: &Request) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == "key").map(|(_, v)| v)
 }
 
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let tokens = &state.tokens;
+    req.extensions_mut().insert(Caller::default());
     if tokens.open() {
         return next.run(req).await;
     }
@@ -108,10 +123,14 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         (Guarded::Admin, Some(admin)) => vec![admin.as_str()],
         _ => tokens.api.iter().map(String::as_str).collect(),
     };
-    let allowed = accepted.is_empty() && class != Guarded::Admin
-        || presented
-            .iter()
-            .any(|p| accepted.iter().any(|t| same(p, t)));
+    let matched = presented
+        .iter()
+        .find_map(|p| accepted.iter().find(|t| same(p, t)));
+    if let Some(token) = matched.filter(|_| class != Guarded::Admin) {
+        let id = crate::keys::ApiKey::new(*token).stable_id();
+        req.extensions_mut().insert(Caller(Some(id)));
+    }
+    let allowed = accepted.is_empty() && class != Guarded::Admin || matched.is_some();
     if allowed {
         return next.run(req).await;
     }
@@ -144,6 +163,8 @@ mod tests {
         );
         assert!(classify(&Method::POST, "/upload/v1beta/files") == Guarded::GeminiNative);
         assert!(classify(&Method::GET, "/v1/files/abc") == Guarded::GeminiNative);
+        assert!(classify(&Method::GET, "/v1/batches/abc") == Guarded::GeminiNative);
+        assert!(classify(&Method::GET, "/v1beta/batches") == Guarded::GeminiNative);
         assert!(classify(&Method::POST, "/v1beta/openai/chat/completions") == Guarded::Other);
         assert!(classify(&Method::POST, "/v1/chat/completions") == Guarded::Other);
     }

@@ -39,6 +39,10 @@ pub struct Job<R = GenerateRequest> {
     /// The answer's status when the job names a model outside the chain:
     /// 400 on `/generate`, 404 where Gemini itself would say "not found".
     pub unknown_model: StatusCode,
+    /// `Interactive` (a caller waits) everywhere but a batch item, which is
+    /// `Background`: booked only for now, within each window less the
+    /// interactive reserve.
+    pub priority: Priority,
 }
 
 /// An accepted stream: its body is yet to be relayed, and its call to be
@@ -179,6 +183,17 @@ impl Failure {
         }
     }
 
+    /// How long until a refusal may be asked again (its `Retry-After`: no
+    /// slot now, the day spent, no usable key, a store not taking writes, a
+    /// stopping service); `None` when the refusal is final. Background work
+    /// puts its item back and comes back then.
+    pub fn later(&self) -> Option<Duration> {
+        match self {
+            Failure::Flux(e) => e.retry_after,
+            Failure::Client { .. } | Failure::BatchTooLarge { .. } => None,
+        }
+    }
+
     /// The HTTP status and the message, whichever side refused.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
@@ -228,6 +243,46 @@ pub async fn generate(state: &AppState, job: Job) -> Result<Served<Generated>, F
 /// upstream accepts it; the relay then settles it when it ends).
 pub async fn stream(state: &AppState, job: Job) -> Result<Served<Stream>, Failure> {
     within_request_timeout(state, serve::<Streamed>(state, job)).await
+}
+
+/// Background work's first step (a batch item): the job pinned to the key
+/// that owns the files it names, and its input tokens, counted there unless
+/// `counted` has them already (an item put back keeps its count). Then
+/// [`book_now`], as often as it takes.
+pub async fn prepare(
+    state: &AppState,
+    job: &mut Job,
+    counted: Option<u64>,
+) -> Result<u64, Failure> {
+    let file_owner = pin_to_file_owner(state, job).await?;
+    Ok(match counted {
+        Some(tokens) => tokens,
+        None => Complete::estimate(state, &job.request, file_owner).await,
+    })
+}
+
+/// A grant for now for background work, or the refusal, whose
+/// [`Failure::later`] says when to ask again. Apart from [`send_booked`]
+/// so that the caller knows the plan's answer before it turns to its next
+/// item.
+pub async fn book_now(state: &AppState, job: &Job, estimate: u64) -> Result<Booked, Failure> {
+    let now = state.scheduler.clock().now();
+    plan(state, job, estimate, now, &[]).await
+}
+
+/// Sends what [`book_now`] booked, and plans again (by the job's priority)
+/// after what the upstream teaches, like [`generate`], within
+/// `FLUX_REQUEST_TIMEOUT_S`.
+pub async fn send_booked(
+    state: &AppState,
+    job: Job,
+    booked: Booked,
+    estimate: u64,
+) -> Result<Served<Generated>, Failure> {
+    let now = state.scheduler.clock().now();
+    let deadline = now.plus(job.max_wait.min(slot_horizon(state)));
+    let sending = attempts::<Complete>(state, &job, estimate, deadline, booked);
+    within_request_timeout(state, sending).await
 }
 
 /// Serves `job` (an OpenAI-format chat body) on the upstream's
@@ -489,8 +544,7 @@ enum Attempt<R> {
     Fail(Failure),
 }
 
-/// Plans and waits, then makes one attempt, until served, failed, or out of
-/// attempts.
+/// Pins, counts and plans, then [`attempts`].
 async fn serve<E: Exchange>(
     state: &AppState,
     mut job: Job<E::Request>,
@@ -499,18 +553,31 @@ async fn serve<E: Exchange>(
     let deadline = clock.now().plus(job.max_wait.min(slot_horizon(state)));
     let file_owner = pin_to_file_owner(state, &mut job).await?;
     let estimate = E::estimate(state, &job.request, file_owner).await;
+    let booked = plan(state, &job, estimate, deadline, &[]).await?;
+    attempts::<E>(state, &job, estimate, deadline, booked).await
+}
+
+/// Waits for the booked slot and makes one attempt, then plans again after
+/// what the upstream teaches, until served, failed, or out of attempts.
+async fn attempts<E: Exchange>(
+    state: &AppState,
+    job: &Job<E::Request>,
+    estimate: u64,
+    deadline: Timestamp,
+    mut booked: Booked,
+) -> Result<Served<E::Reply>, Failure> {
+    let clock = state.scheduler.clock();
     let mut waited = Duration::ZERO;
     let mut tried: Vec<String> = Vec::new();
 
     for attempt in 1..=MAX_ATTEMPTS {
-        let booked = plan(state, &job, estimate, deadline, &tried).await?;
         let before = clock.now();
         wait_for_slot(state, &booked).await?;
         let wait = clock.now().since(before);
         state.metrics.waited(wait);
         waited += wait;
         let grant = booked.grant().clone();
-        match one_attempt::<E>(state, &job, booked, estimate).await {
+        match one_attempt::<E>(state, job, booked, estimate).await {
             Attempt::Served(reply, input_tokens) => {
                 let meta = Meta {
                     key: grant.key,
@@ -526,7 +593,7 @@ async fn serve<E: Exchange>(
             Attempt::Fail(failure) => return Err(failure),
             Attempt::Retry { reason, transient } => {
                 tried.push(reason);
-                if !job.retry {
+                if !job.retry || attempt == MAX_ATTEMPTS {
                     break;
                 }
                 if transient {
@@ -534,6 +601,7 @@ async fn serve<E: Exchange>(
                     let backoff = rand::rng().random_range(50..250) * u64::from(attempt);
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                 }
+                booked = plan(state, job, estimate, deadline, &tried).await?;
             }
         }
     }
@@ -590,7 +658,7 @@ async fn plan<R>(
         },
         target: job.target.clone(),
         keys: job.keys,
-        priority: Priority::Interactive,
+        priority: job.priority,
         deadline: deadline.max(clock.now()),
     };
     let planned = state
@@ -598,13 +666,24 @@ async fn plan<R>(
         .plan(request)
         .await
         .map_err(|_| stopping())?;
+    let now = clock.now();
     planned.map_err(|e| {
+        if let PlanError::WaitTooLong { model, at } = &e
+            && job.priority == Priority::Background
+        {
+            // Background work has no wait ceiling, only "now": say so.
+            let message = format!(
+                "no slot on {model} is free now for batch work (each window keeps the interactive reserve); the next at {at}"
+            );
+            let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
+            return error.retry_after(at.since(now)).into();
+        }
         let batch = match e {
             PlanError::TooManyItems { most, .. } => Some(Some(most)),
             PlanError::TooLarge { .. } if job.requests > 1 => Some(None),
             _ => None,
         };
-        let error = plan_error(e, clock.now(), tried, job.unknown_model);
+        let error = plan_error(e, now, tried, job.unknown_model);
         match batch {
             Some(most) => Failure::BatchTooLarge { most, error },
             None => error.into(),

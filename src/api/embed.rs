@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::flux::flux_headers;
 use super::openai;
 use crate::policy::Family;
-use crate::scheduler::{KeyChoice, Target};
+use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::wire::openai::embedding_inputs;
 use axum::Json;
 use axum::body::Bytes;
@@ -167,6 +167,7 @@ fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job<Value
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,
         requests: items as u64,
+        priority: Priority::Interactive,
     }
 }
 

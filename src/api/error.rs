@@ -53,6 +53,7 @@ pub fn status_name(status: StatusCode) -> &'static str {
         409 => "FAILED_PRECONDITION",
         415 => "INVALID_ARGUMENT",
         429 => "RESOURCE_EXHAUSTED",
+        501 => "UNIMPLEMENTED",
         502 => "BAD_GATEWAY",
         503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",

@@ -5,7 +5,7 @@ use super::AppState;
 use super::dispatch::{self, Job, Meta};
 use super::error::{ApiError, JsonBody, whole_number};
 use crate::policy::Mode;
-use crate::scheduler::{KeyChoice, KeyIndex, Target};
+use crate::scheduler::{KeyChoice, KeyIndex, Priority, Target};
 use crate::upstream::Generated;
 use crate::wire::GenerateRequest;
 use axum::Json;
@@ -225,6 +225,7 @@ impl GenerateBody {
             max_wait,
             retry: self.retry.unwrap_or(true),
             unknown_model: StatusCode::BAD_REQUEST,
+            priority: Priority::Interactive,
         })
     }
 }

@@ -12,14 +12,14 @@ use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
-use super::{auth, openai};
-use crate::scheduler::{KeyChoice, Target};
+use super::{auth, batches, openai};
+use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::upstream::UpstreamError;
 use crate::wire::GenerateRequest;
 use crate::wire::tokens::Scan;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -142,6 +142,7 @@ async fn call_model(
     State(state): State<AppState>,
     Path(target): Path<String>,
     RawQuery(query): RawQuery,
+    Extension(caller): Extension<auth::Caller>,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Response {
@@ -167,6 +168,9 @@ async fn call_model(
         "countTokens" => return count_tokens(&state, model, body.0).await,
         "embedContent" | "batchEmbedContents" => {
             return super::embed::native(&state, model, action, &body.0).await;
+        }
+        "batchGenerateContent" => {
+            return batches::create(&state, model, &headers, &caller, &body.0).await;
         }
         _ => {
             return ApiError::not_found(format!("method {action:?} is not served")).into_response();
@@ -194,6 +198,7 @@ async fn call_model(
         max_wait: state.max_wait,
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,
+        priority: Priority::Interactive,
     };
     let (mut response, meta) = if streamed {
         let served = match dispatch::stream(&state, job).await {

@@ -4,10 +4,15 @@
 //! (status, mode, keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
 //! through `relay`. `auth` guards them all; `origin` keeps other web pages
-//! out, `inflight` bounds the body bytes held in memory.
+//! out, `inflight` bounds the body bytes held in memory. `batches` is the
+//! Batch API's surface, `batch_queue` and `batch_runner` run its items
+//! below interactive traffic.
 
 mod admin;
 pub mod auth;
+mod batch_queue;
+pub mod batch_runner;
+mod batches;
 mod dashboard;
 pub mod dispatch;
 mod embed;
@@ -72,6 +77,8 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// Uploads under way and the owners of files seen (the store keeps them all).
     pub files: files::Files,
+    /// The Batch API's batches; `None` where batches do not run (replicas).
+    pub batches: Option<batch_runner::Batches>,
 }
 
 /// Whether the service is stopping, and how far ahead it still serves.
@@ -156,6 +163,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(gemini::routes())
         .merge(files::routes())
         .merge(openai::routes())
+        .merge(batches::routes())
         .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -14,7 +14,7 @@ use super::dispatch::{self, Failure, Job, Stream};
 use super::error::{ApiError, set_retry_after};
 use super::flux::flux_headers;
 use super::relay::{OpenAiSse, relay};
-use crate::scheduler::{KeyChoice, Target};
+use crate::scheduler::{KeyChoice, Priority, Target};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -195,6 +195,7 @@ async fn chat(
         retry: true,
         unknown_model: StatusCode::NOT_FOUND,
         requests: 1,
+        priority: Priority::Interactive,
     };
     let (mut response, meta) = if stream {
         let served = match dispatch::openai_chat_stream(&state, job).await {

@@ -10,7 +10,7 @@ use crate::clock::Timestamp;
 use crate::keys::ApiKey;
 use crate::policy::fetch::{self, CACHE_TTL};
 use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
-use crate::scheduler::{KeyChoice, Target};
+use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::store::{PolicyCache, Record};
 use crate::upstream::Upstream;
 use axum::http::StatusCode;
@@ -103,6 +103,7 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
         max_wait: FETCH_MAX_WAIT,
         retry: true,
         unknown_model: StatusCode::BAD_REQUEST,
+        priority: Priority::Interactive,
     };
     let answered = match dispatch::generate(state, job).await {
         Ok(served) => Ok(served.reply.text()),

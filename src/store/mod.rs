@@ -13,6 +13,7 @@
 //! expires, so that a restart (or another replica) still sends a call
 //! naming it to that key.
 
+pub mod batches;
 pub mod redis;
 mod sqlite;
 mod writer;

@@ -53,6 +53,28 @@ const MIGRATIONS: &[&str] = &[
         key_id TEXT NOT NULL,
         expires_at_ms INTEGER NOT NULL
     );",
+    // 6: the Batch API: each batch, and each item's request and result.
+    "CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        owner TEXT,
+        model TEXT NOT NULL,
+        fallback INTEGER NOT NULL,
+        display_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        items INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        ended_ms INTEGER
+    );
+    CREATE TABLE batch_items (
+        batch_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        request TEXT NOT NULL,
+        metadata TEXT,
+        outcome TEXT,
+        result TEXT,
+        PRIMARY KEY (batch_id, idx)
+    ) WITHOUT ROWID;",
 ];
 
 /// Calls are kept this long, then pruned: recovery needs the last minute and

@@ -63,3 +63,25 @@ def test_dashboard_shows_live_keys_and_disables_one():
         phone.wait_for_selector("body[data-loaded=true]", timeout=15_000)
         phone.screenshot(path=f"{SHOTS}/dashboard-phone.png", full_page=True)
         b.close()
+
+
+def test_dashboard_shows_a_batch_with_its_progress():
+    items = [{"request": {"contents": [{"parts": [{"text": "abcd" * n}]}]}} for n in (1, 2, 3)]
+    op = call("/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+              {"batch": {"displayName": "dashboard batch", "inputConfig": {"requests": {"requests": items}}}})
+    batch = op["name"].split("/")[1]
+    deadline = time.time() + 30
+    while not call(f"/v1beta/batches/{batch}").get("done"):
+        assert time.time() < deadline, "the batch did not end"
+        time.sleep(0.2)
+    with sync_playwright() as p:
+        b = browser(p)
+        page = b.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(BASE + "/dashboard")
+        row = page.locator(f'#batches tbody tr[data-batch="{batch}"]')
+        row.wait_for(timeout=15_000)
+        text = row.inner_text()
+        assert "dashboard batch" in text and "succeeded" in text, text
+        assert row.locator(".usage").inner_text() == "3 / 3"
+        page.screenshot(path=f"{SHOTS}/dashboard-batches.png", full_page=True)
+        b.close()

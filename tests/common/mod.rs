@@ -34,6 +34,18 @@ pub fn limits(model: &str, rpm: u32, tpm: u64, rpd: u32) -> BTreeMap<String, Lim
     )])
 }
 
+/// A simulator on the system clock whose every generate call takes
+/// `latency_ms` upstream, for tests that kill a real process mid-call.
+pub async fn slow_sim(mut config: SimConfig, latency_ms: u64) -> SimServer {
+    config.faults = gemini_flux::sim::Faults {
+        latency_ms,
+        ..Default::default()
+    };
+    SimServer::start(config, Clock::system(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
 pub async fn start_sim(config: SimConfig, wall: Timestamp) -> SimServer {
     SimServer::start(
         config,
@@ -132,6 +144,12 @@ impl Stack {
             resp.status().as_u16(),
             resp.json().await.unwrap_or(Value::Null),
         )
+    }
+
+    /// `GET path` as text (`/metrics`).
+    pub async fn text(&self, path: &str) -> String {
+        let resp = self.http.get(self.url(path)).send().await.unwrap();
+        resp.text().await.unwrap()
     }
 
     pub fn sim_stats(&self) -> SimStats {
@@ -254,6 +272,18 @@ impl ServeProcess {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("the service at {} did not become ready", self.base);
+    }
+}
+
+impl ServeProcess {
+    /// Stops it with SIGTERM, as a supervisor would: its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        self.child.wait().unwrap().code()
     }
 }
 

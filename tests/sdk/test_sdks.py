@@ -5,6 +5,7 @@ reads /metrics: not one upstream call of the whole run drew a 429."""
 
 import json
 import os
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,28 @@ def test_genai_with_a_wrong_token_is_refused():
     with pytest.raises(errors.ClientError) as refused:
         client.models.generate_content(model=MODEL, contents=PROMPT)
     assert refused.value.code == 401
+
+
+def test_genai_runs_a_batch():
+    client = gemini()
+    # Item n counts n tokens in the simulator, so its answer is ok:n.
+    src = [{"contents": [{"role": "user", "parts": [{"text": "abcd" * n}]}]} for n in (1, 2, 3)]
+    job = client.batches.create(model=MODEL, src=src, config={"display_name": "sdk batch"})
+    assert job.name.startswith("batches/")
+    assert job.display_name == "sdk batch"
+    deadline = time.time() + 30
+    while job.state.name not in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
+        assert time.time() < deadline, job.state
+        time.sleep(0.2)
+        job = client.batches.get(name=job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    assert [r.response.text for r in job.dest.inlined_responses] == ["ok:1", "ok:2", "ok:3"]
+    assert job.name in [j.name for j in client.batches.list(config={"page_size": 5})]
+    client.batches.cancel(name=job.name)  # ended already: nothing changes
+    client.batches.delete(name=job.name)
+    with pytest.raises(errors.ClientError) as gone:
+        client.batches.get(name=job.name)
+    assert gone.value.code == 404
 
 
 def test_openai_chats():
