@@ -330,8 +330,8 @@ fn log_decision(
                 key = %g.key,
                 fingerprint = %fingerprint,
                 model = %g.model,
-                requests = g.cost.requests,
                 tokens = g.cost.input_tokens,
+                requests = g.cost.requests,
                 wait_ms = g.at.since(now).as_millis() as u64,
                 "granted"
             );
