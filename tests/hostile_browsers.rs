@@ -179,7 +179,7 @@ async fn a_listed_origin_gets_a_preflight_and_can_read_answers() {
     assert_eq!(resp.status(), 204);
     let h = resp.headers();
     assert_eq!(h["access-control-allow-origin"], APP);
-    assert_eq!(h["access-control-allow-methods"], "GET, POST");
+    assert_eq!(h["access-control-allow-methods"], "GET, POST, DELETE");
     assert_eq!(
         h["access-control-allow-headers"],
         "content-type, authorization"
