@@ -855,30 +855,33 @@ impl Scheduler {
 
     /// Drops a model the upstream retired from the chain, for every key.
     fn retire(&mut self, model: &str, message: &str, now: Timestamp) {
-        if self.retired.iter().any(|r| r.model == model) {
-            return;
+        if let Some(retired) = self.take_out(model, now, message) {
+            self.changes.push(Change::Retired(retired));
         }
-        self.chain.retain(|m| m != model);
-        let retired = Retired {
-            model: model.to_string(),
-            at: now,
-            message: message.to_string(),
-        };
-        self.retired.push(retired.clone());
-        self.changes.push(Change::Retired(retired));
     }
 
     /// Puts back a model a previous run found retired at `at`, unless that
     /// is more than [`LEARNED_TTL`] before `now` (then one call checks again).
     pub fn restore_retired(&mut self, model: &str, at: Timestamp, message: &str, now: Timestamp) {
-        if now < at.plus(LEARNED_TTL) && !self.retired.iter().any(|r| r.model == model) {
-            self.chain.retain(|m| m != model);
-            self.retired.push(Retired {
-                model: model.to_string(),
-                at,
-                message: message.to_string(),
-            });
+        if now < at.plus(LEARNED_TTL) {
+            self.take_out(model, at, message);
         }
+    }
+
+    /// Takes a retired model out of the chain for every key; what was
+    /// recorded, unless it was out already.
+    fn take_out(&mut self, model: &str, at: Timestamp, message: &str) -> Option<Retired> {
+        if self.is_retired(model) {
+            return None;
+        }
+        self.chain.retain(|m| m != model);
+        let retired = Retired {
+            model: model.to_string(),
+            at,
+            message: message.to_string(),
+        };
+        self.retired.push(retired.clone());
+        Some(retired)
     }
 
     fn is_retired(&self, model: &str) -> bool {
