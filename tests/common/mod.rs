@@ -132,6 +132,14 @@ impl Stack {
         )
     }
 
+    /// Whether `/status` shows every key healthy (none taken out).
+    pub async fn every_key_healthy(&self) -> bool {
+        let (_, status) = self.get("/status").await;
+        status["keys"]
+            .as_array()
+            .is_some_and(|keys| keys.iter().all(|k| k["state"] == "healthy"))
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let resp = self
             .http
