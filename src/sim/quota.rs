@@ -34,6 +34,8 @@ pub struct LaneStats {
     pub rejected_rpd: u64,
     #[serde(default)]
     pub rejected_tpd: u64,
+    #[serde(default)]
+    pub rejected_otpm: u64,
     pub peak_tokens_60s: u64,
     pub peak_requests_60s: u64,
     pub requests_today: u32,
@@ -104,6 +106,7 @@ impl LaneQuota {
                     Quota::InputTokensPerMinute => &mut self.stats.rejected_tpm,
                     Quota::RequestsPerDay => &mut self.stats.rejected_rpd,
                     Quota::InputTokensPerDay => &mut self.stats.rejected_tpd,
+                    Quota::OutputTokensPerMinute => &mut self.stats.rejected_otpm,
                 } += 1;
             }
             return Err(Rejection {
@@ -197,6 +200,7 @@ mod tests {
         let batch = |items| Usage {
             requests: items,
             input_tokens: items,
+            output_tokens: 0,
         };
         let mut lane = LaneQuota::default();
         let t0 = Timestamp(1_700_000_000_000);
@@ -251,6 +255,7 @@ mod tests {
             tpm: 1_000_000,
             rpd: 2,
             tpd: crate::policy::UNLIMITED,
+            otpm: crate::policy::UNLIMITED,
         };
         let mut lane = LaneQuota::default();
         // 2026-07-01T06:59:00Z is 23:59 Pacific (PDT) on June 30.
@@ -274,12 +279,14 @@ mod tests {
             tpm: 100,
             rpd: 1,
             tpd: 120,
+            otpm: crate::policy::UNLIMITED,
         };
         let mut lane = LaneQuota::default();
         let t0 = Timestamp(1_700_000_000_000);
         lane.admit(&limits, 100, t0).unwrap();
         let r = lane.admit(&limits, 50, t0.plus_millis(1_000)).unwrap_err();
-        assert_eq!(r.violations, Quota::ALL.to_vec());
+        // Every quota but output tokens (the call reserves none).
+        assert_eq!(r.violations, Quota::ALL[..4].to_vec());
         assert!(r.retry_after.unwrap() > Duration::from_secs(59));
         assert_eq!(lane.stats(t0).rejected_429, 1);
     }
