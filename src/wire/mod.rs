@@ -11,7 +11,9 @@
 pub mod error;
 pub mod files;
 pub mod openai;
+pub mod openai_usage;
 pub mod request;
+mod sse;
 pub mod tokens;
 
 pub use error::{envelope, format_duration, parse_duration, seconds};
