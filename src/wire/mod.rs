@@ -8,6 +8,7 @@
 //! Keeping these in one place means the simulator cannot drift from what the
 //! gateway's upstream client expects to parse.
 
+pub mod anthropic;
 pub mod error;
 pub mod files;
 pub mod openai;
