@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod openai;
 pub mod openai_usage;
+pub mod ratelimit;
 pub mod request;
 mod sse;
 pub mod tokens;
