@@ -221,7 +221,7 @@ impl StreamUsage {
 /// call now, which is what that type tells the SDK (try again later); any
 /// other status takes its class's type (`invalid_request_error` for 4xx,
 /// `api_error` for 5xx).
-pub fn error_type(status: u16) -> &'static str {
+fn error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         402 => "billing_error",

@@ -64,7 +64,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// these styles:
 /// - OpenAI, Groq: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`,
 ///   the reset a span (`"2m59.56s"`, `"120ms"`, or bare seconds);
-/// - Cerebras (and Mistral's per-minute ones): the same, suffixed
+/// - Cerebras: the same, suffixed
 ///   `-minute`, `-hour` or `-day`, which is then the scope;
 /// - OpenRouter: `x-ratelimit-{limit,remaining,reset}` for requests, the
 ///   reset in epoch milliseconds;
