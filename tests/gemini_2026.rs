@@ -23,11 +23,8 @@ fn keys(n: usize) -> Vec<String> {
 
 fn lane(rpm: u32, tpm: u64, rpd: u32, tpd: u64) -> Limits {
     Limits {
-        rpm,
-        tpm,
-        rpd,
         tpd,
-        otpm: gemini_flux::policy::UNLIMITED,
+        ..Limits::new(rpm, tpm, rpd)
     }
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gemini_flux::policy::{Limits, UNLIMITED};
+use gemini_flux::policy::Limits;
 use gemini_flux::sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -16,19 +16,7 @@ const FLASH: &str = "gemini-2.5-flash";
 fn sim_with(keys: &[&str], limits: &[(&str, u32, u64, u32)]) -> SimConfig {
     let limits: BTreeMap<String, Limits> = limits
         .iter()
-        .map(|&(m, rpm, tpm, rpd)| {
-            let tpd = UNLIMITED;
-            (
-                m.to_string(),
-                Limits {
-                    rpm,
-                    tpm,
-                    rpd,
-                    tpd,
-                    otpm: gemini_flux::policy::UNLIMITED,
-                },
-            )
-        })
+        .map(|&(m, rpm, tpm, rpd)| (m.to_string(), Limits::new(rpm, tpm, rpd)))
         .collect();
     SimConfig::new(keys.iter().copied()).with_limits(limits)
 }

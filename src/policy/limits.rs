@@ -31,6 +31,18 @@ const fn unlimited() -> u64 {
 pub const UNLIMITED: u64 = u64::MAX;
 
 impl Limits {
+    /// Requests and input tokens per minute and requests per day, with no
+    /// per-day token or output-token quota (Gemini's usual three numbers).
+    pub const fn new(rpm: u32, tpm: u64, rpd: u32) -> Limits {
+        Limits {
+            rpm,
+            tpm,
+            rpd,
+            tpd: UNLIMITED,
+            otpm: UNLIMITED,
+        }
+    }
+
     /// The limit of one kind.
     pub const fn get(&self, quota: Quota) -> u64 {
         match quota {

@@ -121,6 +121,22 @@ struct Stored {
     zero_checked: Option<i32>,
 }
 
+/// (place, value) of the items whose value is not the `usual` one: a column
+/// of the stored form that costs nothing where every item is usual.
+fn sparse<T>(items: &[T], value: impl Fn(&T) -> u64, usual: u64) -> Vec<(usize, u64)> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (i, value(item)))
+        .filter(|&(_, v)| v != usual)
+        .collect()
+}
+
+/// The value a [`sparse`] column holds for place `i`.
+fn at_place(column: &[(usize, u64)], i: usize, usual: u64) -> u64 {
+    column.iter().find(|c| c.0 == i).map_or(usual, |c| c.1)
+}
+
 impl From<Lane> for Stored {
     fn from(lane: Lane) -> Stored {
         Stored {
@@ -129,20 +145,8 @@ impl From<Lane> for Stored {
                 .iter()
                 .map(|b| (b.at.millis(), b.usage.input_tokens, b.grant))
                 .collect(),
-            weights: lane
-                .bookings
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.usage.requests != 1)
-                .map(|(i, b)| (i, b.usage.requests))
-                .collect(),
-            outputs: lane
-                .bookings
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.usage.output_tokens != 0)
-                .map(|(i, b)| (i, b.usage.output_tokens))
-                .collect(),
+            weights: sparse(&lane.bookings, |b| b.usage.requests, 1),
+            outputs: sparse(&lane.bookings, |b| b.usage.output_tokens, 0),
             per_day: lane
                 .per_day
                 .iter()
@@ -178,8 +182,8 @@ impl From<Stored> for Lane {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (at, tokens, grant))| {
-                    let requests = s.weights.iter().find(|w| w.0 == i).map_or(1, |w| w.1);
-                    let output_tokens = s.outputs.iter().find(|o| o.0 == i).map_or(0, |o| o.1);
+                    let requests = at_place(&s.weights, i, 1);
+                    let output_tokens = at_place(&s.outputs, i, 0);
                     Booking {
                         at: Timestamp(at),
                         usage: Usage {

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use gemini_flux::clock::{Clock, Timestamp};
-use gemini_flux::policy::{Limits, UNLIMITED};
+use gemini_flux::policy::Limits;
 use gemini_flux::sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -23,16 +23,7 @@ pub fn quiet_noon() -> Timestamp {
 }
 
 pub fn limits(model: &str, rpm: u32, tpm: u64, rpd: u32) -> BTreeMap<String, Limits> {
-    BTreeMap::from([(
-        model.to_string(),
-        Limits {
-            rpm,
-            tpm,
-            rpd,
-            tpd: UNLIMITED,
-            otpm: gemini_flux::policy::UNLIMITED,
-        },
-    )])
+    BTreeMap::from([(model.to_string(), Limits::new(rpm, tpm, rpd))])
 }
 
 /// A simulator on the system clock whose every generate call takes
