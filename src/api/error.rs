@@ -1,6 +1,11 @@
 //! Errors from gemini-flux itself, in Gemini's envelope with the right status,
 //! and the body parsing that produces them (never axum's plain-text 422).
+//! The one table from a refused plan to its status and `Retry-After`
+//! ([`plan_refusal`]), and the Gemini-native surface's error type
+//! ([`GeminiError`]); the OpenAI surface writes the same in its own envelope.
 
+use super::dispatch::{Failure, Refused};
+use crate::scheduler::PlanError;
 use crate::wire::envelope;
 use axum::Json;
 use axum::extract::{FromRequest, Request};
@@ -10,7 +15,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use std::time::Duration;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
@@ -74,6 +79,69 @@ impl IntoResponse for ApiError {
             set_retry_after(response.headers_mut(), wait);
         }
         response
+    }
+}
+
+/// A refused plan's answer: its status and when to ask again. A model
+/// outside the chain is 404, as Gemini and OpenAI say it (`/generate`
+/// answers it 400, in `flux`).
+pub fn plan_refusal(refused: &Refused) -> ApiError {
+    let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, refused.message());
+    let since = |at: crate::clock::Timestamp| at.since(refused.at);
+    match &refused.error {
+        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            ..error
+        },
+        PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            ..error
+        }
+        .retry_after(since(*at)),
+        PlanError::NoUsableKey | PlanError::KeyOut(..) => {
+            error.retry_after(Duration::from_secs(60))
+        }
+        PlanError::UnknownModel(_) => ApiError {
+            status: StatusCode::NOT_FOUND,
+            ..error
+        },
+        PlanError::NoModelInMode(_) => ApiError {
+            status: StatusCode::BAD_REQUEST,
+            ..error
+        },
+        PlanError::SharedStateUnavailable { retry_at, .. } => {
+            error.retry_after(since(*retry_at).max(Duration::from_secs(1)))
+        }
+    }
+}
+
+/// A refusal on the Gemini-native routes, in Gemini's envelope: the
+/// upstream's own as it came, the gateway's with its status and
+/// `Retry-After`. Their handlers return it with `?`.
+pub struct GeminiError(pub Failure);
+
+impl From<Failure> for GeminiError {
+    fn from(failure: Failure) -> Self {
+        GeminiError(failure)
+    }
+}
+
+impl From<ApiError> for GeminiError {
+    fn from(error: ApiError) -> Self {
+        GeminiError(Failure::Flux(error))
+    }
+}
+
+impl IntoResponse for GeminiError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Failure::Client { status, body } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                Json(body),
+            )
+                .into_response(),
+            failure => failure.error().into_response(),
+        }
     }
 }
 

@@ -2,16 +2,16 @@
 //! the decision (key, model, wait) reported alongside.
 
 use super::AppState;
-use super::dispatch::{self, Job, Meta};
-use super::error::{ApiError, JsonBody, whole_number};
+use super::dispatch::{self, Failure, Job, Meta};
+use super::error::{ApiError, GeminiError, JsonBody, whole_number};
 use crate::policy::Mode;
-use crate::scheduler::{KeyChoice, KeyIndex, Priority, Target};
+use crate::scheduler::{KeyChoice, KeyIndex, PlanError, Priority, Target};
 use crate::upstream::Generated;
 use crate::wire::GenerateRequest;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
@@ -224,25 +224,47 @@ impl GenerateBody {
             requests: 1,
             max_wait,
             retry: self.retry.unwrap_or(true),
-            unknown_model: StatusCode::BAD_REQUEST,
             priority: Priority::Interactive,
         })
+    }
+}
+
+/// A refusal on `/generate`: Gemini's envelope, as the Gemini-native routes
+/// write it, but a model outside the chain is the caller's bad argument
+/// (400), not a missing resource.
+pub(super) struct FluxError(Failure);
+
+impl From<Failure> for FluxError {
+    fn from(failure: Failure) -> Self {
+        FluxError(failure)
+    }
+}
+
+impl From<ApiError> for FluxError {
+    fn from(error: ApiError) -> Self {
+        FluxError(Failure::Flux(error))
+    }
+}
+
+impl IntoResponse for FluxError {
+    fn into_response(self) -> Response {
+        match &self.0 {
+            Failure::Plan(refused) if matches!(refused.error, PlanError::UnknownModel(_)) => {
+                ApiError::bad_request(refused.message()).into_response()
+            }
+            _ => GeminiError(self.0).into_response(),
+        }
     }
 }
 
 async fn generate(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<GenerateBody>,
-) -> Response {
-    let job = match body.into_job(&state) {
-        Ok(job) => job,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, FluxError> {
+    let job = body.into_job(&state)?;
     let request_id = format!("{:016x}", rand::random::<u64>());
-    match dispatch::generate(&state, job).await {
-        Ok(served) => answer(&served.reply, &served.meta, request_id),
-        Err(failure) => failure.into_response(),
-    }
+    let served = dispatch::generate(&state, job).await?;
+    Ok(answer(&served.reply, &served.meta, request_id))
 }
 
 fn answer(generated: &Generated, o: &Meta, request_id: String) -> Response {
