@@ -16,6 +16,7 @@ const FLASH: &str = "gemini-2.5-flash";
 const TOKEN: &str = "client-token";
 
 /// OpenAI's envelope, exactly its four fields, with this type and code.
+#[track_caller]
 fn assert_openai(answer: &Answer, status: u16, kind: &str, code: Value) {
     assert_eq!(answer.status, status, "{}", answer.body);
     let error = answer.body["error"].as_object().expect("an error object");
@@ -34,6 +35,7 @@ fn assert_openai(answer: &Answer, status: u16, kind: &str, code: Value) {
 }
 
 /// Gemini's envelope, with this status and its name.
+#[track_caller]
 fn assert_gemini(answer: &Answer, status: u16, name: &str) {
     assert_eq!(answer.status, status, "{}", answer.body);
     assert_eq!(answer.body["error"]["code"], status, "{}", answer.body);

@@ -1,8 +1,8 @@
 //! Errors from gemini-flux itself, in Gemini's envelope with the right status,
 //! and the body parsing that produces them (never axum's plain-text 422).
 //! The one table from a refused plan to its status and `Retry-After`
-//! ([`plan_refusal`]), and the Gemini-native surface's error type
-//! ([`GeminiError`]); the OpenAI surface writes the same in its own envelope.
+//! ([`plan_refusal`]), and each surface's error type, a [`Refusal`] that
+//! its [`Surface`] writes in its envelope ([`GeminiError`] here).
 
 use super::dispatch::{Failure, Refused};
 use crate::scheduler::PlanError;
@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use std::marker::PhantomData;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -115,26 +116,39 @@ pub fn plan_refusal(refused: &Refused) -> ApiError {
     }
 }
 
-/// A refusal on the Gemini-native routes, in Gemini's envelope: the
-/// upstream's own as it came, the gateway's with its status and
-/// `Retry-After`. Their handlers return it with `?`.
-pub struct GeminiError(pub Failure);
+/// How a surface answers a refusal: its envelope, and any status of its own.
+pub trait Surface {
+    fn answer(failure: Failure) -> Response;
+}
 
-impl From<Failure> for GeminiError {
+/// A refusal on surface `S`, which its handlers return with `?`.
+pub struct Refusal<S>(pub Failure, PhantomData<S>);
+
+impl<S> From<Failure> for Refusal<S> {
     fn from(failure: Failure) -> Self {
-        GeminiError(failure)
+        Refusal(failure, PhantomData)
     }
 }
 
-impl From<ApiError> for GeminiError {
+impl<S> From<ApiError> for Refusal<S> {
     fn from(error: ApiError) -> Self {
-        GeminiError(Failure::Flux(error))
+        Failure::Flux(error).into()
     }
 }
 
-impl IntoResponse for GeminiError {
+impl<S: Surface> IntoResponse for Refusal<S> {
     fn into_response(self) -> Response {
-        match self.0 {
+        S::answer(self.0)
+    }
+}
+
+/// The Gemini-native routes: Gemini's envelope, the upstream's own as it
+/// came, the gateway's with its status and `Retry-After`.
+pub struct Gemini;
+
+impl Surface for Gemini {
+    fn answer(failure: Failure) -> Response {
+        match failure {
             Failure::Client { status, body } => (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
                 Json(body),
@@ -144,6 +158,8 @@ impl IntoResponse for GeminiError {
         }
     }
 }
+
+pub type GeminiError = Refusal<Gemini>;
 
 /// `Retry-After` in whole seconds, rounded up (at least 1).
 pub fn set_retry_after(headers: &mut axum::http::HeaderMap, wait: Duration) {

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Meta};
-use super::error::{ApiError, GeminiError, JsonBody, whole_number};
+use super::error::{ApiError, Gemini, JsonBody, Refusal, Surface, whole_number};
 use crate::policy::Mode;
 use crate::scheduler::{KeyChoice, KeyIndex, PlanError, Priority, Target};
 use crate::upstream::Generated;
@@ -229,33 +229,23 @@ impl GenerateBody {
     }
 }
 
-/// A refusal on `/generate`: Gemini's envelope, as the Gemini-native routes
-/// write it, but a model outside the chain is the caller's bad argument
-/// (400), not a missing resource.
-pub(super) struct FluxError(Failure);
+/// `/generate`: Gemini's envelope, as the Gemini-native routes write it,
+/// but a model outside the chain is the caller's bad argument (400), not a
+/// missing resource.
+pub(super) struct Seed;
 
-impl From<Failure> for FluxError {
-    fn from(failure: Failure) -> Self {
-        FluxError(failure)
-    }
-}
-
-impl From<ApiError> for FluxError {
-    fn from(error: ApiError) -> Self {
-        FluxError(Failure::Flux(error))
-    }
-}
-
-impl IntoResponse for FluxError {
-    fn into_response(self) -> Response {
-        match &self.0 {
+impl Surface for Seed {
+    fn answer(failure: Failure) -> Response {
+        match &failure {
             Failure::Plan(refused) if matches!(refused.error, PlanError::UnknownModel(_)) => {
                 ApiError::bad_request(refused.message()).into_response()
             }
-            _ => GeminiError(self.0).into_response(),
+            _ => Gemini::answer(failure),
         }
     }
 }
+
+type FluxError = Refusal<Seed>;
 
 async fn generate(
     State(state): State<AppState>,

@@ -11,7 +11,7 @@
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Stream};
-use super::error::{ApiError, set_retry_after};
+use super::error::{ApiError, Refusal, Surface, set_retry_after};
 use super::flux::flux_headers;
 use super::relay::{OpenAiSse, relay};
 use crate::scheduler::{KeyChoice, Priority, Target};
@@ -63,26 +63,13 @@ fn error_response(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A refusal on the OpenAI-compatible routes, in OpenAI's envelope: the
-/// upstream's with its status and message, the gateway's with its
-/// `Retry-After`. Their handlers return it with `?`.
-pub struct OpenAiError(Failure);
+/// The OpenAI-compatible routes: OpenAI's envelope, the upstream's refusal
+/// with its status and message, the gateway's with its `Retry-After`.
+pub struct OpenAi;
 
-impl From<Failure> for OpenAiError {
-    fn from(failure: Failure) -> Self {
-        OpenAiError(failure)
-    }
-}
-
-impl From<ApiError> for OpenAiError {
-    fn from(error: ApiError) -> Self {
-        OpenAiError(Failure::Flux(error))
-    }
-}
-
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let error = self.0.error();
+impl Surface for OpenAi {
+    fn answer(failure: Failure) -> Response {
+        let error = failure.error();
         let mut response = error_response(error.status, &error.message);
         if let Some(wait) = error.retry_after {
             set_retry_after(response.headers_mut(), wait);
@@ -90,6 +77,8 @@ impl IntoResponse for OpenAiError {
         response
     }
 }
+
+pub type OpenAiError = Refusal<OpenAi>;
 
 /// The chain, as OpenAI lists models.
 pub async fn model_list(state: &AppState) -> Result<Json<Value>, OpenAiError> {
