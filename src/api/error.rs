@@ -87,32 +87,29 @@ impl IntoResponse for ApiError {
 /// outside the chain is 404, as Gemini and OpenAI say it (`/generate`
 /// answers it 400, in `flux`).
 pub fn plan_refusal(refused: &Refused) -> ApiError {
-    let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, refused.message());
-    let since = |at: crate::clock::Timestamp| at.since(refused.at);
-    match &refused.error {
-        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            ..error
-        },
-        PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            ..error
+    let since = |at: crate::clock::Timestamp| Some(at.since(refused.at));
+    let (status, retry_after) = match &refused.error {
+        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, None)
         }
-        .retry_after(since(*at)),
-        PlanError::NoUsableKey | PlanError::KeyOut(..) => {
-            error.retry_after(Duration::from_secs(60))
+        PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
+            (StatusCode::TOO_MANY_REQUESTS, since(*at))
         }
-        PlanError::UnknownModel(_) => ApiError {
-            status: StatusCode::NOT_FOUND,
-            ..error
-        },
-        PlanError::NoModelInMode(_) => ApiError {
-            status: StatusCode::BAD_REQUEST,
-            ..error
-        },
-        PlanError::SharedStateUnavailable { retry_at, .. } => {
-            error.retry_after(since(*retry_at).max(Duration::from_secs(1)))
-        }
+        PlanError::NoUsableKey | PlanError::KeyOut(..) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(60)),
+        ),
+        PlanError::UnknownModel(_) => (StatusCode::NOT_FOUND, None),
+        PlanError::NoModelInMode(_) => (StatusCode::BAD_REQUEST, None),
+        PlanError::SharedStateUnavailable { retry_at, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            since(*retry_at).map(|wait| wait.max(Duration::from_secs(1))),
+        ),
+    };
+    ApiError {
+        status,
+        message: refused.message(),
+        retry_after,
     }
 }
 
