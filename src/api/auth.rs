@@ -141,10 +141,7 @@ pub async fn require_token(
         (false, true) => "this route needs the admin token",
         (false, false) => "the token is not valid",
     };
-    super::refusal(
-        req.uri().path(),
-        ApiError::new(StatusCode::UNAUTHORIZED, message),
-    )
+    super::refusal(&req, ApiError::new(StatusCode::UNAUTHORIZED, message))
 }
 
 #[cfg(test)]

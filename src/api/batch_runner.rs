@@ -18,12 +18,12 @@
 use super::AppState;
 use super::batch_queue::{ItemRef, Next, Park, Progress, Queue};
 use super::dispatch::{self, Failure, Job};
+use super::error::ApiError;
 use crate::clock::Timestamp;
 use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::store::batches::{BatchRow, BatchStore, ItemOutcome, ItemResult, NewItem};
 use crate::store::{RETRY_EVERY, StoreError};
 use crate::wire::GenerateRequest;
-use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -169,7 +169,6 @@ impl Batches {
             requests: 1,
             max_wait: Duration::ZERO,
             retry: true,
-            unknown_model: StatusCode::NOT_FOUND,
             priority: Priority::Background,
         }
     }
@@ -259,8 +258,12 @@ impl Batches {
         estimate: Option<u64>,
         refusal: Failure,
     ) {
-        let (status, message) = refusal.status_and_message();
-        if let Some(wait) = refusal.later() {
+        let ApiError {
+            status,
+            message,
+            retry_after,
+        } = refusal.error();
+        if let Some(wait) = retry_after {
             let now = state.scheduler.clock().now();
             // Never the same instant again: that would spin.
             let until = now.plus(wait.max(Duration::from_millis(1)));

@@ -77,19 +77,6 @@ pub async fn create(
     headers: &HeaderMap,
     caller: &Caller,
     body: &[u8],
-) -> Response {
-    match create_batch(state, model, headers, caller, body).await {
-        Ok(answer) => answer,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn create_batch(
-    state: &AppState,
-    model: &str,
-    headers: &HeaderMap,
-    caller: &Caller,
-    body: &[u8],
 ) -> Result<Response, ApiError> {
     let batches = batches(state)?;
     let fallback = fallback_header(headers)? || state.native_fallback;

@@ -36,9 +36,6 @@ pub struct Job<R = GenerateRequest> {
     pub max_wait: Duration,
     /// Re-plan after a 429 or a failure (the seed's `retry`).
     pub retry: bool,
-    /// The answer's status when the job names a model outside the chain:
-    /// 400 on `/generate`, 404 where Gemini itself would say "not found".
-    pub unknown_model: StatusCode,
     /// `Interactive` (a caller waits) everywhere but a batch item, which is
     /// `Background`: booked only for now, within each window less the
     /// interactive reserve.
@@ -142,7 +139,8 @@ impl Settlement {
     }
 }
 
-/// Why a job was not served.
+/// Why a job was not served. Each surface writes it in its own envelope
+/// (`error::GeminiError`, `openai::OpenAiError`, `flux::FluxError`).
 pub enum Failure {
     /// Gemini refused the request itself; its envelope goes back to the client.
     Client {
@@ -150,14 +148,43 @@ pub enum Failure {
         body: Value,
     },
     Flux(ApiError),
-    /// A batch (more than one item) that one call can never hold: more
-    /// items than one window of any lane admits (`most` is how many it
-    /// does), or more tokens (`most` is `None`). The surface splits it, or
-    /// answers `error` (413).
-    BatchTooLarge {
-        most: Option<u64>,
-        error: ApiError,
-    },
+    /// The scheduler would not plan it: why, for the surface to answer
+    /// (`error::plan_refusal` is the one table of statuses).
+    Plan(Refused),
+}
+
+/// A plan the scheduler refused: its reason, when, and what earlier
+/// attempts met.
+pub struct Refused {
+    pub error: PlanError,
+    /// When it was refused: a `Retry-After` counts from here.
+    pub at: Timestamp,
+    /// Why each earlier attempt was not served, oldest first.
+    pub tried: Vec<String>,
+    /// The job's items: more than 1 for a batch of embeddings.
+    pub items: u64,
+    /// Background work, which waits for nothing but "now".
+    pub background: bool,
+}
+
+impl Refused {
+    /// What the refusal says to the client: the scheduler's reason and the
+    /// attempts before it.
+    pub fn message(&self) -> String {
+        if let PlanError::WaitTooLong { model, at } = &self.error
+            && self.background
+        {
+            // Background work has no wait ceiling, only "now": say so.
+            return format!(
+                "no slot on {model} is free now for batch work (each window keeps the interactive reserve); the next at {at}"
+            );
+        }
+        let mut message = self.error.to_string();
+        if !self.tried.is_empty() {
+            message.push_str(&format!(" (after: {})", self.tried.join("; ")));
+        }
+        message
+    }
 }
 
 impl Failure {
@@ -188,44 +215,40 @@ impl Failure {
         }
     }
 
-    /// How long until a refusal may be asked again (its `Retry-After`: no
-    /// slot now, the day spent, no usable key, a store not taking writes, a
-    /// stopping service); `None` when the refusal is final. Background work
-    /// puts its item back and comes back then.
-    pub fn later(&self) -> Option<Duration> {
+    /// A batch (more than one item) that one call can never hold: `Some` of
+    /// how many items one window of any lane admits, or `Some(None)` when
+    /// its tokens were what did not fit. The surface splits it, or answers
+    /// the refusal (413).
+    pub fn batch_too_large(&self) -> Option<Option<u64>> {
         match self {
-            Failure::Flux(e) => e.retry_after,
-            Failure::Client { .. } | Failure::BatchTooLarge { .. } => None,
+            Failure::Plan(Refused {
+                error: PlanError::TooManyItems { most, .. },
+                ..
+            }) => Some(Some(*most)),
+            Failure::Plan(Refused {
+                error: PlanError::TooLarge { .. },
+                items,
+                ..
+            }) if *items > 1 => Some(None),
+            _ => None,
         }
     }
 
-    /// The HTTP status and the message, whichever side refused.
-    pub fn status_and_message(&self) -> (StatusCode, String) {
+    /// The refusal as a status, a message and, when it may be asked again,
+    /// its `Retry-After` (no slot now, the day spent, no usable key, a store
+    /// not taking writes, a stopping service): what every surface's
+    /// envelope is written from. Background work puts its item back and
+    /// comes back then.
+    pub fn error(&self) -> ApiError {
         match self {
-            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => {
-                (e.status, e.message.clone())
-            }
-            Failure::Client { status, body } => (
+            Failure::Flux(e) => e.clone(),
+            Failure::Plan(refused) => super::error::plan_refusal(refused),
+            Failure::Client { status, body } => ApiError::new(
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
                 body["error"]["message"]
                     .as_str()
-                    .unwrap_or("the request was refused")
-                    .to_string(),
+                    .unwrap_or("the request was refused"),
             ),
-        }
-    }
-}
-
-/// A client's mistake goes back with Gemini's own envelope and status.
-impl axum::response::IntoResponse for Failure {
-    fn into_response(self) -> axum::response::Response {
-        match self {
-            Failure::Flux(e) | Failure::BatchTooLarge { error: e, .. } => e.into_response(),
-            Failure::Client { status, body } => (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                axum::Json(body),
-            )
-                .into_response(),
         }
     }
 }
@@ -267,7 +290,7 @@ pub async fn prepare(
 }
 
 /// A grant for now for background work, or the refusal, whose
-/// [`Failure::later`] says when to ask again. Apart from [`send_booked`]
+/// [`Failure::error`]'s `retry_after` says when to ask again. Apart from [`send_booked`]
 /// so that the caller knows the plan's answer before it turns to its next
 /// item.
 pub async fn book_now(state: &AppState, job: &Job, estimate: u64) -> Result<Booked, Failure> {
@@ -644,7 +667,7 @@ async fn pin_to_file_owner<R: JobRequest>(
     Ok(owner)
 }
 
-/// Books a grant for the job, or says why not (in the surface's terms).
+/// Books a grant for the job, or says why not.
 async fn plan<R>(
     state: &AppState,
     job: &Job<R>,
@@ -672,28 +695,15 @@ async fn plan<R>(
         .plan(request)
         .await
         .map_err(|_| stopping())?;
-    let now = clock.now();
-    planned.map_err(|e| {
-        if let PlanError::WaitTooLong { model, at } = &e
-            && job.priority == Priority::Background
-        {
-            // Background work has no wait ceiling, only "now": say so.
-            let message = format!(
-                "no slot on {model} is free now for batch work (each window keeps the interactive reserve); the next at {at}"
-            );
-            let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
-            return error.retry_after(at.since(now)).into();
-        }
-        let batch = match e {
-            PlanError::TooManyItems { most, .. } => Some(Some(most)),
-            PlanError::TooLarge { .. } if job.requests > 1 => Some(None),
-            _ => None,
-        };
-        let error = plan_error(e, now, tried, job.unknown_model);
-        match batch {
-            Some(most) => Failure::BatchTooLarge { most, error },
-            None => error.into(),
-        }
+    let at = clock.now();
+    planned.map_err(|error| {
+        Failure::Plan(Refused {
+            error,
+            at,
+            tried: tried.to_vec(),
+            items: job.requests,
+            background: job.priority == Priority::Background,
+        })
     })
 }
 
@@ -886,37 +896,6 @@ fn stopping() -> Failure {
     )
     .retry_after(Duration::from_secs(1))
     .into()
-}
-
-/// Maps a refused plan to the answer the caller gets.
-fn plan_error(
-    error: PlanError,
-    now: Timestamp,
-    tried: &[String],
-    unknown_model: StatusCode,
-) -> ApiError {
-    let mut message = error.to_string();
-    if !tried.is_empty() {
-        message.push_str(&format!(" (after: {})", tried.join("; ")));
-    }
-    match error {
-        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
-        }
-        PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(at.since(now))
-        }
-        PlanError::NoUsableKey | PlanError::KeyOut(..) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-                .retry_after(Duration::from_secs(60))
-        }
-        PlanError::UnknownModel(_) => ApiError::new(unknown_model, message),
-        PlanError::NoModelInMode(_) => ApiError::bad_request(message),
-        PlanError::SharedStateUnavailable { retry_at, .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-                .retry_after(retry_at.since(now).max(Duration::from_secs(1)))
-        }
-    }
 }
 
 /// Counts the request's input tokens with `countTokens` (free of generate

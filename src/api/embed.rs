@@ -14,9 +14,9 @@
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Meta, Served};
-use super::error::ApiError;
+use super::error::{ApiError, GeminiError};
 use super::flux::flux_headers;
-use super::openai;
+use super::openai::{self, OpenAiError};
 use crate::policy::Family;
 use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::wire::openai::embedding_inputs;
@@ -36,48 +36,46 @@ const MAX_BATCH_ITEMS: usize = 100;
 
 /// `POST …/models/{model}:embedContent` or `:batchEmbedContents`: `body` is
 /// the client's object, passed through (split when a batch is too large).
-pub(super) async fn native(state: &AppState, model: &str, action: &str, body: &[u8]) -> Response {
+pub(super) async fn native(
+    state: &AppState,
+    model: &str,
+    action: &str,
+    body: &[u8],
+) -> Result<Response, GeminiError> {
     if !embeds(model) {
-        return ApiError::not_found(not_an_embedding_model(model)).into_response();
+        return Err(ApiError::not_found(not_an_embedding_model(model)).into());
     }
-    let body: Map<String, Value> = match serde_json::from_slice(body) {
-        Ok(body) => body,
-        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
-    };
+    let body: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     if action == "embedContent" {
         if !body.get("content").is_some_and(Value::is_object) {
-            return ApiError::bad_request("content must be a Content object").into_response();
+            return Err(ApiError::bad_request("content must be a Content object").into());
         }
-        return match dispatch::embed(state, job(state, model, Value::Object(body), 1)).await {
-            Ok(served) => answer(served.reply, &[served.meta]),
-            Err(failure) => failure.into_response(),
-        };
+        let served = dispatch::embed(state, job(state, model, Value::Object(body), 1)).await?;
+        return Ok(answer(served.reply, &[served.meta]));
     }
     let items = match body.get("requests").and_then(Value::as_array) {
         Some(items) if !items.is_empty() && items.iter().all(Value::is_object) => items,
         _ => {
-            return ApiError::bad_request(
+            return Err(ApiError::bad_request(
                 "requests must be a list of at least one EmbedContentRequest",
             )
-            .into_response();
+            .into());
         }
     };
     let batch = |run: Range<usize>| json!({"requests": &items[run]});
     let call = |job| dispatch::embed(state, job).boxed();
-    let served = match serve(state, model, items.len(), &batch, &call).await {
-        Ok(served) => served,
-        Err(failure) => return failure.into_response(),
-    };
+    let served = serve(state, model, items.len(), &batch, &call).await?;
     let mut embeddings = Vec::with_capacity(items.len());
     let mut metas = Vec::with_capacity(served.len());
     for (run, mut s) in served {
         match s.reply["embeddings"].take() {
             Value::Array(part) if part.len() == run.len() => embeddings.extend(part),
-            _ => return short_answer(&run).into_response(),
+            _ => return Err(short_answer(&run).into()),
         }
         metas.push(s.meta);
     }
-    answer(json!({ "embeddings": embeddings }), &metas)
+    Ok(answer(json!({ "embeddings": embeddings }), &metas))
 }
 
 /// `POST /v1/embeddings` (and `/v1beta/openai/embeddings`): `{"model",
@@ -86,42 +84,28 @@ pub(super) async fn openai(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let mut body = match openai::read_object(&headers, body) {
-        Ok(body) => body,
-        Err(e) => return openai::refusal(e),
-    };
-    let Some(model) = body
+) -> Result<Response, OpenAiError> {
+    let mut body = openai::read_object(&headers, body)?;
+    let model = body
         .get("model")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .map(|m| m.trim_start_matches("models/").to_string())
-    else {
-        return openai::error_response(
-            StatusCode::BAD_REQUEST,
-            "model must name an embedding model",
-        );
-    };
+        .ok_or_else(|| ApiError::bad_request("model must name an embedding model"))?;
     if !embeds(&model) {
-        return openai::error_response(StatusCode::NOT_FOUND, &not_an_embedding_model(&model));
+        return Err(ApiError::not_found(not_an_embedding_model(&model)).into());
     }
     let input = body.remove("input").unwrap_or(Value::Null);
-    let Some(texts) = embedding_inputs(&input) else {
-        return openai::error_response(
-            StatusCode::BAD_REQUEST,
-            "input must be a string or a list of at least one string",
-        );
-    };
+    let texts = embedding_inputs(&input).ok_or_else(|| {
+        ApiError::bad_request("input must be a string or a list of at least one string")
+    })?;
     let part = |run: Range<usize>| {
         let mut part = body.clone();
         part.insert("input".into(), json!(&texts[run]));
         Value::Object(part)
     };
     let call = |job| dispatch::embed(&state, job).boxed();
-    let served = match serve(&state, &model, texts.len(), &part, &call).await {
-        Ok(served) => served,
-        Err(failure) => return openai::failure_response(failure),
-    };
+    let served = serve(&state, &model, texts.len(), &part, &call).await?;
     let mut data = Vec::with_capacity(texts.len());
     let (mut prompt, mut total) = (0, 0);
     let mut metas = Vec::with_capacity(served.len());
@@ -129,7 +113,7 @@ pub(super) async fn openai(
     for (run, mut s) in served {
         let vectors = match s.reply["data"].take() {
             Value::Array(vectors) if vectors.len() == run.len() => vectors,
-            _ => return openai::failure_response(short_answer(&run).into()),
+            _ => return Err(short_answer(&run).into()),
         };
         for (offset, mut item) in vectors.into_iter().enumerate() {
             item["index"] = json!(run.start + offset);
@@ -144,7 +128,7 @@ pub(super) async fn openai(
     }
     joined["data"] = Value::Array(data);
     joined["usage"] = json!({"prompt_tokens": prompt, "total_tokens": total});
-    answer(joined, &metas)
+    Ok(answer(joined, &metas))
 }
 
 /// Whether `model` is an embedding model: no other embeds, and an
@@ -165,7 +149,6 @@ fn job(state: &AppState, model: &str, request: Value, items: usize) -> Job<Value
         keys: KeyChoice::Any,
         max_wait: state.max_wait,
         retry: true,
-        unknown_model: StatusCode::NOT_FOUND,
         requests: items as u64,
         priority: Priority::Interactive,
     }
@@ -208,9 +191,12 @@ fn serve_run<'a>(
 ) -> BoxFuture<'a, Result<Answers, Failure>> {
     async move {
         let items = run.len();
-        match call(job(state, model, make(run.clone()), items)).await {
-            Ok(served) => Ok(vec![(run, served)]),
-            Err(Failure::BatchTooLarge { most, .. }) if items > 1 => {
+        let failure = match call(job(state, model, make(run.clone()), items)).await {
+            Ok(served) => return Ok(vec![(run, served)]),
+            Err(failure) => failure,
+        };
+        match failure.batch_too_large() {
+            Some(most) if items > 1 => {
                 let size = match most.and_then(|m| usize::try_from(m).ok()) {
                     Some(most) if most >= 1 && most < items => most,
                     _ => items.div_ceil(2),
@@ -221,7 +207,7 @@ fn serve_run<'a>(
                 let served = futures::future::try_join_all(parts).await?;
                 Ok(served.into_iter().flatten().collect())
             }
-            Err(failure) => Err(failure),
+            _ => Err(failure),
         }
     }
     .boxed()

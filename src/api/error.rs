@@ -1,6 +1,11 @@
 //! Errors from gemini-flux itself, in Gemini's envelope with the right status,
 //! and the body parsing that produces them (never axum's plain-text 422).
+//! The one table from a refused plan to its status and `Retry-After`
+//! ([`plan_refusal`]), and each surface's error type, a [`Refusal`] that
+//! its [`Surface`] writes in its envelope ([`GeminiError`] here).
 
+use super::dispatch::{Failure, Refused};
+use crate::scheduler::PlanError;
 use crate::wire::envelope;
 use axum::Json;
 use axum::extract::{FromRequest, Request};
@@ -8,9 +13,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use std::marker::PhantomData;
 use std::time::Duration;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
@@ -76,6 +82,81 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A refused plan's answer: its status and when to ask again. A model
+/// outside the chain is 404, as Gemini and OpenAI say it (`/generate`
+/// answers it 400, in `flux`).
+pub fn plan_refusal(refused: &Refused) -> ApiError {
+    let since = |at: crate::clock::Timestamp| Some(at.since(refused.at));
+    let (status, retry_after) = match &refused.error {
+        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, None)
+        }
+        PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
+            (StatusCode::TOO_MANY_REQUESTS, since(*at))
+        }
+        PlanError::NoUsableKey | PlanError::KeyOut(..) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(60)),
+        ),
+        PlanError::UnknownModel(_) => (StatusCode::NOT_FOUND, None),
+        PlanError::NoModelInMode(_) => (StatusCode::BAD_REQUEST, None),
+        PlanError::SharedStateUnavailable { retry_at, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            since(*retry_at).map(|wait| wait.max(Duration::from_secs(1))),
+        ),
+    };
+    ApiError {
+        status,
+        message: refused.message(),
+        retry_after,
+    }
+}
+
+/// How a surface answers a refusal: its envelope, and any status of its own.
+pub trait Surface {
+    fn answer(failure: Failure) -> Response;
+}
+
+/// A refusal on surface `S`, which its handlers return with `?`.
+pub struct Refusal<S>(pub Failure, PhantomData<S>);
+
+impl<S> From<Failure> for Refusal<S> {
+    fn from(failure: Failure) -> Self {
+        Refusal(failure, PhantomData)
+    }
+}
+
+impl<S> From<ApiError> for Refusal<S> {
+    fn from(error: ApiError) -> Self {
+        Failure::Flux(error).into()
+    }
+}
+
+impl<S: Surface> IntoResponse for Refusal<S> {
+    fn into_response(self) -> Response {
+        S::answer(self.0)
+    }
+}
+
+/// The Gemini-native routes: Gemini's envelope, the upstream's own as it
+/// came, the gateway's with its status and `Retry-After`.
+pub struct Gemini;
+
+impl Surface for Gemini {
+    fn answer(failure: Failure) -> Response {
+        match failure {
+            Failure::Client { status, body } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                Json(body),
+            )
+                .into_response(),
+            failure => failure.error().into_response(),
+        }
+    }
+}
+
+pub type GeminiError = Refusal<Gemini>;
 
 /// `Retry-After` in whole seconds, rounded up (at least 1).
 pub fn set_retry_after(headers: &mut axum::http::HeaderMap, wait: Duration) {

@@ -13,7 +13,7 @@
 //! spends generate quota.
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, GeminiError};
 use super::gemini::{no_usable_key, query_value, upstream_failure};
 use crate::clock::Timestamp;
 use crate::keys::{KeyIndex, KeyState};
@@ -135,8 +135,9 @@ impl Files {
     }
 }
 
-/// `x-flux-key: N` on an answer served by key N.
-fn with_key(mut response: Response, key: KeyIndex) -> Response {
+/// `x-flux-key: N` on an answer served by key N, or refused by it.
+fn with_key(answer: impl IntoResponse, key: KeyIndex) -> Response {
+    let mut response = answer.into_response();
     response
         .headers_mut()
         .insert("x-flux-key", HeaderValue::from(key.one_based()));
@@ -239,7 +240,7 @@ pub(crate) async fn pinned_key(
 /// The key for a new upload: the one asked for with `x-flux-key`, else a
 /// usable key with the most requests left today over the chain (in turn
 /// among equals), which is where the calls naming the file will go.
-async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<KeyIndex, Response> {
+async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<KeyIndex, ApiError> {
     let usable = state.scheduler.usable_keys();
     if let Some(asked) = headers.get("x-flux-key") {
         let key = asked
@@ -253,13 +254,11 @@ async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<KeyIndex, R
             Some(k) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("x-flux-key: key {k} is not usable now"),
-            )
-            .into_response()),
+            )),
             None => Err(ApiError::bad_request(format!(
                 "x-flux-key must be a key's number, 1 to {}",
                 usable.len()
-            ))
-            .into_response()),
+            ))),
         };
     }
     let Ok(snapshot) = state.scheduler.snapshot().await else {
@@ -296,10 +295,8 @@ async fn upload(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Response {
-    if let Err(e) = check_protocol(&headers, query.as_deref()) {
-        return e.into_response();
-    }
+) -> Result<Response, GeminiError> {
+    check_protocol(&headers, query.as_deref())?;
     match query_value(query.as_deref(), "upload_id") {
         Some(id) => chunk(&state, &id, &headers, body).await,
         None => start(&state, uri.path(), &headers, body).await,
@@ -343,18 +340,23 @@ fn forwarded(headers: &HeaderMap, names: &[&'static str]) -> HeaderMap {
     out
 }
 
-async fn start(state: &AppState, path: &str, headers: &HeaderMap, body: Bytes) -> Response {
+async fn start(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, GeminiError> {
     if header_text(headers, UPLOAD_PROTOCOL).is_none() {
-        return ApiError::bad_request(
+        return Err(ApiError::bad_request(
             "uploads use the resumable protocol: X-Goog-Upload-Protocol: resumable, then X-Goog-Upload-Command: start",
         )
-        .into_response();
+        .into());
     }
     if !header_text(headers, UPLOAD_COMMAND).is_some_and(|c| c.eq_ignore_ascii_case("start")) {
-        return ApiError::bad_request(
+        return Err(ApiError::bad_request(
             "a new upload starts with X-Goog-Upload-Command: start (chunks go to the X-Goog-Upload-URL it answers)",
         )
-        .into_response();
+        .into());
     }
     if !body.is_empty() {
         let valid = match serde_json::from_slice::<Value>(&body) {
@@ -362,16 +364,13 @@ async fn start(state: &AppState, path: &str, headers: &HeaderMap, body: Bytes) -
             _ => false,
         };
         if !valid {
-            return ApiError::bad_request(
+            return Err(ApiError::bad_request(
                 "the start's body is a JSON object, {\"file\": {\"displayName\": …, \"mimeType\": …}}",
             )
-            .into_response();
+            .into());
         }
     }
-    let key = match upload_key(state, headers).await {
-        Ok(key) => key,
-        Err(refused) => return refused,
-    };
+    let key = upload_key(state, headers).await?;
     let mut upstream_headers = forwarded(
         headers,
         &[
@@ -386,28 +385,25 @@ async fn start(state: &AppState, path: &str, headers: &HeaderMap, body: Bytes) -
         HeaderValue::from_static("application/json"),
     );
     let url = state.upstream.upload_start_url();
-    let answer = match state
+    let answer = state
         .upstream
         .upload(&state.keys[key], &url, upstream_headers, body)
         .await
-    {
-        Ok(answer) => answer,
-        Err(e) => return upstream_failure(state, e),
-    };
+        .map_err(|e| upstream_failure(state, e))?;
     if !(200..300).contains(&answer.status) {
         let error = crate::upstream::classify(answer.status, &answer.body);
-        return with_key(upstream_failure(state, error), key);
+        let refused = GeminiError::from(upstream_failure(state, error));
+        return Ok(with_key(refused, key));
     }
-    let Some(upstream_url) = header_text(&answer.headers, UPLOAD_URL)
+    let upstream_url = header_text(&answer.headers, UPLOAD_URL)
         .filter(|u| state.upstream.is_upstream_url(u))
         .map(str::to_string)
-    else {
-        return ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "the upstream started the upload without an upload URL of its own",
-        )
-        .into_response();
-    };
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the upstream started the upload without an upload URL of its own",
+            )
+        })?;
     let id = format!("{:032x}", rand::random::<u128>());
     let now = state.scheduler.clock().now();
     state.files.start(
@@ -433,7 +429,7 @@ async fn start(state: &AppState, path: &str, headers: &HeaderMap, body: Bytes) -
     if let Ok(value) = HeaderValue::from_str(&ours) {
         response.headers_mut().insert(UPLOAD_URL, value);
     }
-    with_key(response, key)
+    Ok(with_key(response, key))
 }
 
 /// `scheme://host` of this service as the client reached it (`Host`,
@@ -463,13 +459,17 @@ fn relay(answer: &Relayed, names: &[&'static str]) -> Response {
     response
 }
 
-async fn chunk(state: &AppState, id: &str, headers: &HeaderMap, body: Bytes) -> Response {
-    let Some((key, upstream_url)) = state.files.upload(id) else {
-        return ApiError::not_found(
+async fn chunk(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, GeminiError> {
+    let (key, upstream_url) = state.files.upload(id).ok_or_else(|| {
+        ApiError::not_found(
             "no upload under way has this upload_id (unknown, finished, or started on another replica)",
         )
-        .into_response();
-    };
+    })?;
     let upstream_headers = forwarded(headers, &[UPLOAD_COMMAND, UPLOAD_OFFSET]);
     let answer = match state
         .upstream
@@ -477,7 +477,7 @@ async fn chunk(state: &AppState, id: &str, headers: &HeaderMap, body: Bytes) -> 
         .await
     {
         Ok(answer) => answer,
-        Err(e) => return with_key(upstream_failure(state, e), key),
+        Err(e) => return Ok(with_key(GeminiError::from(upstream_failure(state, e)), key)),
     };
     let finished = header_text(&answer.headers, UPLOAD_STATUS) == Some("final");
     if finished {
@@ -492,7 +492,7 @@ async fn chunk(state: &AppState, id: &str, headers: &HeaderMap, body: Bytes) -> 
         *response.body_mut() =
             axum::body::Body::from(state.scrub(&String::from_utf8_lossy(&answer.body)));
     }
-    with_key(response, key)
+    Ok(with_key(response, key))
 }
 
 /// Records which key owns the file a finished upload made, durably, before
@@ -556,30 +556,28 @@ const MAX_PAGE_SIZE: usize = 100;
 /// filled from one key after another; its `nextPageToken` (ours) names the
 /// key and the upstream's token to go on from, and is given only when more
 /// files follow (google-genai's pager fails on an empty last page).
-async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, GeminiError> {
     let size = match query_value(query.as_deref(), "pageSize") {
         None => PAGE_SIZE,
-        Some(size) => match size.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            _ => {
-                return ApiError::bad_request(format!(
+        Some(size) => size
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
                     "pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}"
                 ))
-                .into_response();
-            }
-        },
+            })?,
     };
     let usable = state.scheduler.usable_keys();
     let (first, mut token) =
         match query_value(query.as_deref(), "pageToken").filter(|t| !t.is_empty()) {
             None => (KeyIndex::new(0), String::new()),
-            Some(given) => match read_page_token(&given, usable.len()) {
-                Some(start) => start,
-                None => {
-                    return ApiError::bad_request("pageToken is not one this service gave")
-                        .into_response();
-                }
-            },
+            Some(given) => read_page_token(&given, usable.len())
+                .ok_or_else(|| ApiError::bad_request("pageToken is not one this service gave"))?,
         };
     let keys: Vec<KeyIndex> = KeyIndex::all(usable.len())
         .filter(|&k| k >= first && usable[k])
@@ -588,20 +586,16 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
     let mut next = None;
     for (i, &key) in keys.iter().enumerate() {
         let room = size - files.len();
-        let page = match list_page(&state, key, room, &std::mem::take(&mut token)).await {
-            Ok(page) => page,
-            Err(refused) => return refused,
-        };
+        let page = list_page(&state, key, room, &std::mem::take(&mut token)).await?;
         files.extend(page.files);
         if let Some(more) = page.next {
             next = Some(page_token(key, &more));
             break;
         }
         if files.len() == size {
-            next = match first_with_files(&state, &keys[i + 1..]).await {
-                Ok(k) => k.map(|k| page_token(k, "")),
-                Err(refused) => return refused,
-            };
+            next = first_with_files(&state, &keys[i + 1..])
+                .await?
+                .map(|k| page_token(k, ""));
             break;
         }
     }
@@ -612,7 +606,7 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
     if let Some(next) = next {
         body["nextPageToken"] = Value::String(next);
     }
-    Json(body).into_response()
+    Ok(Json(body))
 }
 
 /// One page of one key's files, and the upstream's token for the next.
@@ -626,7 +620,7 @@ async fn list_page(
     key: KeyIndex,
     size: usize,
     token: &str,
-) -> Result<Page, Response> {
+) -> Result<Page, GeminiError> {
     let size = size.to_string();
     let mut paging = vec![("pageSize", size.as_str())];
     if !token.is_empty() {
@@ -654,7 +648,7 @@ async fn list_page(
 async fn first_with_files(
     state: &AppState,
     keys: &[KeyIndex],
-) -> Result<Option<KeyIndex>, Response> {
+) -> Result<Option<KeyIndex>, GeminiError> {
     for &key in keys {
         if !list_page(state, key, 1, "").await?.files.is_empty() {
             return Ok(Some(key));
@@ -665,17 +659,15 @@ async fn first_with_files(
 
 /// The key a call about one file goes to: its owner, else (a file the
 /// service does not know) any usable key, whose answer is the client's.
-async fn file_key(state: &AppState, id: &str) -> Result<KeyIndex, Response> {
+async fn file_key(state: &AppState, id: &str) -> Result<KeyIndex, ApiError> {
     if !valid_file_id(id) {
         return Err(ApiError::bad_request(format!(
             "files/{id} is not a file name: lowercase letters, digits and dashes, at most 40"
-        ))
-        .into_response());
+        )));
     }
-    match owner_of(state, id).await {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => state.next_usable_key().ok_or_else(no_usable_key),
-        Err(e) => Err(e.into_response()),
+    match owner_of(state, id).await? {
+        Some(key) => Ok(key),
+        None => state.next_usable_key().ok_or_else(no_usable_key),
     }
 }
 
@@ -684,26 +676,19 @@ async fn one_file(
     State(state): State<AppState>,
     method: Method,
     Path(id): Path<String>,
-) -> Response {
-    let key = match file_key(&state, &id).await {
-        Ok(key) => key,
-        Err(refused) => return refused,
-    };
+) -> Result<Response, GeminiError> {
+    let key = file_key(&state, &id).await?;
     let path = format!("/{id}");
-    match state
+    let answer = state
         .upstream
         .files(&state.keys[key], method.clone(), &path)
         .await
-    {
-        Ok(answer) => {
-            if method == Method::DELETE {
-                state.files.forget(&id);
-                state.ledger.record(Record::FileDeleted { name: id });
-            }
-            with_key(Json(answer).into_response(), key)
-        }
-        Err(e) => with_key(upstream_failure(&state, e), key),
+        .map_err(|e| GeminiError::from(upstream_failure(&state, e)));
+    if answer.is_ok() && method == Method::DELETE {
+        state.files.forget(&id);
+        state.ledger.record(Record::FileDeleted { name: id });
     }
+    Ok(with_key(answer.map(Json), key))
 }
 
 #[cfg(test)]

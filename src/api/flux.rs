@@ -2,16 +2,16 @@
 //! the decision (key, model, wait) reported alongside.
 
 use super::AppState;
-use super::dispatch::{self, Job, Meta};
-use super::error::{ApiError, JsonBody, whole_number};
+use super::dispatch::{self, Failure, Job, Meta};
+use super::error::{ApiError, Gemini, JsonBody, Refusal, Surface, whole_number};
 use crate::policy::Mode;
-use crate::scheduler::{KeyChoice, KeyIndex, Priority, Target};
+use crate::scheduler::{KeyChoice, KeyIndex, PlanError, Priority, Target};
 use crate::upstream::Generated;
 use crate::wire::GenerateRequest;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
@@ -224,25 +224,37 @@ impl GenerateBody {
             requests: 1,
             max_wait,
             retry: self.retry.unwrap_or(true),
-            unknown_model: StatusCode::BAD_REQUEST,
             priority: Priority::Interactive,
         })
     }
 }
 
+/// `/generate`: Gemini's envelope, as the Gemini-native routes write it,
+/// but a model outside the chain is the caller's bad argument (400), not a
+/// missing resource.
+pub(super) struct Seed;
+
+impl Surface for Seed {
+    fn answer(failure: Failure) -> Response {
+        match &failure {
+            Failure::Plan(refused) if matches!(refused.error, PlanError::UnknownModel(_)) => {
+                ApiError::bad_request(refused.message()).into_response()
+            }
+            _ => Gemini::answer(failure),
+        }
+    }
+}
+
+type FluxError = Refusal<Seed>;
+
 async fn generate(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<GenerateBody>,
-) -> Response {
-    let job = match body.into_job(&state) {
-        Ok(job) => job,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, FluxError> {
+    let job = body.into_job(&state)?;
     let request_id = format!("{:016x}", rand::random::<u64>());
-    match dispatch::generate(&state, job).await {
-        Ok(served) => answer(&served.reply, &served.meta, request_id),
-        Err(failure) => failure.into_response(),
-    }
+    let served = dispatch::generate(&state, job).await?;
+    Ok(answer(&served.reply, &served.meta, request_id))
 }
 
 fn answer(generated: &Generated, o: &Meta, request_id: String) -> Response {

@@ -9,7 +9,7 @@
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Stream};
-use super::error::{ApiError, JsonObject};
+use super::error::{ApiError, GeminiError, JsonObject};
 use super::flux::flux_headers;
 use super::relay::{GeminiArray, GeminiSse, relay};
 use super::{auth, batches, openai};
@@ -23,6 +23,7 @@ use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde_json::Value;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -42,8 +43,8 @@ fn plausible_model(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn no_such_model(name: &str) -> Response {
-    ApiError::not_found(format!("models/{name} is not found")).into_response()
+fn no_such_model(name: &str) -> ApiError {
+    ApiError::not_found(format!("models/{name} is not found"))
 }
 
 /// `x-flux-fallback: true|false`; absent is false; anything else is a 400.
@@ -67,38 +68,36 @@ pub(super) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-/// Answers an upstream error: the client's own mistake as Gemini said it,
+/// An upstream error's answer: the client's own mistake as Gemini said it,
 /// anything else as a 502 that says what happened.
-pub(super) fn upstream_failure(state: &AppState, error: UpstreamError) -> Response {
+pub(super) fn upstream_failure(state: &AppState, error: UpstreamError) -> Failure {
     match error {
         UpstreamError::Client {
             status,
             message,
             body,
-        } => Failure::refused_upstream(state, status, &message, body).into_response(),
-        other => {
-            ApiError::new(StatusCode::BAD_GATEWAY, state.scrub(&other.to_string())).into_response()
-        }
+        } => Failure::refused_upstream(state, status, &message, body),
+        other => ApiError::new(StatusCode::BAD_GATEWAY, state.scrub(&other.to_string())).into(),
     }
 }
 
-pub(super) fn no_usable_key() -> Response {
+pub(super) fn no_usable_key() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no key is usable")
         .retry_after(std::time::Duration::from_secs(60))
-        .into_response()
 }
 
 /// Forwards `GET /v1beta/models…` on a usable key (only paging passes through).
-async fn forward_models(state: &AppState, path: &str, query: &Option<String>) -> Response {
+async fn forward_models(
+    state: &AppState,
+    path: &str,
+    query: &Option<String>,
+) -> Result<Json<Value>, GeminiError> {
     if let Some(size) = query_value(query.as_deref(), "pageSize")
         && !size.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n))
     {
-        return ApiError::bad_request("pageSize must be a whole number from 1 to 1000")
-            .into_response();
+        return Err(ApiError::bad_request("pageSize must be a whole number from 1 to 1000").into());
     }
-    let Some(key) = state.next_usable_key() else {
-        return no_usable_key();
-    };
+    let key = state.next_usable_key().ok_or_else(no_usable_key)?;
     let paging: Vec<(&str, String)> = ["pageSize", "pageToken"]
         .into_iter()
         .filter_map(|name| Some((name, query_value(query.as_deref(), name)?)))
@@ -107,32 +106,37 @@ async fn forward_models(state: &AppState, path: &str, query: &Option<String>) ->
         Ok(q) if !q.is_empty() => format!("{path}?{q}"),
         _ => path.to_string(),
     };
-    match state.upstream.get_models(&state.keys[key], &suffix).await {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => upstream_failure(state, e),
-    }
+    let body = state
+        .upstream
+        .get_models(&state.keys[key], &suffix)
+        .await
+        .map_err(|e| upstream_failure(state, e))?;
+    Ok(Json(body))
 }
 
-async fn list_models(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+async fn list_models(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, GeminiError> {
     forward_models(&state, "", &query).await
 }
 
-/// `GET /v1/models` belongs to both worlds: a caller that authenticates the
-/// OpenAI way (`Authorization: Bearer`) gets OpenAI's list; one that uses a
-/// Gemini key (`x-goog-api-key` or `?key=`) gets Gemini's.
+/// `GET /v1/models` belongs to both worlds ([`openai::asks_openai_style`]):
+/// OpenAI's list to an OpenAI client, Gemini's to a Gemini one.
 async fn list_models_either(State(state): State<AppState>, req: Request) -> Response {
-    let openai_style =
-        req.headers().contains_key(header::AUTHORIZATION) && auth::goog_key(&req).is_none();
-    if openai_style {
-        return openai::model_list(&state).await;
+    if openai::asks_openai_style(&req) {
+        return openai::model_list(&state).await.into_response();
     }
     let query = req.uri().query().map(str::to_string);
-    forward_models(&state, "", &query).await
+    forward_models(&state, "", &query).await.into_response()
 }
 
-async fn get_model(State(state): State<AppState>, Path(target): Path<String>) -> Response {
+async fn get_model(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+) -> Result<Json<Value>, GeminiError> {
     if !plausible_model(&target) {
-        return no_such_model(&target);
+        return Err(no_such_model(&target).into());
     }
     forward_models(&state, &format!("/{target}"), &None).await
 }
@@ -145,20 +149,21 @@ async fn call_model(
     Extension(caller): Extension<auth::Caller>,
     headers: HeaderMap,
     body: JsonObject,
-) -> Response {
+) -> Result<Response, GeminiError> {
     let Some((model, action)) = target.split_once(':') else {
-        return ApiError::not_found(format!(
+        return Err(ApiError::not_found(format!(
             "no method in {target:?}: expected {{model}}:generateContent"
         ))
-        .into_response();
+        .into());
     };
     if !plausible_model(model) {
-        return no_such_model(model);
+        return Err(no_such_model(model).into());
     }
     let generates = matches!(action, "generateContent" | "streamGenerateContent");
     if generates && super::embed::embeds(model) {
-        return ApiError::not_found(format!("models/{model} embeds and does not generate"))
-            .into_response();
+        return Err(
+            ApiError::not_found(format!("models/{model} embeds and does not generate")).into(),
+        );
     }
     let streamed = match action {
         "generateContent" => false,
@@ -170,26 +175,18 @@ async fn call_model(
             return super::embed::native(&state, model, action, &body.0).await;
         }
         "batchGenerateContent" => {
-            return batches::create(&state, model, &headers, &caller, &body.0).await;
+            return Ok(batches::create(&state, model, &headers, &caller, &body.0).await?);
         }
-        _ => {
-            return ApiError::not_found(format!("method {action:?} is not served")).into_response();
-        }
+        _ => return Err(ApiError::not_found(format!("method {action:?} is not served")).into()),
     };
-    let opted_in = match fallback_header(&headers) {
-        Ok(opted_in) => opted_in,
-        Err(e) => return e.into_response(),
-    };
-    let target = if opted_in || state.native_fallback {
+    let target = if fallback_header(&headers)? || state.native_fallback {
         Target::ChainFrom(model.to_string())
     } else {
         Target::Model(model.to_string())
     };
     // Passed through as the bytes that came, read once without a tree.
-    let request = match GenerateRequest::from_json(body.0) {
-        Ok(request) => request,
-        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
-    };
+    let request = GenerateRequest::from_json(body.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let job = Job {
         request,
         target,
@@ -197,14 +194,10 @@ async fn call_model(
         requests: 1,
         max_wait: state.max_wait,
         retry: true,
-        unknown_model: StatusCode::NOT_FOUND,
         priority: Priority::Interactive,
     };
     let (mut response, meta) = if streamed {
-        let served = match dispatch::stream(&state, job).await {
-            Ok(served) => served,
-            Err(failure) => return failure.into_response(),
-        };
+        let served = dispatch::stream(&state, job).await?;
         let Stream {
             response: upstream,
             settlement,
@@ -221,35 +214,31 @@ async fn call_model(
         let response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
         (response, served.meta)
     } else {
-        match dispatch::generate(&state, job).await {
-            Ok(served) => (Json(served.reply.body).into_response(), served.meta),
-            Err(failure) => return failure.into_response(),
-        }
+        let served = dispatch::generate(&state, job).await?;
+        (Json(served.reply.body).into_response(), served.meta)
     };
     flux_headers(response.headers_mut(), &meta);
-    response
+    Ok(response)
 }
 
-async fn count_tokens(state: &AppState, model: &str, body: axum::body::Bytes) -> Response {
+async fn count_tokens(
+    state: &AppState,
+    model: &str,
+    body: axum::body::Bytes,
+) -> Result<Response, GeminiError> {
     // A body naming an uploaded file is counted by the file's key: no
     // other key's project may read it. Its files are found without a tree.
     let file_uris = Scan::of_json(&body)
         .map(|scan| scan.file_uris)
         .unwrap_or_default();
-    let key = match super::files::pinned_key(state, &file_uris).await {
-        Ok(Some(key)) => key,
-        Ok(None) => match state.next_usable_key() {
-            Some(key) => key,
-            None => return no_usable_key(),
-        },
-        Err(e) => return e.into_response(),
+    let key = match super::files::pinned_key(state, &file_uris).await? {
+        Some(key) => key,
+        None => state.next_usable_key().ok_or_else(no_usable_key)?,
     };
-    match state
+    let answer = state
         .upstream
         .count_tokens_raw(&state.keys[key], model, body)
         .await
-    {
-        Ok(answer) => Json(answer).into_response(),
-        Err(e) => upstream_failure(state, e),
-    }
+        .map_err(|e| upstream_failure(state, e))?;
+    Ok(Json(answer).into_response())
 }

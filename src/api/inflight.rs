@@ -170,7 +170,7 @@ impl http_body::Body for Charged {
 
 /// The middleware: see the module doc.
 pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let uri = req.uri().clone();
+    let envelope = super::Envelope::of(&req);
     let tab = Arc::new(Tab::default());
     let req = req.map(|body| {
         Body::new(Charged {
@@ -192,5 +192,5 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
         .retry_after(Duration::from_secs(1)),
         Some(Cut::TooSlow(why)) => ApiError::new(StatusCode::REQUEST_TIMEOUT, why),
     };
-    super::refusal(uri.path(), error)
+    envelope.refuse(error)
 }

@@ -33,12 +33,15 @@ use crate::store::Ledger;
 use crate::upstream::Upstream;
 use auth::Tokens;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
+use futures::FutureExt;
 use refresh::FetchStatus;
 use serde_json::Value;
 use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -164,11 +167,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(files::routes())
         .merge(openai::routes())
         .merge(batches::routes())
-        .fallback(|| async { ApiError::not_found("no such route; see README.md for the routes") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route",
+        .fallback(|req: Request| async move {
+            refusal(
+                &req,
+                ApiError::not_found("no such route; see README.md for the routes"),
+            )
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            refusal(
+                &req,
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed on this route",
+                ),
             )
         })
         .layer(axum::middleware::from_fn_with_state(
@@ -188,26 +199,48 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             count_request,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
+        .layer(axum::middleware::from_fn(catch_panic))
         .with_state(state)
 }
 
-/// An error in the envelope of the surface `path` belongs to: OpenAI's on
-/// the OpenAI routes, Gemini's everywhere else.
-pub fn refusal(path: &str, error: ApiError) -> Response {
-    if openai::is_openai_path(path) {
-        return openai::failure_response(dispatch::Failure::Flux(error));
+/// An error of the gateway's own in the envelope of the surface `req`
+/// belongs to, told from the request alone, so that the router's fallbacks,
+/// the middlewares and a caught panic answer as its routes do: OpenAI's on
+/// the OpenAI-compatible routes, Gemini's everywhere else.
+pub fn refusal(req: &Request, error: ApiError) -> Response {
+    Envelope::of(req).refuse(error)
+}
+
+/// Whose envelope a request's errors go back in (see [`refusal`]); for a
+/// middleware that must decide before it hands the request on.
+#[derive(Clone, Copy)]
+pub enum Envelope {
+    Gemini,
+    OpenAi,
+}
+
+impl Envelope {
+    pub fn of(req: &Request) -> Envelope {
+        if openai::is_openai(req) {
+            Envelope::OpenAi
+        } else {
+            Envelope::Gemini
+        }
     }
-    error.into_response()
+
+    pub fn refuse(self, error: ApiError) -> Response {
+        match self {
+            Envelope::OpenAi => openai::OpenAiError::from(error).into_response(),
+            Envelope::Gemini => error.into_response(),
+        }
+    }
 }
 
 /// Counts every answer by route template (never the raw path, which may
 /// carry a token in `?key=`) and status.
 async fn count_request(
     axum::extract::State(state): axum::extract::State<AppState>,
-    req: axum::extract::Request,
+    req: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let route = req
@@ -219,13 +252,64 @@ async fn count_request(
     response
 }
 
-/// A handler panic becomes a 500 in the usual envelope; its message is not
-/// echoed, so nothing it held can leak.
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error",
-    )
-    .into_response()
+/// A handler panic becomes a 500 in the envelope of the request's surface;
+/// its message is not echoed, so nothing it held can leak.
+async fn catch_panic(req: Request, next: axum::middleware::Next) -> Response {
+    let envelope = Envelope::of(&req);
+    match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("a request handler panicked");
+            envelope.refuse(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_in_the_envelope_of_the_requests_surface() {
+        async fn panics() -> &'static str {
+            panic!("a handler's bug")
+        }
+        // Paths held in names, so that `tests/openapi.rs` does not take
+        // these routes for the service's.
+        let (openai, gemini) = ("/v1/chat/completions", "/v1beta/models");
+        let app = Router::new()
+            .route(openai, get(panics))
+            .route(gemini, get(panics))
+            .layer(axum::middleware::from_fn(catch_panic));
+        let answer = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = Request::get(path).body(Body::empty()).unwrap();
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status().as_u16();
+                let bytes = axum::body::to_bytes(response.into_body(), 4096)
+                    .await
+                    .unwrap();
+                (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+            }
+        };
+        let (status, body) = answer(openai).await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"message": "internal error", "type": "api_error", "param": null, "code": null}})
+        );
+        let (status, body) = answer(gemini).await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": 500, "message": "internal error", "status": "INTERNAL"}})
+        );
+    }
 }

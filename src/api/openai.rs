@@ -11,15 +11,15 @@
 
 use super::AppState;
 use super::dispatch::{self, Failure, Job, Stream};
-use super::error::{ApiError, set_retry_after};
+use super::error::{ApiError, Refusal, Surface, set_retry_after};
 use super::flux::flux_headers;
 use super::relay::{OpenAiSse, relay};
 use crate::scheduler::{KeyChoice, Priority, Target};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,12 +34,24 @@ pub fn routes() -> Router<AppState> {
         .route("/v1beta/openai/models", get(models))
 }
 
-pub fn is_openai_path(path: &str) -> bool {
-    matches!(path, "/v1/chat/completions" | "/v1/embeddings") || path.starts_with("/v1beta/openai/")
+/// Whether `req` is the OpenAI-compatible surface's: its routes, and `/v1/models`
+/// asked OpenAI's way (see [`asks_openai_style`]).
+pub fn is_openai(req: &Request) -> bool {
+    let path = req.uri().path();
+    matches!(path, "/v1/chat/completions" | "/v1/embeddings")
+        || path.starts_with("/v1beta/openai/")
+        || path == "/v1/models" && asks_openai_style(req)
+}
+
+/// `/v1/models` belongs to both worlds: a caller that authenticates the
+/// OpenAI way (`Authorization: Bearer`) is an OpenAI client; one that uses a
+/// Gemini key (`x-goog-api-key` or `?key=`) a Gemini one.
+pub fn asks_openai_style(req: &Request) -> bool {
+    req.headers().contains_key(header::AUTHORIZATION) && super::auth::goog_key(req).is_none()
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
-pub fn error_response(status: StatusCode, message: &str) -> Response {
+fn error_response(status: StatusCode, message: &str) -> Response {
     let (kind, code) = match status.as_u16() {
         401 => ("invalid_request_error", Some("invalid_api_key")),
         404 => ("invalid_request_error", Some("model_not_found")),
@@ -51,45 +63,44 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A failure in OpenAI's envelope: the upstream's refusal with its status
-/// and message, the gateway's own with its `Retry-After`.
-pub fn failure_response(failure: Failure) -> Response {
-    let (status, message) = failure.status_and_message();
-    let mut response = error_response(status, &message);
-    if let Failure::Flux(ApiError {
-        retry_after: Some(wait),
-        ..
-    }) = failure
-    {
-        set_retry_after(response.headers_mut(), wait);
+/// The OpenAI-compatible routes: OpenAI's envelope, the upstream's refusal
+/// with its status and message, the gateway's with its `Retry-After`.
+pub struct OpenAi;
+
+impl Surface for OpenAi {
+    fn answer(failure: Failure) -> Response {
+        let error = failure.error();
+        let mut response = error_response(error.status, &error.message);
+        if let Some(wait) = error.retry_after {
+            set_retry_after(response.headers_mut(), wait);
+        }
+        response
     }
-    response
 }
+
+pub type OpenAiError = Refusal<OpenAi>;
 
 /// The chain, as OpenAI lists models.
-pub async fn model_list(state: &AppState) -> Response {
-    match state.scheduler.snapshot().await {
-        Ok(snapshot) => {
-            let data: Vec<Value> = snapshot
-                .chain
-                .iter()
-                .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "google"}))
-                .collect();
-            Json(json!({"object": "list", "data": data})).into_response()
-        }
-        Err(_) => error_response(
+pub async fn model_list(state: &AppState) -> Result<Json<Value>, OpenAiError> {
+    let snapshot = state.scheduler.snapshot().await.map_err(|_| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is shutting down",
-        ),
-    }
+        )
+    })?;
+    let data: Vec<Value> = snapshot
+        .chain
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "google"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
-async fn models(State(state): State<AppState>) -> Response {
+async fn models(State(state): State<AppState>) -> Result<Json<Value>, OpenAiError> {
     model_list(&state).await
 }
 
-/// The body of an OpenAI route as a JSON object, or why not (for
-/// [`refusal`]).
+/// The body of an OpenAI route as a JSON object, or why not.
 pub(super) fn read_object(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -104,11 +115,6 @@ pub(super) fn read_object(
         )),
         Err(e) => Err(ApiError::bad_request(format!("invalid request body: {e}"))),
     }
-}
-
-/// The gateway's own refusal, in OpenAI's envelope.
-pub(super) fn refusal(e: ApiError) -> Response {
-    failure_response(Failure::Flux(e))
 }
 
 /// The lanes a chat body's `model` allows: the chain when it names none;
@@ -166,19 +172,10 @@ async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let mut body = match read_object(&headers, body) {
-        Ok(body) => body,
-        Err(e) => return refusal(e),
-    };
-    let stream = match check_chat(&body) {
-        Ok(stream) => stream,
-        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
-    };
-    let target = match target(&state, &headers, &body) {
-        Ok(target) => target,
-        Err(e) => return refusal(e),
-    };
+) -> Result<Response, OpenAiError> {
+    let mut body = read_object(&headers, body)?;
+    let stream = check_chat(&body).map_err(ApiError::bad_request)?;
+    let target = target(&state, &headers, &body)?;
     if stream {
         // The call is settled from the stream's usage: asked for, whatever
         // the client asked (Google's layer sends it anyway).
@@ -193,15 +190,11 @@ async fn chat(
         keys: KeyChoice::Any,
         max_wait: state.max_wait,
         retry: true,
-        unknown_model: StatusCode::NOT_FOUND,
         requests: 1,
         priority: Priority::Interactive,
     };
     let (mut response, meta) = if stream {
-        let served = match dispatch::openai_chat_stream(&state, job).await {
-            Ok(s) => s,
-            Err(failure) => return failure_response(failure),
-        };
+        let served = dispatch::openai_chat_stream(&state, job).await?;
         let Stream {
             response: upstream,
             settlement,
@@ -210,13 +203,11 @@ async fn chat(
         let response = ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
         (response, served.meta)
     } else {
-        match dispatch::openai_chat(&state, job).await {
-            Ok(served) => (Json(served.reply).into_response(), served.meta),
-            Err(failure) => return failure_response(failure),
-        }
+        let served = dispatch::openai_chat(&state, job).await?;
+        (Json(served.reply).into_response(), served.meta)
     };
     flux_headers(response.headers_mut(), &meta);
-    response
+    Ok(response)
 }
 
 #[cfg(test)]

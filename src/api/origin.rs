@@ -103,7 +103,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
             next.run(req).await
         }
         Verdict::Foreign(origin) => super::refusal(
-            req.uri().path(),
+            &req,
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(

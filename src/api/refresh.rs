@@ -13,7 +13,6 @@ use crate::policy::{SEED_CHAIN, is_chain_candidate, order_chain};
 use crate::scheduler::{KeyChoice, Priority, Target};
 use crate::store::{PolicyCache, Record};
 use crate::upstream::Upstream;
-use axum::http::StatusCode;
 use serde::Serialize;
 
 /// How long the fetch may wait for a slot: its own ceiling, since it is the
@@ -102,14 +101,16 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
         requests: 1,
         max_wait: FETCH_MAX_WAIT,
         retry: true,
-        unknown_model: StatusCode::BAD_REQUEST,
         priority: Priority::Interactive,
     };
     let answered = match dispatch::generate(state, job).await {
         Ok(served) => Ok(served.reply.text()),
         Err(failure) => {
-            let (status, message) = failure.status_and_message();
-            Err(format!("the fetch call failed: {message} ({status})"))
+            let error = failure.error();
+            Err(format!(
+                "the fetch call failed: {} ({})",
+                error.message, error.status
+            ))
         }
     };
     let verdict = answered.and_then(|text| fetch::validate(&text, &chain));
