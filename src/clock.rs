@@ -1,7 +1,7 @@
 //! Time as gemini-flux and its simulator see it.
 //!
-//! Quotas are defined on the wall clock (a 60-second window, a Pacific calendar
-//! day), while waiting is done on tokio's monotonic clock. [`Clock`] ties the two
+//! Quotas are defined on the wall clock (a 60-second window, a calendar day in
+//! the provider's time zone: Pacific for Gemini, UTC for most others), while waiting is done on tokio's monotonic clock. [`Clock`] ties the two
 //! together: it maps tokio's `Instant` onto milliseconds since the Unix epoch
 //! from a fixed origin. Under `tokio::time::pause()` the whole service and the
 //! simulator therefore move through a simulated day in milliseconds, and a test
@@ -9,7 +9,7 @@
 //! Pacific midnight of a daylight-saving change).
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
-use chrono_tz::America::Los_Angeles;
+use chrono_tz::Tz;
 use std::fmt;
 use std::time::Duration;
 
@@ -55,51 +55,86 @@ impl Timestamp {
         DateTime::from_timestamp_millis(self.0).unwrap_or_default()
     }
 
-    /// The Pacific calendar day (America/Los_Angeles, DST-aware) this moment
-    /// falls in: the day that per-day quotas are counted against.
+    /// The Pacific calendar day this moment falls in: Gemini's quota day.
     pub fn pacific_day(self) -> NaiveDate {
-        self.to_utc().with_timezone(&Los_Angeles).date_naive()
+        DayZone::PACIFIC.day_of(self)
     }
 
-    /// The next Pacific midnight strictly after this moment, when per-day
-    /// quotas reset.
+    /// The next Pacific midnight strictly after this moment: when Gemini's
+    /// per-day quotas reset.
     pub fn next_pacific_midnight(self) -> Timestamp {
-        let tomorrow = self.pacific_day().succ_opt().unwrap_or(NaiveDate::MAX);
-        pacific_midnight(tomorrow)
+        DayZone::PACIFIC.next_midnight(self)
     }
 }
 
-/// A Pacific calendar day and the instant it ends: computed once per decision,
-/// since time-zone arithmetic is the costliest step of a plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PacificDay {
-    pub date: NaiveDate,
-    /// The next Pacific midnight.
-    pub ends: Timestamp,
+/// The time zone a provider's per-day quotas reset in: Gemini's day is
+/// America/Los_Angeles (DST-aware), most other providers' is UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DayZone(Tz);
+
+impl DayZone {
+    pub const PACIFIC: DayZone = DayZone(Tz::America__Los_Angeles);
+    pub const UTC: DayZone = DayZone(Tz::UTC);
+
+    /// The zone of an IANA name (`UTC`, `America/Los_Angeles`, `Europe/Paris`).
+    pub fn named(name: &str) -> Option<DayZone> {
+        name.parse::<Tz>().ok().map(DayZone)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// The calendar day, in this zone, that `t` falls in.
+    pub fn day_of(self, t: Timestamp) -> NaiveDate {
+        t.to_utc().with_timezone(&self.0).date_naive()
+    }
+
+    /// The first instant of `day` in this zone. Where a DST change skips
+    /// midnight itself (a few zones change at 00:00), the first hour that
+    /// exists.
+    pub fn midnight(self, day: NaiveDate) -> Timestamp {
+        (0..3)
+            .find_map(|hour| {
+                self.0
+                    .with_ymd_and_hms(day.year(), day.month(), day.day(), hour, 0, 0)
+                    .earliest()
+            })
+            .map_or(Timestamp(i64::MAX), |local| {
+                Timestamp(local.timestamp_millis())
+            })
+    }
+
+    /// The next midnight of this zone strictly after `t`, when per-day quotas reset.
+    pub fn next_midnight(self, t: Timestamp) -> Timestamp {
+        let tomorrow = self.day_of(t).succ_opt().unwrap_or(NaiveDate::MAX);
+        self.midnight(tomorrow)
+    }
 }
 
-impl PacificDay {
-    pub fn of(t: Timestamp) -> PacificDay {
-        PacificDay {
-            date: t.pacific_day(),
-            ends: t.next_pacific_midnight(),
+/// A calendar day of a zone and the instant it ends: computed once per
+/// decision, since time-zone arithmetic is the costliest step of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Day {
+    pub date: NaiveDate,
+    /// The next midnight.
+    pub ends: Timestamp,
+    pub zone: DayZone,
+}
+
+impl Day {
+    pub fn of(t: Timestamp, zone: DayZone) -> Day {
+        Day {
+            date: zone.day_of(t),
+            ends: zone.next_midnight(t),
+            zone,
         }
     }
 
     /// The day after this one.
-    pub fn next(self) -> PacificDay {
-        PacificDay::of(self.ends)
+    pub fn next(self) -> Day {
+        Day::of(self.ends, self.zone)
     }
-}
-
-/// The first instant of a Pacific calendar day. Midnight always exists in
-/// Los Angeles (clocks change at 02:00), so this is never ambiguous.
-pub fn pacific_midnight(day: NaiveDate) -> Timestamp {
-    let local = Los_Angeles
-        .with_ymd_and_hms(day.year(), day.month(), day.day(), 0, 0, 0)
-        .earliest()
-        .expect("midnight exists in America/Los_Angeles");
-    Timestamp(local.timestamp_millis())
 }
 
 /// Serialised as RFC 3339 with milliseconds, which every client can parse.
@@ -193,15 +228,42 @@ mod tests {
         // 2026-03-08 is the spring-forward day: it lasts 23 hours.
         let start = utc("2026-03-08T08:00:00Z"); // Pacific midnight, still PST
         assert_eq!(start.pacific_day().to_string(), "2026-03-08");
-        let next = start.next_pacific_midnight();
+        let next = DayZone::PACIFIC.next_midnight(start);
         assert_eq!(next, utc("2026-03-09T07:00:00Z"));
         assert_eq!(next.since(start), Duration::from_secs(23 * 3600));
         // 2026-11-01 falls back: 25 hours.
         let start = utc("2026-11-01T07:00:00Z");
         assert_eq!(
-            start.next_pacific_midnight().since(start),
+            DayZone::PACIFIC.next_midnight(start).since(start),
             Duration::from_secs(25 * 3600)
         );
+    }
+
+    #[test]
+    fn a_utc_day_ends_at_utc_midnight_and_other_zones_by_name() {
+        let late = utc("2026-11-25T23:59:59Z");
+        assert_eq!(DayZone::UTC.day_of(late).to_string(), "2026-11-25");
+        assert_eq!(
+            DayZone::UTC.next_midnight(late),
+            utc("2026-11-26T00:00:00Z")
+        );
+        // The same instant is still the 25th in Los Angeles, until 08:00Z.
+        assert_eq!(
+            DayZone::PACIFIC.next_midnight(late),
+            utc("2026-11-26T08:00:00Z")
+        );
+        let paris = DayZone::named("Europe/Paris").unwrap();
+        assert_eq!(paris.next_midnight(late), utc("2026-11-26T23:00:00Z"));
+        assert_eq!(DayZone::named("Mars/Olympus"), None);
+    }
+
+    #[test]
+    fn a_day_whose_midnight_is_skipped_starts_at_its_first_hour() {
+        // Chile springs forward at 00:00 on 2026-09-06: that midnight never
+        // happens, the day starts at 01:00 local (04:00Z, UTC-3).
+        let santiago = DayZone::named("America/Santiago").unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
+        assert_eq!(santiago.midnight(day), utc("2026-09-06T04:00:00Z"));
     }
 
     #[tokio::test(start_paused = true)]

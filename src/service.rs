@@ -32,6 +32,7 @@ use crate::store::batches::BatchStore;
 use crate::store::redis::masked;
 use crate::store::{Ledger, Recovered, RedisStore, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use tokio::net::TcpListener;
@@ -203,6 +204,7 @@ async fn launch(
         file: settings.policy_file.models.clone(),
         env: settings.limits.clone(),
         keys: Layers::merge_keys(&settings.policy_file.keys, &settings.key_limits),
+        providers: BTreeMap::new(),
     };
     // A fetch could change no number that configuration sets.
     let fetch_at_start = settings.policy_fetch && !layers.configures_all(&chain);
@@ -342,6 +344,7 @@ fn restore(
             let used = crate::policy::Usage {
                 requests: call.requests,
                 input_tokens: call.input_tokens,
+                output_tokens: 0,
             };
             core.restore_call(k, &call.model, call.at, used);
         }

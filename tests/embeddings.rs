@@ -25,6 +25,7 @@ fn embedding_limits(rpm: u32, tpm: u64) -> BTreeMap<String, Limits> {
             tpm,
             rpd: 1_000,
             tpd: UNLIMITED,
+            otpm: gemini_flux::policy::UNLIMITED,
         },
     )])
 }

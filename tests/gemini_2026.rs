@@ -22,7 +22,13 @@ fn keys(n: usize) -> Vec<String> {
 }
 
 fn lane(rpm: u32, tpm: u64, rpd: u32, tpd: u64) -> Limits {
-    Limits { rpm, tpm, rpd, tpd }
+    Limits {
+        rpm,
+        tpm,
+        rpd,
+        tpd,
+        otpm: gemini_flux::policy::UNLIMITED,
+    }
 }
 
 /// `n` `/generate` calls of `tokens` each, all at once: every answer.

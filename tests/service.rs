@@ -18,7 +18,16 @@ fn sim_with(keys: &[&str], limits: &[(&str, u32, u64, u32)]) -> SimConfig {
         .iter()
         .map(|&(m, rpm, tpm, rpd)| {
             let tpd = UNLIMITED;
-            (m.to_string(), Limits { rpm, tpm, rpd, tpd })
+            (
+                m.to_string(),
+                Limits {
+                    rpm,
+                    tpm,
+                    rpd,
+                    tpd,
+                    otpm: gemini_flux::policy::UNLIMITED,
+                },
+            )
         })
         .collect();
     SimConfig::new(keys.iter().copied()).with_limits(limits)

@@ -13,7 +13,7 @@ use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::policy::Usage;
 use crate::scheduler::{
-    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Target,
+    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Spent, Target,
 };
 use crate::store::{CallId, Outcome, Record};
 use crate::upstream::{Generated, Upstream, UpstreamError};
@@ -89,10 +89,15 @@ impl Settlement {
     pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
         let (input, output) = usage.unwrap_or((self.estimate, 0));
         self.close(outcome, None, (input, output));
+        let spent = Spent {
+            input_tokens: input,
+            // Unknown without usage: the reservation stands.
+            output_tokens: usage.map(|(_, output)| output),
+        };
         if outcome == Outcome::Ok {
-            self.call.settle(input);
+            self.call.settle(spent);
         } else {
-            self.call.keep(input);
+            self.call.keep(spent);
         }
     }
 
@@ -655,6 +660,7 @@ async fn plan<R>(
         cost: Usage {
             requests: job.requests,
             input_tokens: estimate,
+            output_tokens: 0,
         },
         target: job.target.clone(),
         keys: job.keys,

@@ -86,6 +86,7 @@ pub fn validate(text: &str, chain: &[String]) -> Result<BTreeMap<String, LimitsO
                 None | Some(Value::Null) => None,
                 Some(_) => Some(number("tpd", TPD_RANGE)?),
             },
+            otpm: None,
         };
         if accepted.insert(model.to_string(), limits).is_some() {
             return Err(format!("the answer names {model:?} twice"));
@@ -124,6 +125,7 @@ mod tests {
                 tpm: Some(250_000),
                 rpd: Some(100),
                 tpd: None,
+                otpm: None,
             }
         );
         assert_eq!(

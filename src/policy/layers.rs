@@ -17,6 +17,9 @@ pub struct Layers {
     pub env: BTreeMap<String, LimitsOverride>,
     /// Per key (0-based): the file's `keys`, then `FLUX_KEY_LIMITS` on top.
     pub keys: KeyOverrides,
+    /// The other providers' models (`provider/model`) with the limits the
+    /// providers file gives them; a number it leaves out does not bind.
+    pub providers: BTreeMap<String, Limits>,
 }
 
 /// Where each of a model's numbers came from.
@@ -26,6 +29,7 @@ pub struct Sources {
     pub tpm: Source,
     pub rpd: Source,
     pub tpd: Source,
+    pub otpm: Source,
 }
 
 impl Sources {
@@ -35,6 +39,7 @@ impl Sources {
             tpm: source,
             rpd: source,
             tpd: source,
+            otpm: source,
         }
     }
 
@@ -44,6 +49,7 @@ impl Sources {
             Quota::InputTokensPerMinute => self.tpm,
             Quota::RequestsPerDay => self.rpd,
             Quota::InputTokensPerDay => self.tpd,
+            Quota::OutputTokensPerMinute => self.otpm,
         }
     }
 
@@ -53,6 +59,7 @@ impl Sources {
             Quota::InputTokensPerMinute => self.tpm = source,
             Quota::RequestsPerDay => self.rpd = source,
             Quota::InputTokensPerDay => self.tpd = source,
+            Quota::OutputTokensPerMinute => self.otpm = source,
         }
     }
 }
@@ -66,6 +73,8 @@ pub struct Resolved {
     pub rpd: u32,
     #[serde(serialize_with = "unlimited_as_null")]
     pub tpd: u64,
+    #[serde(serialize_with = "unlimited_as_null")]
+    pub otpm: u64,
     pub sources: Sources,
 }
 
@@ -75,12 +84,19 @@ fn unlimited_as_null<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error
 
 impl Resolved {
     fn new(limits: Limits, source: Source) -> Resolved {
-        let Limits { rpm, tpm, rpd, tpd } = limits;
+        let Limits {
+            rpm,
+            tpm,
+            rpd,
+            tpd,
+            otpm,
+        } = limits;
         Resolved {
             rpm,
             tpm,
             rpd,
             tpd,
+            otpm,
             sources: Sources::all(source),
         }
     }
@@ -91,6 +107,7 @@ impl Resolved {
             tpm: self.tpm,
             rpd: self.rpd,
             tpd: self.tpd,
+            otpm: self.otpm,
         }
     }
 
@@ -141,8 +158,11 @@ impl Layers {
     /// A model's limits before anything is learned, for keys of no tier of their own.
     pub fn resolve(&self, model: &str) -> Resolved {
         let none = LimitsOverride::default();
-        Resolved::new(Family::of(model).builtin_limits(), Source::BuiltIn)
-            .with(self.fetched.get(model).unwrap_or(&none), Source::Fetched)
+        let base = match self.providers.get(model) {
+            Some(&limits) => Resolved::new(limits, Source::File),
+            None => Resolved::new(Family::of(model).builtin_limits(), Source::BuiltIn),
+        };
+        base.with(self.fetched.get(model).unwrap_or(&none), Source::Fetched)
             .with(self.file.get(model).unwrap_or(&none), Source::File)
             .with(self.env.get(model).unwrap_or(&none), Source::Env)
     }
@@ -180,6 +200,7 @@ mod tests {
                 tpm,
                 rpd,
                 tpd: None,
+                otpm: None,
             },
         )])
     }
@@ -191,6 +212,7 @@ mod tests {
             file: only(Some(22), Some(222_000), None),
             env: only(Some(33), None, None),
             keys: BTreeMap::from([(1, only(None, Some(1_000_000), None))]),
+            providers: Default::default(),
         };
         let r = layers.resolve(FLASH);
         assert_eq!((r.rpm, r.tpm, r.rpd), (33, 222_000, 111));
@@ -201,6 +223,7 @@ mod tests {
                 tpm: Source::File,
                 rpd: Source::Fetched,
                 tpd: Source::BuiltIn,
+                otpm: Source::BuiltIn,
             }
         );
         assert_eq!(r.tpd, UNLIMITED);

@@ -17,6 +17,10 @@ pub struct Limits {
     /// Input tokens per Pacific day ([`UNLIMITED`] where none is known).
     #[serde(default = "unlimited")]
     pub tpd: u64,
+    /// Output tokens per minute ([`UNLIMITED`] where none is known; Gemini
+    /// has none).
+    #[serde(default = "unlimited")]
+    pub otpm: u64,
 }
 
 const fn unlimited() -> u64 {
@@ -34,6 +38,7 @@ impl Limits {
             Quota::InputTokensPerMinute => self.tpm,
             Quota::RequestsPerDay => self.rpd as u64,
             Quota::InputTokensPerDay => self.tpd,
+            Quota::OutputTokensPerMinute => self.otpm,
         }
     }
 
@@ -93,7 +98,7 @@ impl Limits {
             let held = match q.metric() {
                 // Never the last request: a limit of 1 stays usable.
                 Metric::Requests => reserve.requests.min(limit.saturating_sub(1)),
-                Metric::InputTokens => {
+                Metric::InputTokens | Metric::OutputTokens => {
                     (u128::from(limit) * u128::from(reserve.token_percent) / 100) as u64
                 }
             };
@@ -204,6 +209,7 @@ impl Family {
                 tpm: 250_000,
                 rpd: 100,
                 tpd: UNLIMITED,
+                otpm: UNLIMITED,
             },
             // 250 RPD until 2025-12-07, 20 since.
             Family::Flash => Limits {
@@ -211,6 +217,7 @@ impl Family {
                 tpm: 250_000,
                 rpd: 20,
                 tpd: UNLIMITED,
+                otpm: UNLIMITED,
             },
             // Reports disagree (15 RPM / 1,000 RPD, or 10 / 20): the higher
             // figures, since a per-day 429 teaches the lower at once.
@@ -219,6 +226,7 @@ impl Family {
                 tpm: 250_000,
                 rpd: 1_000,
                 tpd: UNLIMITED,
+                otpm: UNLIMITED,
             },
             // About 100 requests a minute (unconfirmed); 30,000 tokens a
             // minute and 1,000 requests a day as commonly reported. Each item
@@ -228,6 +236,7 @@ impl Family {
                 tpm: 30_000,
                 rpd: 1_000,
                 tpd: UNLIMITED,
+                otpm: UNLIMITED,
             },
         }
     }
@@ -246,6 +255,8 @@ pub struct LimitsOverride {
     pub rpd: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpd: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otpm: Option<u64>,
 }
 
 impl LimitsOverride {
@@ -262,6 +273,7 @@ impl LimitsOverride {
             Quota::InputTokensPerMinute => self.tpm,
             Quota::RequestsPerDay => self.rpd.map(u64::from),
             Quota::InputTokensPerDay => self.tpd,
+            Quota::OutputTokensPerMinute => self.otpm,
         }
     }
 
@@ -273,6 +285,7 @@ impl LimitsOverride {
             Quota::InputTokensPerMinute => self.tpm = Some(value),
             Quota::RequestsPerDay => self.rpd = Some(requests),
             Quota::InputTokensPerDay => self.tpd = Some(value),
+            Quota::OutputTokensPerMinute => self.otpm = Some(value),
         }
     }
 
@@ -282,6 +295,7 @@ impl LimitsOverride {
             Quota::InputTokensPerMinute => self.tpm = None,
             Quota::RequestsPerDay => self.rpd = None,
             Quota::InputTokensPerDay => self.tpd = None,
+            Quota::OutputTokensPerMinute => self.otpm = None,
         }
     }
 
@@ -296,6 +310,7 @@ impl LimitsOverride {
             tpm: self.tpm.or(lower.tpm),
             rpd: self.rpd.or(lower.rpd),
             tpd: self.tpd.or(lower.tpd),
+            otpm: self.otpm.or(lower.otpm),
         }
     }
 
@@ -305,6 +320,7 @@ impl LimitsOverride {
             tpm: self.tpm.unwrap_or(base.tpm),
             rpd: self.rpd.unwrap_or(base.rpd),
             tpd: self.tpd.unwrap_or(base.tpd),
+            otpm: self.otpm.unwrap_or(base.otpm),
         }
     }
 }
@@ -377,7 +393,8 @@ mod tests {
                 rpm: 10,
                 tpm: 250_000,
                 rpd: 20,
-                tpd: UNLIMITED
+                tpd: UNLIMITED,
+                otpm: UNLIMITED,
             }
         );
     }
@@ -392,7 +409,8 @@ mod tests {
                 rpm: 3,
                 tpm: 250_000,
                 rpd: 20,
-                tpd: UNLIMITED
+                tpd: UNLIMITED,
+                otpm: UNLIMITED,
             }
         );
         assert!(
@@ -435,10 +453,12 @@ mod tests {
             tpm: 100,
             rpd: 5,
             tpd: 150,
+            otpm: crate::policy::UNLIMITED,
         };
         let used = Usage {
             requests: 1,
             input_tokens: 60,
+            output_tokens: 0,
         };
         let minute = Window::Sliding(std::time::Duration::from_secs(60));
         assert!(l.admits(minute, used, Usage::call(40)));
@@ -450,6 +470,7 @@ mod tests {
         let batch = |n| Usage {
             requests: n,
             input_tokens: 10,
+            output_tokens: 0,
         };
         assert!(l.can_ever_admit(batch(2)) && !l.can_ever_admit(batch(3)));
         assert_eq!(l.zeros().count(), 0);
@@ -466,6 +487,7 @@ mod tests {
             tpm: 250_000,
             rpd: 1,
             tpd: UNLIMITED,
+            otpm: crate::policy::UNLIMITED,
         };
         let reserve: Reserve = "1,10%".parse().unwrap();
         assert_eq!(reserve, Reserve::default());
@@ -475,7 +497,8 @@ mod tests {
                 rpm: 9,
                 tpm: 225_000,
                 rpd: 1,
-                tpd: UNLIMITED
+                tpd: UNLIMITED,
+                otpm: UNLIMITED,
             },
             "a limit of 1 stays usable; an unlimited one stays unlimited"
         );

@@ -16,6 +16,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 pub enum Metric {
     Requests,
     InputTokens,
+    /// Reserved from the request's most output tokens when the call is
+    /// booked, settled to what the answer reports (Anthropic, Cerebras).
+    OutputTokens,
 }
 
 /// The span a quota counts over.
@@ -24,12 +27,13 @@ pub enum Window {
     /// A sliding span of this length: every such span holds at most the
     /// limit (Gemini's per-minute quotas slide over 60 seconds).
     Sliding(Duration),
-    /// The provider's calendar day (Gemini's: America/Los_Angeles).
+    /// The provider's calendar day, in its zone (Gemini's: America/Los_Angeles;
+    /// see [`crate::clock::DayZone`]).
     Day,
 }
 
-/// One kind of quota. Gemini's free tier enforces all four, per project and
-/// per model.
+/// One kind of quota. Gemini's free tier enforces the first four, per project
+/// and per model; other providers add output tokens per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quota {
@@ -37,26 +41,31 @@ pub enum Quota {
     InputTokensPerMinute,
     RequestsPerDay,
     InputTokensPerDay,
+    OutputTokensPerMinute,
 }
 
 impl Quota {
-    pub const ALL: [Quota; 4] = [
+    pub const ALL: [Quota; 5] = [
         Quota::RequestsPerMinute,
         Quota::InputTokensPerMinute,
         Quota::RequestsPerDay,
         Quota::InputTokensPerDay,
+        Quota::OutputTokensPerMinute,
     ];
 
     pub const fn metric(self) -> Metric {
         match self {
             Quota::RequestsPerMinute | Quota::RequestsPerDay => Metric::Requests,
             Quota::InputTokensPerMinute | Quota::InputTokensPerDay => Metric::InputTokens,
+            Quota::OutputTokensPerMinute => Metric::OutputTokens,
         }
     }
 
     pub const fn window(self) -> Window {
         match self {
-            Quota::RequestsPerMinute | Quota::InputTokensPerMinute => Window::Sliding(MINUTE),
+            Quota::RequestsPerMinute
+            | Quota::InputTokensPerMinute
+            | Quota::OutputTokensPerMinute => Window::Sliding(MINUTE),
             Quota::RequestsPerDay | Quota::InputTokensPerDay => Window::Day,
         }
     }
@@ -90,6 +99,7 @@ impl Quota {
             Quota::InputTokensPerMinute => "tpm",
             Quota::RequestsPerDay => "rpd",
             Quota::InputTokensPerDay => "tpd",
+            Quota::OutputTokensPerMinute => "otpm",
         }
     }
 }
@@ -100,6 +110,9 @@ impl Quota {
 pub struct Usage {
     pub requests: u64,
     pub input_tokens: u64,
+    /// Reserved (the request's most output tokens) until the answer says
+    /// how many it spent.
+    pub output_tokens: u64,
 }
 
 impl Usage {
@@ -107,6 +120,15 @@ impl Usage {
         Usage {
             requests: 1,
             input_tokens,
+            output_tokens: 0,
+        }
+    }
+
+    /// The same call, reserving `most` output tokens.
+    pub const fn with_output(self, most: u64) -> Usage {
+        Usage {
+            output_tokens: most,
+            ..self
         }
     }
 
@@ -114,6 +136,7 @@ impl Usage {
         match metric {
             Metric::Requests => self.requests,
             Metric::InputTokens => self.input_tokens,
+            Metric::OutputTokens => self.output_tokens,
         }
     }
 }
@@ -124,6 +147,7 @@ impl std::ops::Add for Usage {
         Usage {
             requests: self.requests + other.requests,
             input_tokens: self.input_tokens + other.input_tokens,
+            output_tokens: self.output_tokens + other.output_tokens,
         }
     }
 }
@@ -134,6 +158,7 @@ impl std::ops::Sub for Usage {
         Usage {
             requests: self.requests.saturating_sub(other.requests),
             input_tokens: self.input_tokens.saturating_sub(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(other.output_tokens),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! only owner in the running service.
 
 use super::lane::{GrantId, LEARNED_TTL, Lane, LaneUsage};
-use crate::clock::{PacificDay, Timestamp};
+use crate::clock::{Day, DayZone, Timestamp};
 pub use crate::keys::{KeyIndex, KeyState};
 use crate::policy::{
     Layers, Limits, LimitsOverride, Mode, Quota, Reserve, Resolved, Source, Usage, Window,
@@ -77,11 +77,57 @@ pub struct Grant {
     pub key: KeyIndex,
     pub model: String,
     pub at: Timestamp,
-    /// What it booked: requests, and the input tokens estimated.
+    /// What it booked: requests, the input tokens estimated and the output
+    /// tokens reserved.
     pub cost: Usage,
     /// The call re-checks a model learned to have no quota (limit 0) on
     /// this key's tier: its success clears that.
     pub probe: bool,
+}
+
+/// What a call spent, as its answer reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spent {
+    pub input_tokens: u64,
+    /// `None` when the answer did not say: the reservation stands.
+    pub output_tokens: Option<u64>,
+}
+
+impl Spent {
+    /// Input tokens alone (Gemini's answers; output is not a quota there).
+    pub const fn input(input_tokens: u64) -> Spent {
+        Spent {
+            input_tokens,
+            output_tokens: None,
+        }
+    }
+
+    /// What a booking of `booked` counts once this is known.
+    fn applied_to(self, booked: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens.unwrap_or(booked.output_tokens),
+            ..booked
+        }
+    }
+}
+
+/// A provider the keys belong to, and the zone its per-day quotas reset in.
+/// The first is Gemini's: its models are the chain and the embedding
+/// models. Every other provider's models are named `provider/model`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Provider {
+    pub name: String,
+    pub zone: DayZone,
+}
+
+impl Provider {
+    pub fn gemini() -> Provider {
+        Provider {
+            name: "gemini".into(),
+            zone: DayZone::PACIFIC,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -113,7 +159,7 @@ pub enum PlanError {
         "key {0} is the only key the request can use (it owns a file the request names), and it is {1}"
     )]
     KeyOut(KeyIndex, KeyState),
-    #[error("model {0:?} is not in the chain")]
+    #[error("model {0:?} is not in the chain nor a provider's")]
     UnknownModel(String),
     #[error("mode {0} allows no model of the chain")]
     NoModelInMode(Mode),
@@ -231,6 +277,10 @@ impl Change {
 pub struct Scheduler {
     fingerprints: Vec<String>,
     states: Vec<KeyState>,
+    /// Gemini's first, then the providers file's (see [`Provider`]).
+    providers: Vec<Provider>,
+    /// Each key's place in `providers`.
+    key_provider: Vec<usize>,
     chain: Vec<String>,
     layers: Layers,
     mode: Mode,
@@ -258,6 +308,8 @@ impl Scheduler {
     ) -> Self {
         Scheduler {
             states: vec![KeyState::Healthy; fingerprints.len()],
+            providers: vec![Provider::gemini()],
+            key_provider: vec![0; fingerprints.len()],
             fingerprints,
             chain,
             layers,
@@ -270,6 +322,37 @@ impl Scheduler {
             reserve: Reserve::default(),
             changes: Vec::new(),
         }
+    }
+
+    /// Sets the providers (Gemini's first) and which one each key belongs to.
+    pub fn set_providers(&mut self, providers: Vec<Provider>, key_provider: Vec<usize>) {
+        assert_eq!(
+            key_provider.len(),
+            self.states.len(),
+            "one provider per key"
+        );
+        assert!(key_provider.iter().all(|&p| p < providers.len()));
+        (self.providers, self.key_provider) = (providers, key_provider);
+    }
+
+    /// The provider whose model `model` is: one named `provider/…` by a
+    /// provider after the first, else Gemini.
+    fn provider_of(&self, model: &str) -> usize {
+        model
+            .split_once('/')
+            .and_then(|(name, _)| self.providers.iter().skip(1).position(|p| p.name == name))
+            .map_or(0, |p| p + 1)
+    }
+
+    /// The zone key `key`'s per-day quotas reset in.
+    pub fn zone(&self, key: KeyIndex) -> DayZone {
+        self.providers[self.key_provider[key]].zone
+    }
+
+    /// The keys of the provider whose model `model` is.
+    fn keys_of(&self, model: &str) -> impl Iterator<Item = KeyIndex> + '_ {
+        let provider = self.provider_of(model);
+        KeyIndex::all(self.states.len()).filter(move |&k| self.key_provider[k] == provider)
     }
 
     /// Sets what background work leaves free (`FLUX_BATCH_RESERVE`).
@@ -333,7 +416,7 @@ impl Scheduler {
             .restore_call(at, used);
     }
 
-    /// Puts back what a previous run's calls spent on a Pacific day.
+    /// Puts back what a previous run's calls spent on a quota day.
     pub fn restore_day(&mut self, key: KeyIndex, model: &str, day: chrono::NaiveDate, used: Usage) {
         self.lanes
             .entry((key, model.to_string()))
@@ -392,7 +475,7 @@ impl Scheduler {
     /// configured limits there are the same, so what one learns holds for all.
     pub fn tier(&self, key: KeyIndex, model: &str) -> Vec<KeyIndex> {
         let own = self.layers.key_override(key.get(), model);
-        KeyIndex::all(self.states.len())
+        self.keys_of(model)
             .filter(|&k| self.layers.key_override(k.get(), model) == own)
             .collect()
     }
@@ -406,6 +489,9 @@ impl Scheduler {
         match target {
             Target::Model(m) if self.chain.contains(m) => Ok(vec![m.clone()]),
             Target::Embedding(m) if outside_the_chain(m) && !self.is_retired(m) => {
+                Ok(vec![m.clone()])
+            }
+            Target::Model(m) if self.provider_of(m) != 0 && !self.is_retired(m) => {
                 Ok(vec![m.clone()])
             }
             Target::Model(m) | Target::Embedding(m) => Err(PlanError::UnknownModel(m.clone())),
@@ -448,23 +534,29 @@ impl Scheduler {
         };
         models
             .into_iter()
-            .flat_map(|m| KeyIndex::all(self.states.len()).map(move |k| (k, m.clone())))
+            .flat_map(|m| {
+                let keys: Vec<KeyIndex> = self.keys_of(&m).collect();
+                keys.into_iter().map(move |k| (k, m.clone()))
+            })
             .collect()
     }
 
-    /// The usable keys a request may go to.
-    fn keys_for(&self, choice: KeyChoice) -> Result<Vec<KeyIndex>, PlanError> {
+    /// The usable keys a request for `model`'s provider may go to.
+    fn keys_for(&self, choice: KeyChoice, model: &str) -> Result<Vec<KeyIndex>, PlanError> {
         let keys: Vec<KeyIndex> = match choice {
-            KeyChoice::Only(key) if key.get() >= self.states.len() => {
+            KeyChoice::Only(key)
+                if key.get() >= self.states.len()
+                    || self.key_provider[key] != self.provider_of(model) =>
+            {
                 return Err(PlanError::NoUsableKey);
             }
             KeyChoice::Only(key) if !self.usable(key) => {
                 return Err(PlanError::KeyOut(key, self.states[key].clone()));
             }
             KeyChoice::Only(key) => vec![key],
-            KeyChoice::Any | KeyChoice::Prefer(_) => KeyIndex::all(self.states.len())
-                .filter(|&k| self.usable(k))
-                .collect(),
+            KeyChoice::Any | KeyChoice::Prefer(_) => {
+                self.keys_of(model).filter(|&k| self.usable(k)).collect()
+            }
         };
         if keys.is_empty() {
             return Err(PlanError::NoUsableKey);
@@ -481,7 +573,8 @@ impl Scheduler {
     /// with the fewest requests today, spreading the day's load).
     pub fn plan(&mut self, request: &PlanRequest, now: Timestamp) -> Result<Grant, PlanError> {
         let models = self.candidate_models(&request.target)?;
-        let usable = self.keys_for(request.keys)?;
+        // Every candidate is one provider's: the chain is Gemini's.
+        let usable = self.keys_for(request.keys, &models[0])?;
         let call = request.cost;
         let background = request.priority == Priority::Background;
         let deadline = if background {
@@ -489,7 +582,7 @@ impl Scheduler {
         } else {
             request.deadline
         };
-        let day = PacificDay::of(now);
+        let day = Day::of(now, self.zone(usable[0]));
         let today = day.date;
         let mut any_lane_holds_it = false;
         // The most items of a batch any lane still takes today, and where.
@@ -600,6 +693,7 @@ impl Scheduler {
         let item = Usage {
             requests: 1,
             input_tokens: call.input_tokens.div_ceil(call.requests.max(1)),
+            output_tokens: call.output_tokens.div_ceil(call.requests.max(1)),
         };
         let most = lanes()
             .map(|(m, l)| (m, l.most_items(item)))
@@ -639,7 +733,8 @@ impl Scheduler {
     ) -> Grant {
         let id = self.next_grant;
         self.next_grant += 1;
-        self.lane_mut(key, model).book(id, at, cost);
+        let zone = self.zone(key);
+        self.lane_mut(key, model).book(id, at, cost, zone);
         let grant = Grant {
             id,
             key,
@@ -652,23 +747,24 @@ impl Scheduler {
         grant
     }
 
-    fn take_grant(&mut self, id: GrantId) -> Option<(Grant, &mut Lane)> {
+    fn take_grant(&mut self, id: GrantId) -> Option<(Grant, DayZone, &mut Lane)> {
         let grant = self.grants.remove(&id)?;
+        let zone = self.zone(grant.key);
         let lane = self
             .lanes
             .entry((grant.key, grant.model.clone()))
             .or_default();
-        Some((grant, lane))
+        Some((grant, zone, lane))
     }
 
     /// The upstream served the call: its booking stays, with the tokens the
     /// upstream counted. A re-check that got through clears its tier's
     /// learned zeros.
-    pub fn settle(&mut self, id: GrantId, input_tokens: u64) {
-        let Some((grant, lane)) = self.take_grant(id) else {
+    pub fn settle(&mut self, id: GrantId, spent: Spent) {
+        let Some((grant, zone, lane)) = self.take_grant(id) else {
             return;
         };
-        lane.settle(id, grant.at, grant.cost.input_tokens, input_tokens);
+        lane.settle(id, grant.at, grant.cost, spent.applied_to(grant.cost), zone);
         if grant.probe {
             for k in self.tier(grant.key, &grant.model) {
                 let lane = self.lanes.entry((k, grant.model.clone())).or_default();
@@ -687,10 +783,10 @@ impl Scheduler {
 
     /// The call counted upstream (or may have) but was not served (the
     /// client's own mistake, a transient failure, a client gone mid-answer):
-    /// its booking stays with `input_tokens`. A re-check it was may go again.
-    pub fn keep(&mut self, id: GrantId, input_tokens: u64) {
-        if let Some((grant, lane)) = self.take_grant(id) {
-            lane.keep(id, grant.at, grant.cost.input_tokens, input_tokens);
+    /// its booking stays with what it `spent`. A re-check it was may go again.
+    pub fn keep(&mut self, id: GrantId, spent: Spent) {
+        if let Some((grant, zone, lane)) = self.take_grant(id) {
+            lane.keep(id, grant.at, grant.cost, spent.applied_to(grant.cost), zone);
             self.reopen_check(&grant);
         }
     }
@@ -698,8 +794,8 @@ impl Scheduler {
     /// The call was never made (the client left, the service is draining):
     /// its capacity and its day count go back, and a re-check it was may go again.
     pub fn release(&mut self, id: GrantId) {
-        if let Some((grant, lane)) = self.take_grant(id) {
-            lane.release(id, grant.at);
+        if let Some((grant, zone, lane)) = self.take_grant(id) {
+            lane.release(id, grant.at, zone);
             self.reopen_check(&grant);
         }
     }
@@ -707,7 +803,7 @@ impl Scheduler {
     /// A re-check that came to nothing frees its tier's re-check of the day.
     fn reopen_check(&mut self, grant: &Grant) {
         if grant.probe {
-            let day = grant.at.pacific_day();
+            let day = self.zone(grant.key).day_of(grant.at);
             for k in self.tier(grant.key, &grant.model) {
                 self.lane_mut(k, &grant.model).uncheck_zero_on(day);
             }
@@ -753,7 +849,7 @@ impl Scheduler {
                 self.learn_quota(&grant, violations, *retry_after, now);
             }
             Penalty::Transient => {
-                self.keep(id, grant.cost.input_tokens);
+                self.keep(id, Spent::input(grant.cost.input_tokens));
                 self.lane_mut(grant.key, &grant.model)
                     .strike(now, TRANSIENT_BACKOFF);
             }
@@ -799,7 +895,8 @@ impl Scheduler {
                 taught.set(v.quota, lower);
             }
         }
-        let today = now.pacific_day();
+        let zone = self.zone(grant.key);
+        let today = zone.day_of(now);
         let zero = Quota::ALL.iter().any(|&q| taught.get(q) == Some(0));
         for k in self.tier(grant.key, &grant.model) {
             let current = self.lane_limits(k, &grant.model, now);
@@ -840,7 +937,7 @@ impl Scheduler {
         let lane = self.lane_mut(grant.key, &grant.model);
         // The day the call counted in is spent; if that day is already over
         // (the answer came after midnight), the new one is untouched.
-        if per_day && grant.at.pacific_day() == today {
+        if per_day && zone.day_of(grant.at) == today {
             lane.exhaust_day(today);
         }
         match retry_after {
@@ -935,7 +1032,7 @@ impl Scheduler {
     }
 
     /// The models `/status` shows: the chain, then any model outside it a
-    /// request has used (an embedding model).
+    /// request has used (an embedding model), then the other providers'.
     pub fn models_shown(&self) -> Vec<String> {
         let outside: std::collections::BTreeSet<&String> = self
             .lanes
@@ -943,7 +1040,13 @@ impl Scheduler {
             .map(|(_, m)| m)
             .filter(|m| !self.chain.contains(m) && outside_the_chain(m))
             .collect();
-        self.chain.iter().chain(outside).cloned().collect()
+        let providers = self.layers.providers.keys();
+        self.chain
+            .iter()
+            .chain(outside)
+            .chain(providers)
+            .cloned()
+            .collect()
     }
 
     /// Everything `/status` shows, as of `now`.
@@ -956,6 +1059,7 @@ impl Scheduler {
                 state: self.states[key].clone(),
                 models: models
                     .iter()
+                    .filter(|m| self.provider_of(m) == self.key_provider[key])
                     .map(|model| {
                         let lane = self.lanes.get(&(key, model.clone()));
                         let empty = Lane::default();
@@ -964,7 +1068,7 @@ impl Scheduler {
                             limits: self.lane_resolved(key, model, now),
                             learned: lane.learned(now),
                             learned_at: lane.learned(now).map(|_| lane.learned_at()),
-                            usage: lane.usage(now),
+                            usage: lane.usage(now, self.zone(key).day_of(now)),
                         };
                         (model.clone(), snapshot)
                     })

@@ -6,7 +6,7 @@
 //! estimate, since the upstream may have counted it.
 
 use super::actor::{Command, SchedulerHandle};
-use super::core::{Grant, Penalty};
+use super::core::{Grant, Penalty, Spent};
 use super::seam::End;
 
 /// A grant booked for a future instant, not yet sent.
@@ -72,20 +72,20 @@ impl InFlight {
         &self.grant
     }
 
-    /// The upstream served the call: keep the booking with the tokens the
+    /// The upstream served the call: keep the booking with what the
     /// upstream counted.
-    pub fn settle(mut self, input_tokens: u64) {
+    pub fn settle(mut self, spent: Spent) {
         self.keep_on_drop = false;
         self.handle
-            .tell(Command::End(self.grant.id, End::Settle(input_tokens)));
+            .tell(Command::End(self.grant.id, End::Settle(spent)));
     }
 
     /// The call counted upstream (or may have) but was not served, for
     /// example the client's own mistake: keep the booking, learn nothing.
-    pub fn keep(mut self, input_tokens: u64) {
+    pub fn keep(mut self, spent: Spent) {
         self.keep_on_drop = false;
         self.handle
-            .tell(Command::End(self.grant.id, End::Keep(input_tokens)));
+            .tell(Command::End(self.grant.id, End::Keep(spent)));
     }
 
     /// The call failed in a way the scheduler learns from.
@@ -99,7 +99,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.keep_on_drop {
-            let estimate = End::Keep(self.grant.cost.input_tokens);
+            let estimate = End::Keep(Spent::input(self.grant.cost.input_tokens));
             self.handle.tell(Command::End(self.grant.id, estimate));
         }
     }

@@ -11,7 +11,7 @@
 //!
 //! ```text
 //!   for every s in [t, t + span_q): used_q(s) + c_q <= limit_q  (each sliding q)
-//!   on the Pacific day of t:       used_q(day) + c_q <= limit_q (each per-day q)
+//!   on the calendar day of t:      used_q(day) + c_q <= limit_q (each per-day q)
 //! ```
 //!
 //! where `used_q(s)` sums metric `q` over the bookings with `s - span_q < at <= s`.
@@ -24,7 +24,7 @@
 //! earlier without delaying any of them (backfilling), and nothing already
 //! granted ever has to move.
 
-use crate::clock::{PacificDay, Timestamp};
+use crate::clock::{Day, DayZone, Timestamp};
 use crate::policy::{Limits, LimitsOverride, Metric, Quota, Usage, Window};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,7 @@ const MAX_GAP_CANDIDATES: usize = 512;
 /// Learned limits lapse this long after the upstream last enforced them.
 pub const LEARNED_TTL: Duration = Duration::from_secs(7 * 86_400);
 
-/// How many Pacific midnights a search may cross before giving up.
+/// How many midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,6 +59,7 @@ struct Booking {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LaneUsage {
     pub tokens_last_60s: u64,
+    pub output_tokens_last_60s: u64,
     pub requests_last_60s: u32,
     pub requests_today: u32,
     pub tokens_today: u64,
@@ -72,10 +73,11 @@ pub struct LaneUsage {
 pub struct Lane {
     /// Sorted by (at, grant).
     bookings: Vec<Booking>,
-    /// Requests and input tokens booked per Pacific day (sent, in flight or waiting).
+    /// What was booked per quota day (sent, in flight or waiting), the day
+    /// being the provider's (Pacific for Gemini).
     per_day: BTreeMap<NaiveDate, Usage>,
     cooldown_until: Timestamp,
-    /// A per-day 429 said this lane is spent for that Pacific day.
+    /// A per-day 429 said this lane is spent for that day.
     exhausted_day: Option<NaiveDate>,
     /// Limits the upstream taught this lane (each only ever lowered), and when
     /// it last said so: they lapse [`LEARNED_TTL`] later.
@@ -83,7 +85,7 @@ pub struct Lane {
     learned_at: Timestamp,
     /// Consecutive failures without a quota answer to go by; grows the backoff.
     strikes: u32,
-    /// The Pacific day a learned limit of 0 was last confirmed or re-checked:
+    /// The day a learned limit of 0 was last confirmed or re-checked:
     /// at most one call a day re-checks it.
     zero_checked: Option<NaiveDate>,
 }
@@ -98,11 +100,18 @@ struct Stored {
     /// one request (a batch of embeddings); every other booking is one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     weights: Vec<(usize, u64)>,
-    /// (days from the common era, requests) per Pacific day.
+    /// (place in `bookings`, output tokens) of the bookings that reserve or
+    /// spent output tokens (providers with an output-token quota).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    outputs: Vec<(usize, u64)>,
+    /// (days from the common era, requests) per quota day.
     per_day: Vec<(i32, u32)>,
-    /// (days from the common era, input tokens) per Pacific day.
+    /// (days from the common era, input tokens) per quota day.
     #[serde(default)]
     day_tokens: Vec<(i32, u64)>,
+    /// (days from the common era, output tokens), days with any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    day_outputs: Vec<(i32, u64)>,
     cooldown_until: i64,
     exhausted_day: Option<i32>,
     learned: LimitsOverride,
@@ -127,6 +136,13 @@ impl From<Lane> for Stored {
                 .filter(|(_, b)| b.usage.requests != 1)
                 .map(|(i, b)| (i, b.usage.requests))
                 .collect(),
+            outputs: lane
+                .bookings
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.usage.output_tokens != 0)
+                .map(|(i, b)| (i, b.usage.output_tokens))
+                .collect(),
             per_day: lane
                 .per_day
                 .iter()
@@ -136,6 +152,12 @@ impl From<Lane> for Stored {
                 .per_day
                 .iter()
                 .map(|(d, u)| (d.num_days_from_ce(), u.input_tokens))
+                .collect(),
+            day_outputs: lane
+                .per_day
+                .iter()
+                .filter(|(_, u)| u.output_tokens != 0)
+                .map(|(d, u)| (d.num_days_from_ce(), u.output_tokens))
                 .collect(),
             cooldown_until: lane.cooldown_until.millis(),
             exhausted_day: lane.exhausted_day.map(|d| d.num_days_from_ce()),
@@ -157,11 +179,13 @@ impl From<Stored> for Lane {
                 .enumerate()
                 .map(|(i, (at, tokens, grant))| {
                     let requests = s.weights.iter().find(|w| w.0 == i).map_or(1, |w| w.1);
+                    let output_tokens = s.outputs.iter().find(|o| o.0 == i).map_or(0, |o| o.1);
                     Booking {
                         at: Timestamp(at),
                         usage: Usage {
                             requests,
                             input_tokens: tokens,
+                            output_tokens,
                         },
                         grant,
                     }
@@ -172,9 +196,11 @@ impl From<Stored> for Lane {
                 .iter()
                 .map(|&(d, n)| {
                     let tokens = s.day_tokens.iter().find(|t| t.0 == d).map_or(0, |t| t.1);
+                    let outputs = s.day_outputs.iter().find(|o| o.0 == d).map_or(0, |o| o.1);
                     let usage = Usage {
                         requests: u64::from(n),
                         input_tokens: tokens,
+                        output_tokens: outputs,
                     };
                     (day(d), usage)
                 })
@@ -226,13 +252,13 @@ impl Lane {
 
     /// The earliest instant at or after `from` when `call` fits, or `None` if
     /// it never can (more than a quota allows even when empty, or no day
-    /// left within the horizon). `today` is the Pacific day of `from`.
+    /// left within the horizon). `today` is the quota day of `from`.
     pub fn earliest(
         &self,
         limits: Limits,
         call: Usage,
         from: Timestamp,
-        today: PacificDay,
+        today: Day,
         guard: Duration,
     ) -> Option<Timestamp> {
         if !limits.can_ever_admit(call) {
@@ -241,7 +267,7 @@ impl Lane {
         let (mut from, mut day) = (from, today);
         if self.cooldown_until > from {
             from = self.cooldown_until;
-            day = PacificDay::of(from);
+            day = Day::of(from, today.zone);
         }
         for _ in 0..MAX_DAYS_AHEAD {
             if self.day_admits(limits, day.date, call) {
@@ -353,12 +379,13 @@ impl Lane {
         self.bookings[lo..hi.max(lo)].iter().map(|b| b.usage).sum()
     }
 
-    pub fn book(&mut self, grant: GrantId, at: Timestamp, usage: Usage) {
+    /// Books `usage` at `at`, counted in its day of `zone`.
+    pub fn book(&mut self, grant: GrantId, at: Timestamp, usage: Usage, zone: DayZone) {
         let i = self
             .bookings
             .partition_point(|b| (b.at, b.grant) < (at, grant));
         self.bookings.insert(i, Booking { at, usage, grant });
-        let day = self.per_day.entry(at.pacific_day()).or_default();
+        let day = self.per_day.entry(zone.day_of(at)).or_default();
         *day = *day + usage;
     }
 
@@ -388,30 +415,44 @@ impl Lane {
         (self.learned, self.learned_at) = (learned, at);
     }
 
-    /// The upstream served the call: its booking counts the tokens the
-    /// upstream counted, and the lane's failures are forgotten.
-    pub fn settle(&mut self, grant: GrantId, at: Timestamp, estimate: u64, tokens: u64) {
-        self.keep(grant, at, estimate, tokens);
+    /// The upstream served the call: its booking counts what the upstream
+    /// counted, and the lane's failures are forgotten.
+    pub fn settle(
+        &mut self,
+        grant: GrantId,
+        at: Timestamp,
+        booked: Usage,
+        spent: Usage,
+        zone: DayZone,
+    ) {
+        self.keep(grant, at, booked, spent, zone);
         self.strikes = 0;
     }
 
     /// The call counted upstream (or may have) but was not served: its
-    /// booking counts `tokens` (booked as `estimate`), in its window if it is
+    /// booking (`booked`) counts `spent` instead, in its window if it is
     /// still there and in its day whatever the window has forgotten.
-    pub fn keep(&mut self, grant: GrantId, at: Timestamp, estimate: u64, tokens: u64) {
+    pub fn keep(
+        &mut self,
+        grant: GrantId,
+        at: Timestamp,
+        booked: Usage,
+        spent: Usage,
+        zone: DayZone,
+    ) {
         if let Some(b) = self.find(grant, at) {
-            self.bookings[b].usage.input_tokens = tokens;
+            self.bookings[b].usage = spent;
         }
-        if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
-            day.input_tokens = (day.input_tokens + tokens).saturating_sub(estimate);
+        if let Some(day) = self.per_day.get_mut(&zone.day_of(at)) {
+            *day = *day + spent - booked;
         }
     }
 
     /// Frees a booking that never reached the upstream.
-    pub fn release(&mut self, grant: GrantId, at: Timestamp) {
+    pub fn release(&mut self, grant: GrantId, at: Timestamp, zone: DayZone) {
         if let Some(b) = self.find(grant, at) {
             let booking = self.bookings.remove(b);
-            if let Some(day) = self.per_day.get_mut(&at.pacific_day()) {
+            if let Some(day) = self.per_day.get_mut(&zone.day_of(at)) {
                 *day = *day - booking.usage;
             }
         }
@@ -519,17 +560,19 @@ impl Lane {
         }
     }
 
-    pub fn usage(&self, now: Timestamp) -> LaneUsage {
+    /// What `/status` shows at `now`, `today` being its quota day.
+    pub fn usage(&self, now: Timestamp, today: NaiveDate) -> LaneUsage {
         let minute = self.usage_ending_at(now, LAST_MINUTE);
-        let today = self.used_on(now.pacific_day());
+        let used_today = self.used_on(today);
         LaneUsage {
             tokens_last_60s: minute.input_tokens,
+            output_tokens_last_60s: minute.output_tokens,
             requests_last_60s: minute.requests as u32,
-            requests_today: today.requests as u32,
-            tokens_today: today.input_tokens,
+            requests_today: used_today.requests as u32,
+            tokens_today: used_today.input_tokens,
             waiting: self.bookings.iter().filter(|b| b.at > now).count() as u32,
             cooldown_until: (self.cooldown_until > now).then_some(self.cooldown_until),
-            exhausted_today: self.exhausted_day == Some(now.pacific_day()),
+            exhausted_today: self.exhausted_day == Some(today),
         }
     }
 }
@@ -545,13 +588,19 @@ mod tests {
         tpm: 250_000,
         rpd: 250,
         tpd: crate::policy::UNLIMITED,
+        otpm: crate::policy::UNLIMITED,
     };
     const T0: Timestamp = Timestamp(1_781_118_000_000); // 2026-06-10 12:00 Pacific
 
     fn lane_with(bookings: &[(i64, u64)]) -> Lane {
         let mut lane = Lane::default();
         for (i, &(offset, tokens)) in bookings.iter().enumerate() {
-            lane.book(i as GrantId, T0.plus_millis(offset), Usage::call(tokens));
+            lane.book(
+                i as GrantId,
+                T0.plus_millis(offset),
+                Usage::call(tokens),
+                DayZone::PACIFIC,
+            );
         }
         lane
     }
@@ -564,7 +613,7 @@ mod tests {
                 FLASH,
                 Usage::call(100_000),
                 T0.plus_millis(10_000),
-                PacificDay::of(T0),
+                Day::of(T0, DayZone::PACIFIC),
                 GUARD,
             )
             .unwrap();
@@ -576,12 +625,24 @@ mod tests {
         // 200k booked 30 s from now; 40k now would push the 30 s window to 240k: fine.
         let lane = lane_with(&[(30_000, 200_000)]);
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(40_000), T0, PacificDay::of(T0), GUARD),
+            lane.earliest(
+                FLASH,
+                Usage::call(40_000),
+                T0,
+                Day::of(T0, DayZone::PACIFIC),
+                GUARD
+            ),
             Some(T0)
         );
         // 60k now would break the booked call's window: it must wait until after it.
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(60_000), T0, PacificDay::of(T0), GUARD),
+            lane.earliest(
+                FLASH,
+                Usage::call(60_000),
+                T0,
+                Day::of(T0, DayZone::PACIFIC),
+                GUARD
+            ),
             Some(T0.plus_millis(30_000).plus(SPAN))
         );
     }
@@ -594,7 +655,7 @@ mod tests {
                 FLASH,
                 Usage::call(100),
                 T0.plus_millis(10_000),
-                PacificDay::of(T0),
+                Day::of(T0, DayZone::PACIFIC),
                 GUARD,
             )
             .unwrap();
@@ -606,12 +667,24 @@ mod tests {
         let mut lane = Lane::default();
         lane.cool_until(T0.plus_millis(39_000));
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
+            lane.earliest(
+                FLASH,
+                Usage::call(1),
+                T0,
+                Day::of(T0, DayZone::PACIFIC),
+                GUARD
+            ),
             Some(T0.plus_millis(39_000))
         );
         lane.exhaust_day(T0.pacific_day());
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(1), T0, PacificDay::of(T0), GUARD),
+            lane.earliest(
+                FLASH,
+                Usage::call(1),
+                T0,
+                Day::of(T0, DayZone::PACIFIC),
+                GUARD
+            ),
             Some(T0.next_pacific_midnight())
         );
     }
@@ -619,7 +692,13 @@ mod tests {
     #[test]
     fn a_call_larger_than_the_tpm_never_fits() {
         assert_eq!(
-            Lane::default().earliest(FLASH, Usage::call(250_001), T0, PacificDay::of(T0), GUARD),
+            Lane::default().earliest(
+                FLASH,
+                Usage::call(250_001),
+                T0,
+                Day::of(T0, DayZone::PACIFIC),
+                GUARD
+            ),
             None
         );
     }
@@ -628,10 +707,16 @@ mod tests {
     fn release_frees_capacity_and_the_day_count() {
         let mut lane = lane_with(&[(0, 250_000)]);
         assert_eq!(lane.booked_on(T0.pacific_day()), 1);
-        lane.release(0, T0);
+        lane.release(0, T0, DayZone::PACIFIC);
         assert_eq!(lane.booked_on(T0.pacific_day()), 0);
         assert_eq!(
-            lane.earliest(FLASH, Usage::call(250_000), T0, PacificDay::of(T0), GUARD),
+            lane.earliest(
+                FLASH,
+                Usage::call(250_000),
+                T0,
+                Day::of(T0, DayZone::PACIFIC),
+                GUARD
+            ),
             Some(T0)
         );
     }
@@ -689,10 +774,14 @@ mod tests {
         let batch = |requests| Usage {
             requests,
             input_tokens: 90,
+            output_tokens: 0,
         };
         lane.restore_call(T0.plus_millis(1_000), batch(3));
         lane.restore_call(T0.plus_millis(2_000), batch(1));
-        lane.book(7, T0.plus_millis(3_000), batch(5));
+        lane.book(7, T0.plus_millis(3_000), batch(5), DayZone::PACIFIC);
+        // A call reserving output tokens (another provider's).
+        let reserving = Usage::call(10).with_output(700);
+        lane.book(8, T0.plus_millis(4_000), reserving, DayZone::PACIFIC);
         lane.cool_until(T0.plus_millis(5_000));
         lane.exhaust_day(T0.pacific_day());
         lane.learn(

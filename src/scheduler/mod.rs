@@ -19,7 +19,7 @@ pub mod seam;
 pub use actor::{SchedulerHandle, SharedState, Unavailable};
 pub use core::{
     Change, Grant, KeyChoice, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Priority,
-    Retired, Scheduler, Snapshot, Target, Violation,
+    Provider, Retired, Scheduler, Snapshot, Spent, Target, Violation,
 };
 pub use grant::{Booked, InFlight};
 pub use lane::GrantId;

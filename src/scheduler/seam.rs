@@ -10,7 +10,7 @@
 //! Redis, committed with compare-and-set, and decided again on a conflict.
 //! The actor is generic over the two and never asks which one it has.
 
-use super::core::{Grant, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Scheduler};
+use super::core::{Grant, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Scheduler, Spent};
 use super::lane::GrantId;
 use crate::clock::Timestamp;
 use crate::policy::Mode;
@@ -146,11 +146,11 @@ impl Decision for Plan<'_> {
 /// How a grant ends.
 #[derive(Debug)]
 pub enum End {
-    /// The upstream served the call: keep the booking with the tokens counted.
-    Settle(u64),
+    /// The upstream served the call: keep the booking with what it spent.
+    Settle(Spent),
     /// The call counted (or may have) but was not served: keep the booking,
     /// learn nothing.
-    Keep(u64),
+    Keep(Spent),
     /// The call was never made.
     Release,
     /// The call failed in a way the scheduler learns from.
@@ -196,8 +196,8 @@ impl Decision for EndGrant {
         core.hold_grant(self.grant.clone());
         let id = self.grant.id;
         match &self.end {
-            End::Settle(tokens) => core.settle(id, *tokens),
-            End::Keep(tokens) => core.keep(id, *tokens),
+            End::Settle(spent) => core.settle(id, *spent),
+            End::Keep(spent) => core.keep(id, *spent),
             End::Release => core.release(id),
             End::Penalise(penalty) => core.penalise(id, penalty, now),
         }

@@ -45,6 +45,7 @@ fn scheduler(keys: usize, overrides: &[Override]) -> Scheduler {
                     tpm: Some(tpm),
                     rpd: Some(rpd),
                     tpd: (tpd != UNLIMITED).then_some(tpd),
+                    otpm: None,
                 },
             )
         })
@@ -423,7 +424,7 @@ impl Rules for Scheduler {
         Scheduler::plan(self, request, now)
     }
     fn settle(&mut self, id: GrantId, tokens: u64, _: Timestamp) {
-        Scheduler::settle(self, id, tokens)
+        Scheduler::settle(self, id, Spent::input(tokens))
     }
     fn release(&mut self, id: GrantId, _: Timestamp) {
         Scheduler::release(self, id)
@@ -552,7 +553,7 @@ impl Rules for OverRedis {
         self.run(&Plan(request), now)
     }
     fn settle(&mut self, id: GrantId, tokens: u64, now: Timestamp) {
-        self.end(id, End::Settle(tokens), now)
+        self.end(id, End::Settle(Spent::input(tokens)), now)
     }
     fn release(&mut self, id: GrantId, now: Timestamp) {
         self.end(id, End::Release, now)
@@ -759,6 +760,7 @@ fn each_item_of_an_embedding_batch_counts_as_a_request<R: Rules>(new: fn(usize, 
         cost: Usage {
             requests: items,
             input_tokens: 30 * items,
+            output_tokens: 0,
         },
         ..ask(0, Target::Embedding(EMBED.into()))
     };
@@ -1124,7 +1126,7 @@ fn a_recheck_that_fails_for_other_reasons_keeps_the_zero_and_may_go_again() {
     let again = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
     assert_eq!((again.model.as_str(), again.probe), (PRO, true));
     // The client's own mistake (kept, not served) settles nothing either.
-    s.keep(again.id, 10);
+    s.keep(again.id, Spent::input(10));
     let third = s.plan(&ask(10, Target::Chain(None)), TOMORROW).unwrap();
     assert_eq!((third.model.as_str(), third.probe), (PRO, true));
     // A re-check released unsent (the client left) frees it too.
@@ -1133,7 +1135,7 @@ fn a_recheck_that_fails_for_other_reasons_keeps_the_zero_and_may_go_again() {
     assert!(fourth.probe);
     // Only a served call brings pro back.
     s.take_changes();
-    s.settle(fourth.id, 10);
+    s.settle(fourth.id, Spent::input(10));
     let changes = s.take_changes();
     let cleared = changes
         .iter()
@@ -1191,8 +1193,8 @@ fn a_call_outliving_its_window_still_corrects_the_days_tokens() {
     // 90 s later another plan makes the lane forget the first booking's window.
     let later = NOON.plus_millis(90_000);
     let other = s.plan(&ask(500, model(FLASH)), later).unwrap();
-    s.settle(other.id, 500);
-    s.settle(long.id, 1_000);
+    s.settle(other.id, Spent::input(500));
+    s.settle(long.id, Spent::input(1_000));
     let lane = &s.snapshot(later).keys[0].models[FLASH];
     assert_eq!(lane.usage.tokens_today, 1_500);
     assert_eq!(s.plan(&ask(3_000, model(FLASH)), later).unwrap().at, later);
@@ -1267,6 +1269,7 @@ fn a_batch_too_large_is_told_what_the_lanes_that_take_one_item_admit() {
         cost: Usage {
             requests: 150,
             input_tokens: 150_000,
+            output_tokens: 0,
         },
         ..ask(0, Target::Embedding(EMBED.into()))
     };
@@ -1278,4 +1281,112 @@ fn a_batch_too_large_is_told_what_the_lanes_that_take_one_item_admit() {
             most: 30
         })
     );
+}
+
+/// Two Gemini keys and one key of an OpenAI-compatible provider `groq`
+/// (UTC day) whose one model has `limits`.
+fn with_groq(limits: Limits) -> Scheduler {
+    let mut layers = Layers::default();
+    layers.providers.insert(GROQ.into(), limits);
+    let mut s = scheduler_with(3, layers);
+    let groq = Provider {
+        name: "groq".into(),
+        zone: crate::clock::DayZone::UTC,
+    };
+    s.set_providers(vec![Provider::gemini(), groq], vec![0, 0, 1]);
+    s
+}
+
+const GROQ: &str = "groq/llama-3.3-70b-versatile";
+
+fn groq_limits(rpm: u32, rpd: u32, otpm: u64) -> Limits {
+    Limits {
+        rpm,
+        tpm: UNLIMITED,
+        rpd,
+        tpd: UNLIMITED,
+        otpm,
+    }
+}
+
+#[test]
+fn another_providers_model_goes_only_to_its_keys_and_theirs_never_serve_the_chain() {
+    let mut s = with_groq(groq_limits(30, 1_000, UNLIMITED));
+    for _ in 0..5 {
+        let g = s.plan(&ask(100, model(GROQ)), NOON).unwrap();
+        assert_eq!((g.key.get(), g.at), (2, NOON));
+        let g = s.plan(&ask(100, Target::Chain(None)), NOON).unwrap();
+        assert_ne!(g.key.get(), 2);
+    }
+    // Pinned to a key of the wrong provider: no usable key.
+    let pinned = PlanRequest {
+        keys: KeyChoice::Only(KeyIndex::new(0)),
+        ..ask(100, model(GROQ))
+    };
+    assert_eq!(s.plan(&pinned, NOON), Err(PlanError::NoUsableKey));
+    // A provider name that is not configured is no model at all.
+    assert_eq!(
+        s.plan(&ask(100, model("mistral/large")), NOON),
+        Err(PlanError::UnknownModel("mistral/large".into()))
+    );
+    let shown = s.snapshot(NOON);
+    assert!(shown.keys[2].models.keys().eq([GROQ]));
+    assert!(!shown.keys[0].models.contains_key(GROQ));
+}
+
+#[test]
+fn a_utc_providers_day_ends_at_utc_midnight() {
+    let mut s = with_groq(groq_limits(30, 2, UNLIMITED));
+    for _ in 0..2 {
+        s.plan(&ask(100, model(GROQ)), NOON).unwrap();
+    }
+    // NOON Pacific is 19:00Z: the UTC day ends five hours later, not at Pacific midnight.
+    let utc_midnight = Timestamp(1_781_136_000_000); // 2026-06-11T00:00:00Z
+    assert_eq!(
+        s.plan(&ask(100, model(GROQ)), NOON),
+        Err(PlanError::ExhaustedUntil(utc_midnight))
+    );
+    // The Gemini keys' day is Pacific: untouched.
+    assert_eq!(s.plan(&ask(100, model(FLASH)), NOON).unwrap().at, NOON);
+    // After UTC midnight the groq key serves again.
+    let g = s.plan(&ask(100, model(GROQ)), utc_midnight).unwrap();
+    assert_eq!((g.key.get(), g.at), (2, utc_midnight));
+}
+
+#[test]
+fn output_tokens_are_reserved_from_the_most_and_settled_to_what_was_spent() {
+    let mut s = with_groq(groq_limits(100, 1_000, 2_000));
+    let call = |most| PlanRequest {
+        cost: Usage::call(500).with_output(most),
+        ..ask(500, model(GROQ))
+    };
+    let first: Vec<Grant> = (0..4).map(|_| s.plan(&call(500), NOON).unwrap()).collect();
+    assert!(first.iter().all(|g| g.at == NOON));
+    // 2,000 output tokens reserved: a fifth waits for the window.
+    let fifth = s.plan(&call(500), NOON).unwrap();
+    assert_eq!(fifth.at, NOON.plus_millis(SPAN));
+    s.release(fifth.id);
+    // The four spent 20 each: 1,920 are free again at once.
+    for g in &first {
+        s.settle(
+            g.id,
+            Spent {
+                input_tokens: 500,
+                output_tokens: Some(20),
+            },
+        );
+    }
+    let now = NOON.plus_millis(2_000);
+    for _ in 0..3 {
+        assert_eq!(s.plan(&call(500), now).unwrap().at, now);
+    }
+    // 80 + 1,500 reserved: 420 left, so 400 fits and 500 more waits until
+    // the three reservations leave (the first four's 80 leaving is not enough).
+    assert_eq!(s.plan(&call(400), now).unwrap().at, now);
+    assert_eq!(s.plan(&call(500), now).unwrap().at, now.plus_millis(SPAN));
+    // An answer that does not report output keeps the reservation.
+    let mut t = with_groq(groq_limits(100, 1_000, 1_000));
+    let g = t.plan(&call(1_000), NOON).unwrap();
+    t.settle(g.id, Spent::input(500));
+    assert_eq!(t.plan(&call(1), NOON).unwrap().at, NOON.plus_millis(SPAN));
 }

@@ -98,6 +98,7 @@ impl SimConfig {
             tpm: 0,
             rpd: 0,
             tpd: 0,
+            otpm: 0,
         };
         self.limits.insert(model.to_string(), zero);
         self

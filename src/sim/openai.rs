@@ -612,6 +612,7 @@ async fn embeddings(state: &SimState, call: Call) -> Result<Response, Failure> {
     let spent = Usage {
         requests: inputs.len() as u64,
         input_tokens: tokens,
+        output_tokens: 0,
     };
     let admitted = routes::admit(state, key_index, model, &call.limits, spent).await?;
     let data: Vec<Value> = inputs

@@ -328,6 +328,7 @@ mod tests {
         let batch = |items| Usage {
             requests: items,
             input_tokens: items,
+            output_tokens: 0,
         };
         let mut lane = LaneQuota::default();
         let t0 = Timestamp(1_700_000_000_000);
@@ -382,6 +383,7 @@ mod tests {
             tpm: 1_000_000,
             rpd: 2,
             tpd: crate::policy::UNLIMITED,
+            otpm: crate::policy::UNLIMITED,
         };
         let mut lane = LaneQuota::default();
         // 2026-07-01T06:59:00Z is 23:59 Pacific (PDT) on June 30.
@@ -405,12 +407,14 @@ mod tests {
             tpm: 100,
             rpd: 1,
             tpd: 120,
+            otpm: crate::policy::UNLIMITED,
         };
         let mut lane = LaneQuota::default();
         let t0 = Timestamp(1_700_000_000_000);
         lane.admit(&limits, 100, t0).unwrap();
         let r = lane.admit(&limits, 50, t0.plus_millis(1_000)).unwrap_err();
-        assert_eq!(r.violations, Quota::ALL.to_vec());
+        // Every quota but output tokens (the call reserves none).
+        assert_eq!(r.violations, Quota::ALL[..4].to_vec());
         assert!(r.retry_after.unwrap() > Duration::from_secs(59));
         assert_eq!(lane.stats(t0).rejected_429, 1);
     }

@@ -446,6 +446,7 @@ async fn embed(
     let call = Usage {
         requests: items.len() as u64,
         input_tokens: tokens,
+        output_tokens: 0,
     };
     let admitted = admit(state, key_index, model, &limits, call).await?;
     let mut embeddings = texts
@@ -650,6 +651,9 @@ fn quota_names(model: &str, quota: Quota) -> (&'static str, &'static str) {
         Metric::InputTokens => {
             "generativelanguage.googleapis.com/embed_content_free_tier_input_token_count"
         }
+        Metric::OutputTokens => {
+            "generativelanguage.googleapis.com/embed_content_free_tier_output_token_count"
+        }
     };
     let id = match quota {
         Quota::RequestsPerMinute => {
@@ -661,6 +665,9 @@ fn quota_names(model: &str, quota: Quota) -> (&'static str, &'static str) {
         Quota::RequestsPerDay => "EmbedContentRequestsPerDayPerUserPerProjectPerModel-FreeTier",
         Quota::InputTokensPerDay => {
             "EmbedContentInputTokensPerDayPerUserPerProjectPerModel-FreeTier"
+        }
+        Quota::OutputTokensPerMinute => {
+            "EmbedContentOutputTokensPerMinutePerUserPerProjectPerModel-FreeTier"
         }
     };
     (metric, id)

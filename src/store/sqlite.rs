@@ -75,6 +75,8 @@ const MIGRATIONS: &[&str] = &[
         result TEXT,
         PRIMARY KEY (batch_id, idx)
     ) WITHOUT ROWID;",
+    // 7: learned output tokens per minute (other providers).
+    "ALTER TABLE learned_limits ADD COLUMN otpm INTEGER;",
 ];
 
 /// Calls are kept this long, then pruned: recovery needs the last minute and
@@ -375,6 +377,7 @@ impl Store for SqliteStore {
                     Usage {
                         requests: r.get::<_, i64>(3)? as u64,
                         input_tokens: r.get::<_, i64>(4)? as u64,
+                        output_tokens: 0,
                     },
                 ))
             })
@@ -416,7 +419,9 @@ impl Store for SqliteStore {
         };
 
         let mut learned_q = c
-            .prepare("SELECT key_id, model, rpm, tpm, rpd, learned_at_ms, tpd FROM learned_limits")
+            .prepare(
+                "SELECT key_id, model, rpm, tpm, rpd, learned_at_ms, tpd, otpm FROM learned_limits",
+            )
             .map_err(write_error)?;
         let learned = learned_q
             .query_map([], |r| {
@@ -428,6 +433,7 @@ impl Store for SqliteStore {
                         tpm: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                         rpd: r.get(4)?,
                         tpd: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+                        otpm: r.get::<_, Option<i64>>(7)?.map(|t| t as u64),
                     },
                     Timestamp(r.get(5)?),
                 ))
@@ -524,8 +530,8 @@ impl Store for SqliteStore {
                     params![format!("retired:{model}"), format!("{} {message}", at.millis())],
                 ),
                 Record::Learned { key_id, model, learned, at } => tx.execute(
-                    "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis(), learned.tpd.map(|t| t as i64)],
+                    "INSERT OR REPLACE INTO learned_limits (key_id, model, rpm, tpm, rpd, learned_at_ms, tpd, otpm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![key_id, model, learned.rpm, learned.tpm.map(|t| t as i64), learned.rpd, at.millis(), learned.tpd.map(|t| t as i64), learned.otpm.map(|t| t as i64)],
                 ),
                 Record::FileOwned { name, key_id, expires } => tx.execute(
                     "INSERT OR REPLACE INTO files (name, key_id, expires_at_ms) VALUES (?1, ?2, ?3)",
@@ -687,7 +693,8 @@ mod tests {
                 NOON.pacific_day(),
                 Usage {
                     requests: 4,
-                    input_tokens: 35
+                    input_tokens: 35,
+                    output_tokens: 0,
                 }
             )]
         );

@@ -20,6 +20,8 @@ impl Quota {
             Quota::InputTokensPerMinute => "GenerateContentInputTokensPerModelPerMinute-FreeTier",
             Quota::RequestsPerDay => "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
             Quota::InputTokensPerDay => "GenerateContentInputTokensPerModelPerDay-FreeTier",
+            // Gemini enforces none on the free tier; named as its others are.
+            Quota::OutputTokensPerMinute => "GenerateContentOutputTokensPerModelPerMinute-FreeTier",
         }
     }
 
@@ -31,6 +33,9 @@ impl Quota {
             Metric::Requests => {
                 "generativelanguage.googleapis.com/generate_content_free_tier_requests"
             }
+            Metric::OutputTokens => {
+                "generativelanguage.googleapis.com/generate_content_free_tier_output_token_count"
+            }
         }
     }
 
@@ -39,7 +44,11 @@ impl Quota {
     pub fn from_quota_id(id: &str) -> Option<Quota> {
         let lower = id.to_ascii_lowercase();
         let tokens = lower.contains("token");
-        if lower.contains("perday") {
+        if lower.contains("outputtoken") {
+            lower
+                .contains("perminute")
+                .then_some(Quota::OutputTokensPerMinute)
+        } else if lower.contains("perday") {
             Some(if tokens {
                 Quota::InputTokensPerDay
             } else {

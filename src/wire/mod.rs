@@ -8,10 +8,14 @@
 //! Keeping these in one place means the simulator cannot drift from what the
 //! gateway's upstream client expects to parse.
 
+pub mod anthropic;
 pub mod error;
 pub mod files;
 pub mod openai;
+pub mod openai_usage;
+pub mod ratelimit;
 pub mod request;
+mod sse;
 pub mod tokens;
 
 pub use error::{envelope, format_duration, parse_duration, seconds};

@@ -30,6 +30,7 @@ pub fn limits(model: &str, rpm: u32, tpm: u64, rpd: u32) -> BTreeMap<String, Lim
             tpm,
             rpd,
             tpd: UNLIMITED,
+            otpm: gemini_flux::policy::UNLIMITED,
         },
     )])
 }

@@ -32,6 +32,7 @@ pub const UNLIMITED: Limits = Limits {
     tpm: 100_000_000_000,
     rpd: 1_000_000_000,
     tpd: gemini_flux::policy::UNLIMITED,
+    otpm: gemini_flux::policy::UNLIMITED,
 };
 
 /// One request a minute: everything after the first waits.
@@ -40,6 +41,7 @@ pub const ONE_A_MINUTE: Limits = Limits {
     tpm: 1_000_000,
     rpd: 1_000_000,
     tpd: gemini_flux::policy::UNLIMITED,
+    otpm: gemini_flux::policy::UNLIMITED,
 };
 
 pub struct Options {

@@ -29,6 +29,7 @@ const TIGHT: Limits = Limits {
     tpm: 100_000,
     rpd: 10_000,
     tpd: gemini_flux::policy::UNLIMITED,
+    otpm: gemini_flux::policy::UNLIMITED,
 };
 
 const SHARED_KEYS: usize = 2;

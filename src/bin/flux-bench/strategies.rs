@@ -6,7 +6,8 @@ use crate::world::{Agenda, Served, World, latency_ms};
 use gemini_flux::clock::Timestamp;
 use gemini_flux::policy::{Layers, LimitsOverride, Mode, Usage};
 use gemini_flux::scheduler::{
-    Grant, KeyChoice, Penalty, PlanError, PlanRequest, Priority, Scheduler, Target, Violation,
+    Grant, KeyChoice, Penalty, PlanError, PlanRequest, Priority, Scheduler, Spent, Target,
+    Violation,
 };
 use gemini_flux::sim::quota::Rejection;
 
@@ -93,6 +94,7 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
             tpm: Some(limits.tpm),
             rpd: Some(limits.rpd),
             tpd: None,
+            otpm: None,
         },
     )]);
     let fingerprints = (0..world.keys()).map(|k| format!("…{k:04}")).collect();
@@ -143,7 +145,7 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
                 }
             },
             Ev::Done(i, grant) => {
-                core.settle(grant.id, out[i].tokens);
+                core.settle(grant.id, Spent::input(out[i].tokens));
                 out[i].completed = now;
             }
         }

@@ -19,6 +19,7 @@ pub const FLASH_2025: Limits = Limits {
     tpm: 250_000,
     rpd: 250,
     tpd: gemini_flux::policy::UNLIMITED,
+    otpm: gemini_flux::policy::UNLIMITED,
 };
 
 /// Time between sending a call and the upstream counting it, at most.

@@ -387,6 +387,7 @@ impl QuotaState for Replicated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::DayZone;
     use crate::policy::Usage;
 
     const GUARD: Duration = Duration::from_millis(250);
@@ -397,14 +398,14 @@ mod tests {
     #[test]
     fn dropping_what_left_every_window_is_no_change_to_commit() {
         let mut read = Lane::default();
-        read.book(1, NOON, Usage::call(1_000));
+        read.book(1, NOON, Usage::call(1_000), DayZone::PACIFIC);
         let later = NOON.plus(SPAN);
         let mut decided = read.clone();
         assert!(!changed(&read, &decided, later, GUARD), "untouched");
         decided.forget_before(later, later.pacific_day(), GUARD);
         assert_ne!(decided, read);
         assert!(!changed(&read, &decided, later, GUARD), "only dropped");
-        decided.book(2, later, Usage::call(1_000));
+        decided.book(2, later, Usage::call(1_000), DayZone::PACIFIC);
         assert!(changed(&read, &decided, later, GUARD), "booked");
     }
 }
