@@ -112,14 +112,10 @@ impl LaneQuota {
         }
     }
 
-    /// Admits a call of `tokens` input tokens arriving at `now`, or says why not.
-    pub fn admit(
-        &mut self,
-        limits: &Limits,
-        tokens: u64,
-        now: Timestamp,
-    ) -> Result<Ticket, Rejection> {
-        self.admit_usage(limits, Usage::call(tokens), now)
+    /// Admits a call of `tokens` input tokens (and no output to settle)
+    /// arriving at `now`, or says why not.
+    pub fn admit(&mut self, limits: &Limits, tokens: u64, now: Timestamp) -> Result<(), Rejection> {
+        self.admit_usage(limits, Usage::call(tokens), now).map(drop)
     }
 
     /// Admits a call arriving at `now` that spends `call` (a batch of
@@ -556,7 +552,7 @@ mod tests {
             rpm: 1,
             tpm: 100,
             rpd: 10,
-            tpd: UNLIMITED,
+            tpd: crate::policy::UNLIMITED,
             otpm: 50,
         };
         let mut lane = LaneQuota::new(DayZone::UTC);

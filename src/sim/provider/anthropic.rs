@@ -16,8 +16,7 @@ use super::{
     Lane, ProviderState, Refusal, Said, Settle, is_set, paced, tool_arguments, whole_seconds,
 };
 use crate::policy::{Quota, Usage};
-use crate::wire::prompt_tokens;
-use crate::wire::tokens::INLINE_DATA_TOKENS;
+use crate::wire::anthropic::{error_body, input_tokens};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -37,7 +36,7 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found_error", "Not Found") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "Not Found") })
 }
 
 /// An error in Anthropic's envelope.
@@ -47,16 +46,17 @@ struct Failure {
     retry_after: Option<u64>,
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Failure {
+/// Anthropic's envelope; the status decides the error's type.
+fn error(status: StatusCode, message: &str) -> Failure {
     Failure {
         status,
-        body: json!({"type": "error", "error": {"type": kind, "message": message}}),
+        body: error_body(status.as_u16(), message),
         retry_after: None,
     }
 }
 
 fn invalid(message: &str) -> Failure {
-    error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 impl IntoResponse for Failure {
@@ -103,7 +103,7 @@ fn refused(refusal: Refusal) -> Failure {
     );
     Failure {
         retry_after: refusal.retry_after.map(whole_seconds),
-        ..error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", &message)
+        ..error(StatusCode::TOO_MANY_REQUESTS, &message)
     }
 }
 
@@ -122,7 +122,7 @@ fn with_rate_headers(state: &ProviderState, lane: &Lane, mut response: Response)
         }
         let standing = state.standing(lane, quota);
         // The moment the window is whole again, to the second above.
-        let reset_ms = (now + standing.reset.as_millis() as i64).div_ceil(1_000) * 1_000;
+        let reset_ms = (now + standing.reset.as_millis() as i64 + 999) / 1_000 * 1_000;
         let reset = chrono::DateTime::from_timestamp_millis(reset_ms)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -165,7 +165,7 @@ fn open(
 }
 
 fn authenticate(state: &ProviderState, headers: &HeaderMap) -> Result<usize, Failure> {
-    let unauthorized = |m| error(StatusCode::UNAUTHORIZED, "authentication_error", m);
+    let unauthorized = |m| error(StatusCode::UNAUTHORIZED, m);
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     if key.is_none() {
         return Err(unauthorized("x-api-key header is required"));
@@ -189,13 +189,9 @@ fn lane_of(
         Some(m) if !m.is_empty() => m,
         _ => return Err(invalid("model: Field required")),
     };
-    state.lane(key_index, model).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "not_found_error",
-            &format!("model: {model}"),
-        )
-    })
+    state
+        .lane(key_index, model)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("model: {model}")))
 }
 
 /// Puts the request id on an answer.
@@ -256,61 +252,6 @@ async fn models(State(state): State<Shared>, headers: HeaderMap) -> Response {
         }
     };
     identified(response, id)
-}
-
-/// The input tokens of a Messages body, by the one rule every count here
-/// follows (`wire::tokens`: a quarter of the characters of every text,
-/// 258 an image or document): the system prompt, each message's text, the
-/// tool calls' names and inputs, and the tool results.
-pub(crate) fn input_tokens(body: &Value) -> u64 {
-    let mut remote = 0;
-    let system: Vec<Value> = match &body["system"] {
-        Value::String(text) => vec![json!({ "text": text })],
-        Value::Array(blocks) => blocks
-            .iter()
-            .map(|b| json!({"text": b["text"].as_str().unwrap_or_default()}))
-            .collect(),
-        _ => vec![],
-    };
-    let contents: Vec<Value> = body["messages"]
-        .as_array()
-        .map_or(&[][..], Vec::as_slice)
-        .iter()
-        .map(|m| json!({"parts": parts_of(&m["content"], &mut remote)}))
-        .collect();
-    let countable = json!({"systemInstruction": {"parts": system}, "contents": contents});
-    prompt_tokens(&countable) + remote * INLINE_DATA_TOKENS
-}
-
-/// A content (a text, or a list of blocks) as Gemini parts to count; a
-/// source by URL is counted in `remote`.
-fn parts_of(content: &Value, remote: &mut u64) -> Vec<Value> {
-    let blocks = match content {
-        Value::String(text) => return vec![json!({ "text": text })],
-        Value::Array(blocks) => blocks,
-        _ => return vec![],
-    };
-    let mut parts = Vec::new();
-    for block in blocks {
-        match block["type"].as_str() {
-            Some("text") => parts.push(json!({"text": block["text"]})),
-            Some("image" | "document") => match block["source"]["type"].as_str() {
-                Some("base64") => parts.push(json!({"inlineData": {
-                    "mimeType": block["source"]["media_type"],
-                    "data": block["source"]["data"],
-                }})),
-                Some("text") => parts.push(json!({"text": block["source"]["data"]})),
-                _ => *remote += 1,
-            },
-            Some("tool_use") => {
-                let name = block["name"].as_str().unwrap_or_default();
-                parts.push(json!({ "text": format!("{name}{}", block["input"]) }));
-            }
-            Some("tool_result") => parts.extend(parts_of(&block["content"], remote)),
-            _ => {}
-        }
-    }
-    parts
 }
 
 /// What a valid Messages request asks of its answer.
@@ -593,23 +534,5 @@ mod tests {
         assert_eq!(with_commas(2_000), "2,000");
         assert_eq!(with_commas(999), "999");
         assert_eq!(with_commas(1_234_567), "1,234,567");
-    }
-
-    #[test]
-    fn input_counts_system_texts_tool_calls_results_and_images() {
-        let body = json!({
-            "system": "abcd",
-            "messages": [
-                {"role": "user", "content": "abcdefgh"},
-                {"role": "assistant", "content": [
-                    {"type": "tool_use", "id": "t", "name": "ab", "input": {}}]},
-                {"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": "t", "content": "abcd"},
-                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
-                    {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]},
-            ],
-        });
-        // Text: 4 + 8 + "ab{}" 4 + 4 = 20 characters, 5 tokens; two images.
-        assert_eq!(input_tokens(&body), 5 + 2 * INLINE_DATA_TOKENS);
     }
 }

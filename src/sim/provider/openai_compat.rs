@@ -19,6 +19,7 @@ use crate::policy::{Quota, Usage};
 use crate::sim::routes::{embedding_of, is_embedding};
 use crate::wire::format_duration;
 use crate::wire::openai::{ChatPrompt, embedding_inputs, item_tokens};
+use crate::wire::openai_usage::output_reservation;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -347,18 +348,12 @@ fn read_chat(body: &Map<String, Value>) -> Result<Chat, Failure> {
     if set("n").is_some_and(|n| n.as_u64() != Some(1)) {
         return Err(invalid("n", "'n' : number must be at most 1"));
     }
-    let mut max_tokens = None;
     for field in ["max_tokens", "max_completion_tokens"] {
-        if let Some(value) = set(field) {
-            match value.as_u64() {
-                Some(n) if n >= 1 => max_tokens = max_tokens.or(Some(n)),
-                _ => {
-                    return Err(invalid(
-                        field,
-                        &format!("'{field}' : must be a whole number of at least 1"),
-                    ));
-                }
-            }
+        if set(field).is_some_and(|v| !v.as_u64().is_some_and(|n| n >= 1)) {
+            return Err(invalid(
+                field,
+                &format!("'{field}' : must be a whole number of at least 1"),
+            ));
         }
     }
     let stream = match set("stream") {
@@ -398,7 +393,7 @@ fn read_chat(body: &Map<String, Value>) -> Result<Chat, Failure> {
     Ok(Chat {
         stream,
         include_usage,
-        max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens: output_reservation(&Value::Object(body.clone())).unwrap_or(DEFAULT_MAX_TOKENS),
         call: call.filter(|_| user_last),
     })
 }
