@@ -349,7 +349,7 @@ fn read_chat(body: &Map<String, Value>) -> Result<Chat, Failure> {
         return Err(invalid("n", "'n' : number must be at most 1"));
     }
     for field in ["max_tokens", "max_completion_tokens"] {
-        if set(field).is_some_and(|v| !v.as_u64().is_some_and(|n| n >= 1)) {
+        if set(field).is_some_and(|v| v.as_u64().is_none_or(|n| n < 1)) {
             return Err(invalid(
                 field,
                 &format!("'{field}' : must be a whole number of at least 1"),
