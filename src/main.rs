@@ -1,11 +1,12 @@
 //! The `gemini-flux` binary: `serve` (the default), `demo` and `sim`.
 
-use clap::{Args, Parser, Subcommand};
-use gemini_flux::clock::Clock;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gemini_flux::clock::{Clock, DayZone};
 use gemini_flux::config::Settings;
 use gemini_flux::policy::{Family, Limits, LimitsOverride, parse_key_overrides, parse_overrides};
 use gemini_flux::service;
-use gemini_flux::sim::{Faults, SimConfig, SimServer};
+use gemini_flux::sim::provider::NO_LIMITS;
+use gemini_flux::sim::{Faults, ProviderConfig, ProviderKind, ProviderSim, SimConfig, SimServer};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -27,15 +28,32 @@ enum Command {
     Serve,
     /// Run the service against an in-process simulator with fake keys.
     Demo,
-    /// Run the Gemini simulator alone.
+    /// Run a simulator alone: Gemini's (the default), or with `--kind` an
+    /// OpenAI-compatible provider's or Anthropic's.
     Sim(Box<SimArgs>),
     /// Exit 0 if the service on FLUX_BIND answers /healthz (the container's
     /// HEALTHCHECK: the image has no shell or curl).
     Healthcheck,
 }
 
+/// The provider a `sim` plays.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SimKind {
+    Gemini,
+    Openai,
+    Anthropic,
+}
+
 #[derive(Args)]
 struct SimArgs {
+    /// Which provider to simulate: gemini, openai (an OpenAI-compatible one,
+    /// Groq's wire) or anthropic.
+    #[arg(long, value_enum, default_value_t = SimKind::Gemini)]
+    kind: SimKind,
+    /// The calendar day of an openai or anthropic simulator's per-day
+    /// quotas: utc or pacific (Gemini's is always Pacific).
+    #[arg(long, default_value = "utc")]
+    day: String,
     /// Port to listen on (0 for any free port).
     #[arg(long, default_value_t = 18080)]
     port: u16,
@@ -297,6 +315,14 @@ fn applied(
 }
 
 async fn run_sim(args: SimArgs) -> ExitCode {
+    let kind = match args.kind {
+        SimKind::Gemini => None,
+        SimKind::Openai => Some(ProviderKind::OpenAiCompatible),
+        SimKind::Anthropic => Some(ProviderKind::Anthropic),
+    };
+    if let Some(kind) = kind {
+        return run_provider_sim(args, kind).await;
+    }
     let mut config = SimConfig::new(args.keys);
     config.blocked_keys = args.blocked_keys;
     config.seed = args.seed;
@@ -354,6 +380,65 @@ async fn run_sim(args: SimArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("gemini-flux sim: cannot listen on {bind}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `sim --kind openai|anthropic`: a provider simulator with the kind's
+/// models, or exactly those of `--limits` (a model it does not know starts
+/// with no limit), its day in `--day`, and the latency faults.
+async fn run_provider_sim(args: SimArgs, kind: ProviderKind) -> ExitCode {
+    let gemini_only = !args.blocked_keys.is_empty()
+        || args.key_limits.is_some()
+        || !args.zero_quota.is_empty()
+        || !args.retired.is_empty()
+        || args.omit_quota_value;
+    if gemini_only {
+        eprintln!(
+            "gemini-flux sim: --blocked-keys, --key-limits, --zero-quota, --retired and --omit-quota-value are the Gemini simulator's"
+        );
+        return ExitCode::from(2);
+    }
+    let mut config = ProviderConfig::new(kind, args.keys);
+    config.day = match args.day.as_str() {
+        "utc" => DayZone::UTC,
+        "pacific" => DayZone::PACIFIC,
+        other => {
+            eprintln!("gemini-flux sim: --day {other:?}: utc or pacific");
+            return ExitCode::from(2);
+        }
+    };
+    config.faults = Faults {
+        latency_ms: args.latency_ms,
+        stream_chunk_delay_ms: args.stream_chunk_delay_ms,
+        unavailable_ratio: args.unavailable_ratio,
+        bare_429_ratio: args.bare_429_ratio,
+        drop_mid_stream_ratio: args.drop_mid_stream_ratio,
+        ..Faults::default()
+    };
+    if let Some(json) = args.limits {
+        match parse_overrides(&json) {
+            Ok(overrides) => {
+                let served = config.models.clone();
+                let base = |model: &str| served.get(model).copied().unwrap_or(NO_LIMITS);
+                config.models = applied(overrides, base);
+            }
+            Err(e) => {
+                eprintln!("gemini-flux sim: --limits / FLUX_LIMITS: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let bind = SocketAddr::new(args.bind, args.port);
+    match ProviderSim::start(config, Clock::system(), bind).await {
+        Ok(sim) => {
+            tracing::info!("{kind:?} simulator listening on {}", sim.base_url());
+            sim.wait().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gemini-flux sim: cannot start on {bind}: {e}");
             ExitCode::from(2)
         }
     }

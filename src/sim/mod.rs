@@ -20,15 +20,17 @@
 mod faults;
 mod files;
 mod openai;
+pub mod provider;
 pub mod quota;
 mod routes;
 mod tools;
 
 pub use faults::Faults;
 pub use files::FileStats;
+pub use provider::{ProviderConfig, ProviderKind, ProviderSim};
 pub use quota::LaneStats;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::policy::{Family, Limits, SEED_CHAIN};
 use quota::LaneQuota;
 use rand::SeedableRng;
@@ -133,6 +135,30 @@ pub struct SimStats {
 }
 
 impl SimStats {
+    /// The figures of `lanes` at `now`, their keys named 1-based in
+    /// `key_order` (the provider simulators report the same way).
+    pub(crate) fn of(
+        lanes: &mut BTreeMap<(usize, String), LaneQuota>,
+        key_order: &[String],
+        now: Timestamp,
+    ) -> SimStats {
+        let lanes: Vec<LaneReport> = lanes
+            .iter_mut()
+            .map(|((index, model), lane)| LaneReport {
+                key_index: *index,
+                key: crate::keys::fingerprint(&key_order[index - 1]),
+                model: model.clone(),
+                stats: lane.stats(now),
+            })
+            .collect();
+        SimStats {
+            calls: lanes.iter().map(|l| l.stats.calls).sum(),
+            rejected_429: lanes.iter().map(|l| l.stats.rejected_429).sum(),
+            lanes,
+            files: FileStats::default(),
+        }
+    }
+
     pub fn lane(&self, key_index: usize, model: &str) -> Option<&LaneStats> {
         self.lanes
             .iter()
@@ -231,24 +257,9 @@ impl SimState {
 
     pub(crate) fn stats(&self) -> SimStats {
         let now = self.clock.now();
-        let mut inner = self.lock();
-        let lanes: Vec<LaneReport> = inner
-            .lanes
-            .iter_mut()
-            .map(|((index, model), lane)| LaneReport {
-                key_index: *index,
-                key: crate::keys::fingerprint(&self.key_order[index - 1]),
-                model: model.clone(),
-                stats: lane.stats(now),
-            })
-            .collect();
-        drop(inner);
-        SimStats {
-            calls: lanes.iter().map(|l| l.stats.calls).sum(),
-            rejected_429: lanes.iter().map(|l| l.stats.rejected_429).sum(),
-            lanes,
-            files: self.files().stats(now),
-        }
+        let mut stats = SimStats::of(&mut self.lock().lanes, &self.key_order, now);
+        stats.files = self.files().stats(now);
+        stats
     }
 }
 
