@@ -256,3 +256,40 @@ async fn an_unknown_tpd_is_learned_from_its_first_429() {
     let stats = stack.sim_stats();
     assert_eq!(stats.lane(1, FLASH).unwrap().rejected_tpd, 1, "{stats:?}");
 }
+
+/// An output-token quota set for a model holds each call's `maxOutputTokens`
+/// from its booking until its answer says what it spent. With 1,000 a
+/// minute: calls of at most 400 one after the other all go at once (each
+/// settles to the few tokens it spent); three planned together, two go at
+/// once and the third is booked after the window (a grant never moves).
+#[tokio::test(start_paused = true)]
+async fn an_output_token_quota_reserves_each_calls_most_output() {
+    let config = SimConfig::new(keys(1)).with_limits(BTreeMap::from([(
+        FLASH.to_string(),
+        lane(100, 250_000, 1_000, UNLIMITED),
+    )]));
+    let otpm = json!({FLASH: {"otpm": 1_000}}).to_string();
+    let stack = Stack::start(
+        config,
+        quiet_noon(),
+        &[("FLUX_MODELS", FLASH), ("FLUX_LIMITS", &otpm)],
+    )
+    .await;
+    let ask = || stack.generate(json!({"prompt": prompt_of(100), "max_tokens": 400}));
+    let wait = |(status, _, v): (u16, Option<u64>, Value)| {
+        assert_eq!(status, 200, "{v}");
+        v["wait_applied"].as_f64().unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(wait(ask().await), 0.0);
+    }
+    let (a, b, c) = tokio::join!(ask(), ask(), ask());
+    let mut waits = [wait(a), wait(b), wait(c)];
+    waits.sort_by(f64::total_cmp);
+    assert_eq!(waits, [0.0, 0.0, 60.25]);
+    assert_eq!(stack.sim_stats().rejected_429, 0);
+    let (_, status) = stack.get("/status").await;
+    let flash = &status["keys"][0]["models"][FLASH];
+    assert_eq!(flash["limits"]["otpm"], 1_000);
+    assert_eq!(flash["limits"]["sources"]["otpm"], "env");
+}

@@ -362,11 +362,17 @@ pub trait JobRequest {
     /// The `fileData.fileUri`s it names: a call reading an uploaded file
     /// must go to the key that owns it.
     fn file_uris(&self) -> &[String];
+    /// The most output tokens the call may spend: what it reserves of an
+    /// output-token quota until its answer says what it spent.
+    fn most_output_tokens(&self) -> u64;
 }
 
 impl JobRequest for GenerateRequest {
     fn file_uris(&self) -> &[String] {
         GenerateRequest::file_uris(self)
+    }
+    fn most_output_tokens(&self) -> u64 {
+        GenerateRequest::most_output_tokens(self)
     }
 }
 
@@ -374,6 +380,10 @@ impl JobRequest for GenerateRequest {
 impl JobRequest for Value {
     fn file_uris(&self) -> &[String] {
         &[]
+    }
+    /// A chat's `max_completion_tokens`, else `max_tokens`; an embedding none.
+    fn most_output_tokens(&self) -> u64 {
+        crate::wire::openai_usage::output_reservation(self).unwrap_or(0)
     }
 }
 
@@ -668,7 +678,7 @@ async fn pin_to_file_owner<R: JobRequest>(
 }
 
 /// Books a grant for the job, or says why not.
-async fn plan<R>(
+async fn plan<R: JobRequest>(
     state: &AppState,
     job: &Job<R>,
     estimate: u64,
@@ -683,7 +693,7 @@ async fn plan<R>(
         cost: Usage {
             requests: job.requests,
             input_tokens: estimate,
-            output_tokens: 0,
+            output_tokens: job.request.most_output_tokens(),
         },
         target: job.target.clone(),
         keys: job.keys,

@@ -52,6 +52,11 @@ impl GenerateRequest {
         self.scan.tokens
     }
 
+    /// `generationConfig.maxOutputTokens`, or 0.
+    pub fn most_output_tokens(&self) -> u64 {
+        self.scan.most_output_tokens
+    }
+
     /// The `fileData.fileUri`s it names, in order (see [`Scan`]).
     pub fn file_uris(&self) -> &[String] {
         &self.scan.file_uris

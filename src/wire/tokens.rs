@@ -39,6 +39,9 @@ pub struct Scan {
     /// instruction, and of a `generateContentRequest` it wraps (a
     /// `countTokens` body), in order: the uploaded files a call names.
     pub file_uris: Vec<String>,
+    /// `generationConfig.maxOutputTokens`: what a call reserves of an
+    /// output-token quota (0 when it names none).
+    pub most_output_tokens: u64,
 }
 
 impl Scan {
@@ -172,6 +175,8 @@ enum Name {
     FileData,
     FileUri,
     Wrapped,
+    GenerationConfig,
+    MaxOutputTokens,
     Other,
 }
 
@@ -195,6 +200,8 @@ impl<'de> Deserialize<'de> for Name {
                     "fileData" | "file_data" => Name::FileData,
                     "fileUri" | "file_uri" => Name::FileUri,
                     "generateContentRequest" | "generate_content_request" => Name::Wrapped,
+                    "generationConfig" | "generation_config" => Name::GenerationConfig,
+                    "maxOutputTokens" | "max_output_tokens" => Name::MaxOutputTokens,
                     _ => Name::Other,
                 })
             }
@@ -221,9 +228,13 @@ impl<'de> Visitor<'de> for RequestVisitor {
         let mut wrapped = Vec::new();
         let mut names_model = false;
         let mut empty = true;
+        let mut most_output_tokens = 0;
         while let Some(name) = map.next_key::<Name>()? {
             empty = false;
             match name {
+                Name::GenerationConfig => {
+                    most_output_tokens = map.next_value::<GenerationConfig>()?.most_output_tokens
+                }
                 Name::Contents => contents.add(map.next_value_seed(ByShape(Contents))?),
                 Name::SystemInstruction => camel = Some(map.next_value_seed(ByShape(Content))?),
                 Name::SystemInstructionSnake => {
@@ -243,7 +254,42 @@ impl<'de> Visitor<'de> for RequestVisitor {
             names_model,
             empty,
             file_uris: contents.file_uris,
+            most_output_tokens,
         })
+    }
+}
+
+/// `generationConfig`, of which only `maxOutputTokens` matters here; a value
+/// that is not a whole number is left for the upstream to refuse.
+struct GenerationConfig {
+    most_output_tokens: u64,
+}
+
+impl<'de> Deserialize<'de> for GenerationConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<GenerationConfig, D::Error> {
+        struct ConfigVisitor;
+        impl<'de> Visitor<'de> for ConfigVisitor {
+            type Value = GenerationConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a generationConfig object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut most_output_tokens = 0;
+                while let Some(name) = map.next_key::<Name>()? {
+                    match name {
+                        Name::MaxOutputTokens => {
+                            let value = map.next_value::<serde_json::Value>()?;
+                            most_output_tokens = value.as_u64().unwrap_or(0);
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(GenerationConfig { most_output_tokens })
+            }
+        }
+        d.deserialize_map(ConfigVisitor)
     }
 }
 
@@ -421,6 +467,26 @@ mod tests {
 
     fn count(request: serde_json::Value) -> u64 {
         scan(request).tokens
+    }
+
+    #[test]
+    fn the_most_output_tokens_come_from_the_generation_config() {
+        let most = |request| scan(request).most_output_tokens;
+        assert_eq!(
+            most(json!({"generationConfig": {"maxOutputTokens": 500}})),
+            500
+        );
+        assert_eq!(
+            most(json!({"generation_config": {"temperature": 1, "max_output_tokens": 7}})),
+            7
+        );
+        // None named, or not a whole number: nothing reserved (the upstream judges it).
+        assert_eq!(most(json!({"contents": []})), 0);
+        assert_eq!(
+            most(json!({"generationConfig": {"maxOutputTokens": "x"}})),
+            0
+        );
+        assert!(Scan::of_json(br#"{"generationConfig": 3}"#).is_err());
     }
 
     #[test]
