@@ -159,7 +159,7 @@ pub enum PlanError {
         "key {0} is the only key the request can use (it owns a file the request names), and it is {1}"
     )]
     KeyOut(KeyIndex, KeyState),
-    #[error("model {0:?} is not in the chain nor a provider's")]
+    #[error("model {0:?} is not in the chain")]
     UnknownModel(String),
     #[error("mode {0} allows no model of the chain")]
     NoModelInMode(Mode),
