@@ -9,6 +9,7 @@
 use super::error::seconds;
 use super::files::header_text;
 use crate::clock::Timestamp;
+use crate::policy::Quota;
 use axum::http::HeaderMap;
 use chrono::DateTime;
 use std::time::Duration;
@@ -192,9 +193,29 @@ pub struct Exceeded {
     pub limit: Option<u64>,
 }
 
+impl Exceeded {
+    /// The gateway's quota this limit is: a provider's tokens (OpenAI's
+    /// TPM counts the prompt and the completion, Anthropic's input tokens)
+    /// are its input tokens. `None` for what no lane counts: an hour, a
+    /// day's output tokens, a scope not stated.
+    pub fn quota(&self) -> Option<Quota> {
+        match (self.metric, self.scope) {
+            (Metric::Requests, Scope::Minute) => Some(Quota::RequestsPerMinute),
+            (Metric::Requests, Scope::Day) => Some(Quota::RequestsPerDay),
+            (Metric::InputTokens | Metric::Tokens, Scope::Minute) => {
+                Some(Quota::InputTokensPerMinute)
+            }
+            (Metric::InputTokens | Metric::Tokens, Scope::Day) => Some(Quota::InputTokensPerDay),
+            (Metric::OutputTokens, Scope::Minute) => Some(Quota::OutputTokensPerMinute),
+            _ => None,
+        }
+    }
+}
+
 /// Which limit a 429's message names, in either provider's words:
 /// - OpenAI and Groq: "… on tokens per minute (TPM): Limit 12000, Used …"
-///   (the abbreviation decides: RPM, RPD, TPM, TPD);
+///   (the abbreviation decides: RPM, RPD, TPM, TPD, and OTPM for output
+///   tokens per minute in the same words, as the simulator writes them);
 /// - Anthropic: "… of 2,000 output tokens per minute." (input tokens,
 ///   output tokens, tokens or requests; per minute or per day).
 pub fn exceeded(message: &str) -> Option<Exceeded> {
@@ -203,6 +224,7 @@ pub fn exceeded(message: &str) -> Option<Exceeded> {
         ("(RPD)", Metric::Requests, Scope::Day),
         ("(TPM)", Metric::Tokens, Scope::Minute),
         ("(TPD)", Metric::Tokens, Scope::Day),
+        ("(OTPM)", Metric::OutputTokens, Scope::Minute),
     ];
     for (tag, metric, scope) in tags {
         if let Some(at) = message.find(tag) {
@@ -633,6 +655,53 @@ mod tests {
             exceeded("on tokens per minute (TPM): Limit unknown").map(|e| e.limit),
             Some(None)
         );
+    }
+
+    #[test]
+    fn output_tokens_per_minute_in_groqs_words() {
+        let otpm = "Rate limit reached for model `m` in organization `org_sim` service tier `on_demand` \
+                    on output tokens per minute (OTPM): Limit 2000, Used 1500, Requested 1000. \
+                    Please try again in 59.5s.";
+        let found = exceeded(otpm);
+        assert_eq!(
+            found,
+            Some(Exceeded {
+                metric: Metric::OutputTokens,
+                scope: Scope::Minute,
+                limit: Some(2000)
+            })
+        );
+        assert_eq!(
+            found.and_then(|e| e.quota()),
+            Some(Quota::OutputTokensPerMinute)
+        );
+    }
+
+    #[test]
+    fn each_limit_is_the_gateways_quota_or_none() {
+        let quota = |metric, scope| {
+            Exceeded {
+                metric,
+                scope,
+                limit: None,
+            }
+            .quota()
+        };
+        let cases = [
+            (Metric::Requests, Scope::Minute, Some(Quota::RequestsPerMinute)),
+            (Metric::Requests, Scope::Day, Some(Quota::RequestsPerDay)),
+            (Metric::Tokens, Scope::Minute, Some(Quota::InputTokensPerMinute)),
+            (Metric::InputTokens, Scope::Minute, Some(Quota::InputTokensPerMinute)),
+            (Metric::Tokens, Scope::Day, Some(Quota::InputTokensPerDay)),
+            (Metric::InputTokens, Scope::Day, Some(Quota::InputTokensPerDay)),
+            (Metric::OutputTokens, Scope::Minute, Some(Quota::OutputTokensPerMinute)),
+            (Metric::OutputTokens, Scope::Day, None),
+            (Metric::Requests, Scope::Hour, None),
+            (Metric::Tokens, Scope::Unknown, None),
+        ];
+        for (metric, scope, expected) in cases {
+            assert_eq!(quota(metric, scope), expected, "{metric:?} {scope:?}");
+        }
     }
 
     #[test]
