@@ -186,14 +186,7 @@ pub fn classify(status: u16, body: &[u8]) -> UpstreamError {
         }
         parsed => parsed,
     };
-    let message = parsed["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-                .trim()
-                .to_string()
-        });
+    let message = message_of(&parsed, body);
     let details: &[Value] = parsed["error"]["details"]
         .as_array()
         .map_or(&[], Vec::as_slice);
@@ -264,6 +257,20 @@ pub fn classify(status: u16, body: &[u8]) -> UpstreamError {
             body: parsed,
         },
     }
+}
+
+/// An error answer's message: its envelope's `error.message` (Gemini's,
+/// OpenAI's and Anthropic's envelopes all have one), else the first 300
+/// bytes of the body.
+pub(super) fn message_of(parsed: &Value, body: &[u8]) -> String {
+    parsed["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+                .trim()
+                .to_string()
+        })
 }
 
 /// The `(metric, limit)` pairs a 429's message spells out, in order:

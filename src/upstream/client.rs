@@ -44,6 +44,18 @@ impl Generated {
     }
 }
 
+/// The gateway's HTTP client for an upstream: rustls, a 10 s connect
+/// timeout, `timeout` on a whole call, its own user agent.
+pub(super) fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("gemini-flux/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("an HTTP client with rustls")
+}
+
 /// A pooled client for one upstream base URL.
 #[derive(Clone)]
 pub struct Upstream {
@@ -55,15 +67,8 @@ pub struct Upstream {
 impl Upstream {
     /// `timeout` bounds a whole call; large prompts take long, so keep it generous.
     pub fn new(base_url: &str, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("gemini-flux/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client with rustls");
         Upstream {
-            http,
+            http: http_client(timeout),
             base: base_url.trim_end_matches('/').to_string(),
             timeout,
         }
@@ -351,30 +356,33 @@ impl Upstream {
     }
 }
 
-/// How a call presents the key: Gemini's own header, or the bearer token
-/// the OpenAI-compatible layer reads.
+/// How a call presents the key: Gemini's own header, the bearer token the
+/// OpenAI-compatible layer (and every OpenAI-compatible provider) reads, or
+/// Anthropic's `x-api-key`.
 #[derive(Clone, Copy)]
-enum Auth {
+pub(super) enum Auth {
     Goog,
     Bearer,
+    XApiKey,
 }
 
 impl Auth {
     /// The header that carries the key.
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Auth::Goog => "x-goog-api-key",
             Auth::Bearer => "authorization",
+            Auth::XApiKey => "x-api-key",
         }
     }
 }
 
 /// The key as `auth`'s header value, marked sensitive so that HTTP-level
 /// debug output shows `Sensitive` in its place.
-fn key_header(key: &ApiKey, auth: Auth) -> reqwest::header::HeaderValue {
+pub(super) fn key_header(key: &ApiKey, auth: Auth) -> reqwest::header::HeaderValue {
     use reqwest::header::HeaderValue;
     let value = match auth {
-        Auth::Goog => HeaderValue::from_str(key.expose()),
+        Auth::Goog | Auth::XApiKey => HeaderValue::from_str(key.expose()),
         Auth::Bearer => HeaderValue::from_str(&format!("Bearer {}", key.expose())),
     };
     let mut value = value.unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
@@ -384,9 +392,9 @@ fn key_header(key: &ApiKey, auth: Auth) -> reqwest::header::HeaderValue {
 
 /// A client's OpenAI-format body with `model` set to the one planned: its
 /// own `model` is left out and every other field passes as it came.
-struct OnModel<'a> {
-    model: &'a str,
-    body: &'a Value,
+pub(super) struct OnModel<'a> {
+    pub(super) model: &'a str,
+    pub(super) body: &'a Value,
 }
 
 impl Serialize for OnModel<'_> {
@@ -404,7 +412,7 @@ impl Serialize for OnModel<'_> {
 
 /// `body` as JSON text, for the calls whose body is built as a tree (the
 /// OpenAI layer's and embeddings).
-fn json_text(body: &impl Serialize) -> Vec<u8> {
+pub(super) fn json_text(body: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(body).expect("a JSON tree always serialises")
 }
 
