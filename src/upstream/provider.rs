@@ -314,8 +314,7 @@ mod tests {
 
     #[test]
     fn a_401_is_the_keys_and_a_403_the_clients() {
-        let groq =
-            json!({"error": {"message": "Invalid API Key", "type": "invalid_request_error", "code": "invalid_api_key"}});
+        let groq = json!({"error": {"message": "Invalid API Key", "type": "invalid_request_error", "code": "invalid_api_key"}});
         let anthropic = error_body(401, "invalid x-api-key");
         for (body, message) in [(groq, "Invalid API Key"), (anthropic, "invalid x-api-key")] {
             let e = of(401, &headers(&[]), &body);
@@ -328,7 +327,10 @@ mod tests {
                 }
             );
         }
-        let forbidden = error_body(403, "Your API key does not have permission to use this model.");
+        let forbidden = error_body(
+            403,
+            "Your API key does not have permission to use this model.",
+        );
         let e = of(403, &headers(&[]), &forbidden);
         assert_eq!(e.penalty(), None, "a 403 never touches the key");
         assert!(matches!(e, UpstreamError::Client { status: 403, .. }));

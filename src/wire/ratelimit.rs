@@ -688,13 +688,33 @@ mod tests {
             .quota()
         };
         let cases = [
-            (Metric::Requests, Scope::Minute, Some(Quota::RequestsPerMinute)),
+            (
+                Metric::Requests,
+                Scope::Minute,
+                Some(Quota::RequestsPerMinute),
+            ),
             (Metric::Requests, Scope::Day, Some(Quota::RequestsPerDay)),
-            (Metric::Tokens, Scope::Minute, Some(Quota::InputTokensPerMinute)),
-            (Metric::InputTokens, Scope::Minute, Some(Quota::InputTokensPerMinute)),
+            (
+                Metric::Tokens,
+                Scope::Minute,
+                Some(Quota::InputTokensPerMinute),
+            ),
+            (
+                Metric::InputTokens,
+                Scope::Minute,
+                Some(Quota::InputTokensPerMinute),
+            ),
             (Metric::Tokens, Scope::Day, Some(Quota::InputTokensPerDay)),
-            (Metric::InputTokens, Scope::Day, Some(Quota::InputTokensPerDay)),
-            (Metric::OutputTokens, Scope::Minute, Some(Quota::OutputTokensPerMinute)),
+            (
+                Metric::InputTokens,
+                Scope::Day,
+                Some(Quota::InputTokensPerDay),
+            ),
+            (
+                Metric::OutputTokens,
+                Scope::Minute,
+                Some(Quota::OutputTokensPerMinute),
+            ),
             (Metric::OutputTokens, Scope::Day, None),
             (Metric::Requests, Scope::Hour, None),
             (Metric::Tokens, Scope::Unknown, None),
