@@ -375,23 +375,21 @@ async fn the_clients_anthropic_version_goes_upstream_or_is_refused_unsent() {
     assert_eq!(claude.sim.stats().calls, 1, "the refused one never left");
 }
 
+/// A chat with `key` to an OpenAI-compatible provider at `base` that is
+/// not a simulator, refused.
+async fn refused_chat_at(base: &str, key: &str) -> ProviderFailure {
+    let api = ProviderApi::new("other", Kind::OpenAi, base, Duration::from_secs(600));
+    let (key, body) = (ApiKey::new(key), chat_of(1));
+    let answer = api.post(&key, "chat/completions", MODEL, &body, None, quiet_noon());
+    answer.await.expect_err("refused")
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_provider_that_cannot_be_reached_saw_nothing() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}/v1", closed.local_addr().unwrap());
     drop(closed);
-    let api = ProviderApi::new("gone", Kind::OpenAi, &base, Duration::from_secs(600));
-    let failure = api
-        .post(
-            &ApiKey::new(KEY),
-            "chat/completions",
-            MODEL,
-            &chat_of(1),
-            None,
-            quiet_noon(),
-        )
-        .await
-        .expect_err("unreached");
+    let failure = refused_chat_at(&base, KEY).await;
     assert!(
         matches!(failure.error, UpstreamError::Unreached { .. }),
         "{failure:?}"
@@ -419,19 +417,8 @@ async fn a_key_the_provider_echoes_is_in_no_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let api = ProviderApi::new("echo", Kind::OpenAi, &base, Duration::from_secs(600));
     let key = "sk-proj-echoed-0123456789abcdef";
-    let failure = api
-        .post(
-            &ApiKey::new(key),
-            "chat/completions",
-            MODEL,
-            &chat_of(1),
-            None,
-            quiet_noon(),
-        )
-        .await
-        .expect_err("refused");
+    let failure = refused_chat_at(&base, key).await;
     keyless(&failure.error, key);
     assert_eq!(
         failure.error,
