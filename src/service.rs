@@ -27,12 +27,11 @@ use crate::listener;
 use crate::policy::{Layers, Quota, UNLIMITED};
 use crate::scheduler::alone::Journal;
 use crate::scheduler::replicated::{Replicated, SharedLanes};
-use crate::scheduler::{KeyIndex, KeyState, Scheduler, SchedulerHandle};
+use crate::scheduler::{KeyIndex, KeyState, Provider, Scheduler, SchedulerHandle};
 use crate::store::batches::BatchStore;
 use crate::store::redis::masked;
 use crate::store::{Ledger, Recovered, RedisStore, SqliteStore, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use tokio::net::TcpListener;
@@ -187,6 +186,8 @@ async fn launch(
     let chain = match (&settings.models, &cache) {
         (Some(pinned), _) => pinned.clone(),
         (None, Some(cache)) => cache.models.clone(),
+        // Other providers alone: no Gemini key to discover with.
+        (None, None) if settings.keys.is_empty() => refresh::seed_chain(),
         (None, None) => refresh::discover_chain(&upstream, &settings.keys)
             .await
             .unwrap_or_else(|| {
@@ -194,8 +195,15 @@ async fn launch(
                 refresh::seed_chain()
             }),
     };
-    let key_ids: Vec<String> = settings.keys.iter().map(ApiKey::stable_id).collect();
-    let fingerprints = settings.keys.iter().map(ApiKey::fingerprint).collect();
+    // Gemini's keys, then each other provider's.
+    let keys: Vec<ApiKey> = settings
+        .keys
+        .iter()
+        .chain(settings.providers.iter().flat_map(|p| &p.keys))
+        .cloned()
+        .collect();
+    let key_ids: Vec<String> = keys.iter().map(ApiKey::stable_id).collect();
+    let fingerprints = keys.iter().map(ApiKey::fingerprint).collect();
     let layers = Layers {
         fetched: cache
             .as_ref()
@@ -204,10 +212,19 @@ async fn launch(
         file: settings.policy_file.models.clone(),
         env: settings.limits.clone(),
         keys: Layers::merge_keys(&settings.policy_file.keys, &settings.key_limits),
-        providers: BTreeMap::new(),
+        providers: settings
+            .providers
+            .iter()
+            .flat_map(|p| {
+                p.models
+                    .iter()
+                    .map(|(model, limits)| (format!("{}/{model}", p.name), *limits))
+            })
+            .collect(),
     };
-    // A fetch could change no number that configuration sets.
-    let fetch_at_start = settings.policy_fetch && !layers.configures_all(&chain);
+    // A fetch could change no number that configuration sets, and needs a Gemini key.
+    let fetch_at_start =
+        settings.policy_fetch && !settings.keys.is_empty() && !layers.configures_all(&chain);
     if settings.policy_fetch && !fetch_at_start {
         tracing::info!("every limit of every model is configured: no policy fetch at start");
     }
@@ -218,16 +235,33 @@ async fn launch(
         settings.mode,
         settings.guard,
     );
+    core.set_providers(
+        std::iter::once(Provider::gemini())
+            .chain(settings.providers.iter().map(|p| Provider {
+                name: p.name.clone(),
+                zone: p.day,
+            }))
+            .collect(),
+        std::iter::repeat_n(0, settings.keys.len())
+            .chain(
+                (1..)
+                    .zip(&settings.providers)
+                    .flat_map(|(i, p)| std::iter::repeat_n(i, p.keys.len())),
+            )
+            .collect(),
+    );
     // Models found retired before stay out, and are not what keys are checked on.
     for (model, at, message) in &recovered.retired {
         core.restore_retired(model, *at, message, clock.now());
     }
     let check_model = core.chain().first().unwrap_or(&chain[0]).clone();
-    let validated = validate_keys(&upstream, &settings.keys, &check_model).await;
+    // Other providers' keys are judged by their first answers.
+    let mut validated = validate_keys(&upstream, &settings.keys, &check_model).await;
+    validated.resize(keys.len(), KeyState::Healthy);
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
     core.take_changes();
     core.set_reserve(settings.batches.reserve);
-    log_startup_table(&settings, core.chain(), &core);
+    log_startup_table(&settings, core.chain(), &keys, &core);
     let policy_status = match &cache {
         Some(c) => FetchStatus::accepted(c.at, true),
         None => FetchStatus {
@@ -264,7 +298,9 @@ async fn launch(
     let state = AppState::new(Shared {
         scheduler,
         upstream,
-        keys: settings.keys.clone(),
+        keys: keys.clone(),
+        gemini_keys: settings.keys.len(),
+        providers: api::providers::routes_of(&settings.providers, settings.upstream_timeout),
         key_ids,
         ledger,
         token_count: settings.token_count,
@@ -417,7 +453,7 @@ fn source_name(source: crate::policy::Source) -> String {
         .unwrap_or_default()
 }
 
-fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
+fn log_startup_table(settings: &Settings, chain: &[String], keys: &[ApiKey], core: &Scheduler) {
     tracing::info!("mode {}, chain: {}", settings.mode, chain.join(" > "));
     for model in chain {
         let resolved = core.model_limits(model);
@@ -433,7 +469,7 @@ fn log_startup_table(settings: &Settings, chain: &[String], core: &Scheduler) {
             .collect();
         tracing::info!("  {model}: {}", shown.join(", "));
     }
-    for (i, key) in KeyIndex::all(settings.keys.len()).zip(&settings.keys) {
+    for (i, key) in KeyIndex::all(keys.len()).zip(keys) {
         let shown = match core.key_state(i).unwrap_or(&KeyState::Healthy) {
             KeyState::Healthy => "healthy".to_string(),
             KeyState::Disabled => "disabled".to_string(),

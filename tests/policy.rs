@@ -118,7 +118,7 @@ async fn every_number_comes_from_the_highest_source_that_sets_it() {
     let status = get_json(&client(), &format!("{}/status", svc2.base_url())).await;
     assert_eq!(
         status["limits"][PRO]["sources"],
-        json!({"rpm": "built-in", "tpm": "built-in", "rpd": "built-in", "tpd": "built-in"})
+        json!({"rpm": "built-in", "tpm": "built-in", "rpd": "built-in", "tpd": "built-in", "otpm": "built-in"})
     );
     assert_eq!(status["policy"]["fetch"]["enabled"], false);
 }

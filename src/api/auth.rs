@@ -119,6 +119,11 @@ pub async fn require_token(
     if class == Guarded::GeminiNative {
         presented.extend(goog_key(&req));
     }
+    // The anthropic SDK's own header, on its routes and on the model list.
+    if super::anthropic::is_anthropic(req.uri().path()) || req.uri().path() == "/v1/models" {
+        let x_api_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+        presented.extend(x_api_key.map(str::to_string));
+    }
     let accepted: Vec<&str> = match (&class, &tokens.admin) {
         (Guarded::Admin, Some(admin)) => vec![admin.as_str()],
         _ => tokens.api.iter().map(String::as_str).collect(),
@@ -136,7 +141,7 @@ pub async fn require_token(
     }
     let message = match (presented.is_empty(), class == Guarded::Admin) {
         (true, _) => {
-            "a token is required: Authorization: Bearer <token> (or x-goog-api-key on the Gemini routes)"
+            "a token is required: Authorization: Bearer <token> (or x-goog-api-key on the Gemini routes, x-api-key on /v1/messages)"
         }
         (false, true) => "this route needs the admin token",
         (false, false) => "the token is not valid",

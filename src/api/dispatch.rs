@@ -8,15 +8,16 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
 use crate::config::TokenCount;
 use crate::keys::ApiKey;
 use crate::policy::Usage;
 use crate::scheduler::{
-    Booked, Grant, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Spent, Target,
+    Booked, Grant, Heard, InFlight, KeyChoice, KeyIndex, PlanError, PlanRequest, Priority, Spent,
+    Target,
 };
 use crate::store::{CallId, Outcome, Record};
-use crate::upstream::{Generated, Upstream, UpstreamError};
+use crate::upstream::{Generated, ProviderAnswer, ProviderApi, Upstream, UpstreamError};
 use crate::wire::{GenerateRequest, openai};
 use axum::http::StatusCode;
 use rand::Rng;
@@ -79,9 +80,16 @@ pub struct Settlement {
     call_id: CallId,
     sent_at: Timestamp,
     estimate: u64,
+    /// What the answer's rate-limit headers said (other providers').
+    heard: Heard,
 }
 
 impl Settlement {
+    /// Keeps what the answer's rate-limit headers said, for the settle.
+    pub fn hear(&mut self, heard: Heard) {
+        self.heard = heard;
+    }
+
     /// `usage` is (input, output) tokens from the final `usageMetadata`.
     pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
         let (input, output) = usage.unwrap_or((self.estimate, 0));
@@ -90,6 +98,7 @@ impl Settlement {
             input_tokens: input,
             // Unknown without usage: the reservation stands.
             output_tokens: usage.map(|(_, output)| output),
+            heard: self.heard,
         };
         if outcome == Outcome::Ok {
             self.call.settle(spent);
@@ -335,6 +344,24 @@ pub async fn embed(state: &AppState, job: Job<Value>) -> Result<Served<Value>, F
     within_request_timeout(state, serve::<Embed>(state, job)).await
 }
 
+/// Serves a call to another provider with its JSON answer, settled from
+/// the usage the answer reports and what its rate-limit headers say.
+pub async fn provider_json(
+    state: &AppState,
+    job: Job<ProviderCall>,
+) -> Result<Served<Value>, Failure> {
+    within_request_timeout(state, serve::<ProviderJson>(state, job)).await
+}
+
+/// Serves a call to another provider with its event stream, settled by the
+/// relay from the stream's usage.
+pub async fn provider_stream(
+    state: &AppState,
+    job: Job<ProviderCall>,
+) -> Result<Served<Stream>, Failure> {
+    within_request_timeout(state, serve::<ProviderStream>(state, job)).await
+}
+
 /// `FLUX_REQUEST_TIMEOUT_S` over a whole request, or 504. Whatever was under
 /// way is dropped: a grant not yet sent is released, a call already sent
 /// stays counted.
@@ -365,6 +392,10 @@ pub trait JobRequest {
     /// The most output tokens the call may spend: what it reserves of an
     /// output-token quota until its answer says what it spent.
     fn most_output_tokens(&self) -> u64;
+    /// The other provider it goes to; `None`: Gemini.
+    fn provider(&self) -> Option<&ProviderApi> {
+        None
+    }
 }
 
 impl JobRequest for GenerateRequest {
@@ -373,6 +404,53 @@ impl JobRequest for GenerateRequest {
     }
     fn most_output_tokens(&self) -> u64 {
         GenerateRequest::most_output_tokens(self)
+    }
+}
+
+/// A call to another provider: the client's body, sent as it came (with
+/// the provider's own model name) to `path` under the provider's base URL.
+pub struct ProviderCall {
+    pub api: ProviderApi,
+    /// `chat/completions`, `embeddings` (OpenAI-compatible), `v1/messages`.
+    pub path: &'static str,
+    pub body: Value,
+    /// The client's `anthropic-version`, passed on.
+    pub anthropic_version: Option<String>,
+    /// Estimated locally: no provider counts tokens for free.
+    pub estimate: u64,
+    /// What the call reserves of an output-token quota.
+    pub most_output: u64,
+    /// Reads (input, output) tokens from a whole answer.
+    pub usage: fn(&Value) -> Option<(u64, u64)>,
+    /// The service's clock: when an answer's limits reset.
+    pub clock: Clock,
+}
+
+impl ProviderCall {
+    async fn post(
+        &self,
+        key: &ApiKey,
+        model: &str,
+        now: Timestamp,
+    ) -> Result<ProviderAnswer, UpstreamError> {
+        let model = super::providers::own_name(model);
+        let version = self.anthropic_version.as_deref();
+        self.api
+            .post(key, self.path, model, &self.body, version, now)
+            .await
+            .map_err(|failure| failure.error)
+    }
+}
+
+impl JobRequest for ProviderCall {
+    fn file_uris(&self) -> &[String] {
+        &[]
+    }
+    fn most_output_tokens(&self) -> u64 {
+        self.most_output
+    }
+    fn provider(&self) -> Option<&ProviderApi> {
+        Some(&self.api)
     }
 }
 
@@ -516,6 +594,63 @@ impl Exchange for OpenAiChatStream {
             .await
     }
     fn served(response: reqwest::Response, settlement: Settlement) -> (Stream, u64) {
+        Streamed::served(response, settlement)
+    }
+}
+
+/// Another provider's JSON answer: settled from its usage, its headers heard.
+struct ProviderJson;
+
+impl Exchange for ProviderJson {
+    type Request = ProviderCall;
+    type Answer = (Value, Option<(u64, u64)>, Heard);
+    type Reply = Value;
+    async fn estimate(_: &AppState, request: &ProviderCall, _: Option<KeyIndex>) -> u64 {
+        request.estimate
+    }
+    async fn call(
+        _: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &ProviderCall,
+    ) -> Result<Self::Answer, UpstreamError> {
+        let now = request.clock.now();
+        let answer = request.post(key, model, now).await?;
+        let heard = super::providers::heard(&answer.readings, now);
+        let body = crate::upstream::read_json(answer.response).await?;
+        let usage = (request.usage)(&body);
+        Ok((body, usage, heard))
+    }
+    fn served((body, usage, heard): Self::Answer, mut settlement: Settlement) -> (Value, u64) {
+        settlement.hear(heard);
+        settled(body, usage, settlement)
+    }
+}
+
+/// Another provider's event stream: its headers heard now, settled by the
+/// relay when the stream ends.
+struct ProviderStream;
+
+impl Exchange for ProviderStream {
+    type Request = ProviderCall;
+    type Answer = (reqwest::Response, Heard);
+    type Reply = Stream;
+    async fn estimate(_: &AppState, request: &ProviderCall, _: Option<KeyIndex>) -> u64 {
+        request.estimate
+    }
+    async fn call(
+        _: &Upstream,
+        key: &ApiKey,
+        model: &str,
+        request: &ProviderCall,
+    ) -> Result<Self::Answer, UpstreamError> {
+        let now = request.clock.now();
+        let answer = request.post(key, model, now).await?;
+        let heard = super::providers::heard(&answer.readings, now);
+        Ok((answer.response, heard))
+    }
+    fn served((response, heard): Self::Answer, mut settlement: Settlement) -> (Stream, u64) {
+        settlement.hear(heard);
         Streamed::served(response, settlement)
     }
 }
@@ -749,6 +884,7 @@ async fn one_attempt<E: Exchange>(
         call_id,
         sent_at,
         estimate,
+        heard: Heard::default(),
     };
     let error = match E::call(&state.upstream, key, &grant.model, &job.request).await {
         Ok(answer) => {
@@ -821,7 +957,7 @@ async fn wait_for_slot(state: &AppState, booked: &Booked) -> Result<(), Failure>
 /// neither confirm nor clear (it failed for its own reasons) becomes a
 /// transient failure, so the request goes elsewhere and no key is taken out
 /// on one answer alone.
-async fn judge<R>(
+async fn judge<R: JobRequest>(
     state: &AppState,
     job: &Job<R>,
     grant: &Grant,
@@ -842,10 +978,11 @@ async fn judge<R>(
             }
         }
         e if e.is_about_the_key() => {
-            let check = state
-                .upstream
-                .check_key(&state.keys[grant.key], &state.count_model())
-                .await;
+            let key = &state.keys[grant.key];
+            let check = match job.request.provider() {
+                Some(api) => api.check_key(key).await,
+                None => state.upstream.check_key(key, &state.count_model()).await,
+            };
             match check {
                 Err(refused) if refused.is_about_the_key() => Ok(error),
                 Ok(()) => {

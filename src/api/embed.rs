@@ -13,13 +13,17 @@
 //! tokens were what did not fit.
 
 use super::AppState;
+use super::dispatch::ProviderCall;
 use super::dispatch::{self, Failure, Job, Meta, Served};
 use super::error::{ApiError, GeminiError};
 use super::flux::flux_headers;
 use super::openai::{self, OpenAiError};
+use super::providers;
 use crate::policy::Family;
 use crate::scheduler::{KeyChoice, Priority, Target};
-use crate::wire::openai::embedding_inputs;
+use crate::upstream::Kind;
+use crate::wire::openai::{embedding_inputs, item_tokens};
+use crate::wire::openai_usage::answer_usage;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -92,6 +96,26 @@ pub(super) async fn openai(
         .filter(|m| !m.is_empty())
         .map(|m| m.trim_start_matches("models/").to_string())
         .ok_or_else(|| ApiError::bad_request("model must name an embedding model"))?;
+    if let Some((route, model)) = providers::resolve(&state, Kind::OpenAi, &model)? {
+        // Another provider's embeddings: one call, as the client sent it.
+        let body = Value::Object(body);
+        let call = ProviderCall {
+            api: route.api.clone(),
+            path: "embeddings",
+            estimate: embedding_inputs(&body["input"]).map_or(0, |texts| {
+                texts.iter().map(|t| item_tokens(&json!(t))).sum()
+            }),
+            most_output: 0,
+            body,
+            anthropic_version: None,
+            usage: answer_usage,
+            clock: state.scheduler.clock(),
+        };
+        let served = dispatch::provider_json(&state, providers::job(&state, model, call)).await?;
+        let mut response = Json(served.reply).into_response();
+        flux_headers(response.headers_mut(), &served.meta);
+        return Ok(response);
+    }
     if !embeds(&model) {
         return Err(ApiError::not_found(not_an_embedding_model(&model)).into());
     }

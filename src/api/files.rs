@@ -178,8 +178,7 @@ async fn owner_of(state: &AppState, name: &str) -> Result<Option<KeyIndex>, ApiE
         ));
     };
     if !state
-        .scheduler
-        .usable_keys()
+        .usable_gemini_keys()
         .get(key.get())
         .copied()
         .unwrap_or(false)
@@ -241,7 +240,7 @@ pub(crate) async fn pinned_key(
 /// usable key with the most requests left today over the chain (in turn
 /// among equals), which is where the calls naming the file will go.
 async fn upload_key(state: &AppState, headers: &HeaderMap) -> Result<KeyIndex, ApiError> {
-    let usable = state.scheduler.usable_keys();
+    let usable = state.usable_gemini_keys();
     if let Some(asked) = headers.get("x-flux-key") {
         let key = asked
             .to_str()
@@ -572,7 +571,7 @@ async fn list(
                 ))
             })?,
     };
-    let usable = state.scheduler.usable_keys();
+    let usable = state.usable_gemini_keys();
     let (first, mut token) =
         match query_value(query.as_deref(), "pageToken").filter(|t| !t.is_empty()) {
             None => (KeyIndex::new(0), String::new()),

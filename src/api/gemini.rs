@@ -124,8 +124,11 @@ async fn list_models(
 /// `GET /v1/models` belongs to both worlds ([`openai::asks_openai_style`]):
 /// OpenAI's list to an OpenAI client, Gemini's to a Gemini one.
 async fn list_models_either(State(state): State<AppState>, req: Request) -> Response {
-    if openai::asks_openai_style(&req) {
+    if openai::asks_openai_style(&req) || state.gemini_keys == 0 {
         return openai::model_list(&state).await.into_response();
+    }
+    if req.headers().contains_key("x-api-key") {
+        return Json(super::anthropic::model_list(&state)).into_response();
     }
     let query = req.uri().query().map(str::to_string);
     forward_models(&state, "", &query).await.into_response()

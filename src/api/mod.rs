@@ -9,6 +9,7 @@
 //! below interactive traffic.
 
 mod admin;
+mod anthropic;
 pub mod auth;
 mod batch_queue;
 pub mod batch_runner;
@@ -23,6 +24,7 @@ pub mod gemini;
 pub mod inflight;
 mod openai;
 pub mod origin;
+pub mod providers;
 pub mod refresh;
 mod relay;
 
@@ -52,7 +54,12 @@ use tokio::sync::watch;
 pub struct Shared {
     pub scheduler: SchedulerHandle,
     pub upstream: Upstream,
+    /// Every key: Gemini's first (`gemini_keys` of them), then each other
+    /// provider's, in the providers file's order.
     pub keys: Vec<ApiKey>,
+    pub gemini_keys: usize,
+    /// The other providers, and how to reach each.
+    pub providers: Vec<providers::Route>,
     /// Each key's stable id for the state store, by index.
     pub key_ids: Vec<String>,
     pub ledger: Ledger,
@@ -112,9 +119,16 @@ impl Shared {
             .unwrap_or_else(|| self.fallback_count_model.clone())
     }
 
-    /// A usable key for a call that spends no generate quota, in turn.
+    /// Which of Gemini's keys are usable now, by index.
+    pub fn usable_gemini_keys(&self) -> Vec<bool> {
+        let mut usable = self.scheduler.usable_keys();
+        usable.truncate(self.gemini_keys);
+        usable
+    }
+
+    /// A usable Gemini key for a call that spends no generate quota, in turn.
     pub fn next_usable_key(&self) -> Option<KeyIndex> {
-        let usable = self.scheduler.usable_keys();
+        let usable = self.usable_gemini_keys();
         let healthy: Vec<KeyIndex> = KeyIndex::all(usable.len()).filter(|&k| usable[k]).collect();
         let turn = self
             .count_turn
@@ -166,6 +180,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(gemini::routes())
         .merge(files::routes())
         .merge(openai::routes())
+        .merge(anthropic::routes())
         .merge(batches::routes())
         .fallback(|req: Request| async move {
             refusal(
@@ -217,12 +232,15 @@ pub fn refusal(req: &Request, error: ApiError) -> Response {
 pub enum Envelope {
     Gemini,
     OpenAi,
+    Anthropic,
 }
 
 impl Envelope {
     pub fn of(req: &Request) -> Envelope {
         if openai::is_openai(req) {
             Envelope::OpenAi
+        } else if anthropic::is_anthropic(req.uri().path()) {
+            Envelope::Anthropic
         } else {
             Envelope::Gemini
         }
@@ -231,6 +249,7 @@ impl Envelope {
     pub fn refuse(self, error: ApiError) -> Response {
         match self {
             Envelope::OpenAi => openai::OpenAiError::from(error).into_response(),
+            Envelope::Anthropic => anthropic::AnthropicError::from(error).into_response(),
             Envelope::Gemini => error.into_response(),
         }
     }

@@ -10,11 +10,15 @@
 //! OpenAI's envelope. Embeddings live in `embed`.
 
 use super::AppState;
-use super::dispatch::{self, Failure, Job, Stream};
+use super::dispatch::{self, Failure, Job, Meta, ProviderCall, Served, Stream};
 use super::error::{ApiError, Refusal, Surface, set_retry_after};
 use super::flux::flux_headers;
+use super::providers;
 use super::relay::{OpenAiSse, relay};
 use crate::scheduler::{KeyChoice, Priority, Target};
+use crate::upstream::Kind;
+use crate::wire::openai;
+use crate::wire::openai_usage::{answer_usage, output_reservation};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -88,10 +92,15 @@ pub async fn model_list(state: &AppState) -> Result<Json<Value>, OpenAiError> {
             "the service is shutting down",
         )
     })?;
-    let data: Vec<Value> = snapshot
-        .chain
-        .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "google"}))
+    let gemini = snapshot.chain.iter().map(|m| (m.clone(), "google"));
+    let others = state.providers.iter().flat_map(|r| {
+        r.models
+            .iter()
+            .map(move |m| (format!("{}/{m}", r.name), r.name.as_str()))
+    });
+    let data: Vec<Value> = gemini
+        .chain(others)
+        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -175,7 +184,10 @@ async fn chat(
 ) -> Result<Response, OpenAiError> {
     let mut body = read_object(&headers, body)?;
     let stream = check_chat(&body).map_err(ApiError::bad_request)?;
-    let target = target(&state, &headers, &body)?;
+    let provider = match body.get("model").and_then(Value::as_str) {
+        Some(named) => providers::resolve(&state, Kind::OpenAi, named)?,
+        None => None,
+    };
     if stream {
         // The call is settled from the stream's usage: asked for, whatever
         // the client asked (Google's layer sends it anyway).
@@ -184,30 +196,61 @@ async fn chat(
             options.insert("include_usage".into(), Value::Bool(true));
         }
     }
-    let job = Job {
-        request: Value::Object(body),
-        target,
-        keys: KeyChoice::Any,
-        max_wait: state.max_wait,
-        retry: true,
-        requests: 1,
-        priority: Priority::Interactive,
-    };
-    let (mut response, meta) = if stream {
-        let served = dispatch::openai_chat_stream(&state, job).await?;
-        let Stream {
-            response: upstream,
-            settlement,
-        } = served.reply;
-        let body = relay(upstream, settlement, OpenAiSse);
-        let response = ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
-        (response, served.meta)
-    } else {
-        let served = dispatch::openai_chat(&state, job).await?;
-        (Json(served.reply).into_response(), served.meta)
+    let (mut response, meta) = match provider {
+        Some((route, model)) => {
+            let body = Value::Object(body);
+            let call = ProviderCall {
+                api: route.api.clone(),
+                path: "chat/completions",
+                estimate: openai::ChatPrompt::of(&body).tokens(),
+                most_output: output_reservation(&body).unwrap_or(providers::DEFAULT_MAX_TOKENS),
+                body,
+                anthropic_version: None,
+                usage: answer_usage,
+                clock: state.scheduler.clock(),
+            };
+            let job = providers::job(&state, model, call);
+            if stream {
+                streamed(dispatch::provider_stream(&state, job).await?)
+            } else {
+                whole(dispatch::provider_json(&state, job).await?)
+            }
+        }
+        None => {
+            let job = Job {
+                target: target(&state, &headers, &body)?,
+                request: Value::Object(body),
+                keys: KeyChoice::Any,
+                max_wait: state.max_wait,
+                retry: true,
+                requests: 1,
+                priority: Priority::Interactive,
+            };
+            if stream {
+                streamed(dispatch::openai_chat_stream(&state, job).await?)
+            } else {
+                whole(dispatch::openai_chat(&state, job).await?)
+            }
+        }
     };
     flux_headers(response.headers_mut(), &meta);
     Ok(response)
+}
+
+/// A served chat's whole answer, as it came.
+fn whole(served: Served<Value>) -> (Response, Meta) {
+    (Json(served.reply).into_response(), served.meta)
+}
+
+/// A served chat's stream, relayed as it comes in OpenAI's framing.
+fn streamed(served: Served<Stream>) -> (Response, Meta) {
+    let Stream {
+        response: upstream,
+        settlement,
+    } = served.reply;
+    let body = relay(upstream, settlement, OpenAiSse);
+    let response = ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+    (response, served.meta)
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub async fn refresh(state: &AppState) -> Result<(), String> {
     let started = clock.now();
     let chain = match &state.pinned_models {
         Some(pinned) => pinned.clone(),
-        None => match discover_chain(&state.upstream, &state.keys).await {
+        None => match discover_chain(&state.upstream, &state.keys[..state.gemini_keys]).await {
             Some(chain) => chain,
             None => state
                 .scheduler

@@ -27,6 +27,10 @@ pub trait Framing: Send + 'static {
     fn end(&mut self, usage: Option<Usage>) -> Option<Bytes>;
     /// The upstream broke off; `message` says how.
     fn broken(&mut self, message: &str) -> Bytes;
+    /// The usage the stream has reported once `chunk` is read, if it says.
+    fn usage(&mut self, chunk: &Value) -> Option<Usage> {
+        usage_of(chunk)
+    }
 }
 
 /// The usage a chunk reports, if it reports one.
@@ -84,7 +88,7 @@ impl<F: Framing> Relay<F> {
             return;
         };
         self.relayed += 1;
-        if let Some(u) = usage_of(&chunk) {
+        if let Some(u) = self.framing.usage(&chunk) {
             self.usage = Some(u);
         }
         if let Some(out) = self.framing.chunk(&chunk) {
@@ -239,6 +243,45 @@ impl Framing for OpenAiSse {
     fn broken(&mut self, message: &str) -> Bytes {
         let error = json!({"error": {"message": format!("the upstream stream broke off: {message}"), "type": "api_error", "param": null, "code": null}});
         Bytes::from(format!("data: {error}\n\n"))
+    }
+}
+
+/// Anthropic's Messages stream, passed through: each event as `event:` and
+/// `data:` lines (the type is the data's own). Its usage comes in two parts:
+/// the input in `message_start`, the output so far in each `message_delta`.
+#[derive(Default)]
+pub struct AnthropicSse {
+    input: Option<u64>,
+}
+
+impl Framing for AnthropicSse {
+    fn chunk(&mut self, chunk: &Value) -> Option<Bytes> {
+        let kind = chunk["type"].as_str().unwrap_or("message");
+        Some(Bytes::from(format!("event: {kind}\ndata: {chunk}\n\n")))
+    }
+    fn end(&mut self, _: Option<Usage>) -> Option<Bytes> {
+        None
+    }
+    fn broken(&mut self, message: &str) -> Bytes {
+        let error = crate::wire::anthropic::error_body(
+            502,
+            &format!("the upstream stream broke off: {message}"),
+        );
+        Bytes::from(format!("event: error\ndata: {error}\n\n"))
+    }
+    fn usage(&mut self, chunk: &Value) -> Option<Usage> {
+        match chunk["type"].as_str()? {
+            "message_start" => {
+                let (input, output) = crate::wire::anthropic::usage(&chunk["message"])?;
+                self.input = Some(input);
+                Some((input, output))
+            }
+            "message_delta" => {
+                let output = chunk["usage"]["output_tokens"].as_u64()?;
+                Some((self.input?, output))
+            }
+            _ => None,
+        }
     }
 }
 

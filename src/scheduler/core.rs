@@ -91,6 +91,21 @@ pub struct Spent {
     pub input_tokens: u64,
     /// `None` when the answer did not say: the reservation stands.
     pub output_tokens: Option<u64>,
+    /// What the answer's rate-limit headers said of its lane.
+    pub heard: Heard,
+}
+
+/// What an answer's rate-limit headers say of its lane (other providers
+/// send them on every answer): limits, and a limit with nothing left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// The limits the provider states. Only those below the limits in force
+    /// are learned, so an answer that repeats them changes nothing.
+    pub limits: LimitsOverride,
+    /// A limit with nothing remaining until this instant: the lane waits.
+    pub hold_until: Option<Timestamp>,
+    /// When the answer came.
+    pub at: Timestamp,
 }
 
 impl Spent {
@@ -99,6 +114,17 @@ impl Spent {
         Spent {
             input_tokens,
             output_tokens: None,
+            heard: Heard {
+                limits: LimitsOverride {
+                    rpm: None,
+                    tpm: None,
+                    rpd: None,
+                    tpd: None,
+                    otpm: None,
+                },
+                hold_until: None,
+                at: Timestamp(0),
+            },
         }
     }
 
@@ -765,6 +791,7 @@ impl Scheduler {
             return;
         };
         lane.settle(id, grant.at, grant.cost, spent.applied_to(grant.cost), zone);
+        self.hear(&grant, spent.heard);
         if grant.probe {
             for k in self.tier(grant.key, &grant.model) {
                 let lane = self.lanes.entry((k, grant.model.clone())).or_default();
@@ -788,6 +815,7 @@ impl Scheduler {
         if let Some((grant, zone, lane)) = self.take_grant(id) {
             lane.keep(id, grant.at, grant.cost, spent.applied_to(grant.cost), zone);
             self.reopen_check(&grant);
+            self.hear(&grant, spent.heard);
         }
     }
 
@@ -797,6 +825,25 @@ impl Scheduler {
         if let Some((grant, zone, lane)) = self.take_grant(id) {
             lane.release(id, grant.at, zone);
             self.reopen_check(&grant);
+        }
+    }
+
+    /// Learns what an answer's headers said: a stated limit below the one in
+    /// force (before any 429 could teach it), and a limit spent until its reset.
+    fn hear(&mut self, grant: &Grant, heard: Heard) {
+        let current = self.lane_limits(grant.key, &grant.model, heard.at);
+        let mut lower = LimitsOverride::default();
+        for q in Quota::ALL {
+            if let Some(stated) = heard.limits.get(q).filter(|&v| v > 0 && v < current.get(q)) {
+                lower.set(q, stated);
+            }
+        }
+        if !lower.is_empty() {
+            let today = self.zone(grant.key).day_of(heard.at);
+            self.teach(grant, lower, heard.at, today);
+        }
+        if let Some(until) = heard.hold_until.filter(|&u| u > heard.at) {
+            self.lane_mut(grant.key, &grant.model).cool_until(until);
         }
     }
 
@@ -897,6 +944,37 @@ impl Scheduler {
         }
         let zone = self.zone(grant.key);
         let today = zone.day_of(now);
+        self.teach(grant, taught, now, today);
+        let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
+        // The longest sliding window among the quotas it names frees it.
+        let sliding = violations
+            .iter()
+            .filter_map(|v| match v.quota.window() {
+                Window::Sliding(length) => Some(length),
+                Window::Day => None,
+            })
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let span = sliding + self.guard;
+        let lane = self.lane_mut(grant.key, &grant.model);
+        // The day the call counted in is spent; if that day is already over
+        // (the answer came after midnight), the new one is untouched.
+        if per_day && zone.day_of(grant.at) == today {
+            lane.exhaust_day(today);
+        }
+        match retry_after {
+            // "0s" on a per-day violation says nothing: the day decides.
+            Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
+            _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
+            // A sliding quota with no delay: its window frees it at the latest.
+            _ if !per_day => lane.cool_until(now.plus(span)),
+            _ => {}
+        }
+    }
+
+    /// Learns `taught` on the grant's lane and, provisionally, on its tier's
+    /// other lanes of the model; a limit of 0 is this day's re-check too.
+    fn teach(&mut self, grant: &Grant, taught: LimitsOverride, now: Timestamp, today: NaiveDate) {
         let zero = Quota::ALL.iter().any(|&q| taught.get(q) == Some(0));
         for k in self.tier(grant.key, &grant.model) {
             let current = self.lane_limits(k, &grant.model, now);
@@ -922,31 +1000,6 @@ impl Scheduler {
                     at: now,
                 });
             }
-        }
-        let per_day = violations.iter().any(|v| v.quota.window() == Window::Day);
-        // The longest sliding window among the quotas it names frees it.
-        let sliding = violations
-            .iter()
-            .filter_map(|v| match v.quota.window() {
-                Window::Sliding(length) => Some(length),
-                Window::Day => None,
-            })
-            .max()
-            .unwrap_or(Duration::ZERO);
-        let span = sliding + self.guard;
-        let lane = self.lane_mut(grant.key, &grant.model);
-        // The day the call counted in is spent; if that day is already over
-        // (the answer came after midnight), the new one is untouched.
-        if per_day && zone.day_of(grant.at) == today {
-            lane.exhaust_day(today);
-        }
-        match retry_after {
-            // "0s" on a per-day violation says nothing: the day decides.
-            Some(delay) if !per_day || !delay.is_zero() => lane.cool_until(now.plus(delay)),
-            _ if violations.is_empty() => lane.strike(now, BARE_429_BACKOFF),
-            // A sliding quota with no delay: its window frees it at the latest.
-            _ if !per_day => lane.cool_until(now.plus(span)),
-            _ => {}
         }
     }
 
@@ -1056,6 +1109,7 @@ impl Scheduler {
             .map(|key| KeySnapshot {
                 index: key,
                 fingerprint: self.fingerprints[key].clone(),
+                provider: self.providers[self.key_provider[key]].name.clone(),
                 state: self.states[key].clone(),
                 models: models
                     .iter()
@@ -1151,6 +1205,8 @@ pub struct QueueCounts {
 pub struct KeySnapshot {
     pub index: KeyIndex,
     pub fingerprint: String,
+    /// The provider it belongs to (`gemini`, or the providers file's name).
+    pub provider: String,
     #[serde(flatten)]
     pub state: KeyState,
     pub models: BTreeMap<String, LaneSnapshot>,

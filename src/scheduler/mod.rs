@@ -18,7 +18,7 @@ pub mod seam;
 
 pub use actor::{SchedulerHandle, SharedState, Unavailable};
 pub use core::{
-    Change, Grant, KeyChoice, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Priority,
+    Change, Grant, Heard, KeyChoice, KeyIndex, KeyState, Penalty, PlanError, PlanRequest, Priority,
     Provider, Retired, Scheduler, Snapshot, Spent, Target, Violation,
 };
 pub use grant::{Booked, InFlight};

@@ -1371,8 +1371,8 @@ fn output_tokens_are_reserved_from_the_most_and_settled_to_what_was_spent() {
         s.settle(
             g.id,
             Spent {
-                input_tokens: 500,
                 output_tokens: Some(20),
+                ..Spent::input(500)
             },
         );
     }
@@ -1389,4 +1389,71 @@ fn output_tokens_are_reserved_from_the_most_and_settled_to_what_was_spent() {
     let g = t.plan(&call(1_000), NOON).unwrap();
     t.settle(g.id, Spent::input(500));
     assert_eq!(t.plan(&call(1), NOON).unwrap().at, NOON.plus_millis(SPAN));
+}
+
+#[test]
+fn what_an_answers_headers_say_is_learned_before_any_429() {
+    // Configured at 30 RPM; the provider says 5.
+    let mut s = with_groq(groq_limits(30, 1_000, UNLIMITED));
+    let first = s.plan(&ask(100, model(GROQ)), NOON).unwrap();
+    let heard = Heard {
+        limits: LimitsOverride {
+            rpm: Some(5),
+            // Above what is configured: not learned.
+            rpd: Some(14_400),
+            ..Default::default()
+        },
+        hold_until: None,
+        at: NOON.plus_millis(500),
+    };
+    s.settle(
+        first.id,
+        Spent {
+            heard,
+            ..Spent::input(100)
+        },
+    );
+    let changes = s.take_changes();
+    assert!(
+        matches!(&changes[..], [Change::Learned { learned, .. }] if learned.rpm == Some(5) && learned.rpd.is_none()),
+        "{changes:?}"
+    );
+    let at: Vec<i64> = (0..5)
+        .map(|_| s.plan(&ask(100, model(GROQ)), NOON).unwrap().at.0 - NOON.0)
+        .collect();
+    // Four more in the minute (five with the first), then the window.
+    assert_eq!(at, [0, 0, 0, 0, SPAN]);
+    // Saying the same again teaches nothing new: no write.
+    let again = s
+        .plan(&ask(100, model(GROQ)), NOON.plus_millis(SPAN))
+        .unwrap();
+    s.settle(
+        again.id,
+        Spent {
+            heard,
+            ..Spent::input(100)
+        },
+    );
+    assert!(s.take_changes().is_empty());
+    // Nothing left until a reset: the lane waits for it.
+    let held = s
+        .plan(&ask(100, model(GROQ)), NOON.plus_millis(SPAN))
+        .unwrap();
+    let until = NOON.plus_millis(200_000);
+    s.settle(
+        held.id,
+        Spent {
+            heard: Heard {
+                hold_until: Some(until),
+                ..Heard::default()
+            },
+            ..Spent::input(100)
+        },
+    );
+    assert_eq!(
+        s.plan(&ask(100, model(GROQ)), NOON.plus_millis(SPAN))
+            .unwrap()
+            .at,
+        until
+    );
 }

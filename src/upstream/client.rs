@@ -417,7 +417,7 @@ pub(super) fn json_text(body: &impl Serialize) -> Vec<u8> {
 }
 
 /// The JSON body of an answer; a non-success is classified.
-async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {
+pub async fn read_json(response: reqwest::Response) -> Result<Value, UpstreamError> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(transport_error)?;
     if !(200..300).contains(&status) {

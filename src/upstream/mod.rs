@@ -13,5 +13,5 @@ mod client;
 mod provider;
 
 pub use classify::{UpstreamError, classify};
-pub use client::{Generated, Relayed, Upstream};
+pub use client::{Generated, Relayed, Upstream, read_json};
 pub use provider::{ANTHROPIC_VERSION, Kind, ProviderAnswer, ProviderApi, ProviderFailure};

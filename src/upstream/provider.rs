@@ -149,6 +149,36 @@ impl ProviderApi {
         };
         Err(ProviderFailure { error, readings })
     }
+
+    /// A free call on `key` (its model list), to confirm a refusal that
+    /// named the key before the key is taken out: `Ok` if it is served.
+    pub async fn check_key(&self, key: &ApiKey) -> Result<(), UpstreamError> {
+        let path = match self.kind {
+            Kind::OpenAi => "models",
+            Kind::Anthropic => "v1/models",
+        };
+        let auth = self.kind.auth();
+        let mut request = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .header(auth.name(), key_header(key, auth));
+        if self.kind == Kind::Anthropic {
+            request = request.header("anthropic-version", ANTHROPIC_VERSION);
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        Err(classify(
+            status,
+            &headers,
+            &scrubbed(&bytes, key),
+            Timestamp(0),
+        ))
+    }
 }
 
 /// Whose fault an error answer (`status` not 2xx) was. Both kinds' rules

@@ -52,6 +52,11 @@ pub struct Reading {
 impl Reading {
     /// The instant to hold the lane until, when the provider says nothing
     /// is left of this limit.
+    /// The gateway's quota this limit is, as for a 429's ([`Exceeded::quota`]).
+    pub fn quota(&self) -> Option<Quota> {
+        quota_of(self.metric, self.scope)
+    }
+
     pub fn held_until(&self) -> Option<Timestamp> {
         self.resets_at.filter(|_| self.remaining == Some(0))
     }
@@ -199,16 +204,19 @@ impl Exceeded {
     /// are its input tokens. `None` for what no lane counts: an hour, a
     /// day's output tokens, a scope not stated.
     pub fn quota(&self) -> Option<Quota> {
-        match (self.metric, self.scope) {
-            (Metric::Requests, Scope::Minute) => Some(Quota::RequestsPerMinute),
-            (Metric::Requests, Scope::Day) => Some(Quota::RequestsPerDay),
-            (Metric::InputTokens | Metric::Tokens, Scope::Minute) => {
-                Some(Quota::InputTokensPerMinute)
-            }
-            (Metric::InputTokens | Metric::Tokens, Scope::Day) => Some(Quota::InputTokensPerDay),
-            (Metric::OutputTokens, Scope::Minute) => Some(Quota::OutputTokensPerMinute),
-            _ => None,
-        }
+        quota_of(self.metric, self.scope)
+    }
+}
+
+/// The gateway's quota for a provider's (metric, scope); see [`Exceeded::quota`].
+fn quota_of(metric: Metric, scope: Scope) -> Option<Quota> {
+    match (metric, scope) {
+        (Metric::Requests, Scope::Minute) => Some(Quota::RequestsPerMinute),
+        (Metric::Requests, Scope::Day) => Some(Quota::RequestsPerDay),
+        (Metric::InputTokens | Metric::Tokens, Scope::Minute) => Some(Quota::InputTokensPerMinute),
+        (Metric::InputTokens | Metric::Tokens, Scope::Day) => Some(Quota::InputTokensPerDay),
+        (Metric::OutputTokens, Scope::Minute) => Some(Quota::OutputTokensPerMinute),
+        _ => None,
     }
 }
 

@@ -4,11 +4,14 @@
 //! at start-up, with a message naming the variable, so the service never runs
 //! on a half-understood configuration.
 
+pub mod providers;
+
 use crate::keys::ApiKey;
 use crate::policy::file::{PolicyFile, read_policy_file};
 use crate::policy::{
     KeyOverrides, LimitsOverride, Mode, Reserve, parse_key_overrides, parse_overrides,
 };
+use providers::ProviderSettings;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +25,12 @@ const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 600;
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Gemini's keys (`GEMINI_KEY_n`, `GEMINI_KEYS`, then the providers
+    /// file's gemini entries).
     pub keys: Vec<ApiKey>,
+    /// The other providers (`FLUX_PROVIDERS_FILE`), whose keys come after
+    /// Gemini's in every key list.
+    pub providers: Vec<ProviderSettings>,
     pub mode: Mode,
     /// Log one line per scheduling decision (`GEMINI_LOG`).
     pub log_decisions: bool,
@@ -193,6 +201,7 @@ struct Raw {
     flux_admin_token: Option<String>,
     flux_native_fallback: Option<bool>,
     flux_policy_file: Option<String>,
+    flux_providers_file: Option<String>,
     flux_policy_fetch: Option<bool>,
     flux_redis_url: Option<String>,
     flux_redis_prefix: Option<String>,
@@ -255,7 +264,21 @@ impl Settings {
             .collect();
         let raw: Raw =
             envy::from_iter(vars.iter().cloned()).map_err(|e| ConfigError(envy_message(e)))?;
-        let keys = collect_keys(&vars, raw.gemini_keys.as_deref())?;
+        let mut keys = collect_keys(&vars, raw.gemini_keys.as_deref())?;
+        let from_file = match raw.flux_providers_file.as_deref().map(str::trim) {
+            None | Some("") => providers::ProvidersFile::default(),
+            Some(path) => providers::read(std::path::Path::new(path), &vars)?,
+        };
+        for key in from_file.gemini_keys {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() && from_file.providers.is_empty() {
+            return Err(ConfigError(
+                "no keys: set GEMINI_KEY_1, GEMINI_KEY_2, … or GEMINI_KEYS=key1,key2 (in the environment or .env), or other providers' in FLUX_PROVIDERS_FILE".into(),
+            ));
+        }
         let guards = guards(&raw)?;
         let batches = batch_settings(&raw)?;
         let mode = match raw.gemini_mode.as_deref() {
@@ -285,11 +308,16 @@ impl Settings {
             Some(json) => parse_key_overrides(json)
                 .map_err(|e| ConfigError(format!("FLUX_KEY_LIMITS: {e}")))?,
         };
-        let policy_file = match raw.flux_policy_file.as_deref().map(str::trim) {
+        let mut policy_file = match raw.flux_policy_file.as_deref().map(str::trim) {
             None | Some("") => PolicyFile::default(),
             Some(path) => read_policy_file(std::path::Path::new(path))
                 .map_err(|e| ConfigError(format!("FLUX_POLICY_FILE {e}")))?,
         };
+        // The providers file's gemini numbers join the file layer, under FLUX_POLICY_FILE's.
+        for (model, over) in from_file.gemini_models {
+            let lower = policy_file.models.get(&model).copied().unwrap_or_default();
+            policy_file.models.insert(model, lower.or(over));
+        }
         let beyond = |k: &KeyOverrides| k.keys().copied().find(|&i| i >= keys.len());
         if let Some(i) = beyond(&key_limits).or(beyond(&policy_file.keys)) {
             return Err(ConfigError(format!(
@@ -325,6 +353,7 @@ impl Settings {
         };
         Ok(Settings {
             keys,
+            providers: from_file.providers,
             mode,
             log_decisions: raw.gemini_log.unwrap_or(true),
             base_url,
@@ -398,11 +427,6 @@ fn collect_keys(vars: &[(String, String)], list: Option<&str>) -> Result<Vec<Api
     keys.extend(list.map(split_list).unwrap_or_default());
     let mut seen = std::collections::HashSet::new();
     keys.retain(|k| seen.insert(k.clone()));
-    if keys.is_empty() {
-        return Err(ConfigError(
-            "no Gemini keys: set GEMINI_KEY_1, GEMINI_KEY_2, … or GEMINI_KEYS=key1,key2 (in the environment or .env)".into(),
-        ));
-    }
     Ok(keys.into_iter().map(ApiKey::new).collect())
 }
 
