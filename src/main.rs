@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gemini_flux::clock::{Clock, DayZone};
 use gemini_flux::config::Settings;
+use gemini_flux::config::providers::{ProviderKind as ProvidersKind, ProviderSettings};
 use gemini_flux::policy::{Family, Limits, LimitsOverride, parse_key_overrides, parse_overrides};
 use gemini_flux::service;
 use gemini_flux::sim::provider::NO_LIMITS;
@@ -189,6 +190,17 @@ const DEMO_KEYS: [&str; 4] = [
     "demo-key-0004",
 ];
 
+/// The other providers of `demo`: an OpenAI-compatible one (Groq's free
+/// models) and Anthropic, each with fake keys its simulator accepts.
+const DEMO_PROVIDERS: [(&str, ProviderKind, &[&str]); 2] = [
+    (
+        "groq",
+        ProviderKind::OpenAiCompatible,
+        &["demo-groq-key-1", "demo-groq-key-2"],
+    ),
+    ("claude", ProviderKind::Anthropic, &["demo-claude-key-1"]),
+];
+
 /// The environment's settings, with the keys and upstream replaced by the
 /// demo's own (no real key is read, so none can be spent by accident).
 fn demo_settings() -> Result<Settings, gemini_flux::config::ConfigError> {
@@ -233,6 +245,42 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
         DEMO_KEYS.len(),
         sim.base_url()
     );
+    // One provider of each other kind, simulated too, as a providers file would name them.
+    let mut others = Vec::new();
+    for (name, kind, keys) in DEMO_PROVIDERS {
+        let config = ProviderConfig::new(kind, keys.iter().copied());
+        let limits = config.models.clone();
+        let sim =
+            match ProviderSim::start(config, Clock::system(), ([127, 0, 0, 1], 0).into()).await {
+                Ok(sim) => sim,
+                Err(e) => {
+                    eprintln!("gemini-flux demo: cannot start the {name} simulator: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+        let (kind, base_url) = match kind {
+            ProviderKind::OpenAiCompatible => {
+                (ProvidersKind::OpenAi, format!("{}/v1", sim.base_url()))
+            }
+            ProviderKind::Anthropic => (ProvidersKind::Anthropic, sim.base_url()),
+        };
+        tracing::info!(
+            "demo: simulated provider {name} ({} model(s)) at {base_url}",
+            limits.len()
+        );
+        settings.providers.push(ProviderSettings {
+            name: name.to_string(),
+            kind,
+            base_url,
+            keys: keys
+                .iter()
+                .map(|k| gemini_flux::keys::ApiKey::new(*k))
+                .collect(),
+            day: DayZone::UTC,
+            models: limits,
+        });
+        others.push(sim);
+    }
     // Only once the service listens does it say where.
     let running = match service::start(settings, Clock::system()).await {
         Ok(running) => running,

@@ -16,7 +16,10 @@ use std::collections::BTreeMap;
 
 const LLAMA: &str = "llama-3.3-70b-versatile";
 const HAIKU: &str = "claude-haiku-4-5";
-const GROQ_KEYS: [&str; 2] = ["gsk_TESTsecretGROQ000000000001", "gsk_TESTsecretGROQ000000000002"];
+const GROQ_KEYS: [&str; 2] = [
+    "gsk_TESTsecretGROQ000000000001",
+    "gsk_TESTsecretGROQ000000000002",
+];
 const CLAUDE_KEY: &str = "sk-ant-TESTsecretCLAUDE0000000001";
 
 const NO_LIMITS: Limits = Limits {
@@ -63,7 +66,9 @@ impl Providers {
                 ("FLUX_POLICY_FETCH", "false"),
             ],
         );
-        let svc = service::start(settings, clock).await.expect("service starts");
+        let svc = service::start(settings, clock)
+            .await
+            .expect("service starts");
         Providers {
             groq,
             claude,
@@ -92,7 +97,8 @@ impl Providers {
     }
 
     async fn chat(&self, model: &str, tokens: u64) -> (u16, u64, Value) {
-        let body = json!({"model": model, "messages": [{"role": "user", "content": prompt_of(tokens)}]});
+        let body =
+            json!({"model": model, "messages": [{"role": "user", "content": prompt_of(tokens)}]});
         self.post("/v1/chat/completions", body).await
     }
 
@@ -103,7 +109,14 @@ impl Providers {
 
     async fn status(&self) -> Value {
         let url = format!("{}/status", self.svc.base_url());
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -156,11 +169,17 @@ async fn two_providers_at_once_finish_in_one_window_with_no_429() {
     assert_eq!(chats[0].2["object"], "chat.completion");
     assert_eq!(messages[0].2["type"], "message");
     assert_eq!((p.groq.stats().calls, p.groq.stats().rejected_429), (12, 0));
-    assert_eq!((p.claude.stats().calls, p.claude.stats().rejected_429), (6, 0));
+    assert_eq!(
+        (p.claude.stats().calls, p.claude.stats().rejected_429),
+        (6, 0)
+    );
     // Each call's key is its provider's: groq's two share the chats.
     let status = p.status().await;
     let keys = status["keys"].as_array().unwrap();
-    let providers: Vec<&str> = keys.iter().map(|k| k["provider"].as_str().unwrap()).collect();
+    let providers: Vec<&str> = keys
+        .iter()
+        .map(|k| k["provider"].as_str().unwrap())
+        .collect();
     assert_eq!(providers, ["groq", "groq", "claude"]);
     let model = |k: usize, m: &str| keys[k]["models"][m].clone();
     assert_eq!(model(0, "groq/llama-3.3-70b-versatile")["limits"]["rpm"], 5);
@@ -231,7 +250,10 @@ async fn names_resolve_and_no_provider_key_is_shown() {
     let (status, _, body) = p
         .post("/v1/messages", json!({"model": HAIKU, "messages": []}))
         .await;
-    assert_eq!((status, &body["error"]["type"]), (400, &json!("invalid_request_error")));
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (400, &json!("invalid_request_error"))
+    );
     let models = p
         .http
         .get(format!("{}/v1/models", p.svc.base_url()))

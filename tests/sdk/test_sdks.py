@@ -1,5 +1,6 @@
-"""gemini-flux driven by client libraries nobody here wrote: google-genai and
-openai, each switched over by its base URL alone. Run by .ci/sdk.sh against
+"""gemini-flux driven by client libraries nobody here wrote: google-genai,
+openai and anthropic, each switched over by its base URL alone (the demo's
+other providers: `groq`, OpenAI-compatible, and `claude`, Anthropic). Run by .ci/sdk.sh against
 `gemini-flux demo` (FLUX_URL, FLUX_TOKEN in the environment). The last test
 reads /metrics: not one upstream call of the whole run drew a 429."""
 
@@ -9,6 +10,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import anthropic
 import openai
 import pytest
 from google import genai
@@ -227,6 +229,53 @@ def test_genai_files_are_read_by_the_key_that_uploaded_them(tmp_path):
     with pytest.raises(errors.ClientError) as gone:
         client.files.get(name=uploaded.name)
     assert gone.value.code == 403
+
+
+GROQ = "groq/llama-3.1-8b-instant"
+CLAUDE = "claude-haiku-4-5"
+
+
+def claude(token=TOKEN):
+    return anthropic.Anthropic(api_key=token, base_url=BASE)
+
+
+def test_openai_sdk_reaches_another_provider_by_its_model():
+    answer = chat().chat.completions.with_raw_response.create(
+        model=GROQ, messages=[{"role": "user", "content": PROMPT}]
+    )
+    completion = answer.parse()
+    assert completion.choices[0].message.content.startswith("ok:")
+    assert completion.usage.prompt_tokens > 0
+    assert answer.headers["x-flux-model"] == GROQ
+    streamed = chat().chat.completions.create(
+        model=GROQ, messages=[{"role": "user", "content": PROMPT}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text.startswith("ok:")
+
+
+def test_anthropic_sdk_sends_messages_whole_and_streamed():
+    client = claude()
+    message = client.messages.create(
+        model=CLAUDE, max_tokens=100, messages=[{"role": "user", "content": "Say hello."}]
+    )
+    assert message.content[0].text.startswith("ok:")
+    assert message.usage.output_tokens > 0
+    with client.messages.stream(
+        model=CLAUDE, max_tokens=100, messages=[{"role": "user", "content": "Say hello."}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text.startswith("ok:")
+    assert final.usage.output_tokens > 0
+    assert "claude/claude-haiku-4-5" in [m.id for m in client.models.list()]
+
+
+def test_anthropic_sdk_gets_its_own_errors():
+    with pytest.raises(anthropic.NotFoundError):
+        claude().messages.create(model="claude-nope", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.AuthenticationError):
+        claude(token="wrong").messages.create(model=CLAUDE, max_tokens=10, messages=[{"role": "user", "content": "x"}])
 
 
 def test_no_upstream_call_drew_a_429():
