@@ -20,7 +20,7 @@ use crate::api::inflight::Budget;
 use crate::api::origin::Policy;
 use crate::api::refresh::{self, FetchStatus};
 use crate::api::{self, AppState, Drain, Shared};
-use crate::clock::Clock;
+use crate::clock::{Clock, DayZone};
 use crate::config::Settings;
 use crate::keys::ApiKey;
 use crate::listener;
@@ -300,6 +300,14 @@ async fn launch(
         upstream,
         keys: keys.clone(),
         gemini_keys: settings.keys.len(),
+        key_zones: std::iter::repeat_n(DayZone::PACIFIC, settings.keys.len())
+            .chain(
+                settings
+                    .providers
+                    .iter()
+                    .flat_map(|p| std::iter::repeat_n(p.day, p.keys.len())),
+            )
+            .collect(),
         providers: api::providers::routes_of(&settings.providers, settings.upstream_timeout),
         key_ids,
         ledger,

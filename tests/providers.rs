@@ -38,11 +38,23 @@ struct Providers {
     claude: ProviderSim,
     svc: RunningService,
     http: reqwest::Client,
+    /// What starts the service again, on the same state file and clock.
+    settings: gemini_flux::config::Settings,
+    clock: Clock,
 }
 
 impl Providers {
     async fn start(llama: Limits, haiku: Limits, file: &str) -> Providers {
-        let clock = Clock::starting_at(quiet_noon());
+        Providers::start_at(quiet_noon(), llama, haiku, file).await
+    }
+
+    async fn start_at(
+        wall: gemini_flux::clock::Timestamp,
+        llama: Limits,
+        haiku: Limits,
+        file: &str,
+    ) -> Providers {
+        let clock = Clock::starting_at(wall);
         let addr = "127.0.0.1:0".parse().unwrap();
         let mut groq = ProviderConfig::new(ProviderKind::OpenAiCompatible, GROQ_KEYS);
         groq.models = BTreeMap::from([(LLAMA.to_string(), llama)]);
@@ -66,7 +78,7 @@ impl Providers {
                 ("FLUX_POLICY_FETCH", "false"),
             ],
         );
-        let svc = service::start(settings, clock)
+        let svc = service::start(settings.clone(), clock)
             .await
             .expect("service starts");
         Providers {
@@ -74,7 +86,18 @@ impl Providers {
             claude,
             svc,
             http: client(),
+            settings,
+            clock,
         }
+    }
+
+    /// Stops the service and starts it again on the same state file.
+    async fn restart(self) -> Providers {
+        self.svc.stop().await.unwrap();
+        let svc = service::start(self.settings.clone(), self.clock)
+            .await
+            .expect("service starts again");
+        Providers { svc, ..self }
     }
 
     /// POSTs `body` to `path`; the status, `x-flux-wait-ms` and the body.
@@ -280,4 +303,36 @@ async fn names_resolve_and_no_provider_key_is_shown() {
     for key in GROQ_KEYS.iter().chain([&CLAUDE_KEY]) {
         assert!(!shown.contains(key), "{key} shown");
     }
+}
+
+/// A provider's day is its own zone's, across a restart too: at 18:00
+/// Pacific it is already tomorrow in UTC, and the two requests of Groq's
+/// UTC day spent before the restart are still spent after it (no 429:
+/// the third is refused by the gateway, until UTC midnight).
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_a_utc_days_count() {
+    let evening = at("2026-06-11T01:00:00Z"); // 18:00 on 2026-06-10 in Los Angeles
+    let llama = Limits {
+        rpd: 2,
+        ..NO_LIMITS
+    };
+    let file = BOTH
+        .replace(", \"gsk_TESTsecretGROQ000000000002\"]", "]")
+        .replace("rpm = 5", "rpd = 2");
+    let p = Providers::start_at(evening, llama, NO_LIMITS, &file).await;
+    for _ in 0..2 {
+        let (status, _, body) = p.chat(LLAMA, 10).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let p = p.restart().await;
+    let (status, _, body) = p.chat(LLAMA, 10).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2026-06-12T00:00:00.000Z"),
+        "{body}"
+    );
+    assert_eq!(p.groq.stats().rejected_429, 0);
 }

@@ -870,6 +870,7 @@ async fn one_attempt<E: Exchange>(
         .record_sent(Record::CallSent {
             id: call_id,
             at: sent_at,
+            day: state.key_zones[grant.key].day_of(sent_at),
             key_id: state.key_ids[grant.key].clone(),
             key_index: grant.key,
             fingerprint: key.fingerprint(),

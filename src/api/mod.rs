@@ -58,6 +58,8 @@ pub struct Shared {
     /// provider's, in the providers file's order.
     pub keys: Vec<ApiKey>,
     pub gemini_keys: usize,
+    /// The zone each key's per-day quotas count in (its provider's day).
+    pub key_zones: Vec<crate::clock::DayZone>,
     /// The other providers, and how to reach each.
     pub providers: Vec<providers::Route>,
     /// Each key's stable id for the state store, by index.

@@ -79,6 +79,9 @@ pub enum Record {
     CallSent {
         id: CallId,
         at: Timestamp,
+        /// The quota day it counts in: `at`'s date in its provider's zone
+        /// (Pacific for Gemini's keys).
+        day: chrono::NaiveDate,
         key_id: String,
         key_index: KeyIndex,
         fingerprint: String,

@@ -361,7 +361,10 @@ impl Store for SqliteStore {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(write_error)?;
 
-        let today = now.pacific_day().to_string();
+        // The column holds each call's day in its provider's zone: from
+        // the day before Pacific's today, every zone's today is in (a lane
+        // forgets the days before its own today).
+        let today = now.pacific_day().pred_opt().unwrap_or_default().to_string();
         let mut days = c
             .prepare(&format!(
                 "SELECT key_id, model, pacific_day, sum(requests), sum(input_tokens) FROM calls WHERE pacific_day >= ?1 AND outcome IN ({counted}) GROUP BY key_id, model, pacific_day"
@@ -493,10 +496,10 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction().map_err(write_error)?;
         for record in batch {
             match record {
-                Record::CallSent { id, at, key_id, key_index, fingerprint, model, input_tokens, requests } => tx.execute(
+                Record::CallSent { id, at, day, key_id, key_index, fingerprint, model, input_tokens, requests } => tx.execute(
                     "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, requests, outcome)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'sent')",
-                    params![id, at.millis(), at.pacific_day().to_string(), key_id, key_index.one_based() as i64, fingerprint, model, *input_tokens as i64, *requests as i64],
+                    params![id, at.millis(), day.to_string(), key_id, key_index.one_based() as i64, fingerprint, model, *input_tokens as i64, *requests as i64],
                 ),
                 Record::CallSettled { id, outcome, input_tokens, output_tokens, latency_ms } => tx.execute(
                     "UPDATE calls SET outcome = ?2, input_tokens = ?3, output_tokens = ?4, latency_ms = ?5 WHERE id = ?1",
@@ -569,6 +572,7 @@ mod tests {
         Record::CallSent {
             id,
             at,
+            day: at.pacific_day(),
             key_id: "k1".into(),
             key_index: crate::keys::KeyIndex::new(0),
             fingerprint: "…0001".into(),
