@@ -319,4 +319,29 @@ mod tests {
         assert_eq!(usage_of(&openai), Some((7, 2)));
         assert_eq!(usage_of(&json!({})), None);
     }
+
+    #[test]
+    fn an_anthropic_stream_keeps_its_event_names_and_adds_up_its_usage() {
+        let events = [
+            json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 25, "cache_creation_input_tokens": 5, "output_tokens": 1}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+            json!({"type": "ping"}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}}),
+            json!({"type": "message_stop"}),
+        ];
+        let mut framing = AnthropicSse::default();
+        let usage: Vec<Option<Usage>> = events.iter().map(|e| framing.usage(e)).collect();
+        // Input from the start (cache writes count), the output so far from each delta.
+        assert_eq!(usage, [Some((30, 1)), None, None, Some((30, 15)), None]);
+        assert_eq!(
+            framing.chunk(&events[2]).unwrap(),
+            Bytes::from("event: ping\ndata: {\"type\":\"ping\"}\n\n")
+        );
+        assert_eq!(framing.end(Some((30, 15))), None);
+        let broken = String::from_utf8(framing.broken("reset").to_vec()).unwrap();
+        assert!(broken.starts_with("event: error\ndata: {"), "{broken}");
+        assert!(broken.contains("\"type\":\"api_error\""), "{broken}");
+        // A delta with no start before it says nothing it can be settled by.
+        assert_eq!(AnthropicSse::default().usage(&events[3]), None);
+    }
 }

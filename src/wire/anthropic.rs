@@ -1,10 +1,9 @@
 //! Anthropic's Messages API (`POST /v1/messages`), as far as the gateway
 //! reads it: the few members of a request it schedules by (the body itself
-//! is forwarded as it came), the usage an answer reports, whole or
-//! streamed, and Anthropic's error envelope, which its SDK expects of every
+//! is forwarded as it came), the usage a whole answer reports (a stream's is
+//! read by the relay, `api::relay`), and Anthropic's error envelope, which its SDK expects of every
 //! refusal.
 
-use super::sse::Events;
 use super::tokens::prompt_tokens;
 use serde_json::{Value, json};
 
@@ -124,96 +123,6 @@ pub fn usage(answer: &Value) -> Option<(u64, u64)> {
     let input = usage["input_tokens"].as_u64()?
         + usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
     Some((input, usage["output_tokens"].as_u64().unwrap_or(0)))
-}
-
-/// An `error` event in a stream: the `error.type` and `error.message`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct StreamError {
-    pub kind: String,
-    pub message: String,
-}
-
-/// How a stream ended, as far as settling the call goes.
-#[derive(Debug, PartialEq, Eq)]
-pub struct StreamEnd {
-    /// (input, output) tokens: `message_start` says the input,
-    /// `message_delta` the output so far (its counts are cumulative).
-    pub usage: Option<(u64, u64)>,
-    /// The stream's `error` event, if it sent one (say, `overloaded_error`
-    /// after the answer began).
-    pub error: Option<StreamError>,
-    /// Whether `message_stop` was seen: a stream without it was cut short.
-    pub stopped: bool,
-}
-
-/// Reads a Messages stream's events as their bytes arrive.
-#[derive(Debug, Default)]
-pub struct StreamUsage {
-    events: Events,
-    input: Option<u64>,
-    output: u64,
-    error: Option<StreamError>,
-    stopped: bool,
-}
-
-impl StreamUsage {
-    /// Takes the next bytes of the stream, cut anywhere.
-    pub fn push(&mut self, chunk: &[u8]) {
-        for event in self.events.push(chunk) {
-            self.event(&event.name, &event.data);
-        }
-    }
-
-    /// The stream ended.
-    pub fn finish(mut self) -> StreamEnd {
-        if let Some(event) = self.events.finish() {
-            self.event(&event.name, &event.data);
-        }
-        StreamEnd {
-            usage: self.input.map(|input| (input, self.output)),
-            error: self.error,
-            stopped: self.stopped,
-        }
-    }
-
-    /// One event, named by its `event:` line (or, without one, by its
-    /// data's `type`, which Anthropic writes in both).
-    fn event(&mut self, name: &str, data: &str) {
-        let Ok(data) = serde_json::from_str::<Value>(data) else {
-            return;
-        };
-        let name = if name.is_empty() {
-            data["type"].as_str().unwrap_or_default()
-        } else {
-            name
-        };
-        match name {
-            "message_start" => {
-                if let Some((input, output)) = usage(&data["message"]) {
-                    self.input = Some(input);
-                    self.output = output;
-                }
-            }
-            "message_delta" => {
-                if let Some(output) = data["usage"]["output_tokens"].as_u64() {
-                    self.output = output;
-                }
-                // Present when server tools ran: the cumulative input.
-                if let Some((input, _)) = usage(&data) {
-                    self.input = Some(input);
-                }
-            }
-            "message_stop" => self.stopped = true,
-            "error" => {
-                let error = &data["error"];
-                self.error = Some(StreamError {
-                    kind: error["type"].as_str().unwrap_or("api_error").to_string(),
-                    message: error["message"].as_str().unwrap_or_default().to_string(),
-                });
-            }
-            _ => {}
-        }
-    }
 }
 
 /// Anthropic's `error.type` for an HTTP status. A 503 is
@@ -353,64 +262,6 @@ mod tests {
         assert_eq!(usage(&answer), Some((25, 7)));
         assert_eq!(usage(&json!({"usage": {"output_tokens": 7}})), None);
         assert_eq!(usage(&json!({"usage": {"input_tokens": 3}})), Some((3, 0)));
-    }
-
-    const STREAM: &str = concat!(
-        "event: message_start\n",
-        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
-        "event: content_block_delta\n",
-        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"h\u{e9}\u{1F600}\"}}\n\n",
-        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
-        "event: message_delta\n",
-        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n",
-        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
-    );
-
-    fn end_of(stream: &str, size: usize) -> StreamEnd {
-        let mut reader = StreamUsage::default();
-        stream.as_bytes().chunks(size).for_each(|c| reader.push(c));
-        reader.finish()
-    }
-
-    #[test]
-    fn a_stream_cut_anywhere_gives_its_final_usage() {
-        for size in 1..=STREAM.len() {
-            assert_eq!(
-                end_of(STREAM, size),
-                StreamEnd {
-                    usage: Some((25, 15)),
-                    error: None,
-                    stopped: true
-                },
-                "chunks of {size}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_stream_that_breaks_says_so() {
-        let start = &STREAM[..STREAM.find("event: content_block_delta").unwrap()];
-        let broken = format!(
-            "{start}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}}}\n\n"
-        );
-        assert_eq!(
-            end_of(&broken, 7),
-            StreamEnd {
-                usage: Some((25, 1)),
-                error: Some(StreamError {
-                    kind: "overloaded_error".into(),
-                    message: "Overloaded".into()
-                }),
-                stopped: false
-            }
-        );
-        // Without `event:` lines, the data's type names the event.
-        let bare = "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4}}}\n\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":2}}";
-        assert_eq!(end_of(bare, 5).usage, Some((4, 2)));
-        assert_eq!(
-            end_of("event: message_start\ndata: {oops\n\n", 3).usage,
-            None
-        );
     }
 
     #[test]

@@ -15,7 +15,6 @@ pub mod openai;
 pub mod openai_usage;
 pub mod ratelimit;
 pub mod request;
-mod sse;
 pub mod tokens;
 
 pub use error::{envelope, format_duration, parse_duration, seconds};

@@ -1,9 +1,9 @@
 //! What the scheduler books and settles for an OpenAI-compatible provider
 //! (Groq, OpenRouter, Mistral, Cerebras, OpenAI): the output tokens a chat
-//! request reserves, and the usage its answer reports, whole or streamed.
+//! request reserves, and the usage its whole answer reports (a stream's is
+//! read by the relay, `api::relay`).
 
 use super::openai::usage;
-use super::sse::Events;
 use serde_json::Value;
 
 /// The output tokens a chat request may spend, which output-token quotas
@@ -22,50 +22,6 @@ pub fn output_reservation(body: &Value) -> Option<u64> {
 /// usage when `stream_options.include_usage` was not asked for).
 pub fn answer_usage(body: &Value) -> Option<(u64, u64)> {
     usage(body).or_else(|| usage(body.get("x_groq")?))
-}
-
-/// Reads a chat stream's events as their bytes arrive and keeps the last
-/// usage reported (the final chunk's, when `include_usage` was asked for).
-#[derive(Debug, Default)]
-pub struct StreamUsage {
-    events: Events,
-    usage: Option<(u64, u64)>,
-    done: bool,
-}
-
-impl StreamUsage {
-    /// Takes the next bytes of the stream, cut anywhere.
-    pub fn push(&mut self, chunk: &[u8]) {
-        for event in self.events.push(chunk) {
-            self.event(&event.data);
-        }
-    }
-
-    /// The stream ended: (prompt, completion) tokens, if any chunk said.
-    pub fn finish(mut self) -> Option<(u64, u64)> {
-        if let Some(event) = self.events.finish() {
-            self.event(&event.data);
-        }
-        self.usage
-    }
-
-    /// Whether `data: [DONE]` closed the stream (a stream cut short has no
-    /// trustworthy usage of its end).
-    pub fn done(&self) -> bool {
-        self.done
-    }
-
-    fn event(&mut self, data: &str) {
-        if data == "[DONE]" {
-            self.done = true;
-        } else if let Some(usage) = serde_json::from_str(data)
-            .ok()
-            .as_ref()
-            .and_then(answer_usage)
-        {
-            self.usage = Some(usage);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -103,42 +59,5 @@ mod tests {
             answer_usage(&json!({"usage": {"prompt_tokens": "5"}})),
             None
         );
-    }
-
-    /// A stream whose chunks say `usage: null` until the last one, and a
-    /// multi-byte character in its text.
-    const STREAM: &str = concat!(
-        "data: {\"choices\":[{\"delta\":{\"content\":\"h\u{e9}\u{1F600}\"}}],\"usage\":null}\n\n",
-        ": keep-alive\n\n",
-        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\r\n\r\n",
-        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":17,\"completion_tokens\":9}}\n\n",
-        "data: [DONE]\n\n"
-    );
-
-    #[test]
-    fn a_stream_cut_anywhere_gives_its_final_usage() {
-        for size in 1..=STREAM.len() {
-            let mut reader = StreamUsage::default();
-            STREAM.as_bytes().chunks(size).for_each(|c| reader.push(c));
-            assert!(reader.done(), "chunks of {size}");
-            assert_eq!(reader.finish(), Some((17, 9)), "chunks of {size}");
-        }
-    }
-
-    #[test]
-    fn a_stream_cut_short_is_not_done_and_may_have_no_usage() {
-        let cut = &STREAM[..STREAM.find("data: {\"choices\":[],").unwrap()];
-        let mut reader = StreamUsage::default();
-        reader.push(cut.as_bytes());
-        assert!(!reader.done());
-        assert_eq!(reader.finish(), None);
-        // A last event without its blank line still counts.
-        let mut reader = StreamUsage::default();
-        reader.push(b"data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
-        assert_eq!(reader.finish(), Some((1, 2)));
-        // Groq's place, and garbage that is not JSON.
-        let mut reader = StreamUsage::default();
-        reader.push(b"data: {not json\n\ndata: {\"x_groq\":{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}}\n\n");
-        assert_eq!(reader.finish(), Some((3, 4)));
     }
 }
