@@ -29,6 +29,9 @@ def browser(p):
     )
 
 
+QUOTAS = ["rpm", "tpm", "rpd", "tpd", "otpm"]
+
+
 def test_dashboard_shows_live_keys_and_disables_one():
     for _ in range(3):
         call("/generate", {"prompt": "x" * 4000})
@@ -43,7 +46,15 @@ def test_dashboard_shows_live_keys_and_disables_one():
         for key in status["keys"]:
             row = page.locator(f'#keys tbody tr[data-key="{key["index"]}"]')
             assert key["fingerprint"] in row.inner_text()
-            assert row.locator(".usage").count() == 3 * len(status["chain"])
+            # One bar a quota with a limit: Gemini's three on each chain
+            # model; another provider's, those its lanes have (and its name).
+            limits = [lane["limits"] for lane in key["models"].values()]
+            bars = sum(1 for l in limits for q in QUOTAS if l[q] is not None and l[q] < 2**32 - 1)
+            if key["provider"] == "gemini":
+                assert bars == 3 * len(status["chain"])
+            else:
+                assert key["provider"] in row.inner_text()
+            assert row.locator(".usage").count() == bars
         figures = page.locator("#keys .usage").all_inner_texts()
         assert any(not f.startswith("0 /") for f in figures), "some lane shows the tokens just spent"
         assert "250k" in " ".join(figures) or "250000" in " ".join(figures)
