@@ -336,3 +336,57 @@ async fn a_restart_keeps_a_utc_days_count() {
     );
     assert_eq!(p.groq.stats().rejected_429, 0);
 }
+
+/// Every provider's key in its auth header only: not in an answer, a
+/// header, `/status`, `/metrics` or a log line at TRACE, whatever happens:
+/// served calls and streams, a provider's 429 (a lane configured too high
+/// for a burst), and a key the provider does not know (401, confirmed on
+/// its model list, the key taken out).
+#[tokio::test(start_paused = true)]
+async fn no_provider_key_text_in_any_output_or_log() {
+    let (logs, _guard) = captured_logs();
+    const UNKNOWN: &str = "gsk_TESTsecretGROQunknownToUpstream";
+    let llama = Limits {
+        rpm: 2,
+        ..NO_LIMITS
+    };
+    let file = BOTH.replace("rpm = 5", "rpm = 50").replace(
+        "\"gsk_TESTsecretGROQ000000000002\"]",
+        &format!("\"gsk_TESTsecretGROQ000000000002\", \"{UNKNOWN}\"]"),
+    );
+    let p = Providers::start(llama, NO_LIMITS, &file).await;
+    let mut shown = String::new();
+    let chats = futures::future::join_all((0..8).map(|_| p.chat(LLAMA, 10))).await;
+    for (status, _, body) in &chats {
+        shown.push_str(&format!("{status} {body}\n"));
+    }
+    assert!(chats.iter().all(|c| c.0 == 200), "{shown}");
+    for stream in [false, true] {
+        let body = json!({"model": HAIKU, "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+        let resp = p
+            .http
+            .post(format!("{}/v1/messages", p.svc.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        shown.push_str(&format!("{:?}\n", resp.headers()));
+        shown.push_str(&resp.text().await.unwrap());
+    }
+    for path in ["/status", "/metrics", "/v1/models", "/readyz"] {
+        let url = format!("{}{path}", p.svc.base_url());
+        shown.push_str(&p.http.get(url).send().await.unwrap().text().await.unwrap());
+    }
+    let status = p.status().await;
+    assert_eq!(status["keys"][2]["state"], "invalid", "{status}");
+    assert!(p.groq.stats().rejected_429 > 0, "a 429 was met and learned");
+    let logs = logs.text();
+    assert!(
+        logs.contains("…ream"),
+        "the unknown key is named by its fingerprint"
+    );
+    for key in GROQ_KEYS.iter().chain([&CLAUDE_KEY, &UNKNOWN]) {
+        assert!(!shown.contains(key), "{key} in an answer");
+        assert!(!logs.contains(key), "{key} in the logs");
+    }
+}

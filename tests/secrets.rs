@@ -6,8 +6,6 @@ mod common;
 use common::*;
 use gemini_flux::sim::{Faults, SimConfig};
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 const KEYS: [&str; 3] = [
     "AIzaSyTESTsecretKEYnumber0000000001",
@@ -16,28 +14,9 @@ const KEYS: [&str; 3] = [
 ];
 const UNKNOWN_KEY: &str = "AIzaSyTESTsecretKEYunknownToUpstream";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn no_key_text_in_any_output() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = captured_logs();
 
     let sim = SimConfig::new(KEYS).with_limits(common::limits("gemini-2.5-flash", 2, 50_000, 250));
     let all_keys = format!("{},{UNKNOWN_KEY}", KEYS.join(","));
@@ -146,7 +125,7 @@ async fn no_key_text_in_any_output() {
         .await,
     );
 
-    let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let log_text = logs.text();
     assert!(log_text.contains("granted"), "the decisions were logged");
     assert!(log_text.contains("…0002"), "keys are named by fingerprint");
     let status = &outputs[outputs.len() - 5];
