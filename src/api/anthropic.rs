@@ -8,7 +8,7 @@
 
 use super::AppState;
 use super::dispatch::{self, Failure, ProviderCall, Stream};
-use super::error::{ApiError, Refusal, Surface, set_retry_after};
+use super::error::{ApiError, Refusal, Surface, answer_in};
 use super::flux::flux_headers;
 use super::providers;
 use super::relay::{AnthropicSse, relay};
@@ -44,12 +44,7 @@ pub struct Anthropic;
 
 impl Surface for Anthropic {
     fn answer(failure: Failure) -> Response {
-        let error = failure.error();
-        let mut response = error_response(error.status, &error.message);
-        if let Some(wait) = error.retry_after {
-            set_retry_after(response.headers_mut(), wait);
-        }
-        response
+        answer_in(failure, error_response)
     }
 }
 

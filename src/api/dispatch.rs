@@ -17,7 +17,7 @@ use crate::scheduler::{
     Target,
 };
 use crate::store::{CallId, Outcome, Record};
-use crate::upstream::{Generated, ProviderAnswer, ProviderApi, Upstream, UpstreamError};
+use crate::upstream::{Generated, ProviderApi, Upstream, UpstreamError};
 use crate::wire::{GenerateRequest, openai};
 use axum::http::StatusCode;
 use rand::Rng;
@@ -427,18 +427,25 @@ pub struct ProviderCall {
 }
 
 impl ProviderCall {
-    async fn post(
+    /// Sends the call on `key`: the accepted answer (its body unread) and
+    /// what its rate-limit headers say.
+    async fn send(
         &self,
         key: &ApiKey,
         model: &str,
-        now: Timestamp,
-    ) -> Result<ProviderAnswer, UpstreamError> {
+    ) -> Result<(reqwest::Response, Heard), UpstreamError> {
+        let now = self.clock.now();
         let model = super::providers::own_name(model);
         let version = self.anthropic_version.as_deref();
-        self.api
+        let answer = self
+            .api
             .post(key, self.path, model, &self.body, version, now)
             .await
-            .map_err(|failure| failure.error)
+            .map_err(|failure| failure.error)?;
+        Ok((
+            answer.response,
+            super::providers::heard(&answer.readings, now),
+        ))
     }
 }
 
@@ -614,10 +621,8 @@ impl Exchange for ProviderJson {
         model: &str,
         request: &ProviderCall,
     ) -> Result<Self::Answer, UpstreamError> {
-        let now = request.clock.now();
-        let answer = request.post(key, model, now).await?;
-        let heard = super::providers::heard(&answer.readings, now);
-        let body = crate::upstream::read_json(answer.response).await?;
+        let (response, heard) = request.send(key, model).await?;
+        let body = crate::upstream::read_json(response).await?;
         let usage = (request.usage)(&body);
         Ok((body, usage, heard))
     }
@@ -644,10 +649,7 @@ impl Exchange for ProviderStream {
         model: &str,
         request: &ProviderCall,
     ) -> Result<Self::Answer, UpstreamError> {
-        let now = request.clock.now();
-        let answer = request.post(key, model, now).await?;
-        let heard = super::providers::heard(&answer.readings, now);
-        Ok((answer.response, heard))
+        request.send(key, model).await
     }
     fn served((response, heard): Self::Answer, mut settlement: Settlement) -> (Stream, u64) {
         settlement.hear(heard);

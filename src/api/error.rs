@@ -118,6 +118,18 @@ pub trait Surface {
     fn answer(failure: Failure) -> Response;
 }
 
+/// `failure` in an envelope `write` makes from its status and message, with
+/// `Retry-After` where the gateway says when to come back (the OpenAI and
+/// Anthropic surfaces; Gemini's keeps the upstream's own envelope).
+pub fn answer_in(failure: Failure, write: fn(StatusCode, &str) -> Response) -> Response {
+    let error = failure.error();
+    let mut response = write(error.status, &error.message);
+    if let Some(wait) = error.retry_after {
+        set_retry_after(response.headers_mut(), wait);
+    }
+    response
+}
+
 /// A refusal on surface `S`, which its handlers return with `?`.
 pub struct Refusal<S>(pub Failure, PhantomData<S>);
 
