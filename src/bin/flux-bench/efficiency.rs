@@ -4,9 +4,9 @@
 use crate::bound::makespan_lower_bound;
 use crate::strategies::Strategy;
 use crate::traces::Trace;
-use crate::world::World;
+use crate::world::{Provider, World};
 use gemini_flux::clock::Timestamp;
-use gemini_flux::policy::Limits;
+use gemini_flux::policy::UNLIMITED;
 use std::time::Instant;
 
 /// Wednesday 2026-06-10, noon Pacific: half a day before the first reset.
@@ -21,7 +21,8 @@ pub struct Options {
 
 struct Row {
     strategy: Strategy,
-    keys: usize,
+    /// Each provider's key count, Gemini's first: `8 + 2 + 1`.
+    keys: String,
     trace: Trace,
     makespan_ms: i64,
     bound_ms: i64,
@@ -31,9 +32,16 @@ struct Row {
     p99_wait_ms: i64,
 }
 
-fn run(strategy: Strategy, trace: Trace, keys: usize, limits: Limits) -> Row {
+fn run(strategy: Strategy, trace: Trace, keys: usize) -> Row {
     let requests = trace.generate(SEED);
-    let mut world = World::new(keys, limits, SEED);
+    let providers = trace.providers(keys);
+    let bound_ms = makespan_lower_bound(&requests, &providers, START);
+    let keys = providers
+        .iter()
+        .map(|p| p.keys.to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let mut world = World::new(providers, SEED);
     let served = strategy.run(&requests, &mut world, START);
     assert!(
         served.iter().all(|s| s.completed.millis() > 0),
@@ -46,13 +54,13 @@ fn run(strategy: Strategy, trace: Trace, keys: usize, limits: Limits) -> Row {
     let mut waits: Vec<i64> = served.iter().map(|s| s.wait_ms()).collect();
     waits.sort_unstable();
     let pct = |p: usize| waits[(waits.len() * p / 100).min(waits.len() - 1)];
-    let tokens: u64 = served.iter().map(|s| s.tokens).sum();
+    let tokens: u64 = served.iter().map(|s| s.request.tokens).sum();
     Row {
         strategy,
         keys,
         trace,
         makespan_ms,
-        bound_ms: makespan_lower_bound(&requests, keys, limits, START),
+        bound_ms,
         rejected_429: world.rejected_429,
         tokens_per_min: tokens as f64 / (makespan_ms as f64 / 60_000.0),
         p50_wait_ms: pct(50),
@@ -69,6 +77,28 @@ fn duration(ms: i64) -> String {
         (0, _) => format!("{h}:{m:02}:{s:02}"),
         _ => format!("{d}d {h:02}:{m:02}:{s:02}"),
     }
+}
+
+/// `groq (2 keys of groq/llama-3.3-70b-versatile: 30 RPM, 12000 input TPM,
+/// 1000 RPD, UTC day)`.
+fn describe(provider: &Provider) -> String {
+    let l = provider.limits;
+    let mut quotas = vec![format!("{} RPM", l.rpm), format!("{} input TPM", l.tpm)];
+    if l.otpm != UNLIMITED {
+        quotas.push(format!("{} output TPM", l.otpm));
+    }
+    if l.rpd != u32::MAX {
+        quotas.push(format!("{} RPD", l.rpd));
+    }
+    format!(
+        "{} ({} key{} of `{}`: {}, {} day)",
+        provider.name,
+        provider.keys,
+        if provider.keys == 1 { "" } else { "s" },
+        provider.model,
+        quotas.join(", "),
+        provider.zone.name(),
+    )
 }
 
 pub fn main(options: Options) {
@@ -88,6 +118,36 @@ pub fn main(options: Options) {
         println!("- `{}`: {}", trace.name(), trace.describe());
     }
     println!();
+    let mut runs = 0;
+    for trace in &options.traces {
+        let [_, others @ ..] = &trace.providers(1)[..] else {
+            unreachable!("every trace calls Gemini")
+        };
+        if others.is_empty() {
+            continue;
+        }
+        let others: Vec<String> = others.iter().map(describe).collect();
+        println!(
+            "`{}` also calls {}. Its keys column counts Gemini's keys, then each other provider's; \
+             its calls to them reserve their `max_tokens` until the answer ends (1 s more per 100 \
+             output tokens said), when the upstream keeps only what was said.",
+            trace.name(),
+            others.join(" and ")
+        );
+        for s in options
+            .strategies
+            .iter()
+            .filter(|s| !s.speaks_to_other_providers())
+        {
+            println!(
+                "`{}` is not run on `{}`: the seed speaks to Gemini alone. The two scripts run \
+                 one copy per provider, each on its provider's keys.",
+                s.name(),
+                trace.name()
+            );
+        }
+        println!();
+    }
     println!(
         "| strategy | keys | trace | makespan | lower bound | ÷ bound | upstream 429s | tokens/min | p50 wait | p99 wait |"
     );
@@ -95,7 +155,11 @@ pub fn main(options: Options) {
     for &trace in &options.traces {
         for &keys in &options.keys {
             for &strategy in &options.strategies {
-                let r = run(strategy, trace, keys, limits);
+                if trace.providers(keys).len() > 1 && !strategy.speaks_to_other_providers() {
+                    continue;
+                }
+                runs += 1;
+                let r = run(strategy, trace, keys);
                 println!(
                     "| {} | {} | {} | {} | {} | {:.3} | {} | {:.0} | {} | {} |",
                     r.strategy.name(),
@@ -113,8 +177,7 @@ pub fn main(options: Options) {
         }
     }
     println!(
-        "\n({} runs in {:.1} s of real time)",
-        options.traces.len() * options.keys.len() * options.strategies.len(),
+        "\n({runs} runs in {:.1} s of real time)",
         started.elapsed().as_secs_f64()
     );
 }

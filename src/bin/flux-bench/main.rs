@@ -36,7 +36,7 @@ enum Command {
         /// Key counts (default 1,4,8,32).
         #[arg(long, value_delimiter = ',')]
         keys: Vec<usize>,
-        /// Traces: dubbing, chat, mixed, burst (default all).
+        /// Traces: dubbing, chat, mixed, burst, providers (default all).
         #[arg(long, value_delimiter = ',')]
         traces: Vec<String>,
     },
@@ -92,7 +92,7 @@ fn main() {
                     .iter()
                     .map(|t| {
                         Trace::parse(t).unwrap_or_else(|| {
-                            panic!("unknown trace {t:?}: dubbing, chat, mixed, burst")
+                            panic!("unknown trace {t:?}: dubbing, chat, mixed, burst, providers")
                         })
                     })
                     .collect()

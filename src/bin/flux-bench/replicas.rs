@@ -78,7 +78,7 @@ pub async fn main(options: Options) {
         .collect();
     // All arrive at once and the simulator answers at once, so the bound is
     // the intervals the burst needs, less the first.
-    let windows = intervals(&sizes, SHARED_KEYS as u64, TIGHT);
+    let windows = intervals(&sizes, &[], SHARED_KEYS as u64, TIGHT);
     let bound = Duration::from_secs(60 * (windows as u64 - 1));
 
     println!("## Replicas sharing keys through Redis\n");
