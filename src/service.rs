@@ -388,7 +388,7 @@ fn restore(
             let used = crate::policy::Usage {
                 requests: call.requests,
                 input_tokens: call.input_tokens,
-                output_tokens: 0,
+                output_tokens: call.output_tokens,
             };
             core.restore_call(k, &call.model, call.at, used);
         }

@@ -75,9 +75,8 @@ impl Provider {
             Kind::OpenAi => "chat/completions",
             Kind::Anthropic => "v1/messages",
         };
-        let now = self.clock.now();
         self.api
-            .post(&ApiKey::new(key), path, model, body, version, now)
+            .post(&ApiKey::new(key), path, model, body, version, self.clock)
             .await
     }
 
@@ -380,7 +379,8 @@ async fn the_clients_anthropic_version_goes_upstream_or_is_refused_unsent() {
 async fn refused_chat_at(base: &str, key: &str) -> ProviderFailure {
     let api = ProviderApi::new("other", Kind::OpenAi, base, Duration::from_secs(600));
     let (key, body) = (ApiKey::new(key), chat_of(1));
-    let answer = api.post(&key, "chat/completions", MODEL, &body, None, quiet_noon());
+    let clock = Clock::starting_at(quiet_noon());
+    let answer = api.post(&key, "chat/completions", MODEL, &body, None, clock);
     answer.await.expect_err("refused")
 }
 

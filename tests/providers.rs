@@ -390,3 +390,22 @@ async fn no_provider_key_text_in_any_output_or_log() {
         assert!(!logs.contains(key), "{key} in the logs");
     }
 }
+
+/// A `max_tokens` no model's output-token quota ever holds is refused at
+/// once, saying so, in the surface's envelope: never sent, never waited for.
+#[tokio::test(start_paused = true)]
+async fn more_output_than_a_minute_holds_is_a_413_that_says_so() {
+    let haiku = Limits {
+        otpm: 2_000,
+        ..NO_LIMITS
+    };
+    let p = Providers::start(NO_LIMITS, haiku, BOTH).await;
+    let (status, _, body) = p.message(HAIKU, 64_000).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["type"], "request_too_large");
+    assert_eq!(
+        body["error"]["message"],
+        "the request may spend 64000 output tokens (its max_tokens), more than any allowed model's output tokens per minute (claude/claude-haiku-4-5: 2000): ask for fewer"
+    );
+    assert_eq!(p.claude.stats().calls, 0);
+}

@@ -85,6 +85,11 @@ pub struct Settlement {
 }
 
 impl Settlement {
+    /// The output tokens the call reserved.
+    fn reserved(&self) -> u64 {
+        self.call.grant().cost.output_tokens
+    }
+
     /// Keeps what the answer's rate-limit headers said, for the settle.
     pub fn hear(&mut self, heard: Heard) {
         self.heard = heard;
@@ -92,7 +97,9 @@ impl Settlement {
 
     /// `usage` is (input, output) tokens from the final `usageMetadata`.
     pub fn finish(self, outcome: Outcome, usage: Option<(u64, u64)>) {
-        let (input, output) = usage.unwrap_or((self.estimate, 0));
+        // Without usage the booking keeps its estimate and its reservation,
+        // and so does the ledger (a restart restores what the lane holds).
+        let (input, output) = usage.unwrap_or((self.estimate, self.reserved()));
         self.close(outcome, None, (input, output));
         let spent = Spent {
             input_tokens: input,
@@ -109,7 +116,8 @@ impl Settlement {
 
     /// The call failed in a way the scheduler learns from.
     fn fail(self, error: &UpstreamError) {
-        self.close(outcome_of(error), error.first_quota(), (self.estimate, 0));
+        let booked = (self.estimate, self.reserved());
+        self.close(outcome_of(error), error.first_quota(), booked);
         if let Some(penalty) = error.penalty() {
             self.call.penalise(penalty);
         }
@@ -434,18 +442,17 @@ impl ProviderCall {
         key: &ApiKey,
         model: &str,
     ) -> Result<(reqwest::Response, Heard), UpstreamError> {
-        let now = self.clock.now();
         let model = super::providers::own_name(model);
         let version = self.anthropic_version.as_deref();
         let answer = self
             .api
-            .post(key, self.path, model, &self.body, version, now)
+            .post(key, self.path, model, &self.body, version, self.clock)
             .await
             .map_err(|failure| failure.error)?;
-        Ok((
-            answer.response,
-            super::providers::heard(&answer.readings, now),
-        ))
+        // When the answer came: its headers' relative resets count from then.
+        let now = self.clock.now();
+        let heard = super::providers::heard(self.api.kind(), &answer.readings, now);
+        Ok((answer.response, heard))
     }
 }
 
@@ -879,6 +886,7 @@ async fn one_attempt<E: Exchange>(
             model: grant.model.clone(),
             input_tokens: estimate,
             requests: grant.cost.requests,
+            output_tokens: grant.cost.output_tokens,
         })
         .await;
     let settlement = Settlement {

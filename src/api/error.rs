@@ -89,9 +89,9 @@ impl IntoResponse for ApiError {
 pub fn plan_refusal(refused: &Refused) -> ApiError {
     let since = |at: crate::clock::Timestamp| Some(at.since(refused.at));
     let (status, retry_after) = match &refused.error {
-        PlanError::TooLarge { .. } | PlanError::TooManyItems { .. } => {
-            (StatusCode::PAYLOAD_TOO_LARGE, None)
-        }
+        PlanError::TooLarge { .. }
+        | PlanError::TooMuchOutput { .. }
+        | PlanError::TooManyItems { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
         PlanError::WaitTooLong { at, .. } | PlanError::ExhaustedUntil(at) => {
             (StatusCode::TOO_MANY_REQUESTS, since(*at))
         }

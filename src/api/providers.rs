@@ -12,7 +12,7 @@ use crate::config::providers::{ProviderKind, ProviderSettings};
 use crate::policy::LimitsOverride;
 use crate::scheduler::{Heard, KeyChoice, Priority, Target};
 use crate::upstream::{Kind, ProviderApi};
-use crate::wire::ratelimit::Reading;
+use crate::wire::ratelimit::{Metric, Reading};
 use axum::http::StatusCode;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ pub fn models_of(state: &AppState, kind: Kind) -> Vec<String> {
 pub fn job(state: &AppState, model: String, call: ProviderCall) -> Job<ProviderCall> {
     Job {
         request: call,
-        target: Target::Model(model),
+        target: Target::Provider(model),
         keys: KeyChoice::Any,
         max_wait: state.max_wait,
         retry: true,
@@ -103,10 +103,13 @@ pub fn job(state: &AppState, model: String, call: ProviderCall) -> Job<ProviderC
 }
 
 /// What an answer's rate-limit headers teach its lane, received at `at`.
-pub fn heard(readings: &[Reading], at: Timestamp) -> Heard {
+/// Anthropic's combined `tokens` limit is whichever of its token limits
+/// binds first (often the output one): not learned as any one of them.
+pub fn heard(kind: Kind, readings: &[Reading], at: Timestamp) -> Heard {
     let mut limits = LimitsOverride::default();
     let mut hold_until: Option<Timestamp> = None;
-    for reading in readings {
+    let combined = |r: &&Reading| kind == Kind::Anthropic && r.metric == Metric::Tokens;
+    for reading in readings.iter().filter(|r| !combined(r)) {
         if let (Some(quota), Some(limit)) = (reading.quota(), reading.limit)
             && limits.get(quota).is_none_or(|l| limit < l)
         {

@@ -271,10 +271,12 @@ impl Framing for AnthropicSse {
     }
     fn usage(&mut self, chunk: &Value) -> Option<Usage> {
         match chunk["type"].as_str()? {
+            // Its output count is a placeholder (1): only a delta says what
+            // was generated, so a stream broken before one keeps the reservation.
             "message_start" => {
-                let (input, output) = crate::wire::anthropic::usage(&chunk["message"])?;
+                let (input, _) = crate::wire::anthropic::usage(&chunk["message"])?;
                 self.input = Some(input);
-                Some((input, output))
+                None
             }
             "message_delta" => {
                 let output = chunk["usage"]["output_tokens"].as_u64()?;
@@ -331,8 +333,9 @@ mod tests {
         ];
         let mut framing = AnthropicSse::default();
         let usage: Vec<Option<Usage>> = events.iter().map(|e| framing.usage(e)).collect();
-        // Input from the start (cache writes count), the output so far from each delta.
-        assert_eq!(usage, [Some((30, 1)), None, None, Some((30, 15)), None]);
+        // Input from the start (cache writes count), the output so far from
+        // each delta; the start's own output count (1) is not a usage.
+        assert_eq!(usage, [None, None, None, Some((30, 15)), None]);
         assert_eq!(
             framing.chunk(&events[2]).unwrap(),
             Bytes::from("event: ping\ndata: {\"type\":\"ping\"}\n\n")

@@ -274,6 +274,16 @@ impl Settings {
                 keys.push(key);
             }
         }
+        // A key's text names its lanes and its ledger rows: one provider each.
+        let mut seen = std::collections::HashSet::new();
+        let every_key = keys
+            .iter()
+            .chain(from_file.providers.iter().flat_map(|p| &p.keys));
+        if every_key.map(ApiKey::stable_id).any(|id| !seen.insert(id)) {
+            return Err(ConfigError(
+                "FLUX_PROVIDERS_FILE: the same key is given to two providers (or to a provider and Gemini)".into(),
+            ));
+        }
         if keys.is_empty() && from_file.providers.is_empty() {
             return Err(ConfigError(
                 "no keys: set GEMINI_KEY_1, GEMINI_KEY_2, … or GEMINI_KEYS=key1,key2 (in the environment or .env), or other providers' in FLUX_PROVIDERS_FILE".into(),
@@ -589,5 +599,36 @@ mod tests {
         let e = Settings::from_vars(vars(&[("GEMINI_KEYS", "AIzaSECRET"), ("GEMINI_MODE", "x")]))
             .unwrap_err();
         assert!(!e.to_string().contains("AIzaSECRET"));
+    }
+
+    #[test]
+    fn a_providers_file_alone_is_enough_and_a_key_serves_one_provider() {
+        let dir = std::env::temp_dir().join(format!("flux-providers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("providers.toml");
+        let file = |keys: &str| {
+            let text = format!(
+                "[[providers]]\nname = \"groq\"\nkind = \"openai\"\nbase_url = \"https://g.example/v1\"\nkeys = [{keys}]\n[providers.models.m]\nrpm = 1\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            vec![(
+                "FLUX_PROVIDERS_FILE".to_string(),
+                path.display().to_string(),
+            )]
+        };
+        let alone = Settings::from_vars(file("\"gsk_1\"")).unwrap();
+        assert!(alone.keys.is_empty());
+        assert_eq!(alone.providers[0].keys.len(), 1);
+        let mut shared = file("\"AIzaSHARED\"");
+        shared.push(("GEMINI_KEYS".into(), "AIzaSHARED".into()));
+        let e = Settings::from_vars(shared).unwrap_err().to_string();
+        assert!(e.contains("the same key is given to two providers"), "{e}");
+        assert!(!e.contains("AIzaSHARED"), "{e}");
+        assert!(
+            Settings::from_vars(Vec::new())
+                .unwrap_err()
+                .to_string()
+                .starts_with("no keys")
+        );
     }
 }

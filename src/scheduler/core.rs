@@ -35,6 +35,10 @@ pub enum Target {
     /// This model first, then the models after it in the chain that the
     /// service's mode allows (a client that opted into fallback).
     ChainFrom(String),
+    /// A model of a provider other than Gemini (`provider/model`), planned
+    /// on that provider's keys; only the other providers' surfaces name one,
+    /// so a Gemini route can never book (and send) another provider's key.
+    Provider(String),
 }
 
 /// Which keys a request may use.
@@ -160,6 +164,13 @@ impl Provider {
 pub enum PlanError {
     #[error("the request has {tokens} input tokens, more than any allowed model accepts in one call ({})", describe_tpms(.largest))]
     TooLarge {
+        tokens: u64,
+        largest: Vec<(String, u64)>,
+    },
+    /// More output tokens reserved (`max_tokens`) than any allowed model's
+    /// output-token quota holds in a minute.
+    #[error("the request may spend {tokens} output tokens (its max_tokens), more than any allowed model's output tokens per minute ({}): ask for fewer", describe_tpms(.largest))]
+    TooMuchOutput {
         tokens: u64,
         largest: Vec<(String, u64)>,
     },
@@ -517,10 +528,14 @@ impl Scheduler {
             Target::Embedding(m) if outside_the_chain(m) && !self.is_retired(m) => {
                 Ok(vec![m.clone()])
             }
-            Target::Model(m) if self.provider_of(m) != 0 && !self.is_retired(m) => {
+            Target::Provider(m)
+                if self.provider_of(m) != 0 && self.layers.providers.contains_key(m) =>
+            {
                 Ok(vec![m.clone()])
             }
-            Target::Model(m) | Target::Embedding(m) => Err(PlanError::UnknownModel(m.clone())),
+            Target::Model(m) | Target::Embedding(m) | Target::Provider(m) => {
+                Err(PlanError::UnknownModel(m.clone()))
+            }
             Target::ChainFrom(m) => {
                 let start = self
                     .chain
@@ -555,7 +570,7 @@ impl Scheduler {
     /// changed by another replica: a plan must never book a lane it did not read.
     pub fn lanes_to_plan(&self, target: &Target) -> Vec<(KeyIndex, String)> {
         let models = match target {
-            Target::Model(m) | Target::Embedding(m) => vec![m.clone()],
+            Target::Model(m) | Target::Embedding(m) | Target::Provider(m) => vec![m.clone()],
             Target::Chain(_) | Target::ChainFrom(_) => self.chain.clone(),
         };
         models
@@ -732,20 +747,30 @@ impl Scheduler {
                 most,
             };
         }
-        let largest = models
-            .iter()
-            .map(|m| {
-                let bound = usable
-                    .iter()
-                    .map(|&k| self.lane_limits(k, m, now).per_call_bound())
-                    .max()
-                    .unwrap_or(0);
-                (m.clone(), bound)
-            })
-            .collect();
+        // The largest call each model takes on any usable key, by `bound`.
+        let largest = |bound: fn(&Limits) -> u64| {
+            models
+                .iter()
+                .map(|m| {
+                    let most = usable
+                        .iter()
+                        .map(|&k| bound(&self.lane_limits(k, m, now)))
+                        .max()
+                        .unwrap_or(0);
+                    (m.clone(), most)
+                })
+                .collect::<Vec<_>>()
+        };
+        let outputs = largest(|l| l.otpm);
+        if outputs.iter().all(|&(_, most)| call.output_tokens > most) {
+            return PlanError::TooMuchOutput {
+                tokens: call.output_tokens,
+                largest: outputs,
+            };
+        }
         PlanError::TooLarge {
             tokens: call.input_tokens,
-            largest,
+            largest: largest(Limits::per_call_bound),
         }
     }
 

@@ -83,6 +83,10 @@ fn model(m: &str) -> Target {
     Target::Model(m.into())
 }
 
+fn provider(m: &str) -> Target {
+    Target::Provider(m.into())
+}
+
 fn a_100k_request_waits_exactly_what_the_token_window_needs<R: Rules>(
     new: fn(usize, &[Override]) -> R,
 ) {
@@ -1313,7 +1317,7 @@ fn groq_limits(rpm: u32, rpd: u32, otpm: u64) -> Limits {
 fn another_providers_model_goes_only_to_its_keys_and_theirs_never_serve_the_chain() {
     let mut s = with_groq(groq_limits(30, 1_000, UNLIMITED));
     for _ in 0..5 {
-        let g = s.plan(&ask(100, model(GROQ)), NOON).unwrap();
+        let g = s.plan(&ask(100, provider(GROQ)), NOON).unwrap();
         assert_eq!((g.key.get(), g.at), (2, NOON));
         let g = s.plan(&ask(100, Target::Chain(None)), NOON).unwrap();
         assert_ne!(g.key.get(), 2);
@@ -1321,14 +1325,24 @@ fn another_providers_model_goes_only_to_its_keys_and_theirs_never_serve_the_chai
     // Pinned to a key of the wrong provider: no usable key.
     let pinned = PlanRequest {
         keys: KeyChoice::Only(KeyIndex::new(0)),
-        ..ask(100, model(GROQ))
+        ..ask(100, provider(GROQ))
     };
     assert_eq!(s.plan(&pinned, NOON), Err(PlanError::NoUsableKey));
-    // A provider name that is not configured is no model at all.
-    assert_eq!(
-        s.plan(&ask(100, model("mistral/large")), NOON),
-        Err(PlanError::UnknownModel("mistral/large".into()))
-    );
+    // A provider name that is not configured is no model at all, and a
+    // Gemini route (`Target::Model`) never reaches another provider's model.
+    for target in [
+        provider("mistral/large"),
+        provider("groq/unlisted"),
+        model(GROQ),
+    ] {
+        assert!(
+            matches!(
+                s.plan(&ask(100, target.clone()), NOON),
+                Err(PlanError::UnknownModel(_))
+            ),
+            "{target:?}"
+        );
+    }
     let shown = s.snapshot(NOON);
     assert!(shown.keys[2].models.keys().eq([GROQ]));
     assert!(!shown.keys[0].models.contains_key(GROQ));
@@ -1338,18 +1352,18 @@ fn another_providers_model_goes_only_to_its_keys_and_theirs_never_serve_the_chai
 fn a_utc_providers_day_ends_at_utc_midnight() {
     let mut s = with_groq(groq_limits(30, 2, UNLIMITED));
     for _ in 0..2 {
-        s.plan(&ask(100, model(GROQ)), NOON).unwrap();
+        s.plan(&ask(100, provider(GROQ)), NOON).unwrap();
     }
     // NOON Pacific is 19:00Z: the UTC day ends five hours later, not at Pacific midnight.
     let utc_midnight = Timestamp(1_781_136_000_000); // 2026-06-11T00:00:00Z
     assert_eq!(
-        s.plan(&ask(100, model(GROQ)), NOON),
+        s.plan(&ask(100, provider(GROQ)), NOON),
         Err(PlanError::ExhaustedUntil(utc_midnight))
     );
     // The Gemini keys' day is Pacific: untouched.
     assert_eq!(s.plan(&ask(100, model(FLASH)), NOON).unwrap().at, NOON);
     // After UTC midnight the groq key serves again.
-    let g = s.plan(&ask(100, model(GROQ)), utc_midnight).unwrap();
+    let g = s.plan(&ask(100, provider(GROQ)), utc_midnight).unwrap();
     assert_eq!((g.key.get(), g.at), (2, utc_midnight));
 }
 
@@ -1358,7 +1372,7 @@ fn output_tokens_are_reserved_from_the_most_and_settled_to_what_was_spent() {
     let mut s = with_groq(groq_limits(100, 1_000, 2_000));
     let call = |most| PlanRequest {
         cost: Usage::call(500).with_output(most),
-        ..ask(500, model(GROQ))
+        ..ask(500, provider(GROQ))
     };
     let first: Vec<Grant> = (0..4).map(|_| s.plan(&call(500), NOON).unwrap()).collect();
     assert!(first.iter().all(|g| g.at == NOON));
@@ -1395,7 +1409,7 @@ fn output_tokens_are_reserved_from_the_most_and_settled_to_what_was_spent() {
 fn what_an_answers_headers_say_is_learned_before_any_429() {
     // Configured at 30 RPM; the provider says 5.
     let mut s = with_groq(groq_limits(30, 1_000, UNLIMITED));
-    let first = s.plan(&ask(100, model(GROQ)), NOON).unwrap();
+    let first = s.plan(&ask(100, provider(GROQ)), NOON).unwrap();
     let heard = Heard {
         limits: LimitsOverride {
             rpm: Some(5),
@@ -1419,13 +1433,13 @@ fn what_an_answers_headers_say_is_learned_before_any_429() {
         "{changes:?}"
     );
     let at: Vec<i64> = (0..5)
-        .map(|_| s.plan(&ask(100, model(GROQ)), NOON).unwrap().at.0 - NOON.0)
+        .map(|_| s.plan(&ask(100, provider(GROQ)), NOON).unwrap().at.0 - NOON.0)
         .collect();
     // Four more in the minute (five with the first), then the window.
     assert_eq!(at, [0, 0, 0, 0, SPAN]);
     // Saying the same again teaches nothing new: no write.
     let again = s
-        .plan(&ask(100, model(GROQ)), NOON.plus_millis(SPAN))
+        .plan(&ask(100, provider(GROQ)), NOON.plus_millis(SPAN))
         .unwrap();
     s.settle(
         again.id,
@@ -1437,7 +1451,7 @@ fn what_an_answers_headers_say_is_learned_before_any_429() {
     assert!(s.take_changes().is_empty());
     // Nothing left until a reset: the lane waits for it.
     let held = s
-        .plan(&ask(100, model(GROQ)), NOON.plus_millis(SPAN))
+        .plan(&ask(100, provider(GROQ)), NOON.plus_millis(SPAN))
         .unwrap();
     let until = NOON.plus_millis(200_000);
     s.settle(
@@ -1451,7 +1465,7 @@ fn what_an_answers_headers_say_is_learned_before_any_429() {
         },
     );
     assert_eq!(
-        s.plan(&ask(100, model(GROQ)), NOON.plus_millis(SPAN))
+        s.plan(&ask(100, provider(GROQ)), NOON.plus_millis(SPAN))
             .unwrap()
             .at,
         until

@@ -89,6 +89,8 @@ pub enum Record {
         input_tokens: u64,
         /// 1, or the items of a batch of embeddings.
         requests: u64,
+        /// The output tokens it reserves until settled (other providers').
+        output_tokens: u64,
     },
     CallSettled {
         id: CallId,
@@ -150,6 +152,8 @@ pub struct RecentCall {
     pub input_tokens: u64,
     /// 1, or the items of a batch of embeddings.
     pub requests: u64,
+    /// Reserved when sent, what the answer reported once settled.
+    pub output_tokens: u64,
 }
 
 /// Everything needed to rebuild the scheduler.

@@ -345,7 +345,7 @@ impl Store for SqliteStore {
 
         let mut recent = c
             .prepare(&format!(
-                "SELECT key_id, model, at_ms, input_tokens, requests FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
+                "SELECT key_id, model, at_ms, input_tokens, requests, coalesce(output_tokens, 0) FROM calls WHERE at_ms > ?1 AND outcome IN ({counted}) ORDER BY at_ms"
             ))
             .map_err(write_error)?;
         let recent_calls = recent
@@ -356,6 +356,7 @@ impl Store for SqliteStore {
                     at: Timestamp(r.get(2)?),
                     input_tokens: r.get::<_, i64>(3)? as u64,
                     requests: r.get::<_, i64>(4)? as u64,
+                    output_tokens: r.get::<_, i64>(5)? as u64,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -496,10 +497,10 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction().map_err(write_error)?;
         for record in batch {
             match record {
-                Record::CallSent { id, at, day, key_id, key_index, fingerprint, model, input_tokens, requests } => tx.execute(
-                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, requests, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'sent')",
-                    params![id, at.millis(), day.to_string(), key_id, key_index.one_based() as i64, fingerprint, model, *input_tokens as i64, *requests as i64],
+                Record::CallSent { id, at, day, key_id, key_index, fingerprint, model, input_tokens, requests, output_tokens } => tx.execute(
+                    "INSERT OR REPLACE INTO calls (id, at_ms, pacific_day, key_id, key_index, fingerprint, model, input_tokens, requests, output_tokens, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'sent')",
+                    params![id, at.millis(), day.to_string(), key_id, key_index.one_based() as i64, fingerprint, model, *input_tokens as i64, *requests as i64, *output_tokens as i64],
                 ),
                 Record::CallSettled { id, outcome, input_tokens, output_tokens, latency_ms } => tx.execute(
                     "UPDATE calls SET outcome = ?2, input_tokens = ?3, output_tokens = ?4, latency_ms = ?5 WHERE id = ?1",
@@ -579,6 +580,7 @@ mod tests {
             model: "gemini-2.5-flash".into(),
             input_tokens: tokens,
             requests,
+            output_tokens: 0,
         }
     }
 
@@ -614,6 +616,31 @@ mod tests {
             .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
             .unwrap();
         assert_eq!(limit, WAL_LIMIT_BYTES);
+    }
+
+    #[test]
+    fn a_call_in_flight_comes_back_with_the_output_it_reserved() {
+        let path = temp_path("reserved");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let at = NOON.plus_millis(-5_000);
+        let reserving = Record::CallSent {
+            id: 1,
+            at,
+            day: at.pacific_day(),
+            key_id: "k1".into(),
+            key_index: crate::keys::KeyIndex::new(0),
+            fingerprint: "…0001".into(),
+            model: "claude/claude-haiku-4-5".into(),
+            input_tokens: 10,
+            requests: 1,
+            output_tokens: 700,
+        };
+        store.apply(&[reserving]).unwrap();
+        let r = store.recover(NOON, Duration::from_millis(60_250)).unwrap();
+        assert_eq!(
+            r.recent_calls[0].output_tokens, 700,
+            "killed in flight: the reservation"
+        );
     }
 
     #[test]
@@ -689,6 +716,8 @@ mod tests {
             (r.recent_calls[0].input_tokens, r.recent_calls[0].requests),
             (25, 3)
         );
+        // What the answer said it spent replaces what the call reserved.
+        assert_eq!(r.recent_calls[0].output_tokens, 3);
         assert_eq!(
             r.day_counts,
             vec![(

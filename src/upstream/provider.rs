@@ -7,7 +7,7 @@
 
 use super::classify::{UpstreamError, message_of};
 use super::client::{Auth, OnModel, http_client, json_text, key_header, transport_error};
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
 use crate::keys::ApiKey;
 use crate::scheduler::Violation;
 use crate::wire::anthropic::error_body;
@@ -103,8 +103,9 @@ impl ProviderApi {
     /// POSTs the client's JSON `body` to `path` (`chat/completions`,
     /// `embeddings`, `v1/messages`) with its `model` set to `model`, the
     /// provider's own name for it; an Anthropic call carries the client's
-    /// `anthropic_version`, else [`ANTHROPIC_VERSION`]. `now` reads the
-    /// rate-limit headers' resets and a refusal's `retry-after` date.
+    /// `anthropic_version`, else [`ANTHROPIC_VERSION`]. The rate-limit
+    /// headers' relative resets and a refusal's `retry-after` count from
+    /// when the answer arrived, on `clock`.
     pub async fn post(
         &self,
         key: &ApiKey,
@@ -112,7 +113,7 @@ impl ProviderApi {
         model: &str,
         body: &Value,
         anthropic_version: Option<&str>,
-        now: Timestamp,
+        clock: Clock,
     ) -> Result<ProviderAnswer, ProviderFailure> {
         let auth = self.kind.auth();
         let mut request = self
@@ -137,6 +138,7 @@ impl ProviderApi {
             .send()
             .await
             .map_err(|e| ProviderFailure::unanswered(transport_error(e)))?;
+        let now = clock.now();
         let readings = ratelimit::readings(response.headers(), now);
         let status = response.status().as_u16();
         if (200..300).contains(&status) {

@@ -120,8 +120,9 @@ fn block_parts(block: &Value, parts: &mut Vec<Value>) {
 /// `cache_creation_input_tokens` (cache reads are not counted against them).
 pub fn usage(answer: &Value) -> Option<(u64, u64)> {
     let usage = answer.get("usage")?;
-    let input = usage["input_tokens"].as_u64()?
-        + usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+    let input = usage["input_tokens"]
+        .as_u64()?
+        .saturating_add(usage["cache_creation_input_tokens"].as_u64().unwrap_or(0));
     Some((input, usage["output_tokens"].as_u64().unwrap_or(0)))
 }
 

@@ -50,13 +50,13 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// The instant to hold the lane until, when the provider says nothing
-    /// is left of this limit.
     /// The gateway's quota this limit is, as for a 429's ([`Exceeded::quota`]).
     pub fn quota(&self) -> Option<Quota> {
         quota_of(self.metric, self.scope)
     }
 
+    /// The instant to hold the lane until, when the provider says nothing
+    /// is left of this limit.
     pub fn held_until(&self) -> Option<Timestamp> {
         self.resets_at.filter(|_| self.remaining == Some(0))
     }
@@ -147,8 +147,11 @@ fn reading(
     let limit = text("limit").and_then(integer);
     let remaining = text("remaining").and_then(integer);
     let resets_at = text("reset").and_then(reset);
+    // Unnamed, a token limit is a minute's (OpenAI's own refill over
+    // "6m0s" too); a request limit whose reset is more than a minute away
+    // is a day's (Groq's `-requests`).
     let scope = scope.unwrap_or(match resets_at {
-        Some(at) if at.since(now) > MINUTE => Scope::Day,
+        Some(at) if at.since(now) > MINUTE && metric == Metric::Requests => Scope::Day,
         Some(_) => Scope::Minute,
         None => Scope::Unknown,
     });
@@ -387,6 +390,13 @@ mod tests {
                 },
             ]
         );
+        // A token limit is a minute's even when its refill takes longer
+        // (OpenAI's documented "6m0s"): never learned as a day's.
+        let openai = headers(&[
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        assert_eq!(readings(&openai, NOW)[0].scope, Scope::Minute);
         // Exactly a minute away is still a minute's; no reset, no guess.
         let edge = headers(&[
             ("x-ratelimit-limit-requests", "30"),
