@@ -143,7 +143,11 @@ fn gemini_flux(trace: &[Request], world: &mut World, start: Timestamp) -> Vec<Se
                 let r = out[i].request;
                 let request = PlanRequest {
                     cost: Usage::call(r.tokens).with_output(r.max_output),
-                    target: Target::Model(world.providers[r.provider].model.into()),
+                    // Gemini's model is the chain's; the others', their providers'.
+                    target: match (r.provider, world.providers[r.provider].model) {
+                        (0, model) => Target::Model(model.into()),
+                        (_, model) => Target::Provider(model.into()),
+                    },
                     keys: KeyChoice::Any,
                     priority: Priority::Interactive,
                     deadline: Timestamp(i64::MAX),
