@@ -3,11 +3,12 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gemini_flux::clock::{Clock, DayZone};
 use gemini_flux::config::Settings;
-use gemini_flux::config::providers::{ProviderKind as ProvidersKind, ProviderSettings};
+use gemini_flux::config::providers::ProviderSettings;
 use gemini_flux::policy::{Family, Limits, LimitsOverride, parse_key_overrides, parse_overrides};
 use gemini_flux::service;
 use gemini_flux::sim::provider::NO_LIMITS;
 use gemini_flux::sim::{Faults, ProviderConfig, ProviderKind, ProviderSim, SimConfig, SimServer};
+use gemini_flux::upstream::Kind;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -259,10 +260,8 @@ async fn run_demo(mut settings: Settings) -> ExitCode {
                 }
             };
         let (kind, base_url) = match kind {
-            ProviderKind::OpenAiCompatible => {
-                (ProvidersKind::OpenAi, format!("{}/v1", sim.base_url()))
-            }
-            ProviderKind::Anthropic => (ProvidersKind::Anthropic, sim.base_url()),
+            ProviderKind::OpenAiCompatible => (Kind::OpenAi, format!("{}/v1", sim.base_url())),
+            ProviderKind::Anthropic => (Kind::Anthropic, sim.base_url()),
         };
         tracing::info!(
             "demo: simulated provider {name} ({} model(s)) at {base_url}",

@@ -261,6 +261,7 @@ async fn launch(
     restore(&mut core, &recovered, &key_ids, validated, settings.mode);
     core.take_changes();
     core.set_reserve(settings.batches.reserve);
+    let key_zones: Vec<DayZone> = KeyIndex::all(keys.len()).map(|k| core.zone(k)).collect();
     log_startup_table(&settings, core.chain(), &keys, &core);
     let policy_status = match &cache {
         Some(c) => FetchStatus::accepted(c.at, true),
@@ -300,14 +301,7 @@ async fn launch(
         upstream,
         keys: keys.clone(),
         gemini_keys: settings.keys.len(),
-        key_zones: std::iter::repeat_n(DayZone::PACIFIC, settings.keys.len())
-            .chain(
-                settings
-                    .providers
-                    .iter()
-                    .flat_map(|p| std::iter::repeat_n(p.day, p.keys.len())),
-            )
-            .collect(),
+        key_zones,
         providers: api::providers::routes_of(&settings.providers, settings.upstream_timeout),
         key_ids,
         ledger,

@@ -8,7 +8,7 @@ use super::AppState;
 use super::dispatch::{Job, ProviderCall};
 use super::error::ApiError;
 use crate::clock::Timestamp;
-use crate::config::providers::{ProviderKind, ProviderSettings};
+use crate::config::providers::ProviderSettings;
 use crate::policy::LimitsOverride;
 use crate::scheduler::{Heard, KeyChoice, Priority, Target};
 use crate::upstream::{Kind, ProviderApi};
@@ -28,17 +28,10 @@ pub struct Route {
 pub fn routes_of(providers: &[ProviderSettings], timeout: Duration) -> Vec<Route> {
     providers
         .iter()
-        .map(|p| {
-            let kind = match p.kind {
-                ProviderKind::Anthropic => Kind::Anthropic,
-                // The file keeps no gemini entry among providers.
-                ProviderKind::OpenAi | ProviderKind::Gemini => Kind::OpenAi,
-            };
-            Route {
-                name: p.name.clone(),
-                api: ProviderApi::new(&p.name, kind, &p.base_url, timeout),
-                models: p.models.keys().cloned().collect(),
-            }
+        .map(|p| Route {
+            name: p.name.clone(),
+            api: ProviderApi::new(&p.name, p.kind, &p.base_url, timeout),
+            models: p.models.keys().cloned().collect(),
         })
         .collect()
 }

@@ -25,11 +25,12 @@ use super::ConfigError;
 use crate::clock::DayZone;
 use crate::keys::ApiKey;
 use crate::policy::{Limits, LimitsOverride, UNLIMITED, validate_overrides};
+use crate::upstream::Kind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The API a provider speaks.
+/// What an entry of the file is: Gemini's keys, or another provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -46,7 +47,8 @@ pub enum ProviderKind {
 pub struct ProviderSettings {
     /// What its models are called inside: `{name}/{model}`.
     pub name: String,
-    pub kind: ProviderKind,
+    /// The API it speaks.
+    pub kind: Kind,
     pub base_url: String,
     pub keys: Vec<ApiKey>,
     pub day: DayZone,
@@ -169,7 +171,11 @@ fn parse(text: &str, vars: &[(String, String)]) -> Result<ProvidersFile, String>
         }
         file.providers.push(ProviderSettings {
             name,
-            kind: entry.kind,
+            kind: match entry.kind {
+                ProviderKind::Anthropic => Kind::Anthropic,
+                // A gemini entry joined Gemini's keys above.
+                ProviderKind::OpenAi | ProviderKind::Gemini => Kind::OpenAi,
+            },
             base_url,
             keys,
             day,
@@ -227,7 +233,7 @@ mod tests {
             panic!("two providers: {:?}", file.providers.len());
         };
         assert_eq!(groq.base_url, "https://api.groq.com/openai/v1");
-        assert_eq!(groq.kind, ProviderKind::OpenAi);
+        assert_eq!(groq.kind, Kind::OpenAi);
         assert_eq!(groq.day, DayZone::UTC);
         let keys: Vec<&str> = groq.keys.iter().map(ApiKey::expose).collect();
         assert_eq!(keys, ["gsk_one", "gsk_two"]);

@@ -46,8 +46,13 @@ impl MessagesRequest {
             Some(Value::Bool(stream)) => *stream,
             Some(_) => return Err("stream: Input should be a valid boolean".into()),
         };
-        if !body.get("messages").is_some_and(Value::is_array) {
+        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
             return Err("messages: Input should be a valid list".into());
+        };
+        if let Some(i) = messages.iter().position(|m| !m["role"].is_string()) {
+            return Err(format!(
+                "messages.{i}: Input should be an object with a role"
+            ));
         }
         Ok(MessagesRequest {
             model,
@@ -239,6 +244,10 @@ mod tests {
             (
                 json!({"model": "m", "max_tokens": 5}),
                 "messages: Input should be a valid list",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user"}, 3]}),
+                "messages.1: Input should be an object with a role",
             ),
             (
                 json!({"model": "m", "max_tokens": 5, "messages": [], "stream": "yes"}),
