@@ -361,6 +361,18 @@ fn applied(
         .collect()
 }
 
+/// The faults every simulator kind takes from the command line.
+fn sim_faults(args: &SimArgs) -> Faults {
+    Faults {
+        latency_ms: args.latency_ms,
+        stream_chunk_delay_ms: args.stream_chunk_delay_ms,
+        unavailable_ratio: args.unavailable_ratio,
+        bare_429_ratio: args.bare_429_ratio,
+        drop_mid_stream_ratio: args.drop_mid_stream_ratio,
+        ..Faults::default()
+    }
+}
+
 async fn run_sim(args: SimArgs) -> ExitCode {
     let kind = match args.kind {
         SimKind::Gemini => None,
@@ -370,18 +382,14 @@ async fn run_sim(args: SimArgs) -> ExitCode {
     if let Some(kind) = kind {
         return run_provider_sim(args, kind).await;
     }
+    let faults = Faults {
+        omit_quota_value: args.omit_quota_value,
+        ..sim_faults(&args)
+    };
     let mut config = SimConfig::new(args.keys);
     config.blocked_keys = args.blocked_keys;
     config.seed = args.seed;
-    config.faults = Faults {
-        latency_ms: args.latency_ms,
-        stream_chunk_delay_ms: args.stream_chunk_delay_ms,
-        unavailable_ratio: args.unavailable_ratio,
-        bare_429_ratio: args.bare_429_ratio,
-        drop_mid_stream_ratio: args.drop_mid_stream_ratio,
-        omit_quota_value: args.omit_quota_value,
-        ..Faults::default()
-    };
+    config.faults = faults;
     if let Some(json) = args.limits {
         match parse_overrides(&json) {
             Ok(overrides) => {
@@ -447,7 +455,9 @@ async fn run_provider_sim(args: SimArgs, kind: ProviderKind) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let faults = sim_faults(&args);
     let mut config = ProviderConfig::new(kind, args.keys);
+    config.faults = faults;
     config.day = match args.day.as_str() {
         "utc" => DayZone::UTC,
         "pacific" => DayZone::PACIFIC,
@@ -455,14 +465,6 @@ async fn run_provider_sim(args: SimArgs, kind: ProviderKind) -> ExitCode {
             eprintln!("gemini-flux sim: --day {other:?}: utc or pacific");
             return ExitCode::from(2);
         }
-    };
-    config.faults = Faults {
-        latency_ms: args.latency_ms,
-        stream_chunk_delay_ms: args.stream_chunk_delay_ms,
-        unavailable_ratio: args.unavailable_ratio,
-        bare_429_ratio: args.bare_429_ratio,
-        drop_mid_stream_ratio: args.drop_mid_stream_ratio,
-        ..Faults::default()
     };
     if let Some(json) = args.limits {
         match parse_overrides(&json) {

@@ -12,6 +12,7 @@
 //! refusal is the real `rate_limit_error` with `retry-after` in whole
 //! seconds, rounded up (none when the call can never fit).
 
+use super::Failure;
 use super::{
     Lane, ProviderState, Refusal, Said, Settle, is_set, paced, tool_arguments, whole_seconds,
 };
@@ -39,13 +40,6 @@ pub(super) fn routes() -> Router<Shared> {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Not Found") })
 }
 
-/// An error in Anthropic's envelope.
-struct Failure {
-    status: StatusCode,
-    body: Value,
-    retry_after: Option<u64>,
-}
-
 /// Anthropic's envelope; the status decides the error's type.
 fn error(status: StatusCode, message: &str) -> Failure {
     Failure {
@@ -57,18 +51,6 @@ fn error(status: StatusCode, message: &str) -> Failure {
 
 fn invalid(message: &str) -> Failure {
     error(StatusCode::BAD_REQUEST, message)
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
 }
 
 /// How the 429 message names a quota.

@@ -25,6 +25,7 @@ use crate::wire::openai::item_tokens;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
@@ -57,6 +58,26 @@ impl std::str::FromStr for ProviderKind {
                 "{other:?} is not a provider kind: openai (or openai-compatible) or anthropic"
             )),
         }
+    }
+}
+
+/// A refusal in a provider's own envelope (each kind writes its `body`), with
+/// `retry-after` in whole seconds where the provider says when to come back.
+struct Failure {
+    status: StatusCode,
+    body: Value,
+    retry_after: Option<u64>,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -11,6 +11,7 @@
 //! Groq's 429 (or 413 when the call can never fit), naming the quota that
 //! binds, with `retry-after` in whole seconds, rounded up.
 
+use super::Failure;
 use super::{
     DEFAULT_MAX_TOKENS, Lane, ProviderState, Refusal, Said, Settle, is_set, paced, tool_arguments,
     whole_seconds,
@@ -55,13 +56,6 @@ pub(super) fn routes() -> Router<Shared> {
         })
 }
 
-/// An error in OpenAI's envelope.
-struct Failure {
-    status: StatusCode,
-    body: Value,
-    retry_after: Option<u64>,
-}
-
 /// OpenAI's envelope of type `invalid_request_error`, naming the request's
 /// field at fault when there is one.
 fn error(status: StatusCode, message: &str, param: Option<&str>) -> Failure {
@@ -84,18 +78,6 @@ impl Failure {
     fn code(mut self, code: &str) -> Self {
         self.body["error"]["code"] = json!(code);
         self
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
     }
 }
 
