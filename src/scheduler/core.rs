@@ -856,6 +856,10 @@ impl Scheduler {
     /// Learns what an answer's headers said: a stated limit below the one in
     /// force (before any 429 could teach it), and a limit spent until its reset.
     fn hear(&mut self, grant: &Grant, heard: Heard) {
+        if heard == Heard::default() {
+            // Nothing said (every Gemini answer): no work on the settle's path.
+            return;
+        }
         let current = self.lane_limits(grant.key, &grant.model, heard.at);
         let mut lower = LimitsOverride::default();
         for q in Quota::ALL {
