@@ -69,9 +69,7 @@ async fn messages(
     super::error::json_content_type(&headers)?;
     let body =
         body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-    let request = MessagesRequest::read(&body).map_err(ApiError::bad_request)?;
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let (request, body) = MessagesRequest::read(&body).map_err(ApiError::bad_request)?;
     let (route, model) = providers::resolve(&state, Kind::Anthropic, &request.model)?
         .ok_or_else(|| providers::unknown(&request.model, Kind::Anthropic))?;
     let version = headers

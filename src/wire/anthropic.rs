@@ -22,8 +22,9 @@ pub struct MessagesRequest {
 impl MessagesRequest {
     /// Reads a request body; `Err` is the message of the 400
     /// `invalid_request_error` it deserves (Anthropic's own wording where
-    /// it has one). Members it does not know are left alone.
-    pub fn read(body: &[u8]) -> Result<MessagesRequest, String> {
+    /// it has one). Members it does not know are left alone. The body comes
+    /// back parsed too, so a large request is parsed once.
+    pub fn read(body: &[u8]) -> Result<(MessagesRequest, Value), String> {
         let body: Value = serde_json::from_slice(body)
             .map_err(|e| format!("the request body is not valid JSON: {e}"))?;
         if !body.is_object() {
@@ -54,12 +55,13 @@ impl MessagesRequest {
                 "messages.{i}: Input should be an object with a role"
             ));
         }
-        Ok(MessagesRequest {
+        let request = MessagesRequest {
             model,
             max_tokens,
             stream,
             input_tokens: input_tokens(&body),
-        })
+        };
+        Ok((request, body))
     }
 }
 
@@ -161,7 +163,9 @@ mod tests {
     use super::*;
 
     fn read(body: Value) -> Result<MessagesRequest, String> {
-        MessagesRequest::read(body.to_string().as_bytes())
+        let (request, parsed) = MessagesRequest::read(body.to_string().as_bytes())?;
+        assert_eq!(parsed, body, "the body comes back as it was read");
+        Ok(request)
     }
 
     #[test]
