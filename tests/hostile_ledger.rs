@@ -37,6 +37,9 @@ impl Store for FillableDisk {
         }
         self.store.apply(batch)
     }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.store.sync()
+    }
 }
 
 struct World {

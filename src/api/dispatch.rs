@@ -872,7 +872,7 @@ async fn one_attempt<E: Exchange>(
     let grant = booked.grant().clone();
     let call = booked.send();
     let key = &state.keys[grant.key];
-    let call_id: CallId = rand::random();
+    let call_id: CallId = state.ledger.next_call_id();
     let sent_at = state.scheduler.clock().now();
     state
         .ledger

@@ -6,14 +6,16 @@
 //! [`Store`] is the small trait a backend implements ([`SqliteStore`] by
 //! default); [`Ledger`] is the handle the service writes through, backed by a
 //! writer thread that batches records off the hot path. A call's `CallSent`
-//! record is committed before the call goes upstream, so a `kill -9` can never
-//! lose a call the upstream may have counted; with Redis ([`RedisStore`]) the
-//! booking in the shared lane already counts it, and the record is batched.
+//! record is written (to the SQLite store's journal, one `write(2)` for a
+//! batch) before the call goes upstream, so a `kill -9` can never lose a call
+//! the upstream may have counted; with Redis ([`RedisStore`]) the booking in
+//! the shared lane already counts it, and the record is batched.
 //! Which key owns each uploaded file is kept here too, until the file
 //! expires, so that a restart (or another replica) still sends a call
 //! naming it to that key.
 
 pub mod batches;
+mod journal;
 pub mod redis;
 mod sqlite;
 mod writer;
@@ -29,11 +31,13 @@ use chrono::NaiveDate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Identifies a call record across restarts (random, so two runs never collide).
+/// Identifies a call record across restarts. Ids rise with time
+/// ([`Ledger::next_call_id`]), so the ledger's rows are appended in order.
 pub type CallId = i64;
 
 /// How a call ended, as the ledger keeps it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Sent, answer not yet known (a crash leaves calls in this state).
     Sent,
@@ -73,16 +77,19 @@ impl Outcome {
     ];
 }
 
-/// One write.
-#[derive(Clone, Debug, PartialEq)]
+/// One write. The journal keeps it as a line of JSON
+/// (`{"CallSent":{"id":…}}`), times in milliseconds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Record {
     CallSent {
         id: CallId,
+        #[serde(with = "journal::millis")]
         at: Timestamp,
         /// The quota day it counts in: `at`'s date in its provider's zone
         /// (Pacific for Gemini's keys).
         day: chrono::NaiveDate,
         key_id: String,
+        #[serde(with = "journal::key_index")]
         key_index: KeyIndex,
         fingerprint: String,
         model: String,
@@ -112,12 +119,14 @@ pub enum Record {
         key_id: String,
         model: String,
         learned: LimitsOverride,
+        #[serde(with = "journal::millis")]
         at: Timestamp,
     },
     PolicyCache(PolicyCache),
     /// The upstream said `model` is retired for this project.
     Retired {
         model: String,
+        #[serde(with = "journal::millis")]
         at: Timestamp,
         message: String,
     },
@@ -127,6 +136,7 @@ pub enum Record {
         /// The file's id, the part after `files/`.
         name: String,
         key_id: String,
+        #[serde(with = "journal::millis")]
         expires: Timestamp,
     },
     /// A file deleted through the gateway.
@@ -136,10 +146,11 @@ pub enum Record {
 }
 
 /// An accepted policy fetch and the model list discovered with it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyCache {
     pub fetched: BTreeMap<String, LimitsOverride>,
     pub models: Vec<String>,
+    #[serde(with = "journal::millis")]
     pub at: Timestamp,
 }
 
@@ -213,7 +224,17 @@ pub trait Store: Send + 'static {
     fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError>;
     /// Applies a batch in one transaction.
     fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError>;
-    /// Whether a call's `CallSent` record must be committed before the call
+    /// Makes everything applied so far readable to whoever opens the store
+    /// next (the SQLite store folds its journal in), for a stop.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The largest call id recorded, so a new run numbers its calls after
+    /// it. A backend that keeps no calls knows none.
+    fn last_call_id(&mut self) -> Result<Option<CallId>, StoreError> {
+        Ok(None)
+    }
+    /// Whether a call's `CallSent` record must be written before the call
     /// leaves: true where this store is what a restart rebuilds the windows
     /// from. A store whose windows live elsewhere says false.
     fn rebuilds_windows(&self) -> bool {

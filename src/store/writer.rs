@@ -17,8 +17,8 @@
 //! `max_unwritten` records wait, [`Ledger::full`] tells dispatch to stop
 //! booking calls it could not count.
 
-use super::{Record, Store, StoreError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::{CallId, Record, Store, StoreError};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -64,6 +64,8 @@ struct Inner {
     sent_calls_must_commit: bool,
     /// Beyond this many unwritten records, no call is booked.
     max_unwritten: u64,
+    /// The next call's id.
+    next_call_id: AtomicI64,
     runtime: tokio::runtime::Handle,
 }
 
@@ -74,8 +76,13 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Ledger {
     /// Starts the writer (inside a tokio runtime). `max_unwritten` is
     /// `FLUX_MAX_UNWRITTEN`.
-    pub fn start(store: impl Store, max_unwritten: usize) -> Ledger {
+    pub fn start(mut store: impl Store, max_unwritten: usize) -> Ledger {
         let sent_calls_must_commit = store.rebuilds_windows();
+        // Ids start at the wall clock's milliseconds × 2^20: above every
+        // earlier run's (none makes 2^20 calls a millisecond), and above the
+        // store's largest if the clock was set back.
+        let last = store.last_call_id().ok().flatten().unwrap_or(0);
+        let first_call_id = (crate::clock::Timestamp::wall_now().millis() << 20).max(last + 1);
         Ledger {
             inner: Arc::new(Inner {
                 sent_calls_must_commit,
@@ -87,9 +94,16 @@ impl Ledger {
                 retry_scheduled: AtomicBool::new(false),
                 problem: Mutex::new(None),
                 max_unwritten: max_unwritten as u64,
+                next_call_id: AtomicI64::new(first_call_id),
                 runtime: tokio::runtime::Handle::current(),
             }),
         }
+    }
+
+    /// A new call's id: larger than every id before it, in this run or an
+    /// earlier one, so that the ledger's rows are appended in order.
+    pub fn next_call_id(&self) -> CallId {
+        self.inner.next_call_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn enqueue(&self, record: Record) -> u64 {
@@ -137,13 +151,22 @@ impl Ledger {
     }
 
     /// Flushes, trying again every `RETRY_EVERY` for at most `patience`
-    /// while the store refuses; true when everything is written.
+    /// while the store refuses; true when everything is written. Then the
+    /// store makes it readable to the next opener ([`Store::sync`]), for a
+    /// stop.
     pub async fn flush_within(&self, patience: Duration) -> bool {
         let give_up = tokio::time::Instant::now() + patience;
         loop {
             self.flush().await;
             let unwritten = self.unwritten();
             if unwritten == 0 {
+                let inner = self.inner.clone();
+                let synced = tokio::task::spawn_blocking(move || lock(&inner.store).sync()).await;
+                if let Ok(Err(e)) = synced {
+                    tracing::warn!(
+                        "the state store keeps the last records in its journal, for the next start: {e}"
+                    );
+                }
                 return true;
             }
             if tokio::time::Instant::now() + RETRY_EVERY > give_up {

@@ -8,6 +8,7 @@ mod bound;
 mod efficiency;
 mod overhead;
 mod replicas;
+mod soak;
 mod strategies;
 mod traces;
 mod world;
@@ -54,6 +55,19 @@ enum Command {
         /// FLUX_TOKEN_COUNT for the gateway: upstream or local.
         #[arg(long, default_value = "upstream")]
         token_count: String,
+    },
+    /// One long-lived gateway on one state file under a steady load: tail
+    /// latency, stalls, state file, WAL, bytes written and RSS over time.
+    Soak {
+        /// Open-loop request rate, per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        /// Minutes to run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seconds in each row of the table.
+        #[arg(long, default_value_t = 60)]
+        every: u64,
     },
     /// Replicas sharing keys through one Redis: 429s, makespan ÷ bound, and
     /// what a Redis round trip adds per request. Real time (a few minutes).
@@ -115,6 +129,18 @@ fn main() {
                 seconds,
                 waiting,
                 token_count,
+            }));
+        }
+        Command::Soak {
+            rate,
+            minutes,
+            every,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(soak::main(soak::Options {
+                rate,
+                minutes,
+                every,
             }));
         }
         Command::Replicas {

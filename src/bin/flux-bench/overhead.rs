@@ -105,7 +105,7 @@ impl Gateway {
         panic!("the gateway did not become ready");
     }
 
-    fn proc_field(&self, file: &str, field: &str) -> u64 {
+    pub fn proc_field(&self, file: &str, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))
             .unwrap_or_default();
         text.lines()
@@ -115,7 +115,7 @@ impl Gateway {
     }
 
     /// Resident memory now and at its peak, in MiB.
-    fn rss_mib(&self) -> (f64, f64) {
+    pub fn rss_mib(&self) -> (f64, f64) {
         (
             self.proc_field("status", "VmRSS:") as f64 / 1024.0,
             self.proc_field("status", "VmHWM:") as f64 / 1024.0,
@@ -170,7 +170,7 @@ impl Target {
 }
 
 pub struct Latencies {
-    sorted_us: Vec<u64>,
+    pub sorted_us: Vec<u64>,
     pub failed: usize,
 }
 
