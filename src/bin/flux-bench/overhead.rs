@@ -3,7 +3,8 @@
 //! large that nothing waits); an open-loop load generator sends at fixed
 //! rates, straight to the simulator and through gemini-flux, and compares.
 //! Then saturation throughput, CPU per request, RSS, and RSS with 10,000
-//! requests waiting for their slots.
+//! requests waiting for their slots. The plumbing here (child processes,
+//! open loop, saturation) also serves `--peers` (`peers`).
 
 use gemini_flux::clock::Clock;
 use gemini_flux::policy::Limits;
@@ -200,7 +201,7 @@ pub struct Target {
 }
 
 impl Target {
-    async fn send(&self, http: &reqwest::Client) -> bool {
+    pub async fn send(&self, http: &reqwest::Client) -> bool {
         let mut req = http.post(&self.url).json(&self.body);
         for (k, v) in &self.headers {
             req = req.header(*k, v);
@@ -634,6 +635,23 @@ mod tests {
         mixed.record(true);
         mixed.record(true);
         assert!(!mixed.may_send(), "once given up, stays so");
+    }
+
+    #[test]
+    fn a_process_is_killed_when_a_panic_unwinds_past_it() {
+        let pid = std::sync::Mutex::new(0);
+        let unwound = std::panic::catch_unwind(|| {
+            let process = Process::spawn(Command::new("sleep").arg("60")).unwrap();
+            *pid.lock().unwrap() = process.child.id();
+            panic!("a measure failed");
+        });
+        assert!(unwound.is_err());
+        let pid = *pid.lock().unwrap();
+        assert!(pid > 0);
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "sleep {pid} outlived the panic"
+        );
     }
 
     #[test]

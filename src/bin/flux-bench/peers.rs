@@ -26,6 +26,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// measure starts.
 const SETTLE: Duration = Duration::from_secs(90);
 const SATURATION_CLIENTS: usize = 64;
+/// Requests sent one after another through a target before it is measured.
+const WARM_UP: usize = 20;
 const PROMPT: &str = "Translate into French: the quick brown fox jumps over the lazy dog.";
 
 /// Which of the simulator's routes a call lands on: the `direct` call a
@@ -327,6 +329,11 @@ pub async fn main(options: Options) {
         let idle = running.process.rss_mib().0;
         let via = peer.route.target(&running.url, running.auth.clone());
         let paired = &direct[peer.upstream as usize];
+        // Python imports lazily: a first request may pay for modules.
+        for _ in 0..WARM_UP {
+            via.send(&http).await;
+        }
+        running.process.settle(SETTLE).await;
         let mut rates = Vec::new();
         for (i, &rate) in options.rates.iter().enumerate() {
             let cpu_before = running.process.cpu();
@@ -371,7 +378,8 @@ fn print_table(options: &Options, rows: &[Row]) {
          {LITELLM} (`litellm[proxy]` from PyPI), 1 worker, one deployment per key of `gemini/{MODEL}` with \
          `api_base` at the simulator. Requests time out after {} s; a target that has failed most of its \
          first {} or more requests at a rate, or has a second's worth of them unanswered at once, is sent no \
-         more at that rate (\"not sent\"). After each load a server is left to finish its leftovers (up to \
+         more at that rate (\"not sent\"). Each server is sent {WARM_UP} requests one by one before \
+         the loads. After each load a server is left to finish its leftovers (up to \
          {} s), and its CPU time until then counts. Saturation: {} \
          clients back to back for {} s.\n",
         KEYS.len(),
