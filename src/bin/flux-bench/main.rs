@@ -7,6 +7,7 @@
 mod bound;
 mod efficiency;
 mod overhead;
+mod peers;
 mod replicas;
 mod soak;
 mod strategies;
@@ -55,6 +56,11 @@ enum Command {
         /// FLUX_TOKEN_COUNT for the gateway: upstream or local.
         #[arg(long, default_value = "upstream")]
         token_count: String,
+        /// Instead: gemini-flux's native, `/generate` and OpenAI routes and
+        /// LiteLLM's proxy (installed into target/ on the first run) side
+        /// by side, one table.
+        #[arg(long)]
+        peers: bool,
     },
     /// One long-lived gateway on one state file under a steady load: tail
     /// latency, stalls, state file, WAL, bytes written and RSS over time.
@@ -122,14 +128,19 @@ fn main() {
             seconds,
             waiting,
             token_count,
+            peers,
         } => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(overhead::main(overhead::Options {
+            let options = overhead::Options {
                 rates,
                 seconds,
                 waiting,
                 token_count,
-            }));
+            };
+            match peers {
+                true => runtime.block_on(peers::main(options)),
+                false => runtime.block_on(overhead::main(options)),
+            }
         }
         Command::Soak {
             rate,

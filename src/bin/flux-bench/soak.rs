@@ -86,22 +86,22 @@ pub async fn main(options: Options) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let rows = (options.minutes * 60).div_ceil(options.every);
-    let (mut all_via, mut all_direct) = (Vec::new(), Vec::new());
+    let (mut all_via, mut all_direct) = (Latencies::default(), Latencies::default());
     let (mut failed, mut requests) = (0, 0u64);
     let (mut peak_wal, mut first_rss, mut last_rss) = (0, 0.0, 0.0);
-    let io = |field| gateway.proc_field("io", field);
+    let io = |field| gateway.process.proc_field("io", field);
     let disk_start = io("write_bytes:");
     for row in 1..=rows {
         let disk = io("write_bytes:");
         let [d, v] = open_loop(&http, [&direct, &via], options.rate, options.every).await;
-        let served = v.sorted_us.len().max(1) as f64;
+        let served = v.answered().max(1) as f64;
         let wal = bytes_of(&dir, "state.db-wal");
         let db = bytes_of(&dir, "state.db")
             - wal
             - bytes_of(&dir, "state.db-shm")
             - bytes_of(&dir, "state.db.ledger-");
         let journal = bytes_of(&dir, "state.db.ledger-");
-        let (rss, _) = gateway.rss_mib();
+        let (rss, _) = gateway.process.rss_mib();
         peak_wal = peak_wal.max(wal);
         if row == 1 {
             first_rss = rss;
@@ -116,26 +116,19 @@ pub async fn main(options: Options) {
             v.pct(100.0),
             d.pct(99.9),
             d.pct(100.0),
-            d.failed + v.failed,
+            d.failed + v.failed + d.not_sent + v.not_sent,
             mib(wal),
             mib(db),
             mib(journal),
             (io("write_bytes:") - disk) as f64 / served,
             rss
         );
-        failed += d.failed + v.failed;
-        requests += v.sorted_us.len() as u64;
-        all_via.extend(v.sorted_us);
-        all_direct.extend(d.sorted_us);
+        failed += d.failed + v.failed + d.not_sent + v.not_sent;
+        requests += v.answered() as u64;
+        all_via.merge(v);
+        all_direct.merge(d);
     }
-    let whole = |mut us: Vec<u64>| {
-        us.sort_unstable();
-        Latencies {
-            sorted_us: us,
-            failed: 0,
-        }
-    };
-    let (v, d) = (whole(all_via), whole(all_direct));
+    let (v, d) = (all_via, all_direct);
     println!("\n| over the whole run | value |\n|---|---:|");
     println!("| requests through gemini-flux | {requests} ({failed} failed) |");
     println!(
