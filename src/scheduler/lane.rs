@@ -29,6 +29,7 @@ use crate::policy::{Limits, LimitsOverride, Metric, Quota, Usage, Window};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Identifies a grant for its whole life (plan, wait, send, settle).
@@ -48,11 +49,45 @@ pub const LEARNED_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// How many midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
 
+/// The sliding window lengths, shortest first ([`Quota::sliding_lengths`]),
+/// worked out once rather than on every plan of every lane.
+static SLIDING_LENGTHS: LazyLock<Vec<Duration>> = LazyLock::new(Quota::sliding_lengths);
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Booking {
     at: Timestamp,
     usage: Usage,
     grant: GrantId,
+}
+
+/// A running total of bookings' usage. Wide enough that no sum of `u64`s
+/// saturates, so a window's usage is the difference of two totals, clamped
+/// to `u64` exactly as adding its bookings one by one (saturating) would be.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Total {
+    requests: u128,
+    input_tokens: u128,
+    output_tokens: u128,
+}
+
+impl Total {
+    fn plus(self, u: Usage) -> Total {
+        Total {
+            requests: self.requests + u128::from(u.requests),
+            input_tokens: self.input_tokens + u128::from(u.input_tokens),
+            output_tokens: self.output_tokens + u128::from(u.output_tokens),
+        }
+    }
+
+    /// What was added between `earlier` and `self`, saturated to `u64`.
+    fn since(self, earlier: Total) -> Usage {
+        let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        Usage {
+            requests: clamp(self.requests - earlier.requests),
+            input_tokens: clamp(self.input_tokens - earlier.input_tokens),
+            output_tokens: clamp(self.output_tokens - earlier.output_tokens),
+        }
+    }
 }
 
 /// What `/status` shows of a lane at one instant.
@@ -73,6 +108,11 @@ pub struct LaneUsage {
 pub struct Lane {
     /// Sorted by (at, grant).
     bookings: Vec<Booking>,
+    /// The index of `bookings`: `totals[i]` is the usage of `bookings[..=i]`,
+    /// so a window's usage is two binary searches rather than a walk. A
+    /// function of `bookings` alone, kept in step by every change to them and
+    /// rebuilt from the shared form (never stored).
+    totals: Vec<Total>,
     /// What was booked per quota day (sent, in flight or waiting), the day
     /// being the provider's (Pacific for Gemini).
     per_day: BTreeMap<NaiveDate, Usage>,
@@ -176,7 +216,7 @@ impl From<Lane> for Stored {
 impl From<Stored> for Lane {
     fn from(s: Stored) -> Lane {
         let day = |n: i32| NaiveDate::from_num_days_from_ce_opt(n).unwrap_or_default();
-        Lane {
+        let mut lane = Lane {
             bookings: s
                 .bookings
                 .into_iter()
@@ -195,6 +235,7 @@ impl From<Stored> for Lane {
                     }
                 })
                 .collect(),
+            totals: Vec::new(),
             per_day: s
                 .per_day
                 .iter()
@@ -215,7 +256,9 @@ impl From<Stored> for Lane {
             learned_at: Timestamp(s.learned_at),
             strikes: s.strikes,
             zero_checked: s.zero_checked.map(day),
-        }
+        };
+        lane.index_from(0);
+        lane
     }
 }
 
@@ -297,11 +340,10 @@ impl Lane {
         from: Timestamp,
         guard: Duration,
     ) -> Timestamp {
-        let lengths = Quota::sliding_lengths();
         let mut t = from;
         loop {
             let before = t;
-            for &length in &lengths {
+            for &length in SLIDING_LENGTHS.iter() {
                 t = self.earliest_in_window(limits, call, t, length, length + guard);
             }
             if t == before {
@@ -365,22 +407,63 @@ impl Lane {
         span: Duration,
     ) -> Option<Timestamp> {
         let window = Window::Sliding(length);
-        let over = |s: Timestamp| !limits.admits(window, self.usage_ending_at(s, span), call);
-        let after = self.bookings.partition_point(|b| b.at <= t);
-        let later = self.bookings[after..]
-            .iter()
-            .take_while(|b| b.at < t.plus(span))
-            .map(|b| b.at)
-            .filter(|&s| over(s))
-            .last();
-        later.or_else(|| over(t).then_some(t))
+        let over = |used: Usage| !limits.admits(window, used, call);
+        // The windows ending at the booked instants in (t, t + span), latest
+        // first: the bookings one holds are `lo..hi`, and both ends only move
+        // down as the window does, so each step costs what its ends move.
+        let first = self.bookings.partition_point(|b| b.at <= t);
+        let last = self.bookings.partition_point(|b| b.at < t.plus(span));
+        let mut hi = last;
+        let mut lo = match last.checked_sub(1) {
+            Some(i) if i >= first => {
+                let s = self.bookings[i].at;
+                self.bookings.partition_point(|b| b.at.plus(span) <= s)
+            }
+            _ => 0,
+        };
+        for j in (first..last).rev() {
+            let s = self.bookings[j].at;
+            while hi > j + 1 && self.bookings[hi - 1].at > s {
+                hi -= 1;
+            }
+            while lo > 0 && self.bookings[lo - 1].at.plus(span) > s {
+                lo -= 1;
+            }
+            if over(self.used_by(lo, hi)) {
+                return Some(s);
+            }
+        }
+        over(self.usage_ending_at(t, span)).then_some(t)
     }
 
     /// What the bookings whose span covers instant `s` spent.
     fn usage_ending_at(&self, s: Timestamp, span: Duration) -> Usage {
         let lo = self.bookings.partition_point(|b| b.at.plus(span) <= s);
         let hi = self.bookings.partition_point(|b| b.at <= s);
-        self.bookings[lo..hi.max(lo)].iter().map(|b| b.usage).sum()
+        self.used_by(lo, hi)
+    }
+
+    /// What `bookings[lo..hi]` spent (nothing when `hi <= lo`), from the index.
+    fn used_by(&self, lo: usize, hi: usize) -> Usage {
+        if hi <= lo {
+            return Usage::default();
+        }
+        let before = lo
+            .checked_sub(1)
+            .map_or(Total::default(), |i| self.totals[i]);
+        self.totals[hi - 1].since(before)
+    }
+
+    /// Brings the index in step with `bookings` from place `i` on (the places
+    /// before `i` are unchanged): linear in what follows `i`, as the insert
+    /// or removal that calls it already is.
+    fn index_from(&mut self, i: usize) {
+        self.totals.truncate(i);
+        let mut total = self.totals.last().copied().unwrap_or_default();
+        for b in &self.bookings[i..] {
+            total = total.plus(b.usage);
+            self.totals.push(total);
+        }
     }
 
     /// Books `usage` at `at`, counted in its day of `zone`.
@@ -389,6 +472,7 @@ impl Lane {
             .bookings
             .partition_point(|b| (b.at, b.grant) < (at, grant));
         self.bookings.insert(i, Booking { at, usage, grant });
+        self.index_from(i);
         let day = self.per_day.entry(zone.day_of(at)).or_default();
         *day = *day + usage;
     }
@@ -405,6 +489,7 @@ impl Lane {
                 grant: 0,
             },
         );
+        self.index_from(i);
     }
 
     /// Sets a day's usage from the state store (never lowers it).
@@ -446,6 +531,7 @@ impl Lane {
     ) {
         if let Some(b) = self.find(grant, at) {
             self.bookings[b].usage = spent;
+            self.index_from(b);
         }
         if let Some(day) = self.per_day.get_mut(&zone.day_of(at)) {
             *day = *day + spent - booked;
@@ -456,6 +542,7 @@ impl Lane {
     pub fn release(&mut self, grant: GrantId, at: Timestamp, zone: DayZone) {
         if let Some(b) = self.find(grant, at) {
             let booking = self.bookings.remove(b);
+            self.index_from(b);
             if let Some(day) = self.per_day.get_mut(&zone.day_of(at)) {
                 *day = *day - booking.usage;
             }
@@ -552,9 +639,13 @@ impl Lane {
     /// Drops what can no longer affect any decision: bookings whose longest
     /// span ended before `now`, day counts of past days.
     pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, guard: Duration) {
-        let span = Quota::longest_sliding() + guard;
+        let longest = SLIDING_LENGTHS.last().copied().unwrap_or(Duration::ZERO);
+        let span = longest + guard;
         let gone = self.bookings.partition_point(|b| b.at.plus(span) <= now);
-        self.bookings.drain(..gone);
+        if gone > 0 {
+            self.bookings.drain(..gone);
+            self.index_from(0);
+        }
         if self
             .per_day
             .first_key_value()
@@ -809,5 +900,143 @@ mod tests {
             lane.strike(T0, Duration::from_secs(1));
             assert_eq!(lane.cooldown_until, T0.plus_millis(expected * 1_000));
         }
+    }
+
+    /// A small deterministic generator (xorshift64*), so a failing case
+    /// comes back on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+        }
+
+        fn usage(&mut self) -> Usage {
+            Usage {
+                requests: [1, 1, 1, 3][self.below(4) as usize],
+                // Now and then a figure no window could hold: sums saturate.
+                input_tokens: match self.below(40) {
+                    0 => u64::MAX - self.below(1_000),
+                    _ => self.below(120_000),
+                },
+                output_tokens: [0, 0, 500, 9_000][self.below(4) as usize],
+            }
+        }
+
+        /// An instant near `T0`, on a 250 ms grid so bookings share
+        /// instants and spans end exactly on other bookings.
+        fn instant(&mut self) -> Timestamp {
+            T0.plus_millis(self.below(800) as i64 * 250 - 30_000)
+        }
+    }
+
+    /// The usage of the window ending at `s`, summed booking by booking.
+    fn walked_usage(lane: &Lane, s: Timestamp, span: Duration) -> Usage {
+        lane.bookings
+            .iter()
+            .filter(|b| b.at <= s && b.at.plus(span) > s)
+            .map(|b| b.usage)
+            .sum()
+    }
+
+    /// Whether `call` fits at `t` under every sliding quota, by the rule of
+    /// the module's doc: the window ending at `t` and at each booked instant
+    /// in `(t, t + span)`, each summed by a walk.
+    fn walked_fits(lane: &Lane, limits: Limits, call: Usage, t: Timestamp) -> bool {
+        SLIDING_LENGTHS.iter().all(|&length| {
+            let span = length + GUARD;
+            let later = lane.bookings.iter().map(|b| b.at);
+            std::iter::once(t)
+                .chain(later.filter(|&s| s > t && s < t.plus(span)))
+                .all(|s| limits.admits(Window::Sliding(length), walked_usage(lane, s, span), call))
+        })
+    }
+
+    /// The earliest instant at or after `from` that [`walked_fits`]: fitting
+    /// can only begin at `from`, a booked instant or the end of a span, so
+    /// every one of those is tried in order.
+    fn walked_earliest(lane: &Lane, limits: Limits, call: Usage, from: Timestamp) -> Timestamp {
+        let mut candidates = vec![from];
+        for b in &lane.bookings {
+            candidates.push(b.at);
+            candidates.extend(SLIDING_LENGTHS.iter().map(|&l| b.at.plus(l + GUARD)));
+        }
+        candidates.retain(|&c| c >= from);
+        candidates.sort();
+        candidates
+            .into_iter()
+            .find(|&t| walked_fits(lane, limits, call, t))
+            .expect("after the last span every window is empty")
+    }
+
+    /// The index (running totals) answers as a walk over the bookings does,
+    /// through bookings, releases, settlements and forgetting, and equals
+    /// the index rebuilt from the lane's shared form.
+    #[test]
+    fn the_indexed_search_answers_as_a_walk_over_the_bookings() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let zone = DayZone::PACIFIC;
+        let (mut searched, mut backfilled) = (0, 0);
+        for _ in 0..150 {
+            let limits = Limits {
+                rpm: 2 + rng.below(12) as u32,
+                tpm: 60_000 + rng.below(240_000),
+                otpm: [crate::policy::UNLIMITED, 20_000][rng.below(2) as usize],
+                ..FLASH
+            };
+            let mut lane = Lane::default();
+            let mut grants = Vec::new();
+            for g in 0..rng.below(40) {
+                let (at, usage) = (rng.instant(), rng.usage());
+                lane.book(g, at, usage, zone);
+                grants.push((g, at, usage));
+            }
+            for _ in 0..4 {
+                assert_eq!(Lane::from(Stored::from(lane.clone())), lane);
+                for _ in 0..8 {
+                    let (s, span) = (rng.instant(), SPAN);
+                    assert_eq!(lane.usage_ending_at(s, span), walked_usage(&lane, s, span));
+                }
+                for _ in 0..4 {
+                    let call = Usage {
+                        requests: 1 + rng.below(2),
+                        input_tokens: rng.below(limits.tpm / 2),
+                        output_tokens: [0, 4_000][rng.below(2) as usize],
+                    };
+                    let from = rng.instant();
+                    let t = lane.earliest_in_sliding_windows(limits, call, from, GUARD);
+                    assert_eq!(t, walked_earliest(&lane, limits, call, from), "from {from}");
+                    searched += 1;
+                    let last = lane.bookings.last().map_or(from, |b| b.at);
+                    backfilled += usize::from(t < last);
+                }
+                // Change the lane one way or another, then check it again.
+                let pick = rng.below(grants.len() as u64) as usize;
+                match (rng.below(4), grants.get(pick).copied()) {
+                    (0, Some((g, at, _))) => {
+                        lane.release(g, at, zone);
+                        grants.remove(pick);
+                    }
+                    (1, Some((g, at, booked))) => {
+                        let spent = rng.usage();
+                        lane.keep(g, at, booked, spent, zone);
+                        grants[pick].2 = spent;
+                    }
+                    (2, _) => lane.forget_before(rng.instant(), T0.pacific_day(), GUARD),
+                    _ => {
+                        let (at, usage) = (rng.instant(), rng.usage());
+                        lane.restore_call(at, usage);
+                    }
+                }
+            }
+        }
+        // The cases reach both answers: a gap before queued calls, and later.
+        assert!(
+            backfilled > 50 && searched - backfilled > 50,
+            "{backfilled}/{searched}"
+        );
     }
 }
