@@ -308,6 +308,23 @@ impl Lane {
         today: Day,
         guard: Duration,
     ) -> Option<Timestamp> {
+        self.earliest_up_to(limits, call, from, today, guard, Timestamp(i64::MAX))
+    }
+
+    /// [`Lane::earliest`] for a plan that already holds an instant `bound`
+    /// on another lane: the same answer when it is at or before `bound`;
+    /// otherwise, as soon as the search passes `bound`, some later instant
+    /// (or `None`), which cannot beat it. So a lane whose queue runs past
+    /// the best so far is not searched to its end.
+    pub fn earliest_up_to(
+        &self,
+        limits: Limits,
+        call: Usage,
+        from: Timestamp,
+        today: Day,
+        guard: Duration,
+        bound: Timestamp,
+    ) -> Option<Timestamp> {
         if !limits.can_ever_admit(call) {
             return None;
         }
@@ -317,9 +334,12 @@ impl Lane {
             day = Day::of(from, today.zone);
         }
         for _ in 0..MAX_DAYS_AHEAD {
+            if from > bound {
+                return Some(from);
+            }
             if self.day_admits(limits, day.date, call) {
-                let t = self.earliest_in_sliding_windows(limits, call, from, guard);
-                if t < day.ends {
+                let t = self.earliest_in_sliding_windows(limits, call, from, guard, bound);
+                if t < day.ends || t > bound {
                     return Some(t);
                 }
             }
@@ -331,25 +351,29 @@ impl Lane {
 
     /// The earliest instant at or after `from` that fits every sliding
     /// quota: each window length in turn moves `t` to the earliest instant it
-    /// admits, until none moves it (an instant one length refuses can never
-    /// be the answer, so none is skipped).
+    /// admits, until every length has admitted the same `t` (an instant one
+    /// length refuses can never be the answer, so none is skipped). Past
+    /// `bound`, an instant after it.
     fn earliest_in_sliding_windows(
         &self,
         limits: Limits,
         call: Usage,
         from: Timestamp,
         guard: Duration,
+        bound: Timestamp,
     ) -> Timestamp {
-        let mut t = from;
-        loop {
-            let before = t;
-            for &length in SLIDING_LENGTHS.iter() {
-                t = self.earliest_in_window(limits, call, t, length, length + guard);
+        let lengths = SLIDING_LENGTHS.as_slice();
+        let (mut t, mut admitted) = (from, 0);
+        for &length in lengths.iter().cycle() {
+            if admitted == lengths.len() || t > bound {
+                break;
             }
-            if t == before {
-                return t;
-            }
+            let next = self.earliest_in_window(limits, call, t, length, length + guard, bound);
+            // The length that moved `t` admits where it moved it to.
+            admitted = if next == t { admitted + 1 } else { 1 };
+            t = next;
         }
+        t
     }
 
     /// The earliest instant at or after `from` that fits the quotas that
@@ -359,7 +383,8 @@ impl Lane {
     /// of a booking's span; those candidates are walked in order without
     /// building a list (both sequences are already sorted). When a candidate
     /// is refused by the window ending at `s`, every candidate up to `s` would
-    /// be refused by that same window, so the walk resumes after `s`.
+    /// be refused by that same window, so the walk resumes after `s`. Past
+    /// `bound`, the first candidate after it.
     fn earliest_in_window(
         &self,
         limits: Limits,
@@ -367,6 +392,7 @@ impl Lane {
         from: Timestamp,
         length: Duration,
         span: Duration,
+        bound: Timestamp,
     ) -> Timestamp {
         let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
         let live = &self.bookings[first..];
@@ -381,6 +407,9 @@ impl Lane {
         let mut t = from;
         let mut examined = 0;
         loop {
+            if t > bound {
+                return t;
+            }
             // Past the gap budget, go straight to the end of the queue.
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
@@ -1007,8 +1036,23 @@ mod tests {
                         output_tokens: [0, 4_000][rng.below(2) as usize],
                     };
                     let from = rng.instant();
-                    let t = lane.earliest_in_sliding_windows(limits, call, from, GUARD);
+                    let t = lane.earliest_in_sliding_windows(
+                        limits,
+                        call,
+                        from,
+                        GUARD,
+                        Timestamp(i64::MAX),
+                    );
                     assert_eq!(t, walked_earliest(&lane, limits, call, from), "from {from}");
+                    // Bounded by another lane's instant: exact up to it, later past it.
+                    let bound = rng.instant();
+                    let day = Day::of(from, zone);
+                    let cut = lane.earliest_up_to(limits, call, from, day, GUARD, bound);
+                    let whole = lane.earliest(limits, call, from, day, GUARD);
+                    match whole {
+                        Some(w) if w <= bound => assert_eq!(cut, whole),
+                        _ => assert!(cut.is_none_or(|c| c > bound), "{cut:?} by {bound}"),
+                    }
                     searched += 1;
                     let last = lane.bookings.last().map_or(from, |b| b.at);
                     backfilled += usize::from(t < last);
