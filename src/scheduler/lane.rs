@@ -60,6 +60,15 @@ struct Booking {
     grant: GrantId,
 }
 
+/// A window of a lane: it ends at `end`, and the bookings whose span
+/// covers `end` are `bookings[lo..hi]`.
+#[derive(Clone, Copy)]
+struct Held {
+    end: Timestamp,
+    lo: usize,
+    hi: usize,
+}
+
 /// A running total of bookings' usage. Wide enough that no sum of `u64`s
 /// saturates, so a window's usage is the difference of two totals, clamped
 /// to `u64` exactly as adding its bookings one by one (saturating) would be.
@@ -394,16 +403,11 @@ impl Lane {
         span: Duration,
         bound: Timestamp,
     ) -> Timestamp {
-        let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
-        let live = &self.bookings[first..];
-        let tail = live.last().map_or(from, |b| b.at.max(from));
-        let next_candidate = |after: Timestamp| {
-            let start = live.partition_point(|b| b.at <= after);
-            let end = live.partition_point(|b| b.at.plus(span) <= after);
-            let starting = live.get(start).map(|b| b.at);
-            let ending = live.get(end).map(|b| b.at.plus(span));
-            starting.into_iter().chain(ending).min()
-        };
+        // A place no later than any the search looks for: it only moves on.
+        let mut place = self.bookings.partition_point(|b| b.at.plus(span) <= from);
+        let tail = self.bookings[place..]
+            .last()
+            .map_or(from, |b| b.at.max(from));
         let mut t = from;
         let mut examined = 0;
         loop {
@@ -414,55 +418,81 @@ impl Lane {
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, call, t, length, span) {
-                None => return t,
-                Some(s) => {
-                    examined += 1;
-                    t = next_candidate(s)
-                        .expect("after the last booking's span the window is empty");
-                }
-            }
+            let Some(refusing) = self.refusing_window(limits, call, t, (length, span), place)
+            else {
+                return t;
+            };
+            examined += 1;
+            // Fitting can next begin where the first booking after the
+            // refusing window's end starts, or where the first span still
+            // covering that end ends.
+            let starting = self.bookings.get(refusing.hi).map(|b| b.at);
+            let ending = self.bookings.get(refusing.lo).map(|b| b.at.plus(span));
+            t = starting
+                .into_iter()
+                .chain(ending)
+                .min()
+                .expect("after the last booking's span the window is empty");
+            place = refusing.lo;
         }
     }
 
-    /// `None` if `call` fits at `t`; else the end of the latest window that
-    /// would go over (at least `t`).
+    /// `None` if `call` fits at `t`; else the latest window that would go
+    /// over (ending at `t` or later). `place` is no later than the first
+    /// booking whose span covers `t`.
     fn refusing_window(
         &self,
         limits: Limits,
         call: Usage,
         t: Timestamp,
-        length: Duration,
-        span: Duration,
-    ) -> Option<Timestamp> {
-        let window = Window::Sliding(length);
-        let over = |used: Usage| !limits.admits(window, used, call);
+        (length, span): (Duration, Duration),
+        place: usize,
+    ) -> Option<Held> {
+        let over =
+            |w: Held| !limits.admits(Window::Sliding(length), self.used_by(w.lo, w.hi), call);
         // The windows ending at the booked instants in (t, t + span), latest
-        // first: the bookings one holds are `lo..hi`, and both ends only move
-        // down as the window does, so each step costs what its ends move.
-        let first = self.bookings.partition_point(|b| b.at <= t);
-        let last = self.bookings.partition_point(|b| b.at < t.plus(span));
-        let mut hi = last;
-        let mut lo = match last.checked_sub(1) {
-            Some(i) if i >= first => {
-                let s = self.bookings[i].at;
-                self.bookings.partition_point(|b| b.at.plus(span) <= s)
-            }
-            _ => 0,
-        };
-        for j in (first..last).rev() {
-            let s = self.bookings[j].at;
-            while hi > j + 1 && self.bookings[hi - 1].at > s {
-                hi -= 1;
-            }
-            while lo > 0 && self.bookings[lo - 1].at.plus(span) > s {
-                lo -= 1;
-            }
-            if over(self.used_by(lo, hi)) {
-                return Some(s);
+        // first: both ends of the bookings one holds only move down as the
+        // window does, so each step costs what its ends move.
+        let first = self.place_from(place, |b| b.at <= t);
+        let last = self.place_from(first, |b| b.at < t.plus(span));
+        if let Some(latest) = last.checked_sub(1).filter(|&i| i >= first) {
+            let end = self.bookings[latest].at;
+            let lo = self.place_from(place, |b| b.at.plus(span) <= end);
+            let mut w = Held { end, lo, hi: last };
+            for j in (first..last).rev() {
+                w.end = self.bookings[j].at;
+                while w.hi > j + 1 && self.bookings[w.hi - 1].at > w.end {
+                    w.hi -= 1;
+                }
+                while w.lo > 0 && self.bookings[w.lo - 1].at.plus(span) > w.end {
+                    w.lo -= 1;
+                }
+                if over(w) {
+                    return Some(w);
+                }
             }
         }
-        over(self.usage_ending_at(t, span)).then_some(t)
+        let lo = self.place_from(place, |b| b.at.plus(span) <= t);
+        let w = Held {
+            end: t,
+            lo,
+            hi: first,
+        };
+        over(w).then_some(w)
+    }
+
+    /// The first place at or after `from` where `before` stops holding (it
+    /// holds on a prefix of the bookings), galloping from `from`: a search
+    /// that moves on a few bookings at a time pays for the few, not for the
+    /// whole queue.
+    fn place_from(&self, from: usize, before: impl Fn(&Booking) -> bool) -> usize {
+        let rest = &self.bookings[from..];
+        let mut end = 1;
+        while end <= rest.len() && before(&rest[end - 1]) {
+            end *= 2;
+        }
+        let start = end / 2;
+        from + start + rest[start..end.min(rest.len())].partition_point(before)
     }
 
     /// What the bookings whose span covers instant `s` spent.
