@@ -482,15 +482,8 @@ impl Scheduler {
 
     /// A lane's limits in force at `now`: the key's tier's, with what the lane learned.
     fn lane_resolved(&self, key: KeyIndex, model: &str, now: Timestamp) -> Resolved {
-        let base = self.layers.resolve_for(key.get(), model);
-        match self
-            .lanes
-            .get(&(key, model.to_string()))
-            .and_then(|l| l.learned(now))
-        {
-            Some(learned) => base.with(&learned, Source::Learned),
-            None => base,
-        }
+        let configured = self.layers.resolve_for(key.get(), model);
+        in_force(configured, self.lanes.get(&(key, model.to_string())), now)
     }
 
     fn lane_limits(&self, key: KeyIndex, model: &str, now: Timestamp) -> Limits {
@@ -632,13 +625,24 @@ impl Scheduler {
             let mut best: Option<(Timestamp, u32, KeyIndex)> = None;
             let mut preferred_at = None;
             let mut probes = Vec::new();
+            // The model's layers, resolved once for every key (each key's
+            // own entry goes on top, as `Layers::resolve_for` puts it).
+            let model_limits = self.layers.resolve(model);
+            // The lanes' map key, its model copied once per model, not per lane.
+            let mut id = (usable[0], model.clone());
             for &key in &usable {
-                let (limits, probe) = match self.zero_check(key, model, today, now) {
+                id.0 = key;
+                let configured = match self.layers.key_override(key.get(), model) {
+                    Some(own) => model_limits.with(own, Source::Key),
+                    None => model_limits,
+                };
+                let existing = self.lanes.get_mut(&id);
+                let (limits, probe) = match zero_check(configured, existing.as_deref(), today, now)
+                {
                     ZeroCheck::NoZero(limits) => (limits, false),
                     ZeroCheck::Skip => {
                         // Out for today; "spent until midnight" only if it could ever hold the request.
-                        let configured = self.layers.resolve_for(key.get(), model).limits();
-                        any_lane_holds_it |= configured.can_ever_admit(call);
+                        any_lane_holds_it |= configured.limits().can_ever_admit(call);
                         continue;
                     }
                     ZeroCheck::Probe(limits) => (limits, true),
@@ -652,7 +656,10 @@ impl Scheduler {
                     continue;
                 }
                 any_lane_holds_it = true;
-                let lane = self.lanes.entry((key, model.clone())).or_default();
+                let lane = match existing {
+                    Some(lane) => lane,
+                    None => self.lanes.entry(id.clone()).or_default(),
+                };
                 lane.forget_before(now, today, self.guard);
                 if !lane.day_admits(limits, today, call) {
                     let room = lane.day_room(limits, today);
@@ -662,7 +669,14 @@ impl Scheduler {
                     }
                     continue;
                 }
-                let Some(at) = lane.earliest(limits, call, now, day, self.guard) else {
+                // A lane that cannot beat the best so far is searched only up
+                // to it (the preferred key's instant is needed exactly).
+                let bound = match best {
+                    Some((at, ..)) if request.keys != KeyChoice::Prefer(key) => at,
+                    _ => Timestamp(i64::MAX),
+                };
+                let Some(at) = lane.earliest_up_to(limits, call, now, day, self.guard, bound)
+                else {
                     continue;
                 };
                 if probe {
@@ -883,30 +897,6 @@ impl Scheduler {
             for k in self.tier(grant.key, &grant.model) {
                 self.lane_mut(k, &grant.model).uncheck_zero_on(day);
             }
-        }
-    }
-
-    /// Whether lane (key, model) has a learned limit of 0 and, if so,
-    /// whether today's one re-check may go (with the limits it had before).
-    fn zero_check(
-        &self,
-        key: KeyIndex,
-        model: &str,
-        today: NaiveDate,
-        now: Timestamp,
-    ) -> ZeroCheck {
-        let limits = self.lane_limits(key, model, now);
-        if limits.zeros().next().is_none() {
-            return ZeroCheck::NoZero(limits);
-        }
-        let checked = self
-            .lanes
-            .get(&(key, model.to_string()))
-            .and_then(Lane::zero_checked);
-        if checked >= Some(today) {
-            ZeroCheck::Skip
-        } else {
-            ZeroCheck::Probe(self.layers.resolve_for(key.get(), model).limits())
         }
     }
 
@@ -1197,7 +1187,36 @@ fn outside_the_chain(model: &str) -> bool {
     crate::policy::Family::of(model) == crate::policy::Family::Embedding
 }
 
-/// What [`Scheduler::zero_check`] found on a lane.
+/// A lane's limits in force at `now`: `configured` (its key's tier's), with
+/// what the lane (`None` if never used) learned.
+fn in_force(configured: Resolved, lane: Option<&Lane>, now: Timestamp) -> Resolved {
+    match lane.and_then(|l| l.learned(now)) {
+        Some(learned) => configured.with(&learned, Source::Learned),
+        None => configured,
+    }
+}
+
+/// Whether a lane (`None` if never used) whose key's limits are `configured`
+/// has a learned limit of 0 and, if so, whether today's one re-check may go
+/// (with the limits it had before).
+fn zero_check(
+    configured: Resolved,
+    lane: Option<&Lane>,
+    today: NaiveDate,
+    now: Timestamp,
+) -> ZeroCheck {
+    let limits = in_force(configured, lane, now).limits();
+    if limits.zeros().next().is_none() {
+        return ZeroCheck::NoZero(limits);
+    }
+    if lane.and_then(Lane::zero_checked) >= Some(today) {
+        ZeroCheck::Skip
+    } else {
+        ZeroCheck::Probe(configured.limits())
+    }
+}
+
+/// What [`zero_check`] found on a lane.
 enum ZeroCheck {
     /// No limit of 0: plan with these.
     NoZero(Limits),

@@ -29,6 +29,7 @@ use crate::policy::{Limits, LimitsOverride, Metric, Quota, Usage, Window};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Identifies a grant for its whole life (plan, wait, send, settle).
@@ -48,11 +49,54 @@ pub const LEARNED_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// How many midnights a search may cross before giving up.
 const MAX_DAYS_AHEAD: usize = 8;
 
+/// The sliding window lengths, shortest first ([`Quota::sliding_lengths`]),
+/// worked out once rather than on every plan of every lane.
+static SLIDING_LENGTHS: LazyLock<Vec<Duration>> = LazyLock::new(Quota::sliding_lengths);
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Booking {
     at: Timestamp,
     usage: Usage,
     grant: GrantId,
+}
+
+/// A window of a lane: it ends at `end`, and the bookings whose span
+/// covers `end` are `bookings[lo..hi]`.
+#[derive(Clone, Copy)]
+struct Held {
+    end: Timestamp,
+    lo: usize,
+    hi: usize,
+}
+
+/// A running total of bookings' usage. Wide enough that no sum of `u64`s
+/// saturates, so a window's usage is the difference of two totals, clamped
+/// to `u64` exactly as adding its bookings one by one (saturating) would be.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Total {
+    requests: u128,
+    input_tokens: u128,
+    output_tokens: u128,
+}
+
+impl Total {
+    fn plus(self, u: Usage) -> Total {
+        Total {
+            requests: self.requests + u128::from(u.requests),
+            input_tokens: self.input_tokens + u128::from(u.input_tokens),
+            output_tokens: self.output_tokens + u128::from(u.output_tokens),
+        }
+    }
+
+    /// What was added between `earlier` and `self`, saturated to `u64`.
+    fn since(self, earlier: Total) -> Usage {
+        let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        Usage {
+            requests: clamp(self.requests - earlier.requests),
+            input_tokens: clamp(self.input_tokens - earlier.input_tokens),
+            output_tokens: clamp(self.output_tokens - earlier.output_tokens),
+        }
+    }
 }
 
 /// What `/status` shows of a lane at one instant.
@@ -73,6 +117,11 @@ pub struct LaneUsage {
 pub struct Lane {
     /// Sorted by (at, grant).
     bookings: Vec<Booking>,
+    /// The index of `bookings`: `totals[i]` is the usage of `bookings[..=i]`,
+    /// so a window's usage is two binary searches rather than a walk. A
+    /// function of `bookings` alone, kept in step by every change to them and
+    /// rebuilt from the shared form (never stored).
+    totals: Vec<Total>,
     /// What was booked per quota day (sent, in flight or waiting), the day
     /// being the provider's (Pacific for Gemini).
     per_day: BTreeMap<NaiveDate, Usage>,
@@ -176,7 +225,7 @@ impl From<Lane> for Stored {
 impl From<Stored> for Lane {
     fn from(s: Stored) -> Lane {
         let day = |n: i32| NaiveDate::from_num_days_from_ce_opt(n).unwrap_or_default();
-        Lane {
+        let mut lane = Lane {
             bookings: s
                 .bookings
                 .into_iter()
@@ -195,6 +244,7 @@ impl From<Stored> for Lane {
                     }
                 })
                 .collect(),
+            totals: Vec::new(),
             per_day: s
                 .per_day
                 .iter()
@@ -215,7 +265,9 @@ impl From<Stored> for Lane {
             learned_at: Timestamp(s.learned_at),
             strikes: s.strikes,
             zero_checked: s.zero_checked.map(day),
-        }
+        };
+        lane.index_from(0);
+        lane
     }
 }
 
@@ -265,6 +317,23 @@ impl Lane {
         today: Day,
         guard: Duration,
     ) -> Option<Timestamp> {
+        self.earliest_up_to(limits, call, from, today, guard, Timestamp(i64::MAX))
+    }
+
+    /// [`Lane::earliest`] for a plan that already holds an instant `bound`
+    /// on another lane: the same answer when it is at or before `bound`;
+    /// otherwise, as soon as the search passes `bound`, some later instant
+    /// (or `None`), which cannot beat it. So a lane whose queue runs past
+    /// the best so far is not searched to its end.
+    pub fn earliest_up_to(
+        &self,
+        limits: Limits,
+        call: Usage,
+        from: Timestamp,
+        today: Day,
+        guard: Duration,
+        bound: Timestamp,
+    ) -> Option<Timestamp> {
         if !limits.can_ever_admit(call) {
             return None;
         }
@@ -274,9 +343,12 @@ impl Lane {
             day = Day::of(from, today.zone);
         }
         for _ in 0..MAX_DAYS_AHEAD {
+            if from > bound {
+                return Some(from);
+            }
             if self.day_admits(limits, day.date, call) {
-                let t = self.earliest_in_sliding_windows(limits, call, from, guard);
-                if t < day.ends {
+                let t = self.earliest_in_sliding_windows(limits, call, from, guard, bound);
+                if t < day.ends || t > bound {
                     return Some(t);
                 }
             }
@@ -288,26 +360,29 @@ impl Lane {
 
     /// The earliest instant at or after `from` that fits every sliding
     /// quota: each window length in turn moves `t` to the earliest instant it
-    /// admits, until none moves it (an instant one length refuses can never
-    /// be the answer, so none is skipped).
+    /// admits, until every length has admitted the same `t` (an instant one
+    /// length refuses can never be the answer, so none is skipped). Past
+    /// `bound`, an instant after it.
     fn earliest_in_sliding_windows(
         &self,
         limits: Limits,
         call: Usage,
         from: Timestamp,
         guard: Duration,
+        bound: Timestamp,
     ) -> Timestamp {
-        let lengths = Quota::sliding_lengths();
-        let mut t = from;
-        loop {
-            let before = t;
-            for &length in &lengths {
-                t = self.earliest_in_window(limits, call, t, length, length + guard);
+        let lengths = SLIDING_LENGTHS.as_slice();
+        let (mut t, mut admitted) = (from, 0);
+        for &length in lengths.iter().cycle() {
+            if admitted == lengths.len() || t > bound {
+                break;
             }
-            if t == before {
-                return t;
-            }
+            let next = self.earliest_in_window(limits, call, t, length, length + guard, bound);
+            // The length that moved `t` admits where it moved it to.
+            admitted = if next == t { admitted + 1 } else { 1 };
+            t = next;
         }
+        t
     }
 
     /// The earliest instant at or after `from` that fits the quotas that
@@ -317,7 +392,8 @@ impl Lane {
     /// of a booking's span; those candidates are walked in order without
     /// building a list (both sequences are already sorted). When a candidate
     /// is refused by the window ending at `s`, every candidate up to `s` would
-    /// be refused by that same window, so the walk resumes after `s`.
+    /// be refused by that same window, so the walk resumes after `s`. Past
+    /// `bound`, the first candidate after it.
     fn earliest_in_window(
         &self,
         limits: Limits,
@@ -325,62 +401,128 @@ impl Lane {
         from: Timestamp,
         length: Duration,
         span: Duration,
+        bound: Timestamp,
     ) -> Timestamp {
-        let first = self.bookings.partition_point(|b| b.at.plus(span) <= from);
-        let live = &self.bookings[first..];
-        let tail = live.last().map_or(from, |b| b.at.max(from));
-        let next_candidate = |after: Timestamp| {
-            let start = live.partition_point(|b| b.at <= after);
-            let end = live.partition_point(|b| b.at.plus(span) <= after);
-            let starting = live.get(start).map(|b| b.at);
-            let ending = live.get(end).map(|b| b.at.plus(span));
-            starting.into_iter().chain(ending).min()
-        };
+        // A place no later than any the search looks for: it only moves on.
+        let mut place = self.bookings.partition_point(|b| b.at.plus(span) <= from);
+        let tail = self.bookings[place..]
+            .last()
+            .map_or(from, |b| b.at.max(from));
         let mut t = from;
         let mut examined = 0;
         loop {
+            if t > bound {
+                return t;
+            }
             // Past the gap budget, go straight to the end of the queue.
             if examined == MAX_GAP_CANDIDATES && t < tail {
                 t = tail;
             }
-            match self.refusing_window(limits, call, t, length, span) {
-                None => return t,
-                Some(s) => {
-                    examined += 1;
-                    t = next_candidate(s)
-                        .expect("after the last booking's span the window is empty");
-                }
-            }
+            let Some(refusing) = self.refusing_window(limits, call, t, (length, span), place)
+            else {
+                return t;
+            };
+            examined += 1;
+            // Fitting can next begin where the first booking after the
+            // refusing window's end starts, or where the first span still
+            // covering that end ends.
+            let starting = self.bookings.get(refusing.hi).map(|b| b.at);
+            let ending = self.bookings.get(refusing.lo).map(|b| b.at.plus(span));
+            t = starting
+                .into_iter()
+                .chain(ending)
+                .min()
+                .expect("after the last booking's span the window is empty");
+            place = refusing.lo;
         }
     }
 
-    /// `None` if `call` fits at `t`; else the end of the latest window that
-    /// would go over (at least `t`).
+    /// `None` if `call` fits at `t`; else the latest window that would go
+    /// over (ending at `t` or later). `place` is no later than the first
+    /// booking whose span covers `t`.
     fn refusing_window(
         &self,
         limits: Limits,
         call: Usage,
         t: Timestamp,
-        length: Duration,
-        span: Duration,
-    ) -> Option<Timestamp> {
-        let window = Window::Sliding(length);
-        let over = |s: Timestamp| !limits.admits(window, self.usage_ending_at(s, span), call);
-        let after = self.bookings.partition_point(|b| b.at <= t);
-        let later = self.bookings[after..]
-            .iter()
-            .take_while(|b| b.at < t.plus(span))
-            .map(|b| b.at)
-            .filter(|&s| over(s))
-            .last();
-        later.or_else(|| over(t).then_some(t))
+        (length, span): (Duration, Duration),
+        place: usize,
+    ) -> Option<Held> {
+        let over =
+            |w: Held| !limits.admits(Window::Sliding(length), self.used_by(w.lo, w.hi), call);
+        // The windows ending at the booked instants in (t, t + span), latest
+        // first: both ends of the bookings one holds only move down as the
+        // window does, so each step costs what its ends move.
+        let first = self.place_from(place, |b| b.at <= t);
+        let last = self.place_from(first, |b| b.at < t.plus(span));
+        if let Some(latest) = last.checked_sub(1).filter(|&i| i >= first) {
+            let end = self.bookings[latest].at;
+            let lo = self.place_from(place, |b| b.at.plus(span) <= end);
+            let mut w = Held { end, lo, hi: last };
+            for j in (first..last).rev() {
+                w.end = self.bookings[j].at;
+                while w.hi > j + 1 && self.bookings[w.hi - 1].at > w.end {
+                    w.hi -= 1;
+                }
+                while w.lo > 0 && self.bookings[w.lo - 1].at.plus(span) > w.end {
+                    w.lo -= 1;
+                }
+                if over(w) {
+                    return Some(w);
+                }
+            }
+        }
+        let lo = self.place_from(place, |b| b.at.plus(span) <= t);
+        let w = Held {
+            end: t,
+            lo,
+            hi: first,
+        };
+        over(w).then_some(w)
+    }
+
+    /// The first place at or after `from` where `before` stops holding (it
+    /// holds on a prefix of the bookings), galloping from `from`: a search
+    /// that moves on a few bookings at a time pays for the few, not for the
+    /// whole queue.
+    fn place_from(&self, from: usize, before: impl Fn(&Booking) -> bool) -> usize {
+        let rest = &self.bookings[from..];
+        let mut end = 1;
+        while end <= rest.len() && before(&rest[end - 1]) {
+            end *= 2;
+        }
+        let start = end / 2;
+        from + start + rest[start..end.min(rest.len())].partition_point(before)
     }
 
     /// What the bookings whose span covers instant `s` spent.
     fn usage_ending_at(&self, s: Timestamp, span: Duration) -> Usage {
         let lo = self.bookings.partition_point(|b| b.at.plus(span) <= s);
         let hi = self.bookings.partition_point(|b| b.at <= s);
-        self.bookings[lo..hi.max(lo)].iter().map(|b| b.usage).sum()
+        self.used_by(lo, hi)
+    }
+
+    /// What `bookings[lo..hi]` spent (nothing when `hi <= lo`), from the index.
+    fn used_by(&self, lo: usize, hi: usize) -> Usage {
+        if hi <= lo {
+            return Usage::default();
+        }
+        let before = lo
+            .checked_sub(1)
+            .map_or(Total::default(), |i| self.totals[i]);
+        self.totals[hi - 1].since(before)
+    }
+
+    /// Brings the index in step with `bookings` from place `i` on (the places
+    /// before `i` are unchanged): linear in what follows `i`, as the insert
+    /// or removal that calls it already is.
+    fn index_from(&mut self, i: usize) {
+        self.totals.truncate(i);
+        let mut total = self.totals.last().copied().unwrap_or_default();
+        for b in &self.bookings[i..] {
+            total = total.plus(b.usage);
+            self.totals.push(total);
+        }
     }
 
     /// Books `usage` at `at`, counted in its day of `zone`.
@@ -389,6 +531,7 @@ impl Lane {
             .bookings
             .partition_point(|b| (b.at, b.grant) < (at, grant));
         self.bookings.insert(i, Booking { at, usage, grant });
+        self.index_from(i);
         let day = self.per_day.entry(zone.day_of(at)).or_default();
         *day = *day + usage;
     }
@@ -405,6 +548,7 @@ impl Lane {
                 grant: 0,
             },
         );
+        self.index_from(i);
     }
 
     /// Sets a day's usage from the state store (never lowers it).
@@ -446,6 +590,7 @@ impl Lane {
     ) {
         if let Some(b) = self.find(grant, at) {
             self.bookings[b].usage = spent;
+            self.index_from(b);
         }
         if let Some(day) = self.per_day.get_mut(&zone.day_of(at)) {
             *day = *day + spent - booked;
@@ -456,6 +601,7 @@ impl Lane {
     pub fn release(&mut self, grant: GrantId, at: Timestamp, zone: DayZone) {
         if let Some(b) = self.find(grant, at) {
             let booking = self.bookings.remove(b);
+            self.index_from(b);
             if let Some(day) = self.per_day.get_mut(&zone.day_of(at)) {
                 *day = *day - booking.usage;
             }
@@ -552,9 +698,19 @@ impl Lane {
     /// Drops what can no longer affect any decision: bookings whose longest
     /// span ended before `now`, day counts of past days.
     pub fn forget_before(&mut self, now: Timestamp, today: NaiveDate, guard: Duration) {
-        let span = Quota::longest_sliding() + guard;
-        let gone = self.bookings.partition_point(|b| b.at.plus(span) <= now);
-        self.bookings.drain(..gone);
+        let longest = SLIDING_LENGTHS.last().copied().unwrap_or(Duration::ZERO);
+        let span = longest + guard;
+        // Most plans find nothing to forget: the first booking says so.
+        let gone = match self.bookings.first() {
+            Some(first) if first.at.plus(span) <= now => {
+                self.bookings.partition_point(|b| b.at.plus(span) <= now)
+            }
+            _ => 0,
+        };
+        if gone > 0 {
+            self.bookings.drain(..gone);
+            self.index_from(0);
+        }
         if self
             .per_day
             .first_key_value()
@@ -809,5 +965,158 @@ mod tests {
             lane.strike(T0, Duration::from_secs(1));
             assert_eq!(lane.cooldown_until, T0.plus_millis(expected * 1_000));
         }
+    }
+
+    /// A small deterministic generator (xorshift64*), so a failing case
+    /// comes back on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+        }
+
+        fn usage(&mut self) -> Usage {
+            Usage {
+                requests: [1, 1, 1, 3][self.below(4) as usize],
+                // Now and then a figure no window could hold: sums saturate.
+                input_tokens: match self.below(40) {
+                    0 => u64::MAX - self.below(1_000),
+                    _ => self.below(120_000),
+                },
+                output_tokens: [0, 0, 500, 9_000][self.below(4) as usize],
+            }
+        }
+
+        /// An instant near `T0`, on a 250 ms grid so bookings share
+        /// instants and spans end exactly on other bookings.
+        fn instant(&mut self) -> Timestamp {
+            T0.plus_millis(self.below(800) as i64 * 250 - 30_000)
+        }
+    }
+
+    /// The usage of the window ending at `s`, summed booking by booking.
+    fn walked_usage(lane: &Lane, s: Timestamp, span: Duration) -> Usage {
+        lane.bookings
+            .iter()
+            .filter(|b| b.at <= s && b.at.plus(span) > s)
+            .map(|b| b.usage)
+            .sum()
+    }
+
+    /// Whether `call` fits at `t` under every sliding quota, by the rule of
+    /// the module's doc: the window ending at `t` and at each booked instant
+    /// in `(t, t + span)`, each summed by a walk.
+    fn walked_fits(lane: &Lane, limits: Limits, call: Usage, t: Timestamp) -> bool {
+        SLIDING_LENGTHS.iter().all(|&length| {
+            let span = length + GUARD;
+            let later = lane.bookings.iter().map(|b| b.at);
+            std::iter::once(t)
+                .chain(later.filter(|&s| s > t && s < t.plus(span)))
+                .all(|s| limits.admits(Window::Sliding(length), walked_usage(lane, s, span), call))
+        })
+    }
+
+    /// The earliest instant at or after `from` that [`walked_fits`]: fitting
+    /// can only begin at `from`, a booked instant or the end of a span, so
+    /// every one of those is tried in order.
+    fn walked_earliest(lane: &Lane, limits: Limits, call: Usage, from: Timestamp) -> Timestamp {
+        let mut candidates = vec![from];
+        for b in &lane.bookings {
+            candidates.push(b.at);
+            candidates.extend(SLIDING_LENGTHS.iter().map(|&l| b.at.plus(l + GUARD)));
+        }
+        candidates.retain(|&c| c >= from);
+        candidates.sort();
+        candidates
+            .into_iter()
+            .find(|&t| walked_fits(lane, limits, call, t))
+            .expect("after the last span every window is empty")
+    }
+
+    /// The index (running totals) answers as a walk over the bookings does,
+    /// through bookings, releases, settlements and forgetting, and equals
+    /// the index rebuilt from the lane's shared form.
+    #[test]
+    fn the_indexed_search_answers_as_a_walk_over_the_bookings() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let zone = DayZone::PACIFIC;
+        let (mut searched, mut backfilled) = (0, 0);
+        for _ in 0..150 {
+            let limits = Limits {
+                rpm: 2 + rng.below(12) as u32,
+                tpm: 60_000 + rng.below(240_000),
+                otpm: [crate::policy::UNLIMITED, 20_000][rng.below(2) as usize],
+                ..FLASH
+            };
+            let mut lane = Lane::default();
+            let mut grants = Vec::new();
+            for g in 0..rng.below(40) {
+                let (at, usage) = (rng.instant(), rng.usage());
+                lane.book(g, at, usage, zone);
+                grants.push((g, at, usage));
+            }
+            for _ in 0..4 {
+                assert_eq!(Lane::from(Stored::from(lane.clone())), lane);
+                for _ in 0..8 {
+                    let (s, span) = (rng.instant(), SPAN);
+                    assert_eq!(lane.usage_ending_at(s, span), walked_usage(&lane, s, span));
+                }
+                for _ in 0..4 {
+                    let call = Usage {
+                        requests: 1 + rng.below(2),
+                        input_tokens: rng.below(limits.tpm / 2),
+                        output_tokens: [0, 4_000][rng.below(2) as usize],
+                    };
+                    let from = rng.instant();
+                    let t = lane.earliest_in_sliding_windows(
+                        limits,
+                        call,
+                        from,
+                        GUARD,
+                        Timestamp(i64::MAX),
+                    );
+                    assert_eq!(t, walked_earliest(&lane, limits, call, from), "from {from}");
+                    // Bounded by another lane's instant: exact up to it, later past it.
+                    let bound = rng.instant();
+                    let day = Day::of(from, zone);
+                    let cut = lane.earliest_up_to(limits, call, from, day, GUARD, bound);
+                    let whole = lane.earliest(limits, call, from, day, GUARD);
+                    match whole {
+                        Some(w) if w <= bound => assert_eq!(cut, whole),
+                        _ => assert!(cut.is_none_or(|c| c > bound), "{cut:?} by {bound}"),
+                    }
+                    searched += 1;
+                    let last = lane.bookings.last().map_or(from, |b| b.at);
+                    backfilled += usize::from(t < last);
+                }
+                // Change the lane one way or another, then check it again.
+                let pick = rng.below(grants.len() as u64) as usize;
+                match (rng.below(4), grants.get(pick).copied()) {
+                    (0, Some((g, at, _))) => {
+                        lane.release(g, at, zone);
+                        grants.remove(pick);
+                    }
+                    (1, Some((g, at, booked))) => {
+                        let spent = rng.usage();
+                        lane.keep(g, at, booked, spent, zone);
+                        grants[pick].2 = spent;
+                    }
+                    (2, _) => lane.forget_before(rng.instant(), T0.pacific_day(), GUARD),
+                    _ => {
+                        let (at, usage) = (rng.instant(), rng.usage());
+                        lane.restore_call(at, usage);
+                    }
+                }
+            }
+        }
+        // The cases reach both answers: a gap before queued calls, and later.
+        assert!(
+            backfilled > 50 && searched - backfilled > 50,
+            "{backfilled}/{searched}"
+        );
     }
 }
