@@ -308,7 +308,9 @@ impl Lane {
 
     /// The earliest instant at or after `from` when `call` fits, or `None` if
     /// it never can (more than a quota allows even when empty, or no day
-    /// left within the horizon). `today` is the quota day of `from`.
+    /// left within the horizon). `today` is the quota day of `from`. A plan
+    /// bounds its search ([`Lane::earliest_up_to`]); the tests ask this.
+    #[cfg(test)]
     pub fn earliest(
         &self,
         limits: Limits,
