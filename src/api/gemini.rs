@@ -144,6 +144,12 @@ async fn get_model(
     forward_models(&state, &format!("/{target}"), &None).await
 }
 
+/// A body smaller than this is copied out of the connection's read buffer
+/// (hyper's first is 8 KiB) before the request waits; a larger one came in
+/// more than one read and already has a buffer of its own, or fills most
+/// of the one it came in.
+const OWN_BUFFER_BELOW: usize = 8 * 1024;
+
 /// `POST …/models/{model}:{action}`.
 async fn call_model(
     State(state): State<AppState>,
@@ -187,8 +193,19 @@ async fn call_model(
     } else {
         Target::Model(model.to_string())
     };
+    // The headers' values and a small body are slices of the connection's
+    // read buffer (8 KiB at least): held while the request waits for its
+    // slot, they would keep that buffer alive beside the one the connection
+    // reads into next. Let go of the headers, and keep a small body in a
+    // buffer of its own size.
+    drop(headers);
+    let body = if body.0.len() < OWN_BUFFER_BELOW {
+        axum::body::Bytes::copy_from_slice(&body.0)
+    } else {
+        body.0
+    };
     // Passed through as the bytes that came, read once without a tree.
-    let request = GenerateRequest::from_json(body.0)
+    let request = GenerateRequest::from_json(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let job = Job {
         request,
