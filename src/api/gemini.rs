@@ -145,10 +145,22 @@ async fn get_model(
 }
 
 /// A body smaller than this is copied out of the connection's read buffer
-/// (hyper's first is 8 KiB) before the request waits; a larger one came in
-/// more than one read and already has a buffer of its own, or fills most
-/// of the one it came in.
+/// (hyper's first is 8 KiB) before the request waits. A larger one came in
+/// several reads and was joined into a buffer of its own, or (hyper doubles
+/// a connection's read size only when a read fills it) fills at least about
+/// half of the one it came in.
 const OWN_BUFFER_BELOW: usize = 8 * 1024;
+
+/// `body`, in a buffer of its own if it is small (see [`OWN_BUFFER_BELOW`]).
+/// Takes the body by value, so that the slice of the read buffer goes
+/// here, not at the end of the handler.
+fn own_buffer(body: axum::body::Bytes) -> axum::body::Bytes {
+    if body.len() < OWN_BUFFER_BELOW {
+        axum::body::Bytes::copy_from_slice(&body)
+    } else {
+        body
+    }
+}
 
 /// `POST …/models/{model}:{action}`.
 async fn call_model(
@@ -199,13 +211,8 @@ async fn call_model(
     // reads into next. Let go of the headers, and keep a small body in a
     // buffer of its own size.
     drop(headers);
-    let body = if body.0.len() < OWN_BUFFER_BELOW {
-        axum::body::Bytes::copy_from_slice(&body.0)
-    } else {
-        body.0
-    };
     // Passed through as the bytes that came, read once without a tree.
-    let request = GenerateRequest::from_json(body)
+    let request = GenerateRequest::from_json(own_buffer(body.0))
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let job = Job {
         request,
