@@ -13,6 +13,7 @@
 
 use axum::Router;
 use axum::http::Request;
+use futures::TryFutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::BTreeMap;
@@ -423,17 +424,18 @@ pub async fn serve(
         let (id, progress, close) = lock(&open).add();
         let app = app.clone();
         let serving = progress.clone();
+        // A combinator, not an `async` block: the block would hold the
+        // router's future twice (the captured one and the one it awaits),
+        // and hyper sizes each connection's slot for a request by it.
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_hand = InHand::new(&serving);
             let req = req.map(|body| Paced::new(body, serving.clone()));
-            let answer = app.clone().oneshot(req);
-            async move {
-                let response = answer.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| Answer {
+            app.clone().oneshot(req).map_ok(|response| {
+                response.map(|body| Answer {
                     body,
                     _in_hand: in_hand,
-                }))
-            }
+                })
+            })
         });
         let mut closing_signal = closing_signal.clone();
         let open = open.clone();

@@ -144,6 +144,24 @@ async fn get_model(
     forward_models(&state, &format!("/{target}"), &None).await
 }
 
+/// A body smaller than this is copied out of the connection's read buffer
+/// (hyper's first is 8 KiB) before the request waits. A larger one came in
+/// several reads and was joined into a buffer of its own, or (hyper doubles
+/// a connection's read size only when a read fills it) fills at least about
+/// half of the one it came in.
+const OWN_BUFFER_BELOW: usize = 8 * 1024;
+
+/// `body`, in a buffer of its own if it is small (see [`OWN_BUFFER_BELOW`]).
+/// Takes the body by value, so that the slice of the read buffer goes
+/// here, not at the end of the handler.
+fn own_buffer(body: axum::body::Bytes) -> axum::body::Bytes {
+    if body.len() < OWN_BUFFER_BELOW {
+        axum::body::Bytes::copy_from_slice(&body)
+    } else {
+        body
+    }
+}
+
 /// `POST …/models/{model}:{action}`.
 async fn call_model(
     State(state): State<AppState>,
@@ -187,8 +205,14 @@ async fn call_model(
     } else {
         Target::Model(model.to_string())
     };
+    // The headers' values and a small body are slices of the connection's
+    // read buffer (8 KiB at least): held while the request waits for its
+    // slot, they would keep that buffer alive beside the one the connection
+    // reads into next. Let go of the headers, and keep a small body in a
+    // buffer of its own size.
+    drop(headers);
     // Passed through as the bytes that came, read once without a tree.
-    let request = GenerateRequest::from_json(body.0)
+    let request = GenerateRequest::from_json(own_buffer(body.0))
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let job = Job {
         request,
