@@ -503,19 +503,28 @@ pub async fn main(options: Options) {
     println!("| gateway RSS idle | {idle_rss:.1} MiB |");
     println!("| gateway peak RSS under the load above | {peak:.1} MiB |");
 
-    // Every request must wait: one key, one request a minute.
+    // Every request must wait: one key, one request a minute; each on a
+    // connection of its own, so the connection cap makes room for them (and
+    // for the `/status` polls).
     let sim_tight = sim_with(ONE_A_MINUTE, &KEYS[..1]).await;
     let env = [
         ("FLUX_LIMITS", limits_json(ONE_A_MINUTE)),
         ("FLUX_MAX_WAIT_S", (30 * 86_400).to_string()),
         ("FLUX_TOKEN_COUNT", options.token_count.clone()),
+        ("FLUX_MAX_CONNECTIONS", (options.waiting + 64).to_string()),
     ];
     let gateway = Gateway::spawn(&sim_tight.base_url(), &KEYS[..1], &env);
     gateway.ready(&http).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (idle, _) = gateway.process.rss_mib();
     let queue = Queue::fill(&http, &gateway, options.waiting).await;
     let waiting = queue.waiting;
     let (rss, _) = gateway.process.rss_mib();
     println!("| gateway RSS with {waiting} requests waiting for their slots | {rss:.1} MiB |");
+    println!(
+        "| each waiting request | {:.1} KiB |",
+        (rss - idle) * 1024.0 / waiting.max(1) as f64
+    );
     drop(gateway);
     drop(queue);
 }
