@@ -9,7 +9,6 @@
 use super::error::ApiError;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
-use axum::response::Response;
 
 /// The tokens clients present.
 #[derive(Clone, Debug, Default)]
@@ -98,9 +97,10 @@ pub fn goog_key(req: &Request) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == "key").map(|(_, v)| v)
 }
 
-/// Marks `req` with its [`Caller`] and lets it on, or answers it 401 (see
-/// the module doc). One of the steps of [`super::gate`].
-pub fn check(tokens: &Tokens, req: &mut Request) -> Result<(), Response> {
+/// Marks `req` with its [`Caller`] and lets it on, or refuses it 401 (see
+/// the module doc). One of the steps of [`super::gate`], which answers the
+/// refusal in the envelope of the request's surface.
+pub fn check(tokens: &Tokens, req: &mut Request) -> Result<(), ApiError> {
     req.extensions_mut().insert(Caller::default());
     if tokens.open() {
         return Ok(());
@@ -141,10 +141,7 @@ pub fn check(tokens: &Tokens, req: &mut Request) -> Result<(), Response> {
         (false, true) => "this route needs the admin token",
         (false, false) => "the token is not valid",
     };
-    Err(super::refusal(
-        req,
-        ApiError::new(StatusCode::UNAUTHORIZED, message),
-    ))
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
 }
 
 #[cfg(test)]

@@ -148,7 +148,8 @@ where
         let (mut req, meter) = inflight::meter(state, req);
         after.meter = Some(meter);
         if let Err(refused) = auth::check(&state.tokens, &mut req) {
-            return Stepped::Done(Some(after.finish(refused)));
+            let answer = after.envelope.refuse(refused);
+            return Stepped::Done(Some(after.finish(answer)));
         }
         Stepped::Waiting {
             inner: self.inner.call(req),
