@@ -6,12 +6,9 @@
 //! when that is set. Tokens are compared in constant time. The token a
 //! request presented is passed on as its [`Caller`] (batches belong to it).
 
-use super::AppState;
 use super::error::ApiError;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::Response;
 
 /// The tokens clients present.
 #[derive(Clone, Debug, Default)]
@@ -29,7 +26,7 @@ impl Tokens {
 /// Who calls, as far as the tokens tell: the one-way id of the API token
 /// presented (the hash keys get as their stable id; never the token's
 /// text), or `None` when no API token is asked for. Every request carries
-/// one, put there by [`require_token`].
+/// one, put there by [`check`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Caller(pub Option<String>);
 
@@ -100,24 +97,22 @@ pub fn goog_key(req: &Request) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == "key").map(|(_, v)| v)
 }
 
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let tokens = &state.tokens;
+/// Marks `req` with its [`Caller`] and lets it on, or refuses it 401 (see
+/// the module doc). One of the steps of [`super::gate`], which answers the
+/// refusal in the envelope of the request's surface.
+pub fn check(tokens: &Tokens, req: &mut Request) -> Result<(), ApiError> {
     req.extensions_mut().insert(Caller::default());
     if tokens.open() {
-        return next.run(req).await;
+        return Ok(());
     }
     let class = classify(req.method(), req.uri().path());
     if class == Guarded::Open || super::files::is_upload_chunk(req.uri().path(), req.uri().query())
     {
-        return next.run(req).await;
+        return Ok(());
     }
-    let mut presented: Vec<String> = bearer(&req).map(str::to_string).into_iter().collect();
+    let mut presented: Vec<String> = bearer(req).map(str::to_string).into_iter().collect();
     if class == Guarded::GeminiNative {
-        presented.extend(goog_key(&req));
+        presented.extend(goog_key(req));
     }
     // The anthropic SDK's own header, on its routes and on the model list.
     if super::anthropic::is_anthropic(req.uri().path()) || req.uri().path() == "/v1/models" {
@@ -137,7 +132,7 @@ pub async fn require_token(
     }
     let allowed = accepted.is_empty() && class != Guarded::Admin || matched.is_some();
     if allowed {
-        return next.run(req).await;
+        return Ok(());
     }
     let message = match (presented.is_empty(), class == Guarded::Admin) {
         (true, _) => {
@@ -146,7 +141,7 @@ pub async fn require_token(
         (false, true) => "this route needs the admin token",
         (false, false) => "the token is not valid",
     };
-    super::refusal(&req, ApiError::new(StatusCode::UNAUTHORIZED, message))
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
 }
 
 #[cfg(test)]

@@ -17,9 +17,8 @@ use super::AppState;
 use super::error::ApiError;
 use crate::listener::BodyTooSlow;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::Response;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,7 +74,7 @@ enum Cut {
 }
 
 /// What one request holds of the budget, and why its body was cut off, if
-/// it was: shared by its body and the middleware, which outlives the body.
+/// it was: shared by its body and its [`Meter`], which outlives the body.
 #[derive(Default)]
 struct Tab {
     held: Mutex<Option<OwnedSemaphorePermit>>,
@@ -168,9 +167,12 @@ impl http_body::Body for Charged {
     }
 }
 
-/// The middleware: see the module doc.
-pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let envelope = super::Envelope::of(&req);
+/// A request's watch over its body, from [`meter`] to [`Meter::settle`].
+pub struct Meter(Arc<Tab>);
+
+/// Charges `req`'s body to the budget as it arrives; one of the steps of
+/// [`super::gate`], whose [`Meter`] settles once the handler is done.
+pub fn meter(state: &AppState, req: Request) -> (Request, Meter) {
     let tab = Arc::new(Tab::default());
     let req = req.map(|body| {
         Body::new(Charged {
@@ -180,17 +182,24 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
             received: 0,
         })
     });
-    let response = next.run(req).await;
-    // The handler is done with the body: what it held goes back.
-    lock(&tab.held).take();
-    let error = match lock(&tab.cut).take() {
-        None => return response,
-        Some(Cut::OverBudget) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many request bytes are already held in memory (FLUX_MAX_INFLIGHT_MB); try again shortly",
-        )
-        .retry_after(Duration::from_secs(1)),
-        Some(Cut::TooSlow(why)) => ApiError::new(StatusCode::REQUEST_TIMEOUT, why),
-    };
-    envelope.refuse(error)
+    (req, Meter(tab))
+}
+
+impl Meter {
+    /// Gives back what the body held, and answers a body that was cut off
+    /// (503 or 408, in `envelope`) whatever the handler made of it.
+    pub fn settle(self, response: Response, envelope: super::Envelope) -> Response {
+        // The handler is done with the body: what it held goes back.
+        lock(&self.0.held).take();
+        let error = match lock(&self.0.cut).take() {
+            None => return response,
+            Some(Cut::OverBudget) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bytes are already held in memory (FLUX_MAX_INFLIGHT_MB); try again shortly",
+            )
+            .retry_after(Duration::from_secs(1)),
+            Some(Cut::TooSlow(why)) => ApiError::new(StatusCode::REQUEST_TIMEOUT, why),
+        };
+        envelope.refuse(error)
+    }
 }

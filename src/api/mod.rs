@@ -4,7 +4,8 @@
 //! (status, mode, keys, health, the seed's routes). Handlers stay thin: they validate,
 //! build a [`dispatch::Job`] and turn its outcome into an answer; streams go
 //! through `relay`. `auth` guards them all; `origin` keeps other web pages
-//! out, `inflight` bounds the body bytes held in memory. `batches` is the
+//! out, `inflight` bounds the body bytes held in memory; `gate` is the one
+//! layer that runs those steps (and counts answers, and catches panics) in order. `batches` is the
 //! Batch API's surface, `batch_queue` and `batch_runner` run its items
 //! below interactive traffic.
 
@@ -20,6 +21,7 @@ mod embed;
 pub mod error;
 pub mod files;
 mod flux;
+mod gate;
 pub mod gemini;
 pub mod inflight;
 mod openai;
@@ -39,11 +41,9 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
-use futures::FutureExt;
 use refresh::FetchStatus;
 use serde_json::Value;
 use std::ops::Deref;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -199,37 +199,21 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 ),
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            inflight::admit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            origin::guard,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_request,
-        ))
+        .layer(gate::Gate::new(state.clone()))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(catch_panic))
         .with_state(state)
 }
 
 /// An error of the gateway's own in the envelope of the surface `req`
 /// belongs to, told from the request alone, so that the router's fallbacks,
-/// the middlewares and a caught panic answer as its routes do: OpenAI's on
+/// the gate's steps and a caught panic answer as its routes do: OpenAI's on
 /// the OpenAI-compatible routes, Gemini's everywhere else.
 pub fn refusal(req: &Request, error: ApiError) -> Response {
     Envelope::of(req).refuse(error)
 }
 
 /// Whose envelope a request's errors go back in (see [`refusal`]); for a
-/// middleware that must decide before it hands the request on.
+/// step of the gate that must decide before it hands the request on.
 #[derive(Clone, Copy)]
 pub enum Envelope {
     Gemini,
@@ -257,38 +241,6 @@ impl Envelope {
     }
 }
 
-/// Counts every answer by route template (never the raw path, which may
-/// carry a token in `?key=`) and status.
-async fn count_request(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(req).await;
-    state.metrics.request(&route, response.status().as_u16());
-    response
-}
-
-/// A handler panic becomes a 500 in the envelope of the request's surface;
-/// its message is not echoed, so nothing it held can leak.
-async fn catch_panic(req: Request, next: axum::middleware::Next) -> Response {
-    let envelope = Envelope::of(&req);
-    match AssertUnwindSafe(next.run(req)).catch_unwind().await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!("a request handler panicked");
-            envelope.refuse(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-            ))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +259,7 @@ mod tests {
         let app = Router::new()
             .route(openai, get(panics))
             .route(gemini, get(panics))
-            .layer(axum::middleware::from_fn(catch_panic));
+            .layer(tower::layer::layer_fn(gate::CatchPanic));
         let answer = |path: &'static str| {
             let app = app.clone();
             async move {

@@ -12,12 +12,10 @@
 //! `Origin` and `Host` agree. A name the operator serves the dashboard
 //! under is listed in `FLUX_CORS_ORIGINS`.
 
-use super::AppState;
 use super::error::ApiError;
 use crate::config::{Allowed, normalise_origin};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// Whose pages may call the service: its own, and `FLUX_CORS_ORIGINS`.
@@ -71,47 +69,64 @@ impl Policy {
     }
 }
 
-/// The middleware: see the module doc.
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-        return next.run(req).await;
+/// What [`screen`] makes of a request.
+pub enum Passage {
+    /// No web page's, the service's own page's, or a foreign page's GET or
+    /// HEAD: on to the service, its answer as it comes.
+    On,
+    /// A listed origin's: on, and its answer gets that origin's CORS
+    /// headers ([`allow`]).
+    Listed(HeaderValue),
+    /// Answered here: a listed origin's preflight, or a foreign page's
+    /// refusal.
+    Answered(Response),
+}
+
+/// The origin check (see the module doc); one of the steps of
+/// [`super::gate`].
+pub fn screen(policy: &Policy, req: &Request) -> Passage {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Passage::On;
     };
-    match state.origins.judge(&origin, req.headers()) {
-        Verdict::Own => next.run(req).await,
+    match policy.judge(origin, req.headers()) {
+        Verdict::Own => Passage::On,
         Verdict::Listed(origin) => {
             let preflight = req.method() == Method::OPTIONS
                 && req
                     .headers()
                     .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-            let mut response = if preflight {
-                preflight_answer(req.headers())
+            if preflight {
+                let mut response = preflight_answer(req.headers());
+                allow(&mut response, origin);
+                Passage::Answered(response)
             } else {
-                next.run(req).await
-            };
-            let headers = response.headers_mut();
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(
-                    "x-flux-key, x-flux-keys, x-flux-model, x-flux-wait-ms, retry-after, x-goog-upload-url, x-goog-upload-status",
-                ),
-            );
-            headers.append(header::VARY, HeaderValue::from_static("origin"));
-            response
+                Passage::Listed(origin)
+            }
         }
-        Verdict::Foreign(_) if matches!(*req.method(), Method::GET | Method::HEAD) => {
-            next.run(req).await
-        }
-        Verdict::Foreign(origin) => super::refusal(
-            &req,
+        Verdict::Foreign(_) if matches!(*req.method(), Method::GET | Method::HEAD) => Passage::On,
+        Verdict::Foreign(origin) => Passage::Answered(super::refusal(
+            req,
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "requests from the web page at {origin:?} are refused; list its origin in FLUX_CORS_ORIGINS to allow it"
                 ),
             ),
-        ),
+        )),
     }
+}
+
+/// The CORS headers that let a listed origin's page read `response`.
+pub fn allow(response: &mut Response, origin: HeaderValue) {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "x-flux-key, x-flux-keys, x-flux-model, x-flux-wait-ms, retry-after, x-goog-upload-url, x-goog-upload-status",
+        ),
+    );
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
 }
 
 /// 204 for a listed origin's preflight: GET and POST, with the headers it asked for.
