@@ -32,12 +32,20 @@ pub(super) struct Segment {
 impl Segment {
     /// Creates segment `seq` of run `run` beside `state`, and locks it.
     pub(super) fn create(state: &Path, run: &str, seq: u64) -> io::Result<Segment> {
-        let path = sibling(state, &format!("{}{run}-{seq:010}", prefix(state)));
+        // Created and locked under another name, then renamed into place:
+        // an opener looking for orphans never sees it unlocked.
+        let name = format!("{run}-{seq:010}");
+        let path = state.with_file_name(format!("{}{name}", prefix(state)));
+        let making = state.with_file_name(format!(
+            "{}making-{name}",
+            prefix(state).trim_end_matches("ledger-")
+        ));
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
-            .open(&path)?;
+            .open(&making)?;
         file.lock()?;
+        std::fs::rename(&making, &path)?;
         Ok(Segment { file, path, len: 0 })
     }
 
@@ -87,11 +95,20 @@ pub(super) fn orphans(state: &Path) -> io::Result<Vec<(Segment, Vec<Record>)>> {
     let mut found = Vec::new();
     for name in names {
         let path = dir.join(&name);
-        let file = OpenOptions::new().read(true).append(true).open(&path)?;
+        // A live process may fold and remove a segment between the listing
+        // and here, or between the open and the lock: skip what is gone.
+        let file = match OpenOptions::new().read(true).append(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => continue,
             Err(TryLockError::Error(e)) => return Err(e),
+        }
+        if std::os::unix::fs::MetadataExt::nlink(&file.metadata()?) == 0 {
+            continue;
         }
         let mut records = Vec::new();
         let mut reader = BufReader::new(&file);
@@ -118,10 +135,6 @@ fn prefix(state: &Path) -> String {
         |n| n.to_string_lossy().into_owned(),
     );
     format!("{name}.ledger-")
-}
-
-fn sibling(state: &Path, name: &str) -> PathBuf {
-    state.with_file_name(name)
 }
 
 /// A run's name: its start time first, so runs sort in the order they

@@ -222,7 +222,8 @@ pub trait Store: Send + 'static {
     }
     /// What to restore as of `now`: calls after `now - window`, today's counts.
     fn recover(&mut self, now: Timestamp, window: Duration) -> Result<Recovered, StoreError>;
-    /// Applies a batch in one transaction.
+    /// Applies a batch (the SQLite store: appends it to its journal with one
+    /// write).
     fn apply(&mut self, batch: &[Record]) -> Result<(), StoreError>;
     /// Makes everything applied so far readable to whoever opens the store
     /// next (the SQLite store folds its journal in), for a stop.

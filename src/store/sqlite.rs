@@ -295,6 +295,11 @@ impl SqliteStore {
     /// Returns once the folder has taken every record written so far.
     fn folded(&mut self) -> Result<(), StoreError> {
         self.hand_over();
+        if !self.unfolded.is_empty() {
+            // No new segment could be made: fold a copy now (they stay in
+            // the segment, and folding them again later changes nothing).
+            self.folder.send(Job::Fold(None, self.unfolded.clone()));
+        }
         let (done, answer) = mpsc::channel();
         self.folder.send(Job::Tell(done));
         answer
@@ -341,7 +346,8 @@ enum Job {
 
 /// The folder thread: takes the journal's records into SQLite, and every
 /// [`CHECKPOINT_EVERY`] prunes and checkpoints, on a connection of its own,
-/// so that no request ever waits for a transaction, a prune or a checkpoint.
+/// so that a call's record never waits for a transaction, a prune or a
+/// checkpoint (a read, which waits for the folder, holds the ledger meanwhile).
 struct Folder {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -82,7 +82,8 @@ impl Ledger {
         // earlier run's (none makes 2^20 calls a millisecond), and above the
         // store's largest if the clock was set back.
         let last = store.last_call_id().ok().flatten().unwrap_or(0);
-        let first_call_id = (crate::clock::Timestamp::wall_now().millis() << 20).max(last + 1);
+        let first_call_id =
+            (crate::clock::Timestamp::wall_now().millis() << 20).max(last.saturating_add(1));
         Ledger {
             inner: Arc::new(Inner {
                 sent_calls_must_commit,
