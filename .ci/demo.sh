@@ -18,7 +18,8 @@ start_demo() {
   env FLUX_BIND="127.0.0.1:$port" FLUX_STATE_PATH="$demo_dir/state.db" GEMINI_LOG=false RUST_LOG=warn "$@" \
     target/debug/gemini-flux demo > "$demo_dir/demo.log" 2>&1 &
   demo_pid=$!
-  trap 'kill $demo_pid 2>/dev/null || true; rm -rf "$demo_dir"' EXIT
+  # Wait for it to stop before removing its files: a stop still writes them.
+  trap 'kill $demo_pid 2>/dev/null || true; wait $demo_pid 2>/dev/null || true; rm -rf "$demo_dir"' EXIT
   for _ in $(seq 1 100); do
     if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
       return 0

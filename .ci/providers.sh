@@ -13,7 +13,7 @@ ci_venv openai anthropic pytest
 bin=target/debug/gemini-flux
 dir=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 "$bin" sim --kind openai --port 18191 --keys ci-groq-1,ci-groq-2 \
   --limits '{"llama-3.3-70b-versatile": {"rpm": 5}}' > "$dir/groq.log" 2>&1 &
 pids+=($!)
