@@ -418,6 +418,23 @@ pub async fn saturation(
     done as f64 / seconds as f64
 }
 
+/// The same prompt `direct` to the simulator (`generateContent`) and `via`
+/// the gateway (`POST /generate`), for a paired load.
+pub fn paired_targets(sim: &str, gateway: &str) -> (Target, Target) {
+    let prompt = "Translate into French: the quick brown fox jumps over the lazy dog.";
+    let direct = Target {
+        url: format!("{sim}/v1beta/models/{MODEL}:generateContent"),
+        headers: vec![("x-goog-api-key", KEYS[0].to_string())],
+        body: json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}),
+    };
+    let via = Target {
+        url: format!("{gateway}/generate"),
+        headers: vec![],
+        body: json!({"prompt": prompt}),
+    };
+    (direct, via)
+}
+
 pub fn limits_json(l: Limits) -> String {
     json!({MODEL: {"rpm": l.rpm, "tpm": l.tpm, "rpd": l.rpd}}).to_string()
 }
@@ -447,17 +464,7 @@ pub async fn main(options: Options) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = gateway.process.rss_mib().0;
 
-    let prompt = "Translate into French: the quick brown fox jumps over the lazy dog.";
-    let direct = Target {
-        url: format!("{}/v1beta/models/{MODEL}:generateContent", sim.base_url()),
-        headers: vec![("x-goog-api-key", KEYS[0].to_string())],
-        body: json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}),
-    };
-    let via = Target {
-        url: format!("{}/generate", gateway.url),
-        headers: vec![],
-        body: json!({"prompt": prompt}),
-    };
+    let (direct, via) = paired_targets(&sim.base_url(), &gateway.url);
 
     println!("## Gateway overhead\n");
     println!(

@@ -5,9 +5,8 @@
 //! per request, and the RSS.
 
 use crate::overhead::{
-    Gateway, KEYS, Latencies, MODEL, Target, UNLIMITED, limits_json, open_loop, sim_with,
+    Gateway, KEYS, Latencies, UNLIMITED, limits_json, open_loop, paired_targets, sim_with,
 };
-use serde_json::json;
 use std::path::{Path, PathBuf};
 
 pub struct Options {
@@ -55,17 +54,7 @@ pub async fn main(options: Options) {
     let gateway = Gateway::spawn(&sim.base_url(), &KEYS, &env);
     gateway.ready(&http).await;
 
-    let prompt = "Translate into French: the quick brown fox jumps over the lazy dog.";
-    let direct = Target {
-        url: format!("{}/v1beta/models/{MODEL}:generateContent", sim.base_url()),
-        headers: vec![("x-goog-api-key", KEYS[0].to_string())],
-        body: json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}),
-    };
-    let via = Target {
-        url: format!("{}/generate", gateway.url),
-        headers: vec![],
-        body: json!({"prompt": prompt}),
-    };
+    let (direct, via) = paired_targets(&sim.base_url(), &gateway.url);
 
     println!(
         "## Soak: {} minutes at {} req/s on one state file\n",
